@@ -1,0 +1,1 @@
+//! The gpuvirt D-Bus contract: names, error names, wire types and proxies.

@@ -1,0 +1,369 @@
+//! The host model: immutable values describing PCI functions, GPUs, IOMMU groups and vGPUs.
+//!
+//! Values here are plain data (serde-serialisable, comparable) so that the daemon can diff two
+//! snapshots and tests can compare a scan with a fixture's description.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A PCI function address, `DDDD:BB:DD.F`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    pub domain: u16,
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+/// Why a string is not a PCI address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{input}' is not a PCI address (expected DDDD:BB:DD.F, e.g. 0000:41:00.0)")]
+pub struct PciAddressError {
+    pub input: String,
+}
+
+impl PciAddress {
+    pub const fn new(domain: u16, bus: u8, device: u8, function: u8) -> Self {
+        Self {
+            domain,
+            bus,
+            device,
+            function,
+        }
+    }
+
+    /// The slot this function belongs to (all functions of one card share it).
+    pub fn slot(&self) -> PciSlot {
+        PciSlot {
+            domain: self.domain,
+            bus: self.bus,
+            device: self.device,
+        }
+    }
+
+    /// The D-Bus object path element, `0000_41_00_0`.
+    pub fn object_path_element(&self) -> String {
+        format!(
+            "{:04x}_{:02x}_{:02x}_{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+impl FromStr for PciAddress {
+    type Err = PciAddressError;
+
+    /// Accepts exactly `DDDD:BB:DD.F` with hex digits (any case); `BB:DD.F` is taken as domain 0.
+    /// Anything else (path separators, NUL, extra text) is rejected, so a parsed address is safe
+    /// to use as a path component.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || PciAddressError {
+            input: s.chars().take(64).collect(),
+        };
+        let hex = |part: &str, len: usize| -> Option<u32> {
+            if part.len() != len || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u32::from_str_radix(part, 16).ok()
+        };
+        let (domain, rest) = match s.len() {
+            12 => (
+                hex(&s[..4], 4).ok_or_else(err)?,
+                s.get(4..).ok_or_else(err)?,
+            ),
+            7 => (0, s),
+            _ => return Err(err()),
+        };
+        let rest = if s.len() == 12 {
+            rest.strip_prefix(':').ok_or_else(err)?
+        } else {
+            rest
+        };
+        let (bus, rest) = rest.split_once(':').ok_or_else(err)?;
+        let (device, function) = rest.split_once('.').ok_or_else(err)?;
+        let bus = hex(bus, 2).ok_or_else(err)?;
+        let device = hex(device, 2).ok_or_else(err)?;
+        let function = hex(function, 1).ok_or_else(err)?;
+        if device > 0x1f || function > 7 {
+            return Err(err());
+        }
+        Ok(Self::new(
+            domain as u16,
+            bus as u8,
+            device as u8,
+            function as u8,
+        ))
+    }
+}
+
+impl Serialize for PciAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PciAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A PCI slot, `DDDD:BB:DD` (a card's functions share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciSlot {
+    pub domain: u16,
+    pub bus: u8,
+    pub device: u8,
+}
+
+impl fmt::Display for PciSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}",
+            self.domain, self.bus, self.device
+        )
+    }
+}
+
+/// Vendor, device and subsystem ids of a PCI function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciIds {
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem_device: u16,
+}
+
+/// SR-IOV capability of a physical function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sriov {
+    pub total_vfs: u32,
+    pub num_vfs: u32,
+    /// Enabled virtual functions (`virtfnN` links), in VF index order.
+    pub vfs: Vec<PciAddress>,
+}
+
+/// NVIDIA's per-VF vGPU interface (`<VF>/nvidia/…`, vGPU 17+ on Ada/Hopper-class cards).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvidiaVfVgpu {
+    /// Type ids that can be created on this VF now (`creatable_vgpu_types`).
+    pub creatable_types: Vec<VgpuTypeOffer>,
+    /// The type id currently created on this VF, `None` when `current_vgpu_type` reads 0.
+    pub current_type: Option<u32>,
+}
+
+/// One line of `creatable_vgpu_types`: a numeric id and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VgpuTypeOffer {
+    pub id: u32,
+    pub name: String,
+}
+
+/// One PCI function as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciFunction {
+    pub address: PciAddress,
+    /// Canonical device directory relative to the sysfs root, e.g.
+    /// `devices/pci0000:40/0000:40:01.1/0000:41:00.0`.
+    pub sysfs_path: PathBuf,
+    /// 24-bit class code, e.g. `0x030200`.
+    pub class: u32,
+    pub revision: Option<u8>,
+    pub ids: PciIds,
+    /// From pci.ids when available.
+    pub vendor_name: Option<String>,
+    pub device_name: Option<String>,
+    pub subsystem_name: Option<String>,
+    /// Bound driver (name of the `driver` link target), `None` when unbound.
+    pub driver: Option<String>,
+    /// `driver_override`, `None` when it reads `(null)`.
+    pub driver_override: Option<String>,
+    /// `boot_vga`, present only on VGA-class functions.
+    pub boot_vga: Option<bool>,
+    pub numa_node: Option<i32>,
+    /// `reset_method` words, empty when the attribute is absent (no reset available).
+    pub reset_methods: Vec<String>,
+    pub modalias: Option<String>,
+    /// Candidate kernel modules resolved through `modules.alias` (what `lspci -k` calls
+    /// "Kernel modules").
+    pub kernel_modules: Vec<String>,
+    pub iommu_group: Option<u32>,
+    pub sriov: Option<Sriov>,
+    /// For a virtual function: its physical function.
+    pub physfn: Option<PciAddress>,
+    pub nvidia_vgpu: Option<NvidiaVfVgpu>,
+}
+
+impl PciFunction {
+    /// Display controllers (class 0x03xxxx) are GPUs.
+    pub fn is_display(&self) -> bool {
+        self.class >> 16 == 0x03
+    }
+
+    /// PCI-to-PCI bridges (class 0x0604xx) are ignored by group viability.
+    pub fn is_bridge(&self) -> bool {
+        self.class >> 8 == 0x0604
+    }
+}
+
+/// A GPU: a display-class function and the other functions of its slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub address: PciAddress,
+    /// The other functions of the same slot (HDMI audio, USB-C controller, …), sorted.
+    pub companions: Vec<PciAddress>,
+}
+
+/// Whether the host has a working IOMMU, and the evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IommuStatus {
+    pub enabled: bool,
+    /// Units under `/sys/class/iommu` (`dmar0`, `ivhd0`, …).
+    pub units: Vec<String>,
+    pub group_count: usize,
+    /// IOMMU-related words on the kernel command line (`intel_iommu=on`, `iommu=pt`, …).
+    pub cmdline_flags: Vec<String>,
+    /// Human-readable reasons behind `enabled`, e.g. "no IOMMU groups in /sys/kernel/iommu_groups".
+    pub reasons: Vec<String>,
+}
+
+/// A member of an IOMMU group as seen in `/sys/kernel/iommu_groups/N/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// The entry name: a PCI address, or another device name (an mdev UUID, a platform device).
+    pub name: String,
+    pub pci_address: Option<PciAddress>,
+    pub class: Option<u32>,
+    pub driver: Option<String>,
+}
+
+/// An IOMMU group, every member and a passthrough viability verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IommuGroup {
+    pub id: u32,
+    pub members: Vec<GroupMember>,
+    /// True when every non-bridge member is unbound or bound to a VFIO driver / pci-stub, or
+    /// belongs to one card (a single slot), so the group can be handed to a VM as a whole.
+    pub viable: bool,
+    /// One sentence per problem, naming the member and its driver.
+    pub problems: Vec<String>,
+}
+
+/// One mdev type a parent offers (`mdev_supported_types/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdevType {
+    pub id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub device_api: Option<String>,
+    pub available_instances: Option<u32>,
+}
+
+/// A device registered with the mdev core (`/sys/class/mdev_bus/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdevParent {
+    /// The `mdev_bus` entry name: a PCI address or a virtual device name (`mbochs`).
+    pub name: String,
+    pub sysfs_path: PathBuf,
+    pub pci_address: Option<PciAddress>,
+    pub types: Vec<MdevType>,
+}
+
+/// An active mediated device (`/sys/bus/mdev/devices/<uuid>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mdev {
+    pub uuid: Uuid,
+    /// The parent's `mdev_bus` name.
+    pub parent: String,
+    /// Type id from the `mdev_type` link, `None` if it could not be read.
+    pub type_id: Option<String>,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+}
+
+/// Whether the VFIO/mdev kernel modules are loaded (`/sys/module/<name>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleState {
+    pub vfio: bool,
+    pub vfio_pci: bool,
+    pub mdev: bool,
+}
+
+/// Something that could not be read; the device is still reported with what could be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanWarning {
+    /// The file or directory concerned, relative to the root.
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Everything gpuvirt knows about a host at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub kernel_release: Option<String>,
+    pub functions: BTreeMap<PciAddress, PciFunction>,
+    pub gpus: BTreeMap<PciAddress, Gpu>,
+    pub iommu: IommuStatus,
+    pub groups: BTreeMap<u32, IommuGroup>,
+    pub mdev_parents: BTreeMap<String, MdevParent>,
+    pub mdevs: BTreeMap<Uuid, Mdev>,
+    pub modules: ModuleState,
+    pub warnings: Vec<ScanWarning>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_address_round_trips() {
+        let a: PciAddress = "0000:41:00.0".parse().unwrap();
+        assert_eq!(a, PciAddress::new(0, 0x41, 0, 0));
+        assert_eq!(a.to_string(), "0000:41:00.0");
+        assert_eq!(a.object_path_element(), "0000_41_00_0");
+        assert_eq!(
+            "41:00.1".parse::<PciAddress>().unwrap().to_string(),
+            "0000:41:00.1"
+        );
+        assert_eq!(
+            "ABCD:EF:1f.7".parse::<PciAddress>().unwrap().to_string(),
+            "abcd:ef:1f.7"
+        );
+    }
+
+    #[test]
+    fn pci_address_rejects_junk() {
+        for bad in [
+            "",
+            "0000:41:00",
+            "0000:41:00.8",
+            "0000:41:20.0",
+            "../41:00.0",
+            "0000:41:00.0\0",
+            "0000/41:00.0",
+            "0000:41:00.0 ",
+            "g000:41:00.0",
+            "0000:4:000.0",
+            "+000:41:00.0",
+        ] {
+            assert!(bad.parse::<PciAddress>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

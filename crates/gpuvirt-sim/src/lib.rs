@@ -1,0 +1,8 @@
+//! A simulated Linux kernel for gpuvirt: host fixtures, a sysfs tree with the kernel's write
+//! semantics, kernel-format uevents, a FUSE mount of it and a plain-directory materialisation.
+
+pub mod tree;
+pub mod uevent;
+
+pub use tree::{Ino, NodeKind, Tree};
+pub use uevent::Uevent;

@@ -1,0 +1,3 @@
+//! gpuvirtctl (work in progress).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! gpuvirtd (work in progress).
+
+fn main() {}
