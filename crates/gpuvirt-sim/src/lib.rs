@@ -1,8 +1,10 @@
 //! A simulated Linux kernel for gpuvirt: host fixtures, a sysfs tree with the kernel's write
 //! semantics, kernel-format uevents, a FUSE mount of it and a plain-directory materialisation.
 
+pub mod backend;
 pub mod tree;
 pub mod uevent;
 
+pub use backend::Backend;
 pub use tree::{Ino, NodeKind, Tree};
 pub use uevent::Uevent;
