@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what gpuvirt's build, tests, demo and benchmarks need on a fresh Debian 12 machine.
+# Idempotent; needs root for apt. The Rust toolchain (cargo >= 1.85) must already be on PATH.
+set -euo pipefail
+
+PKGS=(
+    dbus dbus-daemon        # private dbus-daemon for the D-Bus tests and the demo
+    fuse3                   # fusermount3: cleanup of dead simulated-sysfs mounts
+    util-linux              # unshare: private mount namespaces for FUSE tests
+    pciutils pci.ids        # lspci (benchmark peer) and the pci.ids database
+    mdevctl                 # benchmark peer
+    strace hyperfine time   # benchmark tooling
+    systemd                 # systemd-analyze verify for the unit file
+    udev                    # udevadm, libudev for the daemon's monitor
+    libudev-dev pkg-config  # the udev crate links libudev
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: needs root to install packages (run with sudo)" >&2
+    exit 1
+fi
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup.sh: cargo not found on PATH" >&2; exit 1; }
+echo "setup.sh: all packages present"
