@@ -2,6 +2,9 @@
 //! semantics, kernel-format uevents, a FUSE mount of it and a plain-directory materialisation.
 
 pub mod backend;
+pub mod fuse;
+pub mod materialize;
+pub mod socket;
 pub mod tree;
 pub mod uevent;
 
