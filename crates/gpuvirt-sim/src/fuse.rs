@@ -190,7 +190,7 @@ impl<B: Backend> SimMount<B> {
     /// Unmounts now, reporting errors that drop would swallow.
     pub fn unmount(mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(session) => session.umount_and_join(),
+            Some(session) => unmount_session(session, &self.sys()),
             None => Ok(()),
         }
     }
@@ -199,9 +199,31 @@ impl<B: Backend> SimMount<B> {
 impl<B: Backend> Drop for SimMount<B> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
+            let _ = unmount_session(session, &self.sys());
         }
     }
+}
+
+/// Unmounts and joins the server. A plain unmount fails with EBUSY while any file on the mount is
+/// open (also a forked child's inherited copy of a test's fd); the mount is then detached
+/// instead, and the server threads keep answering the open files until the last one closes,
+/// rather than leaving a dead mount behind when the process exits.
+fn unmount_session(session: BackgroundSession, sys: &Path) -> io::Result<()> {
+    let result = session.umount_and_join();
+    if result.is_err() && is_our_mount(sys) {
+        nix::mount::umount2(sys, nix::mount::MntFlags::MNT_DETACH)?;
+    }
+    result
+}
+
+/// Whether a mount of ours sits at `path`.
+fn is_our_mount(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .any(|line| our_mount_point(line).as_deref() == Some(path))
+        })
+        .unwrap_or(false)
 }
 
 /// Unmounts mounts of ours whose server died (accesses fail with ENOTCONN). Live mounts of other
