@@ -1,0 +1,153 @@
+# tests/vm/guest/lib.sh -- helpers for scenarios that run INSIDE the test VM (sourced, bash).
+#
+# The guest's / is the host's root (read-only 9p), so everything here reads the REAL guest kernel's
+# /sys. Scenarios get from run-scenarios.sh:
+#   SCENARIO_OUT   writable dir for this scenario's artefacts (on the host: tests/vm/out/<name>/)
+#   RESULTS        $SCENARIO_OUT/results.txt, one PASS/FAIL/INFO/SKIP line per check
+#   GPUVIRT_TARGET_DIR, GPUVIRT_PROFILE   where the host-built binaries are (target/<profile>)
+# and must exit non-zero when any check failed (`finish` does that).
+
+FAILED=${FAILED:-0}
+res()  { echo "$*"; [ -n "${RESULTS:-}" ] && echo "$*" >> "$RESULTS"; return 0; }
+pass() { res "PASS: $*"; }
+fail() { res "FAIL: $*"; FAILED=1; }
+info() { res "INFO: $*"; }
+skip() { res "SKIP: $*"; }
+finish() { exit "$FAILED"; }
+# check DESCRIPTION COMMAND... -- PASS when the command succeeds, else FAIL.
+check() { local d=$1; shift; if "$@"; then pass "$d"; else fail "$d"; fi; }
+
+t_now() { cut -d' ' -f1 /proc/uptime; }
+elapsed() { awk -v a="$1" -v b="$(t_now)" 'BEGIN{printf "%.1f", b-a}'; }
+
+# attr FILE -- a sysfs attribute on one line, empty when it is absent or unreadable.
+# Bash builtins only: every exec of a host binary costs tens of milliseconds under TCG over 9p.
+attr() {
+    local v=
+    read -r -d '' v 2>/dev/null < "$1"
+    v=${v%$'\n'}
+    printf '%s' "${v//$'\n'/ }"
+}
+# pci_driver ADDR -- bound driver name, "-" when unbound.
+pci_driver() { local l; l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo -; }
+# pci_group ADDR -- IOMMU group number, "-" when none.
+pci_group() { local l; l=$(readlink "/sys/bus/pci/devices/$1/iommu_group" 2>/dev/null) && basename "$l" || echo -; }
+# display_addrs -- PCI addresses of display-class (0x03xxxx) functions, sorted.
+display_addrs() {
+    local d c
+    for d in /sys/bus/pci/devices/*; do
+        read -r c < "$d/class"
+        case $c in 0x03*) echo "${d##*/}" ;; esac
+    done
+}
+
+# Binaries built on the host (tests/vm/run-tests.sh builds them before booting).
+bin_path() { echo "${GPUVIRT_TARGET_DIR:?}/${GPUVIRT_PROFILE:-debug}/$1"; }
+have_bin() { [ -x "$(bin_path "$1")" ]; }
+
+# udev_coldplug -- start the host's systemd-udevd in the guest and replay every device, so drivers
+# are autoloaded by modalias exactly as at boot on a real host (bochs-drm, virtio_gpu, ...).
+udev_coldplug() {
+    if ! udevadm control --ping >/dev/null 2>&1; then
+        /lib/systemd/systemd-udevd --daemon || { fail "systemd-udevd did not start"; return 1; }
+    fi
+    udevadm trigger --type=subsystems --action=add
+    udevadm trigger --type=devices --action=add
+    udevadm settle --timeout=120
+}
+
+# monitor_start NAME [udevadm monitor args] -- record uevents to $SCENARIO_OUT/uevents-NAME.txt
+# until monitor_stop NAME. Default: kernel uevents with properties.
+declare -A MONITOR_PIDS
+monitor_start() {
+    local name=$1; shift
+    [ $# -gt 0 ] || set -- --kernel --property
+    udevadm monitor "$@" > "$SCENARIO_OUT/uevents-$name.txt" 2>&1 &
+    MONITOR_PIDS[$name]=$!
+    # udevadm prints its banner once the netlink socket is bound; wait for it so no event is missed.
+    local i
+    for i in $(seq 50); do grep -q 'monitor will print' "$SCENARIO_OUT/uevents-$name.txt" 2>/dev/null && break; sleep 0.1; done
+}
+monitor_stop() {
+    local name=$1 pid=${MONITOR_PIDS[$1]:-}
+    udevadm settle --timeout=30
+    sleep 0.5
+    [ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
+    unset "MONITOR_PIDS[$name]"
+    uevent_summary "$SCENARIO_OUT/uevents-$name.txt" > "$SCENARIO_OUT/uevents-$name-summary.txt"
+}
+# uevent_summary FILE -- one line per event: ACTION SUBSYSTEM DEVPATH + the interesting properties.
+uevent_summary() {
+    awk 'BEGIN{RS=""; FS="\n"} /ACTION=/{
+           line=""; for(i=1;i<=NF;i++){split($i,kv,"="); k=kv[1];
+             if(k ~ /^(ACTION|SUBSYSTEM|DEVPATH|DRIVER|MDEV_TYPE|MDEV_STATE|PCI_SLOT_NAME|PCI_ID|PCI_CLASS|MODALIAS|DEVNAME|DEVTYPE|MAJOR|MINOR)$/) line=line" "$i}
+           print substr(line,2)}' "$1"
+}
+
+# vm_monitor 'HMP COMMAND' -- run a QEMU monitor command (device_add, device_del, info pci...)
+# through the host's relay (run-vm.sh). Prints QEMU's reply; returns its status.
+vm_monitor() {
+    local dir=${GPUVIRT_VM_OUT:?}/.monitor id i
+    id=$(date +%s%N)-$$
+    mkdir -p "$dir"
+    printf '%s' "$1" > "$dir/$id.tmp" && mv "$dir/$id.tmp" "$dir/$id.req"
+    for i in $(seq 300); do
+        if [ -f "$dir/$id.resp" ]; then
+            tail -n +2 "$dir/$id.resp"
+            return "$(head -1 "$dir/$id.resp")"
+        fi
+        sleep 0.1
+    done
+    echo "vm_monitor: no reply from the host relay in 30 s for: $1" >&2
+    return 1
+}
+
+# Private D-Bus for the daemon and the CLI. Exports DBUS_SYSTEM_BUS_ADDRESS so that gpuvirtd and
+# gpuvirtctl (and busctl --system) use it as "the system bus" without any flag.
+DBUS_PID=
+dbus_start() {
+    local dir=/run/gpuvirt-test
+    mkdir -p "$dir"
+    cat > "$dir/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=$dir/bus.sock</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/> <allow own="*"/> <allow send_destination="*"/> <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+EOF
+    DBUS_PID=$(dbus-daemon --config-file="$dir/bus.conf" --fork --print-pid 2>"$SCENARIO_OUT/dbus.err") \
+        || { fail "private dbus-daemon did not start: $(cat "$SCENARIO_OUT/dbus.err")"; return 1; }
+    export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$dir/bus.sock
+}
+dbus_stop() { [ -n "$DBUS_PID" ] && kill "$DBUS_PID" 2>/dev/null; DBUS_PID=; }
+
+# gpuvirtd_start -- the daemon against the real /sys, real udev events, on the private bus.
+# GPUVIRTD_ARGS overrides the arguments. Waits until the bus name is owned.
+GPUVIRTD_PID=
+gpuvirtd_start() {
+    local bin; bin=$(bin_path gpuvirtd)
+    [ -x "$bin" ] || { fail "gpuvirtd not built at $bin"; return 1; }
+    # shellcheck disable=SC2086 # GPUVIRTD_ARGS is a word list on purpose
+    RUST_LOG=${RUST_LOG:-info} "$bin" ${GPUVIRTD_ARGS:---root / --events udev} \
+        >> "$SCENARIO_OUT/gpuvirtd.log" 2>&1 &
+    GPUVIRTD_PID=$!
+    local i
+    for i in $(seq 300); do
+        busctl --system status org.gpuvirt.GpuVirt1 >/dev/null 2>&1 && return 0
+        kill -0 "$GPUVIRTD_PID" 2>/dev/null || { fail "gpuvirtd exited early: $(tail -5 "$SCENARIO_OUT/gpuvirtd.log")"; return 1; }
+        sleep 0.1
+    done
+    fail "gpuvirtd did not own org.gpuvirt.GpuVirt1 within 30 s"
+    return 1
+}
+gpuvirtd_stop() {
+    [ -n "$GPUVIRTD_PID" ] || return 0
+    kill -TERM "$GPUVIRTD_PID" 2>/dev/null
+    wait "$GPUVIRTD_PID" 2>/dev/null
+    GPUVIRTD_PID=
+}
