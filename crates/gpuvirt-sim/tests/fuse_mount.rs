@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpuvirt_sim::fuse::{lock_backend, SimMount};
+use gpuvirt_sim::host::{send_command, ControlServer, HookError, HostHooks};
 use gpuvirt_sim::materialize::compare_dir;
 use gpuvirt_sim::socket::UeventReader;
 use gpuvirt_sim::{Backend, Tree, Uevent};
@@ -96,6 +97,16 @@ impl Backend for Toy {
 
     fn take_uevents(&mut self) -> Vec<Uevent> {
         std::mem::take(&mut self.pending)
+    }
+}
+
+impl HostHooks for Toy {
+    fn hot_remove(&mut self, bdf: &str) -> Result<(), HookError> {
+        if bdf != "0000:41:00.0" || !self.tree.exists(DEV) {
+            return Err(HookError::new(libc::ENODEV, format!("no device {bdf}")));
+        }
+        self.write(&format!("{DEV}/remove"), b"1")
+            .map_err(|e| HookError::new(e, "remove failed"))
     }
 }
 
@@ -401,4 +412,60 @@ fn uevents_reach_socket_clients_and_subscribers_in_order() {
     lock_backend(mnt.backend()).emit(Uevent::new("add", "/devices/virtual/misc/x", "misc"));
     mnt.publish_pending();
     assert_eq!(reader.recv_timeout(timeout).unwrap().seqnum, 4);
+}
+
+#[test]
+fn control_socket_drives_the_running_mount() {
+    let Some((dir, mnt)) = mount() else { return };
+    let uevents = dir.path().join("uevent.sock");
+    mnt.listen_uevents(&uevents).unwrap();
+    let mut reader = UeventReader::connect(&uevents).unwrap();
+    let ctl = dir.path().join("control.sock");
+    let server =
+        ControlServer::start(&ctl, Arc::clone(mnt.backend()), Arc::clone(mnt.events())).unwrap();
+    let dev = mnt.sys().join(&DEV[4..]);
+
+    assert_eq!(send_command(&ctl, "ping").unwrap(), "ok pong");
+    assert_eq!(
+        send_command(&ctl, &format!("read {DEV}/vendor")).unwrap(),
+        "ok 0x10de\\n"
+    );
+    // Writes through the control socket follow links and keep the kernel's errno.
+    assert_eq!(
+        send_command(
+            &ctl,
+            "write sys/bus/pci/devices/0000:41:00.0/driver_override vfio-pci"
+        )
+        .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        fs::read_to_string(dev.join("driver_override")).unwrap(),
+        "vfio-pci\n"
+    );
+    assert!(send_command(&ctl, &format!("write {DEV}/busy 1"))
+        .unwrap()
+        .starts_with("err EBUSY "));
+    assert!(send_command(&ctl, &format!("write {DEV}/vendor 1"))
+        .unwrap()
+        .starts_with("err EACCES "));
+    assert!(send_command(&ctl, "load-module vfio_pci")
+        .unwrap()
+        .starts_with("err EOPNOTSUPP "));
+    assert!(send_command(&ctl, "bogus")
+        .unwrap()
+        .starts_with("err EINVAL "));
+
+    assert_eq!(send_command(&ctl, "hot-remove 0000:41:00.0").unwrap(), "ok");
+    assert!(!dev.exists(), "the mount sees the hot removal at once");
+    assert!(send_command(&ctl, "hot-remove 0000:41:00.0")
+        .unwrap()
+        .starts_with("err ENODEV "));
+
+    let actions: Vec<String> = (0..3)
+        .map(|_| reader.recv_timeout(Duration::from_secs(5)).unwrap().action)
+        .collect();
+    assert_eq!(actions, vec!["change", "unbind", "remove"]);
+    drop(server);
+    assert!(!ctl.exists());
 }
