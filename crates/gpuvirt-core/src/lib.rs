@@ -1,9 +1,31 @@
 //! gpuvirt's synchronous core: the host model, root-prefixed sysfs reading and the inventory scan.
 //!
 //! Nothing here knows tokio, zbus or udev; the daemon and the simulated kernel build on it.
+//! Start with [`Scanner`]: `Scanner::new(Root::new(dir)).scan()` reads a host into an
+//! [`Inventory`]; [`Scanner::refresh`] re-reads what one uevent touched.
 
+pub mod iommu;
+pub mod modalias;
 pub mod model;
+pub mod pciids;
 pub mod root;
+pub mod scan;
+pub mod sysfs;
+pub mod testing;
 
 pub use model::*;
 pub use root::Root;
+pub use scan::{scan, RefreshTarget, Scanner};
+pub use sysfs::ScanStats;
+
+/// An error and its sources as one line, `outer: inner: innermost`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -329,6 +329,7 @@ pub struct Inventory {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

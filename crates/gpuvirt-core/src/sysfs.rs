@@ -1,0 +1,293 @@
+//! Counted, root-relative sysfs access: capped attribute reads, single `readlink`s, directory listings.
+//!
+//! Every filesystem operation the scanner performs goes through [`Reader`], so the benchmark can
+//! report exactly how many files, links and directories one scan touched, and so every failure
+//! becomes a [`ScanWarning`] naming the file relative to the root instead of a panic.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ScanWarning;
+use crate::root::Root;
+
+/// The most bytes read from one attribute; sysfs attributes are at most a page, so anything
+/// larger is not a sysfs attribute and is refused rather than slurped.
+pub const ATTR_READ_CAP: u64 = 64 * 1024;
+
+/// How many filesystem operations a scan or refresh performed (the benchmark's unit of cost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanStats {
+    /// Files opened and read (attributes, `uevent`, pci.ids, modules.alias …), failed opens included.
+    pub files_read: u64,
+    /// `readlink` calls.
+    pub links_read: u64,
+    /// Directories listed.
+    pub dirs_listed: u64,
+    /// Existence probes (`stat`), used only for `/sys/module/<name>`.
+    pub probes: u64,
+}
+
+impl ScanStats {
+    /// All file operations together.
+    pub fn total(&self) -> u64 {
+        self.files_read + self.links_read + self.dirs_listed + self.probes
+    }
+
+    /// Adds another set of counters to this one.
+    pub fn add(&mut self, other: &ScanStats) {
+        self.files_read += other.files_read;
+        self.links_read += other.links_read;
+        self.dirs_listed += other.dirs_listed;
+        self.probes += other.probes;
+    }
+}
+
+/// Why an attribute could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file (or its device) does not exist: ENOENT, ENOTDIR or ENODEV.
+    #[error("the file does not exist")]
+    Missing,
+    #[error("the file is larger than {ATTR_READ_CAP} bytes")]
+    TooLarge,
+    #[error("the file is not UTF-8 text")]
+    NotUtf8,
+    #[error("the file could not be read")]
+    Io(#[source] io::Error),
+}
+
+/// True for the errors a device that vanished (or an attribute that never existed) produces.
+pub fn is_missing(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc_errno::ENOENT) | Some(libc_errno::ENOTDIR) | Some(libc_errno::ENODEV)
+    ) || err.kind() == io::ErrorKind::NotFound
+}
+
+/// Linux errno values used for classification (std exposes only `ErrorKind`).
+mod libc_errno {
+    pub const ENOENT: i32 = 2;
+    pub const ENODEV: i32 = 19;
+    pub const ENOTDIR: i32 = 20;
+    pub const EINVAL: i32 = 22;
+}
+
+/// True when `readlink` failed because the path is not a symbolic link.
+pub fn is_not_a_link(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc_errno::EINVAL)
+}
+
+/// Performs counted filesystem operations below one root and collects warnings.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    root: &'a Root,
+    pub stats: ScanStats,
+    pub warnings: Vec<ScanWarning>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(root: &'a Root) -> Self {
+        Self {
+            root,
+            stats: ScanStats::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Root {
+        self.root
+    }
+
+    /// The absolute path of `rel` (relative to the root).
+    pub fn abs(&self, rel: &Path) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Records a warning about `rel` (relative to the root).
+    pub fn warn(&mut self, rel: &Path, message: impl Into<String>) {
+        self.warnings.push(ScanWarning {
+            path: rel.to_path_buf(),
+            message: message.into(),
+        });
+    }
+
+    /// Reads a text file capped at [`ATTR_READ_CAP`] bytes.
+    pub fn read(&mut self, rel: &Path) -> Result<String, ReadError> {
+        self.read_capped(rel, ATTR_READ_CAP)
+    }
+
+    /// Reads a text file of at most `cap` bytes (larger databases such as pci.ids).
+    /// Invalid UTF-8 is an error.
+    pub fn read_capped(&mut self, rel: &Path, cap: u64) -> Result<String, ReadError> {
+        let bytes = self.read_bytes(rel, cap)?;
+        String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
+    }
+
+    /// Reads raw bytes of at most `cap` bytes.
+    pub fn read_bytes(&mut self, rel: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
+        self.stats.files_read += 1;
+        let file = File::open(self.abs(rel)).map_err(classify)?;
+        // A page is what every sysfs attribute fits in, so one read plus the EOF read suffice.
+        let mut buf = Vec::with_capacity(4096);
+        file.take(cap + 1).read_to_end(&mut buf).map_err(classify)?;
+        if buf.len() as u64 > cap {
+            return Err(ReadError::TooLarge);
+        }
+        Ok(buf)
+    }
+
+    /// One `readlink`.
+    pub fn read_link(&mut self, rel: &Path) -> io::Result<PathBuf> {
+        self.stats.links_read += 1;
+        std::fs::read_link(self.abs(rel))
+    }
+
+    /// Lists a directory's entry names (unsorted; names that are not UTF-8 are reported and skipped).
+    pub fn list(&mut self, rel: &Path) -> io::Result<Vec<String>> {
+        self.stats.dirs_listed += 1;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.abs(rel))? {
+            let name: OsString = entry?.file_name();
+            match name.into_string() {
+                Ok(name) => names.push(name),
+                Err(name) => {
+                    let path = rel.join(&name);
+                    self.warn(&path, "the entry name is not UTF-8 and was skipped");
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether something exists at `rel` (one `stat`).
+    pub fn exists(&mut self, rel: &Path) -> bool {
+        self.stats.probes += 1;
+        std::fs::metadata(self.abs(rel)).is_ok()
+    }
+}
+
+fn classify(err: io::Error) -> ReadError {
+    if is_missing(&err) {
+        ReadError::Missing
+    } else {
+        ReadError::Io(err)
+    }
+}
+
+/// Resolves a link target lexically against the directory holding the link, both relative to
+/// the sysfs mount (`sys`).
+///
+/// Sysfs links always point at canonical `devices/...` paths through real directories, so
+/// lexical resolution gives the same answer as `canonicalize` without one `readlink` per
+/// component. Absolute targets (`/sys/devices/...`) are taken relative to the sysfs mount.
+/// Returns `None` when the target climbs above the sysfs mount.
+pub fn resolve_link(link_dir: &Path, target: &Path) -> Option<PathBuf> {
+    let mut out: Vec<&std::ffi::OsStr> = Vec::new();
+    let target = if target.is_absolute() {
+        target.strip_prefix("/sys").ok()?
+    } else {
+        for c in link_dir.components() {
+            match c {
+                Component::Normal(part) => out.push(part),
+                Component::ParentDir => {
+                    out.pop()?;
+                }
+                _ => {}
+            }
+        }
+        target
+    };
+    for c in target.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop()?;
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(out.iter().collect())
+}
+
+/// The final component of a link target as text, e.g. the driver name of `driver -> ../../bus/pci/drivers/nvidia`.
+pub fn basename(target: &Path) -> Option<&str> {
+    target.file_name().and_then(|n| n.to_str())
+}
+
+/// Shortens a value for inclusion in a warning message.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        value.to_string()
+    } else {
+        let cut: String = value.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Parses `0x10de`, `10de` or `10DE` as hexadecimal.
+pub fn parse_hex(value: &str) -> Option<u32> {
+    let digits = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+        .unwrap_or(value);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_relative_sysfs_links() {
+        let p = resolve_link(
+            Path::new("bus/pci/devices"),
+            Path::new("../../../devices/pci0000:40/0000:40:01.1/0000:41:00.0"),
+        )
+        .unwrap();
+        assert_eq!(p, Path::new("devices/pci0000:40/0000:40:01.1/0000:41:00.0"));
+        let p = resolve_link(
+            Path::new("bus/pci/devices"),
+            Path::new("/sys/devices/pci0000:00/0000:00:02.0"),
+        )
+        .unwrap();
+        assert_eq!(p, Path::new("devices/pci0000:00/0000:00:02.0"));
+        assert!(resolve_link(Path::new("bus"), Path::new("../../etc")).is_none());
+    }
+
+    #[test]
+    fn parses_hex_forms() {
+        assert_eq!(parse_hex("0x030200"), Some(0x030200));
+        assert_eq!(parse_hex("10DE"), Some(0x10de));
+        assert_eq!(parse_hex("0x"), None);
+        assert_eq!(parse_hex("zz"), None);
+        assert_eq!(parse_hex("123456789"), None);
+    }
+
+    #[test]
+    fn caps_reads_and_rejects_non_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("big"),
+            vec![b'a'; ATTR_READ_CAP as usize + 1],
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("bin"), [0xff, 0xfe]).unwrap();
+        std::fs::write(dir.path().join("ok"), "0x10de\n").unwrap();
+        let root = Root::new(dir.path());
+        let mut r = Reader::new(&root);
+        assert!(matches!(r.read(Path::new("big")), Err(ReadError::TooLarge)));
+        assert!(matches!(r.read(Path::new("bin")), Err(ReadError::NotUtf8)));
+        assert!(matches!(r.read(Path::new("nope")), Err(ReadError::Missing)));
+        assert_eq!(r.read(Path::new("ok")).unwrap(), "0x10de\n");
+        assert_eq!(r.stats.files_read, 4);
+    }
+}
