@@ -9,11 +9,13 @@
 //! read <path>                        -> ok <content, newlines as \n>
 //! write <path> <data...>             -> ok | err EBUSY ...   (as a write() through the mount)
 //! hot-remove <bdf>                   surprise removal of a PCI function (and its children)
-//! hot-add <bdf>                      bring a removed function back
+//! hot-add <spec>                     a new function appears (spec format is the backend's;
+//!                                    the kernel takes an inline TOML PCI function table)
 //! load-module <name>                 e.g. vfio_pci, mdev
 //! unload-module <name>
 //! set-mdev-busy <uuid> <0|1>         an mdev in use: remove fails with EBUSY
-//! fail-next-write <path> <errno>     next write to <path> fails with errno (name or number)
+//! fail-next-write <path> <errno>     next write to <path> fails with errno (name or number;
+//!                                    needs the backend wrapped in [`Faults`])
 //! ```
 //!
 //! Paths are relative to the simulated root (`sys/bus/pci/...`). Uevents a command causes are
@@ -32,19 +34,19 @@ use crate::socket::Broadcaster;
 use crate::tree::NodeKind;
 
 /// The command summary shown by `gpuvirt-sim mount --help`.
-pub const COMMANDS_HELP: &str = "\
-Control socket: one command per line, one answer per line (`ok [text]` or `err ERRNO message`).
+pub const COMMANDS_HELP: &str = r#"Control socket: one command per line, one answer per line (`ok [text]` or `err ERRNO message`).
 Paths are relative to the simulated root, e.g. sys/bus/pci/drivers/nvidia/unbind.
   ping                            liveness check
-  read PATH                       file content (newlines escaped as \\n)
+  read PATH                       file content (newlines escaped as \n)
   write PATH DATA...              write DATA like write() through the mount would
   hot-remove BDF                  surprise-remove a PCI function (e.g. 0000:41:00.0)
-  hot-add BDF                     bring a hot-removed function back
+  hot-add {TOML}                  hotplug a PCI function, e.g.
+                                  hot-add {address = "0000:42:00.0", class = 0x030000, id = "10de:1db4"}
   load-module NAME                load a module (vfio_pci, mdev, ...)
   unload-module NAME              unload a module
   set-mdev-busy UUID 0|1          mark an mdev in use (its remove then fails with EBUSY)
   fail-next-write PATH ERRNO      make the next write to PATH fail (EBUSY, EINVAL, 19, ...)
-Example: echo 'hot-remove 0000:41:00.0' | socat - UNIX-CONNECT:/run/sim.ctl";
+Example: echo 'hot-remove 0000:41:00.0' | socat - UNIX-CONNECT:/run/sim.ctl"#;
 
 /// Why a control command failed; `errno` is what the answer names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +78,8 @@ pub trait HostHooks: Backend {
     fn hot_remove(&mut self, _bdf: &str) -> Result<(), HookError> {
         Err(HookError::unsupported("hot-remove"))
     }
-    fn hot_add(&mut self, _bdf: &str) -> Result<(), HookError> {
+    /// `spec` is the rest of the command line, in a format the backend defines.
+    fn hot_add(&mut self, _spec: &str) -> Result<(), HookError> {
         Err(HookError::unsupported("hot-add"))
     }
     fn load_module(&mut self, _name: &str) -> Result<(), HookError> {
@@ -100,7 +103,7 @@ pub enum Command {
     Read { path: String },
     Write { path: String, data: String },
     HotRemove { bdf: String },
-    HotAdd { bdf: String },
+    HotAdd { spec: String },
     LoadModule { name: String },
     UnloadModule { name: String },
     SetMdevBusy { uuid: String, busy: bool },
@@ -136,9 +139,10 @@ impl Command {
             "hot-remove" => Command::HotRemove {
                 bdf: one("hot-remove BDF")?,
             },
-            "hot-add" => Command::HotAdd {
-                bdf: one("hot-add BDF")?,
+            "hot-add" if !rest.is_empty() => Command::HotAdd {
+                spec: rest.to_owned(),
             },
+            "hot-add" => return Err(usage("hot-add SPEC")),
             "load-module" => Command::LoadModule {
                 name: one("load-module NAME")?,
             },
@@ -205,7 +209,7 @@ pub fn execute<B: HostHooks>(backend: &mut B, command: &Command) -> Result<Strin
                 .map_err(|errno| HookError::new(errno, format!("write to {path} failed")))
         }
         Command::HotRemove { bdf } => backend.hot_remove(bdf).map(|()| String::new()),
-        Command::HotAdd { bdf } => backend.hot_add(bdf).map(|()| String::new()),
+        Command::HotAdd { spec } => backend.hot_add(spec).map(|()| String::new()),
         Command::LoadModule { name } => backend.load_module(name).map(|()| String::new()),
         Command::UnloadModule { name } => backend.unload_module(name).map(|()| String::new()),
         Command::SetMdevBusy { uuid, busy } => {
@@ -264,6 +268,77 @@ pub fn parse_errno(text: &str) -> Option<i32> {
         .iter()
         .find(|(_, name)| name.eq_ignore_ascii_case(text))
         .map(|(n, _)| *n)
+}
+
+/// A backend wrapper adding one-shot write faults (`fail-next-write`), so any backend can be
+/// made to fail a chosen write with a chosen errno without special cases in its kernel logic.
+#[derive(Debug)]
+pub struct Faults<B> {
+    inner: B,
+    /// Canonical tree path → errno of the next write there.
+    pending: std::collections::HashMap<String, i32>,
+}
+
+impl<B> Faults<B> {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            pending: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B: Backend> Backend for Faults<B> {
+    fn tree(&self) -> &crate::tree::Tree {
+        self.inner.tree()
+    }
+
+    fn write(&mut self, path: &str, data: &[u8]) -> Result<(), i32> {
+        match self.pending.remove(path) {
+            Some(errno) => Err(errno),
+            None => self.inner.write(path, data),
+        }
+    }
+
+    fn take_uevents(&mut self) -> Vec<crate::uevent::Uevent> {
+        self.inner.take_uevents()
+    }
+}
+
+impl<B: HostHooks> HostHooks for Faults<B> {
+    fn hot_remove(&mut self, bdf: &str) -> Result<(), HookError> {
+        self.inner.hot_remove(bdf)
+    }
+    fn hot_add(&mut self, spec: &str) -> Result<(), HookError> {
+        self.inner.hot_add(spec)
+    }
+    fn load_module(&mut self, name: &str) -> Result<(), HookError> {
+        self.inner.load_module(name)
+    }
+    fn unload_module(&mut self, name: &str) -> Result<(), HookError> {
+        self.inner.unload_module(name)
+    }
+    fn set_mdev_busy(&mut self, uuid: &str, busy: bool) -> Result<(), HookError> {
+        self.inner.set_mdev_busy(uuid, busy)
+    }
+    fn fail_next_write(&mut self, path: &str, errno: i32) -> Result<(), HookError> {
+        // Writes arrive with links resolved, so key the fault by the real file's path.
+        let tree = self.inner.tree();
+        let ino = tree
+            .resolve(path)
+            .ok_or_else(|| HookError::new(libc::ENOENT, format!("no file {path}")))?;
+        let canonical = tree.path_of(ino);
+        self.pending.insert(canonical, errno);
+        Ok(())
+    }
 }
 
 /// Serves the control socket on a background thread until dropped.
@@ -407,6 +482,70 @@ mod tests {
         ] {
             let err = Command::parse(bad).unwrap_err();
             assert_eq!(err.errno, libc::EINVAL, "{bad:?}");
+        }
+    }
+
+    /// A backend whose writable files just store what is written.
+    struct Plain(crate::tree::Tree);
+
+    impl Backend for Plain {
+        fn tree(&self) -> &crate::tree::Tree {
+            &self.0
+        }
+        fn write(&mut self, path: &str, data: &[u8]) -> Result<(), i32> {
+            self.0.set_file(path, data.to_vec(), 0o644);
+            Ok(())
+        }
+        fn take_uevents(&mut self) -> Vec<crate::uevent::Uevent> {
+            Vec::new()
+        }
+    }
+
+    impl HostHooks for Plain {}
+
+    #[test]
+    fn faults_fail_one_write_through_links_and_hooks_default_to_unsupported() {
+        let mut tree = crate::tree::Tree::new();
+        tree.attr_rw("sys/devices/d/driver_override", "(null)");
+        tree.attr("sys/devices/d/vendor", "0x10de");
+        tree.link_rel("sys/bus/pci/devices/d", "sys/devices/d");
+        let mut b = Faults::new(Plain(tree));
+        let run = |b: &mut Faults<Plain>, line: &str| execute(b, &Command::parse(line).unwrap());
+
+        run(
+            &mut b,
+            "fail-next-write sys/bus/pci/devices/d/driver_override EBUSY",
+        )
+        .unwrap();
+        let err = run(&mut b, "write sys/devices/d/driver_override vfio-pci").unwrap_err();
+        assert_eq!(err.errno, libc::EBUSY);
+        run(&mut b, "write sys/devices/d/driver_override vfio-pci").unwrap();
+        assert_eq!(
+            run(&mut b, "read sys/bus/pci/devices/d/driver_override").unwrap(),
+            "vfio-pci"
+        );
+        assert_eq!(
+            run(&mut b, "write sys/devices/d/vendor 1")
+                .unwrap_err()
+                .errno,
+            libc::EACCES
+        );
+        assert_eq!(
+            run(&mut b, "fail-next-write sys/nope EIO")
+                .unwrap_err()
+                .errno,
+            libc::ENOENT
+        );
+        for hook in [
+            "hot-remove 0000:41:00.0",
+            "load-module vfio_pci",
+            "hot-add {}",
+        ] {
+            assert_eq!(
+                run(&mut b, hook).unwrap_err().errno,
+                libc::EOPNOTSUPP,
+                "{hook}"
+            );
         }
     }
 
