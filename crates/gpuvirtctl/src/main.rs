@@ -1,3 +1,497 @@
-//! gpuvirtctl (work in progress).
+//! gpuvirtctl: the command-line client of gpuvirtd. It only talks D-Bus; it never reads sysfs.
 
-fn main() {}
+mod view;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gpuvirt_api as api;
+use serde::Serialize;
+
+use crate::view::{GpuView, Host, ShardView};
+
+/// Inspect GPUs, IOMMU groups and mediated devices through gpuvirtd.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Talk to gpuvirtd on the system bus (the default).
+    #[arg(long, global = true, conflicts_with_all = ["session", "bus_address"])]
+    system: bool,
+    /// Talk to gpuvirtd on the session bus.
+    #[arg(long, global = true, conflicts_with = "bus_address")]
+    session: bool,
+    /// Talk to gpuvirtd on the bus at this D-Bus address.
+    #[arg(long, global = true, value_name = "ADDR")]
+    bus_address: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List GPUs: address, ids, driver, state, IOMMU group, sharding.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything about one GPU.
+    Show {
+        /// PCI address, DDDD:BB:DD.F (or BB:DD.F).
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the IOMMU groups gpuvirt can act on, their members and viability.
+    Groups {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the vGPU/mdev types every shardable device offers.
+    Types {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List mediated devices.
+    Mdevs {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a command failed; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot connect to the {bus}")]
+    Connect {
+        bus: String,
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    #[error("gpuvirtd is not running on the {bus} ({} has no owner); start it with `systemctl start gpuvirtd`", api::BUS_NAME)]
+    NotRunning { bus: String },
+    #[error("{0}")]
+    Daemon(String),
+    #[error("D-Bus call failed")]
+    Call(#[source] Box<zbus::Error>),
+    #[error("cannot write JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime);
+    let result = runtime.and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!("gpuvirtctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let (builder, bus) = match (&cli.bus_address, cli.session) {
+        (Some(a), _) => (
+            zbus::connection::Builder::address(a.as_str()),
+            format!("bus at {a}"),
+        ),
+        (None, true) => (zbus::connection::Builder::session(), "session bus".into()),
+        (None, false) => (zbus::connection::Builder::system(), "system bus".into()),
+    };
+    let connection = match builder {
+        Ok(b) => b.build().await,
+        Err(e) => Err(e),
+    }
+    .map_err(|source| CliError::Connect {
+        bus: bus.clone(),
+        source: Box::new(source),
+    })?;
+    let call_error = |e: zbus::Error| classify(e, &bus);
+
+    match cli.command {
+        Command::List { json } => {
+            let host = fetch(&connection).await.map_err(call_error)?;
+            if json {
+                print_json(&host.gpus)
+            } else {
+                print_list(&host);
+                Ok(())
+            }
+        }
+        Command::Show { address, json } => {
+            let manager = api::ManagerProxy::new(&connection)
+                .await
+                .map_err(call_error)?;
+            let path = manager
+                .get_gpu_by_pci_address(&address)
+                .await
+                .map_err(|e| match e {
+                    api::Error::ZBus(e) => classify(e, &bus),
+                    other => CliError::Daemon(describe(&other)),
+                })?;
+            let host = fetch(&connection).await.map_err(call_error)?;
+            let Some(gpu) = host.gpus.iter().find(|g| g.path == path.as_str()) else {
+                return Err(CliError::Daemon(format!("{address} disappeared")));
+            };
+            if json {
+                print_json(gpu)
+            } else {
+                print_show(gpu, &host);
+                Ok(())
+            }
+        }
+        Command::Groups { json } => {
+            let host = fetch(&connection).await.map_err(call_error)?;
+            if json {
+                return print_json(&host.groups);
+            }
+            let mut rows = vec![row(["GROUP", "VIABLE", "MEMBER", "CLASS", "DRIVER"])];
+            for g in &host.groups {
+                for (i, m) in g.members.iter().enumerate() {
+                    let (id, viable) = if i == 0 {
+                        (g.id.to_string(), yes_no(g.viable).to_owned())
+                    } else {
+                        (String::new(), String::new())
+                    };
+                    rows.push(vec![
+                        id,
+                        viable,
+                        m.name.clone(),
+                        m.class.clone(),
+                        or_dash(&m.driver),
+                    ]);
+                }
+            }
+            print_table(&rows);
+            for g in host
+                .groups
+                .iter()
+                .filter(|g| !g.viability_problems.is_empty())
+            {
+                for p in &g.viability_problems {
+                    println!("group {}: {p}", g.id);
+                }
+            }
+            Ok(())
+        }
+        Command::Types { json } => {
+            let host = fetch(&connection).await.map_err(call_error)?;
+            let parents: Vec<&ShardView> = host
+                .gpus
+                .iter()
+                .filter_map(|g| g.shard.as_ref())
+                .chain(host.other_parents.iter())
+                .collect();
+            if json {
+                return print_json(&parents);
+            }
+            let mut rows = vec![row([
+                "PARENT",
+                "BACKEND",
+                "TYPE",
+                "NAME",
+                "AVAILABLE",
+                "API",
+                "DESCRIPTION",
+            ])];
+            for p in parents {
+                for t in &p.types {
+                    rows.push(vec![
+                        p.name.clone(),
+                        p.backend.clone(),
+                        t.id.clone(),
+                        t.name.clone(),
+                        t.available_instances.to_string(),
+                        or_dash(&t.device_api),
+                        or_dash(&t.description),
+                    ]);
+                }
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        Command::Mdevs { json } => {
+            let host = fetch(&connection).await.map_err(call_error)?;
+            if json {
+                return print_json(&host.mdevs);
+            }
+            let mut rows = vec![row([
+                "UUID", "PARENT", "TYPE", "NAME", "DRIVER", "GROUP", "ACTIVE",
+            ])];
+            for m in &host.mdevs {
+                rows.push(vec![
+                    m.uuid.clone(),
+                    m.parent.clone(),
+                    m.type_id.clone(),
+                    or_dash(&m.type_name),
+                    or_dash(&m.driver),
+                    m.iommu_group.map(|g| g.to_string()).unwrap_or("-".into()),
+                    yes_no(m.active).to_owned(),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+    }
+}
+
+async fn fetch(connection: &zbus::Connection) -> zbus::Result<Host> {
+    let manager = zbus::fdo::ObjectManagerProxy::builder(connection)
+        .destination(api::BUS_NAME)?
+        .path(api::ROOT_PATH)?
+        .build()
+        .await?;
+    let objects = manager.get_managed_objects().await?;
+    Ok(Host::from_managed_objects(objects))
+}
+
+/// A missing daemon is the common failure: say so plainly instead of a D-Bus error name.
+fn classify(e: zbus::Error, bus: &str) -> CliError {
+    let missing = match &e {
+        zbus::Error::MethodError(name, _, _) => matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
+        ),
+        zbus::Error::FDO(f) => matches!(
+            **f,
+            zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+        ),
+        _ => false,
+    };
+    if missing {
+        CliError::NotRunning {
+            bus: bus.to_owned(),
+        }
+    } else {
+        match e {
+            zbus::Error::MethodError(name, Some(desc), _) => {
+                CliError::Daemon(format!("{desc} ({name})"))
+            }
+            other => CliError::Call(Box::new(other)),
+        }
+    }
+}
+
+fn describe(e: &api::Error) -> String {
+    let name = zbus::DBusError::name(e);
+    let desc = zbus::DBusError::description(e).unwrap_or("no description");
+    format!("{desc} ({name})")
+}
+
+fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(CliError::Json)?;
+    println!("{text}");
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn format_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[c].saturating_sub(cell.chars().count());
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    print!("{}", format_table(rows));
+}
+
+fn print_list(host: &Host) {
+    let mut rows = vec![row([
+        "ADDRESS", "IDS", "DRIVER", "STATE", "GROUP", "SHARD", "NAME",
+    ])];
+    for g in &host.gpus {
+        let shard = g
+            .shard
+            .as_ref()
+            .map(|s| {
+                format!(
+                    "{} ({} types, {} children)",
+                    s.backend,
+                    s.types.len(),
+                    s.children.len()
+                )
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        let name = match (g.vendor_name.as_str(), g.product_name.as_str()) {
+            ("", "") => "-".to_owned(),
+            (v, "") => v.to_owned(),
+            (_, p) => p.to_owned(),
+        };
+        rows.push(vec![
+            g.pci_address.clone(),
+            format!("{}:{}", g.vendor_id, g.device_id),
+            or_dash(&g.driver),
+            g.state.clone(),
+            g.iommu_group.map(|i| i.to_string()).unwrap_or("-".into()),
+            shard,
+            name,
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_show(g: &GpuView, host: &Host) {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut kv = |k: &str, v: String| rows.push(vec![format!("{k}:"), v]);
+    kv("Address", g.pci_address.clone());
+    kv("Object", g.path.clone());
+    kv(
+        "Vendor",
+        format!("{} [{}]", or_dash(&g.vendor_name), g.vendor_id),
+    );
+    kv(
+        "Device",
+        format!("{} [{}]", or_dash(&g.product_name), g.device_id),
+    );
+    kv(
+        "Subsystem",
+        format!(
+            "{} [{}:{}]",
+            or_dash(&g.subsystem_name),
+            g.subsystem_vendor_id,
+            g.subsystem_device_id
+        ),
+    );
+    kv("Class", g.class_code.clone());
+    kv("Driver", or_dash(&g.driver));
+    kv("Driver override", or_dash(&g.driver_override));
+    kv("Kernel modules", or_dash(&g.kernel_modules.join(", ")));
+    kv("State", g.state.clone());
+    kv("Boot VGA", yes_no(g.boot_vga).to_owned());
+    kv("NUMA node", g.numa_node.to_string());
+    kv("Reset methods", or_dash(&g.reset_methods.join(" ")));
+    kv("Companions", or_dash(&g.companions.join(", ")));
+    if !g.physical_function.is_empty() {
+        kv("Physical function", g.physical_function.clone());
+    }
+    if g.sriov_total_vfs > 0 {
+        kv(
+            "SR-IOV",
+            format!("{} of {} VFs enabled", g.sriov_num_vfs, g.sriov_total_vfs),
+        );
+    }
+    match g
+        .iommu_group
+        .and_then(|id| host.groups.iter().find(|x| x.id == id))
+    {
+        Some(group) => {
+            kv(
+                "IOMMU group",
+                format!(
+                    "{} ({})",
+                    group.id,
+                    if group.viable { "viable" } else { "not viable" }
+                ),
+            );
+            for m in &group.members {
+                kv(
+                    "  member",
+                    format!("{} {} {}", m.name, or_dash(&m.class), or_dash(&m.driver)),
+                );
+            }
+            for p in &group.viability_problems {
+                kv("  problem", p.clone());
+            }
+        }
+        None => kv(
+            "IOMMU group",
+            g.iommu_group
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+    }
+    if let Some(s) = &g.shard {
+        kv("Shard backend", s.backend.clone());
+        for t in &s.types {
+            kv(
+                "  type",
+                format!(
+                    "{} {} (available {})",
+                    t.id,
+                    or_dash(&t.name),
+                    t.available_instances
+                ),
+            );
+        }
+        for c in &s.children {
+            kv("  child", c.clone());
+        }
+    }
+    print_table(&rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![row(["A", "BB", "C"]), row(["aaa", "b", "c"])];
+        assert_eq!(format_table(&rows), "A    BB  C\naaa  b   c\n");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        assert!(Cli::try_parse_from(["gpuvirtctl", "--session", "--system", "list"]).is_err());
+        assert!(Cli::try_parse_from(["gpuvirtctl", "show"]).is_err());
+    }
+}

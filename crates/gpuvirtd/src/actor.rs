@@ -1,0 +1,217 @@
+//! The one owner of the inventory: applies events, diffs, updates the served objects.
+//!
+//! D-Bus handlers never touch the inventory: they read the latest immutable object tree from a
+//! `watch` channel. Only this task writes, so there is no lock to hold across `.await`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use gpuvirt_core::Inventory;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::dbus;
+use crate::events::{self, SourceMessage, Target};
+use crate::objects::{self, ObjectTree};
+
+/// Reads the host. The daemon uses the core scanner; tests can substitute a fake.
+pub trait InventorySource: Send + Sync + 'static {
+    fn scan(&self) -> Inventory;
+    /// Re-reads what `target` touches in `inv`.
+    fn refresh(&self, inv: &mut Inventory, target: &Target);
+}
+
+impl InventorySource for gpuvirt_core::Scanner {
+    fn scan(&self) -> Inventory {
+        gpuvirt_core::Scanner::scan(self)
+    }
+
+    fn refresh(&self, inv: &mut Inventory, target: &Target) {
+        use gpuvirt_core::RefreshTarget as R;
+        let target = match target {
+            Target::Pci(a) => R::Pci(*a),
+            Target::Mdev(u) => R::Mdev(*u),
+            Target::MdevParent(n) => R::MdevParent(n.clone()),
+            Target::IommuGroup(g) => R::IommuGroup(*g),
+            Target::Modules => R::Modules,
+            Target::All => R::All,
+        };
+        gpuvirt_core::Scanner::refresh(self, inv, &target);
+    }
+}
+
+/// Requests from the rest of the daemon.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read everything (SIGHUP, later policy reload); replies when the tree is updated.
+    Rescan(oneshot::Sender<()>),
+    /// Liveness check for the systemd watchdog.
+    Ping(oneshot::Sender<()>),
+}
+
+/// Counters for the status line and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub gpus: usize,
+    pub mdevs: usize,
+    pub groups: usize,
+}
+
+impl Counts {
+    fn of(inv: &Inventory) -> Self {
+        Counts {
+            gpus: inv.gpus.len(),
+            mdevs: inv.mdevs.len(),
+            groups: inv.groups.len(),
+        }
+    }
+}
+
+/// Most events folded into one refresh pass; bounds latency under a never-ending burst.
+const MAX_BATCH: usize = 4096;
+
+/// The actor's state.
+pub struct Actor {
+    source: Arc<dyn InventorySource>,
+    inventory: Option<Inventory>,
+    tree: Arc<ObjectTree>,
+    server: zbus::ObjectServer,
+    snapshot: watch::Sender<Arc<ObjectTree>>,
+    counts: watch::Sender<Counts>,
+}
+
+impl std::fmt::Debug for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actor")
+            .field("objects", &self.tree.objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actor {
+    /// `inventory` and `tree` are what is already served.
+    pub fn new(
+        source: Arc<dyn InventorySource>,
+        inventory: Inventory,
+        tree: Arc<ObjectTree>,
+        server: zbus::ObjectServer,
+        snapshot: watch::Sender<Arc<ObjectTree>>,
+        counts: watch::Sender<Counts>,
+    ) -> Self {
+        counts.send_replace(Counts::of(&inventory));
+        Actor {
+            source,
+            inventory: Some(inventory),
+            tree,
+            server,
+            snapshot,
+            counts,
+        }
+    }
+
+    /// Runs until both channels close.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SourceMessage>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        loop {
+            tokio::select! {
+                msg = events.recv() => {
+                    let Some(first) = msg else { break };
+                    let mut targets = BTreeSet::new();
+                    add_targets(&mut targets, &first);
+                    // Fold whatever else is queued into the same pass: a burst costs one
+                    // refresh per distinct device, not one per event.
+                    while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
+                        match events.try_recv() {
+                            Ok(msg) => add_targets(&mut targets, &msg),
+                            Err(_) => break,
+                        }
+                    }
+                    self.update(targets).await;
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Rescan(reply)) => {
+                        self.update(BTreeSet::from([Target::All])).await;
+                        let _ = reply.send(());
+                    }
+                    Some(Command::Ping(reply)) => {
+                        let _ = reply.send(());
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+
+    async fn update(&mut self, targets: BTreeSet<Target>) {
+        let Some(mut inv) = self.inventory.take() else {
+            return;
+        };
+        let source = self.source.clone();
+        let started = std::time::Instant::now();
+        let refreshed = tokio::task::spawn_blocking(move || {
+            if targets.contains(&Target::All) {
+                inv = source.scan();
+            } else {
+                for target in &targets {
+                    source.refresh(&mut inv, target);
+                }
+            }
+            let tree = objects::build(&inv);
+            (inv, tree)
+        })
+        .await;
+        let (inv, tree) = match refreshed {
+            Ok(r) => r,
+            Err(e) => {
+                // A panic in the scanner must not take the daemon down; the next event retries.
+                tracing::error!(error = %e, "refresh failed; rescanning");
+                let source = self.source.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let inv = source.scan();
+                    let tree = objects::build(&inv);
+                    (inv, tree)
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "rescan failed");
+                        return;
+                    }
+                }
+            }
+        };
+        let counts = Counts::of(&inv);
+        let tree = Arc::new(tree);
+        // Publish first: a client reacting to a signal must find the object by lookup.
+        self.snapshot.send_replace(tree.clone());
+        let changes = objects::diff(&self.tree, &tree);
+        let n = changes.len();
+        if let Err(e) = dbus::apply(&self.server, changes).await {
+            tracing::error!(error = %e, "updating the D-Bus objects failed");
+        }
+        self.tree = tree;
+        self.inventory = Some(inv);
+        self.counts.send_if_modified(|c| {
+            let changed = *c != counts;
+            *c = counts;
+            changed
+        });
+        tracing::debug!(changes = n, elapsed = ?started.elapsed(), "inventory updated");
+    }
+}
+
+fn add_targets(targets: &mut BTreeSet<Target>, msg: &SourceMessage) {
+    match msg {
+        SourceMessage::Event(ev) => {
+            tracing::trace!(action = %ev.action, devpath = %ev.devpath, subsystem = %ev.subsystem, driver = ?ev.driver, "uevent");
+            targets.extend(events::targets(ev));
+        }
+        SourceMessage::Resync(reason) => {
+            tracing::info!(reason, "full rescan");
+            targets.insert(Target::All);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The served D-Bus side: the Manager interface and applying tree changes to the object server.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gpuvirt_api::{self as api, CallError};
+use gpuvirt_core::PciAddress;
+use tokio::sync::watch;
+use zbus::object_server::{Interface, InterfaceRef};
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::objects::{
+    Change, ChangedProperties, GpuInterface, Iface, IommuGroupInterface, Kind, ManagerProps,
+    MdevInterface, ObjectTree, ShardParentInterface,
+};
+
+/// `org.gpuvirt.GpuVirt1.Manager`.
+#[derive(Debug)]
+pub struct ManagerInterface {
+    pub props: ManagerProps,
+    /// The latest exported tree, for lookups without asking the actor.
+    pub tree: watch::Receiver<Arc<ObjectTree>>,
+}
+
+#[zbus::interface(name = "org.gpuvirt.GpuVirt1.Manager")]
+impl ManagerInterface {
+    /// The object of the GPU whose display function is `address` (`DDDD:BB:DD.F`).
+    async fn get_gpu_by_pci_address(&self, address: &str) -> Result<OwnedObjectPath, CallError> {
+        let parsed: PciAddress = address
+            .parse()
+            .map_err(|e| CallError::invalid_arg("address", e))?;
+        let path = api::gpu_path(&parsed);
+        let tree = self.tree.borrow();
+        match tree.objects.get(path.as_str()) {
+            Some(spec) if spec.gpu.is_some() => Ok(path),
+            _ => Err(CallError::no_such_device(format!(
+                "no GPU at {parsed} (functions that are not display controllers have no GPU object)"
+            ))),
+        }
+    }
+
+    /// The object of the mdev `uuid`.
+    async fn get_mdev_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, CallError> {
+        let parsed: uuid::Uuid = uuid
+            .parse()
+            .map_err(|_| CallError::invalid_arg("uuid", format!("'{uuid}' is not a UUID")))?;
+        let path = api::mdev_path(&parsed);
+        let tree = self.tree.borrow();
+        match tree.objects.get(path.as_str()) {
+            Some(spec) if spec.mdev.is_some() => Ok(path),
+            _ => Err(CallError::no_such_device(format!("no mdev {parsed}"))),
+        }
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        self.props.version.clone()
+    }
+
+    #[zbus(property)]
+    fn kernel_release(&self) -> String {
+        self.props.kernel_release.clone()
+    }
+
+    #[zbus(property)]
+    fn iommu_enabled(&self) -> bool {
+        self.props.iommu_enabled
+    }
+
+    #[zbus(property)]
+    fn iommu_reasons(&self) -> Vec<String> {
+        self.props.iommu_reasons.clone()
+    }
+
+    #[zbus(property)]
+    fn vfio_available(&self) -> bool {
+        self.props.vfio_available
+    }
+
+    #[zbus(property)]
+    fn mdev_available(&self) -> bool {
+        self.props.mdev_available
+    }
+
+    #[zbus(property)]
+    fn scan_warnings(&self) -> Vec<String> {
+        self.props.scan_warnings.clone()
+    }
+}
+
+/// Serves `changes` in order: adding/removing an interface makes zbus emit
+/// InterfacesAdded/Removed on the ObjectManager; an update replaces the properties and emits
+/// one PropertiesChanged with exactly the changed ones.
+pub async fn apply(server: &zbus::ObjectServer, changes: Vec<Change>) -> zbus::Result<()> {
+    for change in changes {
+        match change {
+            Change::Added { path, iface } => {
+                let path = path.as_str();
+                match iface {
+                    Iface::Gpu(p) => server.at(path, GpuInterface(p)).await?,
+                    Iface::ShardParent(p) => server.at(path, ShardParentInterface(p)).await?,
+                    Iface::IommuGroup(p) => server.at(path, IommuGroupInterface(p)).await?,
+                    Iface::Mdev(p) => server.at(path, MdevInterface(p)).await?,
+                    // The Manager is served from start-up and only ever updated.
+                    Iface::Manager(_) => false,
+                };
+            }
+            Change::Removed { path, kind } => {
+                let path = path.as_str();
+                match kind {
+                    Kind::Gpu => server.remove::<GpuInterface, _>(path).await?,
+                    Kind::ShardParent => server.remove::<ShardParentInterface, _>(path).await?,
+                    Kind::IommuGroup => server.remove::<IommuGroupInterface, _>(path).await?,
+                    Kind::Mdev => server.remove::<MdevInterface, _>(path).await?,
+                };
+            }
+            Change::Updated {
+                path,
+                iface,
+                changed,
+            } => {
+                let path = path.as_str();
+                match iface {
+                    Iface::Gpu(p) => {
+                        let r = server.interface::<_, GpuInterface>(path).await?;
+                        r.get_mut().await.0 = p;
+                        emit(&r, changed).await?;
+                    }
+                    Iface::ShardParent(p) => {
+                        let r = server.interface::<_, ShardParentInterface>(path).await?;
+                        r.get_mut().await.0 = p;
+                        emit(&r, changed).await?;
+                    }
+                    Iface::IommuGroup(p) => {
+                        let r = server.interface::<_, IommuGroupInterface>(path).await?;
+                        r.get_mut().await.0 = p;
+                        emit(&r, changed).await?;
+                    }
+                    Iface::Mdev(p) => {
+                        let r = server.interface::<_, MdevInterface>(path).await?;
+                        r.get_mut().await.0 = p;
+                        emit(&r, changed).await?;
+                    }
+                    Iface::Manager(p) => {
+                        let r = server.interface::<_, ManagerInterface>(path).await?;
+                        r.get_mut().await.props = p;
+                        emit(&r, changed).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn emit<I: Interface>(
+    iface: &InterfaceRef<I>,
+    changed: ChangedProperties,
+) -> zbus::Result<()> {
+    let map: HashMap<&str, zbus::zvariant::Value<'_>> = changed.into_iter().collect();
+    zbus::fdo::Properties::properties_changed(
+        iface.signal_emitter(),
+        I::name(),
+        map,
+        Cow::Borrowed(&[]),
+    )
+    .await
+}
