@@ -2,8 +2,10 @@
 //! semantics, kernel-format uevents, a FUSE mount of it and a plain-directory materialisation.
 
 pub mod backend;
+pub mod fixture;
 pub mod fuse;
 pub mod host;
+pub mod kernel;
 pub mod materialize;
 pub mod socket;
 pub mod tree;
