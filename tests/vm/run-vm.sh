@@ -254,8 +254,11 @@ boot_vm() {
         -device virtio-gpu-pci,id=vgpu2,bus=rp2
         -device pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3
         -device secondary-vga,id=svga3,bus=rp3
-        # Empty, hotplug-capable root port for device_add/device_del scenarios.
-        -device pcie-root-port,id=rp4,bus=pcie.0,chassis=4,slot=4,hotplug=on
+        # Empty, hotplug-capable root port for device_add/device_del scenarios. The firmware sizes
+        # bridge windows at boot from what is behind them: without a reservation the empty port gets
+        # too small a prefetchable window and bochs-drm rejects a hot-added adapter ("less than 4 MB
+        # video memory"). bochs-display's 16 MB framebuffer BAR is 32-bit prefetchable.
+        -device pcie-root-port,id=rp4,bus=pcie.0,chassis=4,slot=4,hotplug=on,pref32-reserve=64M,mem-reserve=8M
         -qmp "unix:$qmp,server=on,wait=off"
     )
     if [ "${INTERACTIVE:-0}" = 1 ]; then

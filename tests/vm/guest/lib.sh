@@ -41,6 +41,33 @@ display_addrs() {
     done
 }
 
+# dump_device DIR -- `ls -l` of one sysfs device directory (modes, links), then the value of every
+# readable text attribute. Bash builtins for the values: an exec per file is slow under TCG.
+dump_device() {
+    local dir=$1 e name val perm
+    local -A mode=()
+    echo "# $(readlink -f "$dir")"
+    ls -l "$dir/" | tail -n +2
+    while read -r perm _ _ _ _ _ _ _ name _; do mode[$name]=$perm; done < <(ls -l "$dir/" | tail -n +2)
+    echo "# values"
+    for e in "$dir"/*; do
+        name=${e##*/}
+        [ -f "$e" ] && [ ! -L "$e" ] || continue
+        case $name in config|rom|resource[0-9]*) continue ;; esac
+        case ${mode[$name]:-} in
+            -r*) ;;
+            *) echo "$name: write-only (${mode[$name]:-?})"; continue ;;
+        esac
+        val=
+        if read -r -d '' val 2>/dev/null < "$e" || [ -n "$val" ]; then
+            val=${val%$'\n'}
+            echo "$name = ${val//$'\n'/|}"
+        else
+            echo "$name: read failed or empty"
+        fi
+    done
+}
+
 # Binaries built on the host (tests/vm/run-tests.sh builds them before booting).
 bin_path() { echo "${GPUVIRT_TARGET_DIR:?}/${GPUVIRT_PROFILE:-debug}/$1"; }
 have_bin() { [ -x "$(bin_path "$1")" ]; }

@@ -17,33 +17,6 @@ FACTS=$SCENARIO_OUT/facts
 mkdir -p "$FACTS"
 INV_BIN=$(bin_path examples/inventory)
 
-# dump_device DIR -- `ls -l` of one sysfs device directory (modes, links), then the value of every
-# readable text attribute. Bash builtins for the values: an exec per file is slow under TCG.
-dump_device() {
-    local dir=$1 e name val perm
-    local -A mode=()
-    echo "# $(readlink -f "$dir")"
-    ls -l "$dir/" | tail -n +2
-    while read -r perm _ _ _ _ _ _ _ name _; do mode[$name]=$perm; done < <(ls -l "$dir/" | tail -n +2)
-    echo "# values"
-    for e in "$dir"/*; do
-        name=${e##*/}
-        [ -f "$e" ] && [ ! -L "$e" ] || continue
-        case $name in config|rom|resource[0-9]*) continue ;; esac
-        case ${mode[$name]:-} in
-            -r*) ;;
-            *) echo "$name: write-only (${mode[$name]:-?})"; continue ;;
-        esac
-        val=
-        if read -r -d '' val 2>/dev/null < "$e" || [ -n "$val" ]; then
-            val=${val%$'\n'}
-            echo "$name = ${val//$'\n'/|}"
-        else
-            echo "$name: read failed or empty"
-        fi
-    done
-}
-
 # write_errno FILE VALUE -- the error message a write gets ("ok" when it succeeds).
 write_errno() {
     local msg
