@@ -8,6 +8,8 @@ pub mod iommu;
 pub mod modalias;
 pub mod model;
 pub mod pciids;
+pub mod plan;
+pub mod policy;
 pub mod root;
 pub mod scan;
 pub mod sysfs;

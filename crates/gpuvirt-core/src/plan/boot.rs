@@ -1,0 +1,117 @@
+//! The boot-time files gpuvirt owns, computed whole from the policy: the host's module
+//! blacklist and options, early vfio-pci binding (per-slot udev rule or modprobe.d ids), and
+//! the module list that loads vfio-pci at boot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::model::{Inventory, PciAddress};
+use crate::policy::{EarlyMethod, Policy};
+use crate::root::Root;
+
+/// modprobe.d: `[host]` blacklist/options and vfio-pci `ids=`/`softdep` for early binding.
+pub const MODPROBE_CONF: &str = "etc/modprobe.d/gpuvirt.conf";
+/// udev: `driver_override=vfio-pci` on each function of an early passthrough slot.
+pub const UDEV_RULES: &str = "etc/udev/rules.d/61-gpuvirt-vfio.rules";
+/// modules-load.d: loads vfio-pci at boot for the udev method.
+pub const MODULES_LOAD: &str = "etc/modules-load.d/gpuvirt.conf";
+
+/// Every boot file gpuvirt may own (others are never touched).
+pub const BOOT_FILES: [&str; 3] = [MODPROBE_CONF, UDEV_RULES, MODULES_LOAD];
+
+/// Reads the current contents of gpuvirt's boot files under `root` (missing files are left
+/// out), for [`PlanState::boot_files`](super::PlanState::boot_files).
+pub fn read_boot_files(root: &Root) -> io::Result<BTreeMap<PathBuf, String>> {
+    let mut files = BTreeMap::new();
+    for rel in BOOT_FILES {
+        match std::fs::read_to_string(root.join(rel)) {
+            Ok(text) => {
+                files.insert(PathBuf::from(rel), text);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(files)
+}
+
+/// A passthrough card to keep from host drivers from early boot.
+#[derive(Debug, Clone)]
+pub(super) struct EarlyCard {
+    pub rule: String,
+    pub method: EarlyMethod,
+    /// The functions of the slot.
+    pub functions: Vec<PciAddress>,
+}
+
+/// The wanted contents of each boot file; a file absent from the map should not exist.
+pub(super) fn wanted_boot_files(
+    policy: &Policy,
+    inventory: &Inventory,
+    early: &[EarlyCard],
+    original_drivers: &BTreeMap<PciAddress, Option<String>>,
+) -> BTreeMap<PathBuf, String> {
+    // Constant, so the same policy always yields byte-identical files (an empty plan).
+    let header = "# Written by gpuvirt from its device policy; edits are overwritten.\n";
+    let mut files = BTreeMap::new();
+
+    let mut modprobe = String::new();
+    for module in &policy.host.blacklist {
+        modprobe.push_str(&format!("blacklist {module}\n"));
+    }
+    for (module, options) in &policy.host.options {
+        modprobe.push_str(&format!("options {module} {options}\n"));
+    }
+    let mut ids = BTreeSet::new();
+    let mut softdeps = BTreeSet::new();
+    for card in early.iter().filter(|c| c.method == EarlyMethod::Modprobe) {
+        for a in &card.functions {
+            let Some(f) = inventory.functions.get(a) else {
+                continue;
+            };
+            ids.insert(format!("{:04x}:{:04x}", f.ids.vendor, f.ids.device));
+            // The driver the host would bind must wait for vfio-pci to claim the ids first.
+            let host_driver = match original_drivers.get(a) {
+                Some(original) => original.clone(),
+                None => f.driver.clone(),
+            };
+            if let Some(d) = host_driver.filter(|d| d != super::action::VFIO_PCI) {
+                softdeps.insert(d);
+            }
+        }
+    }
+    if !ids.is_empty() {
+        let ids: Vec<String> = ids.into_iter().collect();
+        modprobe.push_str(&format!("options vfio-pci ids={}\n", ids.join(",")));
+        for d in softdeps {
+            modprobe.push_str(&format!("softdep {d} pre: vfio-pci\n"));
+        }
+    }
+    if !modprobe.is_empty() {
+        files.insert(PathBuf::from(MODPROBE_CONF), format!("{header}{modprobe}"));
+    }
+
+    let mut rules = String::new();
+    for card in early
+        .iter()
+        .filter(|c| c.method == EarlyMethod::DriverOverride)
+    {
+        rules.push_str(&format!("# rule {:?}\n", card.rule));
+        for a in &card.functions {
+            rules.push_str(&format!(
+                "ACTION==\"add\", SUBSYSTEM==\"pci\", KERNEL==\"{a}\", ATTR{{driver_override}}=\"vfio-pci\"\n"
+            ));
+        }
+    }
+    if !rules.is_empty() {
+        files.insert(PathBuf::from(UDEV_RULES), format!("{header}{rules}"));
+        files.insert(PathBuf::from(MODULES_LOAD), format!("{header}vfio-pci\n"));
+    }
+    files
+}
+
+/// Whether a path is the modprobe.d file (a change to it needs a new initramfs).
+pub(super) fn is_modprobe_conf(path: &Path) -> bool {
+    path == Path::new(MODPROBE_CONF)
+}
