@@ -296,6 +296,8 @@ pub struct Kernel {
     events: Vec<Uevent>,
     seqnum: u64,
     next_irq: u32,
+    /// The module `unload_module` is taking out, while it runs.
+    unloading: Option<String>,
 }
 
 fn parse_kver(release: &str) -> (u32, u32) {
@@ -348,6 +350,7 @@ impl Kernel {
             events: Vec::new(),
             seqnum: 1000,
             next_irq: 24,
+            unloading: None,
         };
         for spec in catalogue.drivers.iter().chain(&f.drivers) {
             k.add_driver(spec)?;
@@ -927,12 +930,13 @@ impl Kernel {
     fn vfio_attach_quietly(&mut self, key: &str, group: Option<u32>) {
         if let Some(g) = group {
             if !self.vfio_groups.contains_key(&g) {
-                let minor = lowest_free(self.vfio_groups.values().copied());
+                // Boot never frees a node, so the numbers are dense.
+                let minor = self.vfio_groups.len() as u32;
                 self.vfio_groups.insert(g, minor);
             }
         }
         if self.kver >= (6, 0) {
-            let idx = lowest_free(self.vfio_devs.values().copied());
+            let idx = self.vfio_devs.len() as u32;
             self.vfio_devs.insert(key.to_owned(), idx);
         }
     }
@@ -1362,7 +1366,11 @@ impl Kernel {
                 .get(r)
                 .is_some_and(|q| q.mdev_driver == p.mdev_driver)
         });
-        if !driver_used {
+        // The mdev bus driver belongs to a module (vfio_mdev, or the parent's own module on
+        // 5.16+): it stays while that module stays loaded.
+        let module_stays =
+            self.is_loaded(&p.mdev_driver) && self.unloading.as_deref() != Some(&p.mdev_driver);
+        if !driver_used && !module_stays {
             self.tree
                 .remove(&format!("sys/bus/mdev/drivers/{}", p.mdev_driver));
             self.emit(Uevent::new(
@@ -1664,6 +1672,10 @@ impl Kernel {
 
     fn knows_module(&self, m: &str) -> bool {
         self.module_deps.contains_key(m)
+            || self
+                .module_deps
+                .values()
+                .any(|deps| deps.iter().any(|d| d == m))
             || m == "mdev"
             || m == "vfio"
             || self
@@ -1767,9 +1779,11 @@ impl Kernel {
             .filter(|p| self.registered.contains(&p.name) && p.module == module)
             .map(|p| p.name.clone())
             .collect();
+        self.unloading = Some(module.to_owned());
         for p in own_parents {
             self.unregister_parent(&p);
         }
+        self.unloading = None;
         for a in bound.into_iter().rev() {
             self.unbind_device(a)?;
         }
@@ -1881,12 +1895,13 @@ impl Kernel {
     /// it is still free.
     fn add_back(&mut self, mut devices: Vec<Device>) {
         devices.sort_by_key(|d| (d.path.matches('/').count(), d.addr));
+        let free: BTreeSet<u32> = devices
+            .iter()
+            .filter_map(|d| d.group)
+            .filter(|g| !self.group_refs.contains_key(g))
+            .collect();
         for mut d in devices {
-            if let Some(g) = d.group.take() {
-                if !self.group_refs.contains_key(&g) {
-                    d.group = Some(g);
-                }
-            }
+            d.group = d.group.filter(|g| free.contains(g));
             self.add_device(d);
         }
     }

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod fixture;
 pub mod fuse;
+pub mod generate;
 pub mod host;
 pub mod kernel;
 pub mod materialize;
