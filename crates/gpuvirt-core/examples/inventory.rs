@@ -2,6 +2,9 @@
 //!
 //! `cargo run -p gpuvirt-core --example inventory -- --root DIR [--stats] [--repeat N]`
 //!
+//! `--refresh-check` then refreshes every PCI function, mdev parent and mdev once (as a uevent
+//! would), reports the mean cost of one refresh and checks the result equals the fresh scan.
+//!
 //! `--stats` reports on stderr the file operations of one scan, per PCI function and per mdev,
 //! and the scan time (median of `--repeat` scans, default 1) so it can stand beside
 //! `lspci -D -nn -k` and `mdevctl list` on the same tree.
@@ -16,9 +19,11 @@ struct Args {
     stats: bool,
     repeat: usize,
     quiet: bool,
+    refresh_check: bool,
 }
 
-const USAGE: &str = "usage: inventory --root DIR [--stats] [--repeat N] [--quiet]";
+const USAGE: &str =
+    "usage: inventory --root DIR [--stats] [--repeat N] [--quiet] [--refresh-check]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -26,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         stats: false,
         repeat: 1,
         quiet: false,
+        refresh_check: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -33,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
             "--root" => args.root = it.next().ok_or("--root needs a directory")?,
             "--stats" => args.stats = true,
             "--quiet" => args.quiet = true,
+            "--refresh-check" => args.refresh_check = true,
             "--repeat" => {
                 let n = it.next().ok_or("--repeat needs a count")?;
                 args.repeat = n
@@ -110,5 +117,46 @@ fn main() -> ExitCode {
         });
         eprintln!("{report:#}");
     }
+    if args.refresh_check {
+        return refresh_check(&scanner, &inventory);
+    }
     ExitCode::SUCCESS
+}
+
+/// Refreshes every device once and checks nothing drifted from the scan.
+fn refresh_check(scanner: &Scanner, scanned: &gpuvirt_core::Inventory) -> ExitCode {
+    use gpuvirt_core::{RefreshTarget, ScanStats};
+    let mut targets: Vec<RefreshTarget> = scanned
+        .functions
+        .keys()
+        .map(|a| RefreshTarget::Pci(*a))
+        .collect();
+    targets.extend(
+        scanned
+            .mdev_parents
+            .keys()
+            .map(|n| RefreshTarget::MdevParent(n.clone())),
+    );
+    targets.extend(scanned.mdevs.keys().map(|u| RefreshTarget::Mdev(*u)));
+    let mut inventory = scanned.clone();
+    let mut total = ScanStats::default();
+    let started = Instant::now();
+    for target in &targets {
+        total.add(&scanner.refresh_with_stats(&mut inventory, target));
+    }
+    let elapsed = started.elapsed();
+    let n = targets.len().max(1) as f64;
+    let same = inventory == *scanned;
+    let report = serde_json::json!({
+        "refreshes": targets.len(),
+        "file_operations_per_refresh": total.total() as f64 / n,
+        "us_per_refresh": elapsed.as_secs_f64() * 1e6 / n,
+        "refreshed_equals_scan": same,
+    });
+    eprintln!("{report:#}");
+    if same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

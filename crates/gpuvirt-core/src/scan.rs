@@ -225,16 +225,24 @@ impl Scanner {
         let mut reloaded: Vec<(Option<PciFunction>, Option<PciFunction>)> = Vec::new();
         reloaded.push(self.reload_function(r, inv, addr));
 
-        // SR-IOV links live on both ends: a VF's arrival changes its PF's virtfn links and
-        // sriov_numvfs; a PF's sriov_numvfs change adds or removes VFs. NVIDIA per-VF vGPU
-        // creation changes the siblings' creatable types.
+        // SR-IOV links live on both ends: a VF's arrival or departure changes its PF's virtfn
+        // links and sriov_numvfs; a PF's sriov_numvfs change adds or removes VFs. NVIDIA
+        // per-VF vGPU creation changes the siblings' creatable types. A VF that merely changed
+        // driver leaves its PF alone (re-reading a PF costs one readlink per VF).
         let mut extra: BTreeSet<PciAddress> = BTreeSet::new();
         let (old, new) = &reloaded[0];
+        let appeared_or_went = old.is_none() != new.is_none();
+        let nvidia_changed = old.as_ref().and_then(|f| f.nvidia_vgpu.as_ref())
+            != new.as_ref().and_then(|f| f.nvidia_vgpu.as_ref());
+        let physfn_changed =
+            old.as_ref().and_then(|f| f.physfn) != new.as_ref().and_then(|f| f.physfn);
         let mut nvidia_pfs = BTreeSet::new();
         for f in [old, new].into_iter().flatten() {
             if let Some(pf) = f.physfn {
-                extra.insert(pf);
-                if f.nvidia_vgpu.is_some() {
+                if appeared_or_went || physfn_changed || nvidia_changed {
+                    extra.insert(pf);
+                }
+                if nvidia_changed {
                     nvidia_pfs.insert(pf);
                 }
             }
@@ -1104,15 +1112,20 @@ fn refresh_mdev(r: &mut Reader<'_>, inv: &mut Inventory, uuid: Uuid) {
         Some(m) => inv.mdevs.insert(uuid, m.clone()),
         None => inv.mdevs.remove(&uuid),
     };
+    // Creating or removing an mdev changes its parent's available_instances (a bind or
+    // unbind does not) and its group.
+    let appeared_or_went = old.is_none() != new.is_none();
     let mut parents = BTreeSet::new();
     let mut groups = BTreeSet::new();
     for m in [&old, &new].into_iter().flatten() {
         parents.insert(m.parent.clone());
         groups.extend(m.iommu_group);
     }
-    // Creating or removing an mdev changes its parent's available_instances and its group.
-    for p in parents {
-        reload_parent(r, inv, &p);
+    let parent_changed = old.as_ref().map(|m| &m.parent) != new.as_ref().map(|m| &m.parent);
+    if appeared_or_went || parent_changed {
+        for p in parents {
+            reload_parent(r, inv, &p);
+        }
     }
     for g in groups {
         reload_group(r, inv, g);

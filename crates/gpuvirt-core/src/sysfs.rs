@@ -309,4 +309,29 @@ mod tests {
         assert_eq!(r.read(Path::new("ok")).unwrap(), "0x10de\n");
         assert_eq!(r.stats.files_read, 4);
     }
+
+    #[test]
+    fn files_longer_than_the_first_read_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let mut r = Reader::new(&root);
+        for len in [
+            FIRST_READ - 1,
+            FIRST_READ,
+            FIRST_READ + 1,
+            3 * FIRST_READ + 7,
+        ] {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            std::fs::write(dir.path().join("f"), &text).unwrap();
+            assert_eq!(r.read(Path::new("f")).unwrap(), text, "length {len}");
+        }
+        let exact = vec![b'z'; ATTR_READ_CAP as usize];
+        std::fs::write(dir.path().join("cap"), &exact).unwrap();
+        assert_eq!(
+            r.read_bytes(Path::new("cap"), ATTR_READ_CAP).unwrap(),
+            exact
+        );
+    }
 }
