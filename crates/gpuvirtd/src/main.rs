@@ -99,10 +99,11 @@ fn init_logging(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Under systemd the journal adds its own timestamps and cannot show colours.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let colour = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(!journal);
+        .with_ansi(colour);
     if journal {
         builder.without_time().with_target(false).init();
     } else {

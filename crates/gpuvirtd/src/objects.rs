@@ -221,8 +221,28 @@ pub enum Change {
     },
 }
 
+fn removal_rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::Mdev => 0,
+        Kind::ShardParent => 1,
+        Kind::Gpu => 2,
+        Kind::IommuGroup => 3,
+    }
+}
+
+fn iface_kind(iface: &Iface) -> Kind {
+    match iface {
+        Iface::Gpu(_) => Kind::Gpu,
+        Iface::ShardParent(_) => Kind::ShardParent,
+        Iface::IommuGroup(_) => Kind::IommuGroup,
+        // Never added or removed; rank it with the leaves.
+        Iface::Mdev(_) | Iface::Manager(_) => Kind::Mdev,
+    }
+}
+
 /// What turns `old` into `new`: removals first, then additions (so that references in updated
-/// properties point at objects that exist), then updates. Nothing for equal trees.
+/// properties point at objects that exist), then updates; referrers are removed before and
+/// added after what they refer to. Nothing for equal trees.
 pub fn diff(old: &ObjectTree, new: &ObjectTree) -> Vec<Change> {
     let mut removed = Vec::new();
     let mut added = Vec::new();
@@ -270,14 +290,21 @@ pub fn diff(old: &ObjectTree, new: &ObjectTree) -> Vec<Change> {
                 }
             };
         }
-        // Within one path the main interface comes first when added and last when removed,
-        // so a client never sees a ShardParent on a path without its Gpu.
         slot!(gpu, Gpu);
         slot!(shard_parent, ShardParent);
         slot!(iommu_group, IommuGroup);
         slot!(mdev, Mdev);
     }
-    removed.reverse();
+    // Referrers go before what they refer to (an mdev names its parent and group, a GPU its
+    // group), and come after it: a client never follows a reference to a missing object.
+    removed.sort_by_key(|c| match c {
+        Change::Removed { kind, .. } => removal_rank(*kind),
+        _ => 0,
+    });
+    added.sort_by_key(|c| match c {
+        Change::Added { iface, .. } => 3 - removal_rank(iface_kind(iface)),
+        _ => 0,
+    });
     removed.extend(added);
     removed.extend(updated);
     removed
@@ -794,21 +821,56 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn gpu_hot_add_adds_gpu_then_shard_parent() {
-        let old = runbook_inventory();
-        let new = old.clone();
-        let changes = diff(&ObjectTree::default(), &build(&new));
-        let kinds: Vec<(Kind, &str)> = changes
-            .iter()
+    fn additions_put_referents_first_and_removals_referrers_first() {
+        let tree = build(&runbook_inventory());
+        let added: Vec<(Kind, String)> = diff(&ObjectTree::default(), &tree)
+            .into_iter()
             .filter_map(|c| match c {
-                Change::Added { path, iface } => iface.kind().map(|k| (k, path.as_str())),
+                Change::Added { path, iface } => iface.kind().map(|k| (k, path)),
                 _ => None,
             })
             .collect();
-        assert_eq!(kinds[0].0, Kind::Gpu);
-        assert_eq!(kinds[1].0, Kind::ShardParent);
-        assert_eq!(kinds[0].1, kinds[1].1);
-        assert_eq!(kinds.len(), 5);
+        let gpu = "/org/gpuvirt/GpuVirt1/gpus/0000_41_00_0".to_owned();
+        let mdev = "/org/gpuvirt/GpuVirt1/mdevs/aa618089_8b16_4d01_a136_25a0f3c73123".to_owned();
+        assert_eq!(
+            added,
+            [
+                (
+                    Kind::IommuGroup,
+                    "/org/gpuvirt/GpuVirt1/iommu_groups/66".to_owned()
+                ),
+                (
+                    Kind::IommuGroup,
+                    "/org/gpuvirt/GpuVirt1/iommu_groups/67".to_owned()
+                ),
+                (Kind::Gpu, gpu.clone()),
+                (Kind::ShardParent, gpu.clone()),
+                (Kind::Mdev, mdev.clone()),
+            ]
+        );
+        let removed: Vec<(Kind, String)> = diff(&tree, &ObjectTree::default())
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Removed { path, kind } => Some((kind, path)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                (Kind::Mdev, mdev),
+                (Kind::ShardParent, gpu.clone()),
+                (Kind::Gpu, gpu),
+                (
+                    Kind::IommuGroup,
+                    "/org/gpuvirt/GpuVirt1/iommu_groups/66".to_owned()
+                ),
+                (
+                    Kind::IommuGroup,
+                    "/org/gpuvirt/GpuVirt1/iommu_groups/67".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! The contract files: introspection XML generated from the live daemon, the systemd unit,
+//! the bus policy, activation file and udev rule.
+//!
+//! Regenerate `dbus/org.gpuvirt.GpuVirt1.xml` after an intended API change with
+//! `GPUVIRT_BLESS=1 cargo test -p gpuvirtd --test contract`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use gpuvirt_api as api;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `<interface name="org.gpuvirt...">` blocks of an introspection document.
+fn gpuvirt_interfaces(xml: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<interface name=\"") {
+        let tail = &rest[start..];
+        let Some(end) = tail.find("</interface>") else {
+            break;
+        };
+        let block = &tail[..end + "</interface>".len()];
+        let name = block["<interface name=\"".len()..]
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        if name.starts_with("org.gpuvirt.") {
+            // Normalise indentation so the file reads well on its own.
+            let body: Vec<String> = block
+                .lines()
+                .map(|l| format!("  {}", l.trim_start()))
+                .map(|l| {
+                    if l.trim_start().starts_with("<interface")
+                        || l.trim_start().starts_with("</interface")
+                    {
+                        l
+                    } else {
+                        format!("  {l}")
+                    }
+                })
+                .collect();
+            out.push((name, body.join("\n")));
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_matches_the_contract_file() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    // An mdev, so that every interface is served somewhere.
+    host.write(
+        "sys/bus/pci/devices/0000:41:00.0/mdev_supported_types/nvidia-300/create",
+        "aa618089-8b16-4d01-a136-25a0f3c73123",
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, host.root(), "none", host.dir.path()).await;
+    let mut interfaces = std::collections::BTreeMap::new();
+    for path in [
+        api::MANAGER_PATH,
+        "/org/gpuvirt/GpuVirt1/gpus/0000_41_00_0",
+        "/org/gpuvirt/GpuVirt1/iommu_groups/66",
+        "/org/gpuvirt/GpuVirt1/mdevs/aa618089_8b16_4d01_a136_25a0f3c73123",
+    ] {
+        let xml = busctl(
+            &bus,
+            &[
+                "call",
+                api::BUS_NAME,
+                path,
+                "org.freedesktop.DBus.Introspectable",
+                "Introspect",
+                "--json=short",
+            ],
+        );
+        let value: serde_json::Value = serde_json::from_str(&xml).unwrap();
+        let text = value["data"][0].as_str().unwrap();
+        interfaces.extend(gpuvirt_interfaces(text));
+    }
+    let names: Vec<&String> = interfaces.keys().collect();
+    let mut expected: Vec<&str> = api::INTERFACES.to_vec();
+    expected.sort();
+    assert_eq!(names, expected);
+    let mut generated = String::from(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- gpuvirtd's D-Bus API, generated from the live daemon by\n     `GPUVIRT_BLESS=1 cargo test -p gpuvirtd --test contract`. Do not edit by hand. -->\n<node>\n",
+    );
+    for block in interfaces.values() {
+        generated.push_str(block);
+        generated.push('\n');
+    }
+    generated.push_str("</node>\n");
+    let file = repo().join("dbus/org.gpuvirt.GpuVirt1.xml");
+    if std::env::var_os("GPUVIRT_BLESS").is_some() {
+        std::fs::write(&file, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} differs from the live daemon; if the change is intended, rerun with GPUVIRT_BLESS=1.\n--- generated ---\n{generated}",
+        file.display()
+    );
+}
+
+#[test]
+fn systemd_unit_verifies_and_keeps_sys_writable() {
+    let unit = std::fs::read_to_string(repo().join("systemd/gpuvirtd.service")).unwrap();
+    for forbidden in [
+        "ProtectKernelTunables",
+        "PrivateNetwork",
+        "PrivateUsers",
+        "PrivateDevices",
+    ] {
+        assert!(
+            !unit.lines().any(|l| l.trim_start().starts_with(forbidden)),
+            "{forbidden} breaks sysfs writes or udev"
+        );
+    }
+    assert!(unit.contains("Type=notify"));
+    assert!(unit.contains("BusName=org.gpuvirt.GpuVirt1"));
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP systemd-analyze verify: not installed");
+        return;
+    }
+    // Verify against the binary just built (the unit names its installed path).
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gpuvirtd.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/libexec/gpuvirtd", env!("CARGO_BIN_EXE_gpuvirtd")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {stderr}");
+    assert!(
+        !stderr.contains("gpuvirtd.service"),
+        "systemd-analyze verify complained: {stderr}"
+    );
+}
+
+#[test]
+fn bus_files_name_the_service() {
+    let conf = std::fs::read_to_string(repo().join("dbus/org.gpuvirt.GpuVirt1.conf")).unwrap();
+    assert!(conf.contains("<policy user=\"root\">"));
+    assert!(conf.contains("<allow own=\"org.gpuvirt.GpuVirt1\"/>"));
+    assert!(conf.contains("<policy context=\"default\">"));
+    // Only root may own the name: no `own` outside the root policy.
+    assert_eq!(conf.matches("allow own=").count(), 1);
+    let service =
+        std::fs::read_to_string(repo().join("dbus/org.gpuvirt.GpuVirt1.service")).unwrap();
+    assert!(service.contains("Name=org.gpuvirt.GpuVirt1"));
+    assert!(service.contains("SystemdService=gpuvirtd.service"));
+    let rule = std::fs::read_to_string(repo().join("udev/70-gpuvirt.rules")).unwrap();
+    assert!(rule.contains("TAG+=\"systemd\""));
+    assert!(rule.contains("ENV{SYSTEMD_WANTS}+=\"gpuvirtd.service\""));
+    assert!(rule.contains("ATTR{class}==\"0x03*\""));
+    // The policy file parses as XML the bus accepts: run a bus with it included.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bus.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\" \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig><type>session</type><listen>unix:dir={}</listen><policy context=\"default\"><allow send_destination=\"*\"/><allow own=\"*\"/></policy><include>{}</include></busconfig>",
+            dir.path().display(),
+            repo().join("dbus/org.gpuvirt.GpuVirt1.conf").display()
+        ),
+    )
+    .unwrap();
+    // A bus that includes the policy starts (prints its address) only if it accepts it.
+    let mut child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .args(["--print-address=1", "--nofork", "--nopidfile"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        line.starts_with("unix:"),
+        "dbus-daemon rejected the policy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
