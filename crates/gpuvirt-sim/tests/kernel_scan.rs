@@ -1,0 +1,76 @@
+//! The inventory read through the simulated sysfs (materialised to a directory) equals the
+//! fixture's description, for every bundled fixture and after changes.
+#![allow(clippy::unwrap_used)]
+
+use gpuvirt_core::{scan, Root};
+use gpuvirt_sim::fixture::{bundled_names, ExpectedInventory, Fixture};
+use gpuvirt_sim::kernel::Kernel;
+use gpuvirt_sim::materialize::materialize;
+use gpuvirt_sim::Backend;
+
+fn scanned(k: &Kernel) -> (ExpectedInventory, gpuvirt_core::Inventory) {
+    let dir = tempfile::tempdir().unwrap();
+    materialize(k.tree(), dir.path()).unwrap();
+    let inv = scan(&Root::new(dir.path()));
+    (ExpectedInventory::from_inventory(&inv), inv)
+}
+
+#[test]
+fn scan_of_every_fixture_equals_its_description() {
+    for name in bundled_names() {
+        let k = Kernel::from_fixture(&Fixture::bundled(name).unwrap()).unwrap();
+        let (got, inv) = scanned(&k);
+        assert_eq!(got, k.expected_inventory(), "{name}");
+        assert!(inv.warnings.is_empty(), "{name}: {:?}", inv.warnings);
+    }
+}
+
+#[test]
+fn runbook_scan_shows_the_runbook_facts() {
+    let k = Kernel::from_fixture(&Fixture::bundled("runbook").unwrap()).unwrap();
+    let (_, inv) = scanned(&k);
+    let gpu = &inv.functions[&"0000:41:00.0".parse().unwrap()];
+    assert_eq!(gpu.driver.as_deref(), Some("nvidia"));
+    assert_eq!(gpu.iommu_group, Some(66));
+    assert_eq!(gpu.kernel_modules, vec!["nvidiafb", "nouveau"]);
+    assert_eq!(
+        gpu.device_name.as_deref(),
+        Some("GV100GL [Tesla V100 PCIe 16GB]")
+    );
+    let t = inv.mdev_parents["0000:41:00.0"]
+        .types
+        .iter()
+        .find(|t| t.id == "nvidia-300")
+        .unwrap();
+    assert_eq!(t.name.as_deref(), Some("GRID V100-8C"));
+    assert_eq!(t.available_instances, Some(2));
+    assert!(inv.iommu.enabled);
+}
+
+#[test]
+fn scan_follows_changes() {
+    let mut k = Kernel::from_fixture(&Fixture::bundled("vm-reference").unwrap()).unwrap();
+    k.load_module("vfio_pci").unwrap();
+    k.write_str(
+        "sys/bus/pci/devices/0000:01:00.0/driver_override",
+        "vfio-pci",
+    )
+    .unwrap();
+    k.write_str("sys/bus/pci/drivers/bochs-drm/unbind", "0000:01:00.0")
+        .unwrap();
+    k.write_str("sys/bus/pci/drivers_probe", "0000:01:00.0")
+        .unwrap();
+    for i in 1..=4 {
+        let u = format!("00000000-0000-4000-8000-00000000000{i}");
+        k.write_str(
+            "sys/class/mdev_bus/mbochs/mdev_supported_types/mbochs-large/create",
+            &u,
+        )
+        .unwrap();
+    }
+    let (got, inv) = scanned(&k);
+    assert_eq!(got, k.expected_inventory());
+    assert!(inv.modules.vfio_pci && inv.modules.mdev);
+    assert_eq!(got.parents["mbochs"]["mbochs-small"].available_instances, 0);
+    assert_eq!(got.mdevs.len(), 4);
+}
