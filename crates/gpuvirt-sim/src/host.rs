@@ -341,6 +341,53 @@ impl<B: HostHooks> HostHooks for Faults<B> {
     }
 }
 
+/// The simulated kernel's hooks. `hot-add` takes an inline TOML table of a fixture PCI function,
+/// e.g. `{address = "0000:42:00.0", class = 0x030000, id = "10de:1db4"}`.
+impl HostHooks for crate::kernel::Kernel {
+    fn hot_remove(&mut self, bdf: &str) -> Result<(), HookError> {
+        let address = parse_address(bdf)?;
+        crate::kernel::Kernel::hot_remove(self, address)
+            .map_err(|errno| HookError::new(errno, format!("hot-remove {bdf} failed")))
+    }
+
+    fn hot_add(&mut self, spec: &str) -> Result<(), HookError> {
+        #[derive(serde::Deserialize)]
+        struct Line {
+            function: crate::fixture::PciSpec,
+        }
+        let line: Line = toml::from_str(&format!("function = {spec}"))
+            .map_err(|e| HookError::new(libc::EINVAL, format!("bad PCI function table: {e}")))?;
+        crate::kernel::Kernel::hot_add(self, &line.function)
+            .map(drop)
+            .map_err(|e| HookError::new(libc::EINVAL, e.to_string()))
+    }
+
+    fn load_module(&mut self, name: &str) -> Result<(), HookError> {
+        crate::kernel::Kernel::load_module(self, name)
+            .map_err(|errno| HookError::new(errno, format!("modprobe {name} failed")))
+    }
+
+    fn unload_module(&mut self, name: &str) -> Result<(), HookError> {
+        crate::kernel::Kernel::unload_module(self, name)
+            .map_err(|errno| HookError::new(errno, format!("rmmod {name} failed")))
+    }
+
+    fn set_mdev_busy(&mut self, uuid: &str, busy: bool) -> Result<(), HookError> {
+        let parsed = uuid::Uuid::parse_str(uuid)
+            .map_err(|_| HookError::new(libc::EINVAL, format!("{uuid} is not a UUID")))?;
+        if crate::kernel::Kernel::set_mdev_busy(self, parsed, busy) {
+            Ok(())
+        } else {
+            Err(HookError::new(libc::ENODEV, format!("no mdev {uuid}")))
+        }
+    }
+}
+
+fn parse_address(bdf: &str) -> Result<gpuvirt_core::PciAddress, HookError> {
+    bdf.parse()
+        .map_err(|_| HookError::new(libc::EINVAL, format!("{bdf} is not a PCI address")))
+}
+
 /// Serves the control socket on a background thread until dropped.
 #[derive(Debug)]
 pub struct ControlServer {
