@@ -88,7 +88,7 @@ for name in "${SCENARIOS[@]}"; do
     out=$OUT_ROOT/boot-$name
     printf '%-14s %-12s boot+run %6ss  (scenario in guest %ss)\n' "$name" "${VERDICT[$name]}" "${BOOT_S[$name]}" "${GUEST_S[$name]:-?}"
     grep -h '^FAIL' "$out/setup/results.txt" "$out/$name/results.txt" 2>/dev/null | sed 's/^/    /'
-    printf '    %s\n' "$(grep -hc '^PASS' "$out/$name/results.txt" 2>/dev/null || echo 0) checks passed; artefacts: $out"
+    printf '    %s checks passed; artefacts: %s\n' "$(cat "$out/$name/results.txt" 2>/dev/null | grep -c '^PASS')" "$out"
 done
 printf 'prepare %ss, build %ss, total %ss\n' "$T_PREPARE" "$T_BUILD" "$(since "$T_START")"
 [ "$rc_all" = 0 ] && echo "VM tier: all scenarios passed" || echo "VM tier: FAILED"

@@ -153,24 +153,34 @@ EOF
 }
 dbus_stop() { [ -n "$DBUS_PID" ] && kill "$DBUS_PID" 2>/dev/null; DBUS_PID=; }
 
-# gpuvirtd_start -- the daemon against the real /sys, real udev events, on the private bus.
-# GPUVIRTD_ARGS overrides the arguments. Waits until the bus name is owned.
+# gpuvirtd_start -- the daemon against the real /sys, real udev events, on the private bus, with
+# its state dir on tmpfs (the guest's /var/lib is the read-only host root). GPUVIRTD_ARGS
+# overrides the arguments. Waits until the bus name is owned.
 GPUVIRTD_PID=
 gpuvirtd_start() {
     local bin; bin=$(bin_path gpuvirtd)
     [ -x "$bin" ] || { fail "gpuvirtd not built at $bin"; return 1; }
+    mkdir -p /run/gpuvirt-test/state
     # shellcheck disable=SC2086 # GPUVIRTD_ARGS is a word list on purpose
-    RUST_LOG=${RUST_LOG:-info} "$bin" ${GPUVIRTD_ARGS:---root / --events udev} \
+    RUST_LOG=${RUST_LOG:-info} "$bin" ${GPUVIRTD_ARGS:---root / --events udev --bus-address "$DBUS_SYSTEM_BUS_ADDRESS" --state-dir /run/gpuvirt-test/state} \
         >> "$SCENARIO_OUT/gpuvirtd.log" 2>&1 &
     GPUVIRTD_PID=$!
     local i
-    for i in $(seq 300); do
-        busctl --system status org.gpuvirt.GpuVirt1 >/dev/null 2>&1 && return 0
+    for i in $(seq 120); do
+        dbus-send --bus="$DBUS_SYSTEM_BUS_ADDRESS" --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+            org.freedesktop.DBus.NameHasOwner string:org.gpuvirt.GpuVirt1 2>/dev/null | grep -q 'boolean true' && return 0
         kill -0 "$GPUVIRTD_PID" 2>/dev/null || { fail "gpuvirtd exited early: $(tail -5 "$SCENARIO_OUT/gpuvirtd.log")"; return 1; }
-        sleep 0.1
+        sleep 0.25
     done
     fail "gpuvirtd did not own org.gpuvirt.GpuVirt1 within 30 s"
     return 1
+}
+# ctl ARGS... -- gpuvirtctl on the private bus.
+ctl() { "$(bin_path gpuvirtctl)" --bus-address "$DBUS_SYSTEM_BUS_ADDRESS" "$@"; }
+# wait_for SECONDS COMMAND... -- poll (every 0.5 s) until the command succeeds.
+wait_for() {
+    local end=$(( SECONDS + $1 )); shift
+    until "$@"; do [ "$SECONDS" -ge "$end" ] && return 1; sleep 0.5; done
 }
 gpuvirtd_stop() {
     [ -n "$GPUVIRTD_PID" ] || return 0
