@@ -401,3 +401,55 @@ async fn live_changes_emit_exactly_the_changed_state() {
         Err(api::Error::NoSuchDevice(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_systemd_and_exits_cleanly_on_sigterm() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let bus = Bus::start();
+    let notify_path = host.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = Daemon::start_with_env(
+        &bus,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        host.dir.path(),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    )
+    .await;
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    assert!(
+        first.contains("STATUS=Serving 1 GPUs, 5 IOMMU groups, 0 mdevs"),
+        "{first}"
+    );
+
+    // SIGHUP: the reload hook rescans and says so.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"RELOADING=1");
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}: {}", daemon.log());
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let conn = bus.connect().await;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+    assert!(!dbus
+        .name_has_owner(api::BUS_NAME.try_into().unwrap())
+        .await
+        .unwrap());
+}

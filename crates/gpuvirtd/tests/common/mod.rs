@@ -122,6 +122,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts gpuvirtd on `bus` with `args` and waits until it owns its name.
     pub async fn start(bus: &Bus, root: &Path, events: &str, log_dir: &Path) -> Daemon {
+        Self::start_with_env(bus, root, events, log_dir, &[]).await
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub async fn start_with_env(
+        bus: &Bus,
+        root: &Path,
+        events: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let stderr_path = log_dir.join(format!(
             "gpuvirtd-{}.log",
             std::time::SystemTime::now()
@@ -134,6 +145,7 @@ impl Daemon {
             .arg(root)
             .args(["--bus-address", &bus.address, "--events", events])
             .args(["--log", "gpuvirtd=debug"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
