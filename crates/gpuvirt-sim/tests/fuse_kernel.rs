@@ -236,3 +236,36 @@ fn binary_materializes_a_fixture() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no-such-host"));
 }
+
+#[test]
+fn a_killed_server_leaves_a_dead_mount_that_the_next_mount_sweeps() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuvirt-sim"))
+        .args(["mount", "--fixture", "runbook", "--root"])
+        .arg(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(ready_line(&mut child).starts_with("READY "));
+    let sys = root.canonicalize().unwrap().join("sys");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // SIGKILL cannot unmount. A mount made meanwhile by a concurrent test may already have swept
+    // the dead mount, so only check how it fails while it is still there.
+    if is_mounted(&sys) {
+        assert_eq!(
+            fs::metadata(&sys).unwrap_err().raw_os_error(),
+            Some(libc::ENOTCONN)
+        );
+    }
+
+    let other = tempfile::tempdir().unwrap();
+    let live = SimMount::mount(Arc::new(Mutex::new(boot("runbook"))), other.path()).unwrap();
+    assert!(!is_mounted(&sys), "swept before mounting");
+    assert!(is_mounted(&live.sys()), "live mounts are left alone");
+}
