@@ -189,7 +189,9 @@ fn the_example_policy_describes_the_runbook_host() {
     assert_eq!(assignments[&hosts::addr(hosts::V100)].role, Role::Shard);
     assert_eq!(assignments[&hosts::addr(hosts::CONSOLE)].role, Role::Host);
     assert_eq!(
-        assignments[&hosts::addr(hosts::CONSOLE)].rule_name.as_deref(),
+        assignments[&hosts::addr(hosts::CONSOLE)]
+            .rule_name
+            .as_deref(),
         Some("console")
     );
 }
@@ -234,7 +236,10 @@ fn diagnostics_render_like_a_compiler() {
         "policy.toml:7:42: error: count 3 is more than 0000:41:00.0 (GV100GL [Tesla V100 PCIe 16GB]) can hold of nvidia-300 (GRID V100-8C): 2\n  |\n7 | shard = { type = \"GRID V100-8C\", count = 3 }\n  |                                          ^\n  = allowed: 1 to 2, or \"max\""
     );
     assert_eq!(diagnostics[0].key_path, "gpu[0].shard.count");
-    assert_eq!(diagnostics[0].allowed.as_deref(), Some("1 to 2, or \"max\""));
+    assert_eq!(
+        diagnostics[0].allowed.as_deref(),
+        Some("1 to 2, or \"max\"")
+    );
     let json = serde_json::to_value(&diagnostics[0]).unwrap();
     assert_eq!(json["line"], 7);
     assert_eq!(json["severity"], "error");
@@ -244,7 +249,11 @@ fn diagnostics_render_like_a_compiler() {
 fn every_diagnostic_of_a_file_is_reported_not_just_the_first() {
     let file = data("bad").join("wrong-types.toml");
     let diagnostics = parse_file(&file).unwrap_err();
-    assert!(diagnostics.len() >= 5, "{}", render_diagnostics(&diagnostics));
+    assert!(
+        diagnostics.len() >= 5,
+        "{}",
+        render_diagnostics(&diagnostics)
+    );
     let lines: Vec<usize> = diagnostics.iter().map(|d| d.line).collect();
     let mut sorted = lines.clone();
     sorted.sort();
@@ -291,9 +300,15 @@ fn matching_by_driver_uses_the_driver_gpuvirt_found() {
     inv.functions.get_mut(&dgpu).unwrap().driver = Some("vfio-pci".into());
     hosts::finish(&mut inv);
     let mut state = PlanState::default();
-    assert_eq!(policy.assign(&inv, &state.original_drivers)[&dgpu].role, Role::Unmanaged);
+    assert_eq!(
+        policy.assign(&inv, &state.original_drivers)[&dgpu].role,
+        Role::Unmanaged
+    );
     state.original_drivers.insert(dgpu, Some("nouveau".into()));
-    assert_eq!(policy.assign(&inv, &state.original_drivers)[&dgpu].role, Role::Passthrough);
+    assert_eq!(
+        policy.assign(&inv, &state.original_drivers)[&dgpu].role,
+        Role::Passthrough
+    );
     // …so the rebound card still matches and the plan for it stays quiet.
     inv.functions
         .get_mut(&hosts::addr(hosts::DGPU_AUDIO))
