@@ -56,13 +56,23 @@ seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}
 # source they come from must be the SAME Debian package version (vermagic + modversions CRCs).
 # ---------------------------------------------------------------------------------------------
 resolve_versions() {
+    # apt-cache takes seconds on a busy machine: reuse the last answer until the apt lists change.
+    local memo=$CACHE/versions.env auto=0
+    [ -z "${KVER:-}" ] && auto=1
+    if [ "$auto" = 1 ] && [ -f "$memo" ] && [ ! /var/lib/apt/lists -nt "$memo" ]; then
+        # shellcheck source=/dev/null
+        . "$memo"
+    fi
     if [ -z "${KVER:-}" ]; then
         apt-cache show linux-image-amd64 >/dev/null 2>&1 || "${APT[@]}" update >/dev/null
         KVER=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}')
     fi
     [ -n "$KVER" ] || { echo "run-vm.sh: cannot resolve the guest kernel version (KVER)" >&2; exit 1; }
-    KPKGVER=$(apt-cache show "linux-image-$KVER" | awk '/^Version:/{print $2; exit}')
-    [ -n "$KPKGVER" ] || { echo "run-vm.sh: apt knows no linux-image-$KVER" >&2; exit 1; }
+    if [ -z "${KPKGVER:-}" ]; then
+        KPKGVER=$(apt-cache show "linux-image-$KVER" | awk '/^Version:/{print $2; exit}')
+        [ -n "$KPKGVER" ] || { echo "run-vm.sh: apt knows no linux-image-$KVER" >&2; exit 1; }
+        [ "$auto" = 1 ] && [ -d "$CACHE" ] && printf 'KVER=%s\nKPKGVER=%s\n' "$KVER" "$KPKGVER" > "$memo"
+    fi
     KSERIES=$(echo "$KVER" | cut -d. -f1,2)            # 6.1
     KIMG=$CACHE/kimg-$KVER                             # dpkg -x of linux-image-$KVER
     KMODS=$KIMG/lib/modules                            # bind-mounted on the guest's /lib/modules
