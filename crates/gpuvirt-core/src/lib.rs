@@ -5,6 +5,7 @@
 //! [`Inventory`]; [`Scanner::refresh`] re-reads what one uevent touched.
 
 pub mod iommu;
+pub mod ledger;
 pub mod modalias;
 pub mod model;
 pub mod pciids;

@@ -1,0 +1,450 @@
+//! The ownership ledger: what gpuvirt rebound or created, and the driver it found, kept on disk.
+//!
+//! gpuvirtd restores from it after a restart and consults it before removing or rebinding
+//! anything, so it never touches what other tools (mdevctl, libvirt, KubeVirt) made. It is
+//! written whole with write-temporary + fsync + rename + fsync-directory, and the previous
+//! generation is kept as `ledger.json.prev`: a corrupted or truncated main file falls back to the
+//! previous one (reported, never silent), so an original driver is not forgotten.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{PciAddress, PciSlot};
+
+/// The on-disk format this code writes and reads.
+pub const LEDGER_VERSION: u32 = 1;
+/// The ledger's file name inside the state directory.
+pub const LEDGER_FILE: &str = "ledger.json";
+/// The previous generation, kept for recovery.
+pub const LEDGER_PREV_FILE: &str = "ledger.json.prev";
+const LEDGER_TMP_FILE: &str = "ledger.json.tmp";
+const LEDGER_PREV_TMP_FILE: &str = "ledger.json.prev.tmp";
+/// A ledger larger than this is not one gpuvirt wrote.
+const MAX_LEDGER_BYTES: u64 = 64 << 20;
+
+/// Where a slot is in its passthrough life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Originals recorded, rebinding to vfio-pci started but not verified (a crash here means:
+    /// put the slot back to its original drivers).
+    Pending,
+    /// Every function verified bound to vfio-pci.
+    Assigned,
+    /// Returning to the host started but not verified.
+    Returning,
+}
+
+impl fmt::Display for SlotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SlotState::Pending => "pending",
+            SlotState::Assigned => "assigned",
+            SlotState::Returning => "returning",
+        })
+    }
+}
+
+/// One function of a slot gpuvirt rebound, and the driver it found on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub address: PciAddress,
+    /// The driver bound before gpuvirt touched it; `None`: it was unbound.
+    pub original_driver: Option<String>,
+}
+
+/// A slot (a whole card) gpuvirt gave, or is giving, to vfio-pci.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub functions: Vec<FunctionRecord>,
+    /// The policy rule behind it; `None` for a manual D-Bus request.
+    pub rule: Option<String>,
+    pub state: SlotState,
+}
+
+impl SlotRecord {
+    /// The recorded original driver of `address`, `None` when the function is not in the slot.
+    pub fn original_driver(&self, address: PciAddress) -> Option<Option<&str>> {
+        self.functions
+            .iter()
+            .find(|f| f.address == address)
+            .map(|f| f.original_driver.as_deref())
+    }
+}
+
+/// Whether an mdev is started automatically (mdevctl's vocabulary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MdevStart {
+    #[default]
+    Auto,
+    Manual,
+}
+
+/// An mdev gpuvirt knows about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdevRecord {
+    /// The parent's `mdev_bus` name.
+    pub parent: String,
+    pub type_id: String,
+    pub start: MdevStart,
+    /// Attributes written after creation, in order (order matters).
+    #[serde(default)]
+    pub attrs: Vec<(String, String)>,
+    pub rule: Option<String>,
+    /// A persistent definition exists (survives reboots).
+    pub defined: bool,
+    /// gpuvirt wrote the `create`; only then may it remove the device.
+    pub created_by_gpuvirt: bool,
+}
+
+/// An NVIDIA per-VF vGPU gpuvirt created (`current_vgpu_type`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VgpuRecord {
+    pub type_id: u32,
+    pub rule: Option<String>,
+}
+
+/// A PF whose `sriov_numvfs` gpuvirt changed, and the count it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SriovRecord {
+    pub num_vfs: u32,
+    pub original_num_vfs: u32,
+    pub rule: Option<String>,
+}
+
+/// Everything gpuvirt owns on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub version: u32,
+    /// By slot, `DDDD:BB:DD` (see [`Ledger::slot_key`]).
+    #[serde(default)]
+    pub slots: BTreeMap<String, SlotRecord>,
+    #[serde(default)]
+    pub mdevs: BTreeMap<Uuid, MdevRecord>,
+    #[serde(default)]
+    pub vgpus: BTreeMap<PciAddress, VgpuRecord>,
+    #[serde(default)]
+    pub sriov: BTreeMap<PciAddress, SriovRecord>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            version: LEDGER_VERSION,
+            slots: BTreeMap::new(),
+            mdevs: BTreeMap::new(),
+            vgpus: BTreeMap::new(),
+            sriov: BTreeMap::new(),
+        }
+    }
+}
+
+impl Ledger {
+    /// The key of a slot in [`Ledger::slots`].
+    pub fn slot_key(slot: PciSlot) -> String {
+        slot.to_string()
+    }
+
+    pub fn slot(&self, slot: PciSlot) -> Option<&SlotRecord> {
+        self.slots.get(&Self::slot_key(slot))
+    }
+
+    /// The slot record that holds `address`, if gpuvirt rebound that function.
+    pub fn function(&self, address: PciAddress) -> Option<(&SlotRecord, Option<&str>)> {
+        let record = self.slot(address.slot())?;
+        let original = record.original_driver(address)?;
+        Some((record, original))
+    }
+
+    /// Every function gpuvirt rebound and its original driver (the planner's
+    /// `PlanState::original_drivers`).
+    pub fn original_drivers(&self) -> BTreeMap<PciAddress, Option<String>> {
+        self.slots
+            .values()
+            .flat_map(|s| s.functions.iter())
+            .map(|f| (f.address, f.original_driver.clone()))
+            .collect()
+    }
+
+    /// Whether gpuvirt created this mdev (and so may remove it).
+    pub fn owns_mdev(&self, uuid: &Uuid) -> bool {
+        self.mdevs.get(uuid).is_some_and(|m| m.created_by_gpuvirt)
+    }
+
+    /// Checks what serde cannot: slot keys are slots and agree with their functions.
+    fn check(&self) -> Result<(), String> {
+        if self.version > LEDGER_VERSION {
+            return Err(format!(
+                "it has format version {}, newer than this gpuvirt understands ({LEDGER_VERSION})",
+                self.version
+            ));
+        }
+        for (key, record) in &self.slots {
+            let slot: PciAddress = format!("{key}.0")
+                .parse()
+                .map_err(|_| format!("slot key {key:?} is not a PCI slot (DDDD:BB:DD)"))?;
+            if Self::slot_key(slot.slot()) != *key {
+                return Err(format!("slot key {key:?} is not in canonical form"));
+            }
+            if let Some(f) = record
+                .functions
+                .iter()
+                .find(|f| f.address.slot() != slot.slot())
+            {
+                return Err(format!(
+                    "slot {key} lists function {} of another slot",
+                    f.address
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot read the ledger {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the ledger {} is unreadable ({main}) and so is its previous generation ({prev}); \
+         gpuvirt will not guess which devices it owns: inspect or restore the file, or remove \
+         both to start with an empty ledger",
+        path.display()
+    )]
+    Corrupt {
+        path: PathBuf,
+        main: String,
+        prev: String,
+    },
+    #[error(
+        "cannot write the ledger in {}: the file system is read-only; the previous ledger is unchanged",
+        dir.display()
+    )]
+    ReadOnly { dir: PathBuf },
+    #[error(
+        "cannot write the ledger in {}: no space left on the device; the previous ledger is unchanged",
+        dir.display()
+    )]
+    NoSpace { dir: PathBuf },
+    #[error("cannot {op} {}; the previous ledger is unchanged", path.display())]
+    Write {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the ledger came from when it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerSource {
+    /// No ledger yet: a fresh, empty one.
+    Empty,
+    Main,
+    /// The main file was unusable; the previous generation was used.
+    Previous,
+}
+
+/// A loaded ledger and how it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub ledger: Ledger,
+    pub source: LedgerSource,
+    /// Set when the main file was unusable, saying why (the daemon logs it as a warning).
+    pub warning: Option<String>,
+}
+
+/// The ledger's files in a state directory (`/var/lib/gpuvirt` on a host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerStore {
+    dir: PathBuf,
+}
+
+enum Parsed {
+    Missing,
+    Bad(String),
+    Good(Ledger),
+}
+
+impl LedgerStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The main file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(LEDGER_FILE)
+    }
+
+    /// The previous generation's path.
+    pub fn prev_path(&self) -> PathBuf {
+        self.dir.join(LEDGER_PREV_FILE)
+    }
+
+    /// Loads the ledger (see [`LedgerStore::load_reporting`] for the fallback warning).
+    pub fn load(&self) -> Result<Ledger, LedgerError> {
+        self.load_reporting().map(|l| l.ledger)
+    }
+
+    /// Loads the ledger: the main file, else the previous generation with a warning, else an
+    /// empty ledger when neither exists. Both present and unusable is an error, never an empty
+    /// ledger, because that would forget original drivers.
+    pub fn load_reporting(&self) -> Result<Loaded, LedgerError> {
+        let main = self.parse(&self.path())?;
+        let main_problem = match main {
+            Parsed::Good(ledger) => {
+                return Ok(Loaded {
+                    ledger,
+                    source: LedgerSource::Main,
+                    warning: None,
+                })
+            }
+            Parsed::Missing => None,
+            Parsed::Bad(why) => Some(why),
+        };
+        match (self.parse(&self.prev_path())?, main_problem) {
+            (Parsed::Missing, None) => Ok(Loaded {
+                ledger: Ledger::default(),
+                source: LedgerSource::Empty,
+                warning: None,
+            }),
+            (Parsed::Good(ledger), problem) => {
+                let why = problem.unwrap_or_else(|| "it is missing".to_string());
+                Ok(Loaded {
+                    ledger,
+                    source: LedgerSource::Previous,
+                    warning: Some(format!(
+                        "the ledger {} is unusable ({why}); using the previous generation {}, \
+                         which may lack the last change",
+                        self.path().display(),
+                        self.prev_path().display()
+                    )),
+                })
+            }
+            (Parsed::Missing, Some(main)) => Err(LedgerError::Corrupt {
+                path: self.path(),
+                main,
+                prev: "it does not exist".to_string(),
+            }),
+            (Parsed::Bad(prev), main) => Err(LedgerError::Corrupt {
+                path: self.path(),
+                main: main.unwrap_or_else(|| "it is missing".to_string()),
+                prev,
+            }),
+        }
+    }
+
+    fn parse(&self, path: &Path) -> Result<Parsed, LedgerError> {
+        let read_err = |source| LedgerError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Parsed::Missing),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_LEDGER_BYTES + 1), &mut bytes)
+            .map_err(read_err)?;
+        if bytes.is_empty() {
+            return Ok(Parsed::Bad("it is empty".to_string()));
+        }
+        if bytes.len() as u64 > MAX_LEDGER_BYTES {
+            return Ok(Parsed::Bad(format!(
+                "it is larger than {MAX_LEDGER_BYTES} bytes"
+            )));
+        }
+        let ledger: Ledger = match serde_json::from_slice(&bytes) {
+            Ok(l) => l,
+            Err(e) => return Ok(Parsed::Bad(format!("it is not a valid ledger: {e}"))),
+        };
+        match ledger.check() {
+            Ok(()) => Ok(Parsed::Good(ledger)),
+            Err(why) => Ok(Parsed::Bad(why)),
+        }
+    }
+
+    /// Writes `ledger` atomically; the old main file becomes the previous generation.
+    ///
+    /// On any error the main file is what it was before the call (the temporary is removed).
+    pub fn save(&self, ledger: &Ledger) -> Result<(), LedgerError> {
+        let tmp = self.dir.join(LEDGER_TMP_FILE);
+        let result = self.save_via(ledger, &tmp);
+        if result.is_err() {
+            // Best effort: a leftover temporary is harmless (overwritten next time).
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(self.dir.join(LEDGER_PREV_TMP_FILE));
+        }
+        result
+    }
+
+    fn save_via(&self, ledger: &Ledger, tmp: &Path) -> Result<(), LedgerError> {
+        let mut text = serde_json::to_vec_pretty(ledger).map_err(|e| LedgerError::Write {
+            op: "serialise the ledger for",
+            path: self.path(),
+            source: io::Error::other(e),
+        })?;
+        text.push(b'\n');
+        fs::create_dir_all(&self.dir).map_err(|e| self.write_err("create", &self.dir, e))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .map_err(|e| self.write_err("create", tmp, e))?;
+        file.write_all(&text)
+            .map_err(|e| self.write_err("write", tmp, e))?;
+        file.sync_all()
+            .map_err(|e| self.write_err("sync", tmp, e))?;
+        drop(file);
+
+        // Keep the current generation as .prev: link it under a temporary name and rename that
+        // over .prev, so at every instant both a main file and a previous one exist.
+        let main = self.path();
+        let prev_tmp = self.dir.join(LEDGER_PREV_TMP_FILE);
+        if main.exists() {
+            let _ = fs::remove_file(&prev_tmp);
+            fs::hard_link(&main, &prev_tmp).map_err(|e| self.write_err("link", &prev_tmp, e))?;
+            fs::rename(&prev_tmp, self.prev_path())
+                .map_err(|e| self.write_err("rename", &prev_tmp, e))?;
+        }
+        fs::rename(tmp, &main).map_err(|e| self.write_err("rename", tmp, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.write_err("sync", &self.dir, e))?;
+        Ok(())
+    }
+
+    fn write_err(&self, op: &'static str, path: &Path, source: io::Error) -> LedgerError {
+        match source.kind() {
+            io::ErrorKind::ReadOnlyFilesystem => LedgerError::ReadOnly {
+                dir: self.dir.clone(),
+            },
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => LedgerError::NoSpace {
+                dir: self.dir.clone(),
+            },
+            _ => LedgerError::Write {
+                op,
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
