@@ -35,7 +35,8 @@ enum Cmd {
         /// Fixture file (TOML), or the name of a bundled fixture (e.g. `runbook`).
         #[arg(long)]
         fixture: String,
-        /// Directory that plays `/` (created if missing).
+        /// Directory that plays `/` (created if missing). Put it on tmpfs (/dev/shm, /run) for
+        /// big hosts: the plain parts (pci.ids, mdevctl.d, ...) are written there at mount time.
         #[arg(long)]
         root: PathBuf,
         /// Serve kernel-format uevents on a SOCK_SEQPACKET socket at this path.
