@@ -245,10 +245,13 @@ impl<'a> Planner<'a> {
         let inventory = self.inventory;
         let mut out: Vec<&PciFunction> = inventory.functions.get(&gpu).into_iter().collect();
         if let Some(g) = inventory.gpus.get(&gpu) {
+            // SR-IOV VFs can sit in the PF's slot; they belong to the PF's sharding, not
+            // to the card's functions.
             out.extend(
                 g.companions
                     .iter()
-                    .filter_map(|a| inventory.functions.get(a)),
+                    .filter_map(|a| inventory.functions.get(a))
+                    .filter(|f| f.physfn.is_none()),
             );
         }
         out
@@ -507,6 +510,40 @@ impl<'a> Planner<'a> {
                 ),
             );
             return false;
+        }
+        // Its VFs too: vfio-pci on the PF cannot keep them.
+        if let Some(s) = self
+            .inventory
+            .functions
+            .get(&gpu)
+            .and_then(|f| f.sriov.as_ref())
+            .filter(|s| s.num_vfs > 0)
+        {
+            if !self.state.owned_sriov.contains(&gpu) {
+                self.refuse(
+                    RefusalKind::NotOwned,
+                    gpu,
+                    rule,
+                    format!(
+                        "{desc} has {} VFs gpuvirt did not enable; passing it through would remove them",
+                        s.num_vfs
+                    ),
+                );
+                return false;
+            }
+            self.removals.push(PlannedAction::new(
+                Action::SetSriovNumVfs {
+                    pf: gpu,
+                    from: s.num_vfs,
+                    to: 0,
+                },
+                format!(
+                    "rule {:?} passes {desc} through; its VFs must go first",
+                    rule.name
+                ),
+                Some(&rule.name),
+                Some(gpu),
+            ));
         }
         self.remove_owned_vgpus(
             gpu,
