@@ -127,7 +127,14 @@ pub fn runbook() -> Inventory {
     let mut inv = Inventory::default();
     add(
         &mut inv,
-        function("0000:40:03.1", 0x060400, (0x1022, 0x1483), None, Some("pcieport"), Some(65)),
+        function(
+            "0000:40:03.1",
+            0x060400,
+            (0x1022, 0x1483),
+            None,
+            Some("pcieport"),
+            Some(65),
+        ),
     );
     let mut v100 = function(
         V100,
