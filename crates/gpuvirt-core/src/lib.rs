@@ -4,6 +4,7 @@
 //! Start with [`Scanner`]: `Scanner::new(Root::new(dir)).scan()` reads a host into an
 //! [`Inventory`]; [`Scanner::refresh`] re-reads what one uevent touched.
 
+pub mod exec;
 pub mod iommu;
 pub mod ledger;
 pub mod modalias;
