@@ -17,6 +17,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT_ROOT=${VM_OUT_ROOT:-$HERE/out}
 PROFILE=${CARGO_PROFILE:-debug}
+# A loaded 2-core CI machine can slow TCG a lot; a hung guest still ends here.
+export VM_TIMEOUT=${VM_TIMEOUT:-600}
 T_START=$EPOCHREALTIME
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}'; }
 step() { printf '\n--- vm tier: %s\n' "$*"; }
