@@ -7,13 +7,16 @@
 pub mod exec;
 pub mod iommu;
 pub mod ledger;
+pub mod mdevctl;
 pub mod modalias;
 pub mod model;
 pub mod pciids;
 pub mod plan;
 pub mod policy;
+pub mod render;
 pub mod root;
 pub mod scan;
+pub mod shard;
 pub mod sysfs;
 pub mod testing;
 

@@ -1,0 +1,387 @@
+//! mdevctl's persistent definitions, `<root>/etc/mdevctl.d/<parent>/<uuid>`: reading and
+//! validating them, importing them into the ledger (owner mdevctl) and writing gpuvirt's
+//! definitions in the same format, byte for byte as mdevctl writes them, so libvirt and
+//! mdevctl users keep working.
+//!
+//! The format, as mdevctl 1.x reads and writes it (`src/mdev.rs`): a JSON object with
+//! `mdev_type` (string), `start` (`"auto"` or `"manual"`) and `attrs`, an ordered list of
+//! one-entry objects `{"name": "value"}` written to the mdev's sysfs attributes in list order
+//! after creation. mdevctl serialises with `serde_json::to_string_pretty` and `preserve_order`:
+//! keys in the order `mdev_type`, `start`, `attrs`; two-space indentation; `"attrs": []` when
+//! empty; no trailing newline. Unknown top-level keys are ignored, as mdevctl does.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::ledger::{Ledger, MdevRecord, MdevStart};
+use crate::root::Root;
+
+/// mdevctl's directory of callout and notifier scripts: inside `mdevctl.d`, but not a parent.
+const SCRIPTS_DIR: &str = "scripts.d";
+/// A definition larger than this is not one mdevctl wrote.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// One mdevctl definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MdevctlConfig {
+    pub uuid: Uuid,
+    /// The parent's `mdev_bus` name (the directory the file is in).
+    pub parent: String,
+    pub mdev_type: String,
+    pub start: MdevStart,
+    /// Written to the mdev's attributes after creation, in this order.
+    pub attrs: Vec<(String, String)>,
+}
+
+/// Why a definition could not be read, written or accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum MdevctlError {
+    #[error("cannot read mdevctl config {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mdevctl config {} is malformed: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    #[error("mdevctl config {} is not named by a UUID", path.display())]
+    BadFileName { path: PathBuf },
+    #[error("{name:?} is not a usable mdev parent name (it must be one path component)")]
+    BadParentName { name: String },
+    #[error("cannot write mdevctl config {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Every definition found, and every file that could not be used (one bad file does not hide
+/// the others).
+#[derive(Debug, Default)]
+pub struct MdevctlScan {
+    pub configs: Vec<MdevctlConfig>,
+    pub errors: Vec<MdevctlError>,
+}
+
+/// `<root>/etc/mdevctl.d`.
+pub fn config_dir(root: &Root) -> PathBuf {
+    root.etc().join("mdevctl.d")
+}
+
+/// Whether `name` can be a directory name below `mdevctl.d`: one non-empty path component
+/// without control characters (PCI addresses, `mbochs`, `0.0.0001` for vfio-ccw).
+pub fn is_safe_parent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.chars().any(|c| c == '/' || c.is_control())
+}
+
+/// Parses a definition's text. `path` names the file in errors.
+pub fn parse_config(
+    path: &Path,
+    parent: &str,
+    uuid: Uuid,
+    text: &str,
+) -> Result<MdevctlConfig, MdevctlError> {
+    let malformed = |reason: String| MdevctlError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !is_safe_parent_name(parent) {
+        return Err(MdevctlError::BadParentName {
+            name: parent.chars().take(64).collect(),
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| malformed("it is not a JSON object".to_string()))?;
+    let mdev_type = match object.get("mdev_type") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::String(_)) => return Err(malformed("mdev_type is empty".into())),
+        Some(_) => return Err(malformed("mdev_type is not a string".into())),
+        None => return Err(malformed("mdev_type is missing".into())),
+    };
+    let start = match object.get("start") {
+        Some(serde_json::Value::String(s)) if s == "auto" => MdevStart::Auto,
+        Some(serde_json::Value::String(s)) if s == "manual" => MdevStart::Manual,
+        Some(other) => {
+            return Err(malformed(format!(
+                "start is {other}, expected \"auto\" or \"manual\""
+            )))
+        }
+        None => return Err(malformed("start is missing".into())),
+    };
+    let attrs = match object.get("attrs") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let entry = item
+                    .as_object()
+                    .filter(|o| o.len() == 1)
+                    .and_then(|o| o.iter().next())
+                    .ok_or_else(|| {
+                        malformed(format!("attrs[{i}] is not an object with one entry"))
+                    })?;
+                let value = entry.1.as_str().ok_or_else(|| {
+                    malformed(format!(
+                        "attrs[{i}] ({}) has a value that is not a string",
+                        entry.0
+                    ))
+                })?;
+                Ok((entry.0.clone(), value.to_string()))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(malformed("attrs is not a list".into())),
+    };
+    Ok(MdevctlConfig {
+        uuid,
+        parent: parent.to_string(),
+        mdev_type,
+        start,
+        attrs,
+    })
+}
+
+/// Reads one definition file; its parent and UUID come from its path.
+pub fn read_config(path: &Path) -> Result<MdevctlConfig, MdevctlError> {
+    let uuid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| Uuid::parse_str(n).ok())
+        .ok_or_else(|| MdevctlError::BadFileName {
+            path: path.to_path_buf(),
+        })?;
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| MdevctlError::BadParentName {
+            name: path.display().to_string(),
+        })?;
+    let read_err = |source| MdevctlError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_CONFIG_BYTES + 1), &mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(MdevctlError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("it is larger than {MAX_CONFIG_BYTES} bytes"),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| MdevctlError::Malformed {
+        path: path.to_path_buf(),
+        reason: "it is not UTF-8".to_string(),
+    })?;
+    parse_config(path, parent, uuid, &text)
+}
+
+/// Reads every definition below `<root>/etc/mdevctl.d`, sorted by parent then UUID. A missing
+/// directory is no definitions.
+pub fn read_all(root: &Root) -> MdevctlScan {
+    let dir = config_dir(root);
+    let mut scan = MdevctlScan::default();
+    let parents = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return scan,
+        Err(source) => {
+            scan.errors.push(MdevctlError::Read { path: dir, source });
+            return scan;
+        }
+    };
+    let mut parent_dirs: Vec<PathBuf> = parents
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != SCRIPTS_DIR)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    parent_dirs.sort();
+    for parent_dir in parent_dirs {
+        let entries = match fs::read_dir(&parent_dir) {
+            Ok(entries) => entries,
+            Err(source) => {
+                scan.errors.push(MdevctlError::Read {
+                    path: parent_dir,
+                    source,
+                });
+                continue;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            // Dot files are editors' and our own temporaries, never definitions.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for file in files {
+            match read_config(&file) {
+                Ok(c) => scan.configs.push(c),
+                Err(e) => scan.errors.push(e),
+            }
+        }
+    }
+    scan
+}
+
+/// The attrs list as mdevctl writes it: a list of one-entry objects.
+struct Attrs<'a>(&'a [(String, String)]);
+
+impl Serialize for Attrs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(k, v)| Attr(k, v)))
+    }
+}
+
+struct Attr<'a>(&'a str, &'a str);
+
+impl Serialize for Attr<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
+}
+
+/// Field order here is the key order mdevctl writes.
+#[derive(Serialize)]
+struct ConfigJson<'a> {
+    mdev_type: &'a str,
+    start: MdevStart,
+    attrs: Attrs<'a>,
+}
+
+impl MdevctlConfig {
+    /// The file's path below `root`.
+    pub fn path(&self, root: &Root) -> PathBuf {
+        config_dir(root)
+            .join(&self.parent)
+            .join(self.uuid.hyphenated().to_string())
+    }
+
+    /// The file's contents exactly as mdevctl writes them.
+    pub fn to_json(&self) -> String {
+        let json = ConfigJson {
+            mdev_type: &self.mdev_type,
+            start: self.start,
+            attrs: Attrs(&self.attrs),
+        };
+        // Serialising strings and a list cannot fail.
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    }
+
+    /// The definition of a ledger record.
+    pub fn from_record(uuid: Uuid, record: &MdevRecord) -> Self {
+        Self {
+            uuid,
+            parent: record.parent.clone(),
+            mdev_type: record.type_id.clone(),
+            start: record.start,
+            attrs: record.attrs.clone(),
+        }
+    }
+
+    /// The ledger record of an imported definition: defined, not created by gpuvirt.
+    pub fn to_record(&self) -> MdevRecord {
+        MdevRecord {
+            parent: self.parent.clone(),
+            type_id: self.mdev_type.clone(),
+            start: self.start,
+            attrs: self.attrs.clone(),
+            rule: None,
+            defined: true,
+            created_by_gpuvirt: false,
+        }
+    }
+}
+
+/// Writes a definition below `root` (the parent's directory is created), replacing the file
+/// atomically through a dot-named temporary that mdevctl and [`read_all`] skip.
+pub fn write_config(root: &Root, config: &MdevctlConfig) -> Result<PathBuf, MdevctlError> {
+    if !is_safe_parent_name(&config.parent) {
+        return Err(MdevctlError::BadParentName {
+            name: config.parent.chars().take(64).collect(),
+        });
+    }
+    let path = config.path(root);
+    let dir = config_dir(root).join(&config.parent);
+    let tmp = dir.join(format!(".{}.tmp", config.uuid.hyphenated()));
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MdevctlError::Write { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+    fs::write(&tmp, config.to_json()).map_err(write_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        write_err(&path)(e)
+    })?;
+    Ok(path)
+}
+
+/// Removes a definition; a missing file is not an error (already undefined).
+pub fn remove_config(root: &Root, parent: &str, uuid: Uuid) -> Result<(), MdevctlError> {
+    if !is_safe_parent_name(parent) {
+        return Err(MdevctlError::BadParentName {
+            name: parent.chars().take(64).collect(),
+        });
+    }
+    let path = config_dir(root)
+        .join(parent)
+        .join(uuid.hyphenated().to_string());
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(MdevctlError::Write { path, source }),
+    }
+}
+
+/// What [`import`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Definitions recorded (new or updated), owner mdevctl.
+    pub imported: Vec<Uuid>,
+    /// Definitions whose UUID gpuvirt itself created: the ledger's record is kept.
+    pub kept_gpuvirt: Vec<Uuid>,
+}
+
+/// Records mdevctl's definitions in the ledger with owner mdevctl (`created_by_gpuvirt =
+/// false`), so they are reported and never removed by gpuvirt. A UUID gpuvirt created keeps its
+/// record: the file is then gpuvirt's own export.
+pub fn import(ledger: &mut Ledger, configs: &[MdevctlConfig]) -> ImportReport {
+    let mut report = ImportReport::default();
+    for config in configs {
+        if ledger.owns_mdev(&config.uuid) {
+            report.kept_gpuvirt.push(config.uuid);
+            continue;
+        }
+        ledger.mdevs.insert(config.uuid, config.to_record());
+        report.imported.push(config.uuid);
+    }
+    report
+}
+
+/// gpuvirt's own defined mdevs as mdevctl definitions (for `gpuvirtctl mdev export --mdevctl`).
+pub fn export(ledger: &Ledger) -> Vec<MdevctlConfig> {
+    ledger
+        .mdevs
+        .iter()
+        .filter(|(_, r)| r.defined && r.created_by_gpuvirt)
+        .map(|(uuid, r)| MdevctlConfig::from_record(*uuid, r))
+        .collect()
+}
