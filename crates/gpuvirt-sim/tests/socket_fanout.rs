@@ -123,7 +123,8 @@ fn a_slow_client_is_dropped_without_blocking_the_publisher() {
     assert_eq!(events.dropped_for_overflow(), 1);
     assert_eq!(events.client_count(), 1);
 
-    // The slow client sees a prefix in order, then end of stream (its cue to rescan).
+    // The slow client sees a prefix in order (empty when its writer thread had not run before
+    // the queue filled), then end of stream: its cue to reconnect and rescan.
     let mut last = 0;
     loop {
         match slow.recv_timeout(WAIT) {
@@ -135,7 +136,7 @@ fn a_slow_client_is_dropped_without_blocking_the_publisher() {
             Err(e) => panic!("slow client: {e:?}"),
         }
     }
-    assert!((1..TOTAL).contains(&last), "slow client got {last}");
+    assert!(last < TOTAL, "slow client got {last}");
 }
 
 #[test]
