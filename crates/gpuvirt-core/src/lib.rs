@@ -5,6 +5,8 @@
 //! [`Inventory`]; [`Scanner::refresh`] re-reads what one uevent touched.
 
 pub mod exec;
+pub mod holders;
+pub mod interlock;
 pub mod iommu;
 pub mod ledger;
 pub mod mdevctl;
