@@ -177,7 +177,8 @@ fn render_card(
         if i == 0 && options.x_vga {
             spec.push_str(",x-vga=on");
         }
-        if i == 0 && multifunction {
+        // Only a shared guest slot makes the functions one multifunction device.
+        if i == 0 && multifunction && guest.is_some() {
             spec.push_str(",multifunction=on");
         }
         xml.push_str(&pci_hostdev(f.address, xml_guest.as_deref()));

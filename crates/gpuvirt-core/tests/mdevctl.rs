@@ -1,0 +1,283 @@
+//! mdevctl's definition format: byte-compatible export (mdevctl's own expected files), import of
+//! what mdevctl and hand edits write, round trips with ordered attrs and both start modes,
+//! typed errors naming the file, and ledger import/export that keeps ownership straight.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+
+use gpuvirt_core::ledger::{Ledger, MdevRecord, MdevStart};
+use gpuvirt_core::mdevctl::{
+    export, import, parse_config, read_all, read_config, remove_config, write_config,
+    MdevctlConfig, MdevctlError,
+};
+use gpuvirt_core::shard::{owner_of, Owner};
+use gpuvirt_core::Root;
+use uuid::Uuid;
+
+const U1: &str = "bc127e23-aaaa-4d06-a7aa-88db2dd538e0";
+const U2: &str = "1360ce4b-2ed2-4f63-abb6-8cdb92100085";
+
+fn config(uuid: &str, start: MdevStart, attrs: &[(&str, &str)]) -> MdevctlConfig {
+    MdevctlConfig {
+        uuid: uuid.parse().unwrap(),
+        parent: "0000:41:00.0".into(),
+        mdev_type: "nvidia-300".into(),
+        start,
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[test]
+fn export_is_byte_identical_to_what_mdevctl_writes() {
+    // mdevctl 1.x, testdata/define/uuid-running-removed-active-parent.expected: no attrs.
+    let mut c = config(U1, MdevStart::Manual, &[]);
+    c.mdev_type = "i915-GVTg_V5_4".into();
+    assert_eq!(
+        c.to_json(),
+        "{\n  \"mdev_type\": \"i915-GVTg_V5_4\",\n  \"start\": \"manual\",\n  \"attrs\": []\n}"
+    );
+    // mdevctl tests/modify/addattr/expected: ordered attrs with a repeated name.
+    let mut c = config(
+        U1,
+        MdevStart::Manual,
+        &[
+            ("assign_adapter", "5"),
+            ("assign_adapter", "6"),
+            ("assign_domain", "0xab"),
+            ("added-attr", "added-attr-value"),
+            ("assign_control_domain", "0xab"),
+            ("assign_domain", "4"),
+            ("assign_control_domain", "4"),
+        ],
+    );
+    c.mdev_type = "vfio_ap-passthrough".into();
+    let expected = r#"{
+  "mdev_type": "vfio_ap-passthrough",
+  "start": "manual",
+  "attrs": [
+    {
+      "assign_adapter": "5"
+    },
+    {
+      "assign_adapter": "6"
+    },
+    {
+      "assign_domain": "0xab"
+    },
+    {
+      "added-attr": "added-attr-value"
+    },
+    {
+      "assign_control_domain": "0xab"
+    },
+    {
+      "assign_domain": "4"
+    },
+    {
+      "assign_control_domain": "4"
+    }
+  ]
+}"#;
+    assert_eq!(c.to_json(), expected);
+}
+
+#[test]
+fn round_trips_ordered_attrs_and_both_start_modes_through_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let written = vec![
+        config(
+            U1,
+            MdevStart::Auto,
+            &[("z_last", "1"), ("a_first", "2"), ("z_last", "3")],
+        ),
+        config(U2, MdevStart::Manual, &[]),
+    ];
+    for c in &written {
+        let path = write_config(&root, c).unwrap();
+        assert_eq!(
+            path,
+            dir.path()
+                .join("etc/mdevctl.d/0000:41:00.0")
+                .join(c.uuid.to_string())
+        );
+        assert_eq!(read_config(&path).unwrap(), *c);
+        // Writing what was read gives the same bytes.
+        assert_eq!(fs::read_to_string(&path).unwrap(), c.to_json());
+    }
+    let scan = read_all(&root);
+    assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+    let mut expected = written.clone();
+    expected.sort_by_key(|c| c.uuid);
+    assert_eq!(scan.configs, expected);
+    // No temporaries left behind.
+    let names: Vec<String> = fs::read_dir(dir.path().join("etc/mdevctl.d/0000:41:00.0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    remove_config(&root, "0000:41:00.0", U2.parse().unwrap()).unwrap();
+    remove_config(&root, "0000:41:00.0", U2.parse().unwrap()).unwrap();
+    assert_eq!(read_all(&root).configs, vec![written[0].clone()]);
+}
+
+#[test]
+fn reads_other_key_orders_null_attrs_and_unknown_keys_as_mdevctl_does() {
+    let p = Path::new("etc/mdevctl.d/mbochs/x");
+    let u: Uuid = U1.parse().unwrap();
+    // serde_json without preserve_order (sorted keys) and a trailing newline.
+    let c = parse_config(
+        p,
+        "mbochs",
+        u,
+        "{\"attrs\":[{\"a\":\"1\"}],\"mdev_type\":\"mbochs-small\",\"start\":\"auto\",\"x\":5}\n",
+    )
+    .unwrap();
+    assert_eq!(c.attrs, vec![("a".to_string(), "1".to_string())]);
+    assert_eq!(c.start, MdevStart::Auto);
+    // The bash-era format had no attrs key; null is accepted too.
+    for text in [
+        "{\"mdev_type\": \"mbochs-small\", \"start\": \"manual\"}",
+        "{\"mdev_type\": \"mbochs-small\", \"start\": \"manual\", \"attrs\": null}",
+    ] {
+        let c = parse_config(p, "mbochs", u, text).unwrap();
+        assert!(c.attrs.is_empty());
+        assert_eq!(c.start, MdevStart::Manual);
+    }
+}
+
+#[test]
+fn malformed_configs_are_typed_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let base = dir.path().join("etc/mdevctl.d");
+    let cases = [
+        ("0000:41:00.0", U1, "{not json", "key must be a string"),
+        ("0000:41:00.0", U2, "[1, 2]", "it is not a JSON object"),
+        (
+            "mbochs",
+            U1,
+            "{\"start\": \"auto\"}",
+            "mdev_type is missing",
+        ),
+        (
+            "mbochs",
+            U2,
+            "{\"mdev_type\": \"t\", \"start\": \"sometimes\"}",
+            "start is \"sometimes\", expected \"auto\" or \"manual\"",
+        ),
+        (
+            "mdpy",
+            U1,
+            "{\"mdev_type\": \"t\", \"start\": \"auto\", \"attrs\": [{\"a\": \"1\", \"b\": \"2\"}]}",
+            "attrs[0] is not an object with one entry",
+        ),
+        (
+            "mdpy",
+            U2,
+            "{\"mdev_type\": \"t\", \"start\": \"auto\", \"attrs\": [{\"a\": 1}]}",
+            "attrs[0] (a) has a value that is not a string",
+        ),
+    ];
+    for (parent, uuid, text, _) in &cases {
+        fs::create_dir_all(base.join(parent)).unwrap();
+        fs::write(base.join(parent).join(uuid), text).unwrap();
+    }
+    fs::write(base.join("mdpy/not-a-uuid"), "{}").unwrap();
+    // mdevctl's script directory is not a parent; dot files are temporaries.
+    fs::create_dir_all(base.join("scripts.d/callouts")).unwrap();
+    fs::write(base.join("mdpy/.editor.swp"), "junk").unwrap();
+    let good = config("6018366c-f658-47a7-9ed3-4fe53a096533", MdevStart::Auto, &[]);
+    write_config(&root, &good).unwrap();
+
+    let scan = read_all(&root);
+    assert_eq!(scan.configs, vec![good], "one bad file hides no good one");
+    assert_eq!(scan.errors.len(), cases.len() + 1, "{:?}", scan.errors);
+    for (parent, uuid, _, why) in &cases {
+        let path = base.join(parent).join(uuid);
+        let err = scan
+            .errors
+            .iter()
+            .find(|e| matches!(e, MdevctlError::Malformed { path: p, .. } if *p == path))
+            .unwrap_or_else(|| panic!("no error for {}", path.display()));
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("mdevctl config {} is malformed: ", path.display())),
+            "{text}"
+        );
+        assert!(text.contains(why), "{text} lacks {why}");
+    }
+    assert!(scan.errors.iter().any(|e| matches!(
+        e,
+        MdevctlError::BadFileName { path } if path.ends_with("mdpy/not-a-uuid")
+    )));
+}
+
+#[test]
+fn unsafe_parent_names_are_refused_before_any_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    for bad in ["", ".", "..", "a/b", "../../etc", "x\ny"] {
+        let mut c = config(U1, MdevStart::Auto, &[]);
+        c.parent = bad.into();
+        assert!(
+            matches!(
+                write_config(&root, &c),
+                Err(MdevctlError::BadParentName { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(parse_config(Path::new("f"), bad, c.uuid, &c.to_json()).is_err());
+    }
+    assert!(!dir.path().join("etc").exists());
+}
+
+#[test]
+fn import_records_mdevctl_ownership_and_export_writes_only_gpuvirts() {
+    let mut ledger = Ledger::default();
+    let ours: Uuid = U2.parse().unwrap();
+    ledger.mdevs.insert(
+        ours,
+        MdevRecord {
+            parent: "0000:41:00.0".into(),
+            type_id: "nvidia-300".into(),
+            start: MdevStart::Auto,
+            attrs: vec![("k".into(), "v".into())],
+            rule: Some("vdi".into()),
+            defined: true,
+            created_by_gpuvirt: true,
+        },
+    );
+    let theirs = config(U1, MdevStart::Manual, &[("a", "1")]);
+    let our_export = config(U2, MdevStart::Auto, &[]);
+    let report = import(&mut ledger, &[theirs.clone(), our_export]);
+    assert_eq!(report.imported, vec![theirs.uuid]);
+    assert_eq!(report.kept_gpuvirt, vec![ours]);
+    assert_eq!(owner_of(&theirs.uuid, &ledger, &[]), Owner::Mdevctl);
+    assert_eq!(owner_of(&ours, &ledger, &[]), Owner::Gpuvirt);
+    let stranger: Uuid = "6018366c-f658-47a7-9ed3-4fe53a096533".parse().unwrap();
+    assert_eq!(owner_of(&stranger, &ledger, &[]), Owner::Other);
+    assert_eq!(
+        owner_of(
+            &stranger,
+            &Ledger::default(),
+            &[config(&stranger.to_string(), MdevStart::Auto, &[])]
+        ),
+        Owner::Mdevctl
+    );
+    // gpuvirt's record survived the import, attrs and all, and is all that is exported.
+    assert!(ledger.mdevs[&ours].created_by_gpuvirt);
+    let exported = export(&ledger);
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0].uuid, ours);
+    assert_eq!(exported[0].attrs, vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(
+        exported[0].to_json(),
+        "{\n  \"mdev_type\": \"nvidia-300\",\n  \"start\": \"auto\",\n  \"attrs\": [\n    {\n      \"k\": \"v\"\n    }\n  ]\n}"
+    );
+}
