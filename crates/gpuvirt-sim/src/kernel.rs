@@ -1667,7 +1667,8 @@ impl Kernel {
     /// `modprobe <module>`: loads its dependencies first, registers its drivers (which then
     /// probe driverless devices) and mdev parents. Loading a loaded module is a no-op.
     pub fn load_module(&mut self, module: &str) -> Result<(), Errno> {
-        self.load_module_depth(module, 0)
+        // modprobe treats '-' and '_' in module names as the same character.
+        self.load_module_depth(&module.replace('-', "_"), 0)
     }
 
     fn knows_module(&self, m: &str) -> bool {
@@ -1737,6 +1738,8 @@ impl Kernel {
     /// it or one of its mdevs is open; otherwise its mdev parents unregister (removing their
     /// mdevs), its drivers unbind from every device and go away, then the module.
     pub fn unload_module(&mut self, module: &str) -> Result<(), Errno> {
+        let normalized = module.replace('-', "_");
+        let module = normalized.as_str();
         if !self.is_loaded(module) {
             return Err(libc::ENOENT);
         }
