@@ -788,7 +788,7 @@ impl Executor {
                 hint: hint.to_string(),
             })
         } else {
-            match Command::new(&path).args(args).output() {
+            match run_output(&path, args) {
                 Err(source) => Err(ExecError::ToolStart { path, source }),
                 Ok(out) if out.status.success() => Ok(()),
                 Ok(out) => Err(ExecError::ToolFailed {
@@ -1573,6 +1573,22 @@ impl Executor {
         };
         steps.push(description, Some(rel), outcome, t);
         result
+    }
+}
+
+/// Runs a command and collects its output, retrying briefly on ETXTBSY: a tool that was just
+/// written can still be open for writing in a child another thread forked meanwhile.
+fn run_output(path: &Path, args: &[&str]) -> io::Result<std::process::Output> {
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match Command::new(path).args(args).output() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
