@@ -243,8 +243,23 @@ impl ShardParent {
         Err(ShardError::UnknownType {
             parent: self.name.clone(),
             spec: spec.to_string(),
-            choices: self.types.iter().map(ShardType::label).collect(),
+            choices: self.choices(),
         })
+    }
+
+    /// Every type as `id (name)`, for error messages. NVIDIA's per-VF files name a type only in
+    /// `creatable_vgpu_types`, so a type in use that no VF can create any more has no name.
+    pub fn choices(&self) -> Vec<String> {
+        self.types
+            .iter()
+            .map(|t| match (&t.name, self.backend) {
+                (None, Backend::NvidiaVf) => format!(
+                    "{} (in use; NVIDIA lists its name only while one more can be created)",
+                    t.id
+                ),
+                _ => t.label(),
+            })
+            .collect()
     }
 
     /// The refusal for wanting `requested` more of `t` than the parent has room for.

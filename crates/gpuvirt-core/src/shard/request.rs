@@ -133,7 +133,7 @@ pub fn plan_create(
             let type_id: u32 = t.id.parse().map_err(|_| ShardError::UnknownType {
                 parent: parent.name.clone(),
                 spec: type_spec.to_string(),
-                choices: parent.types.iter().map(|t| t.label()).collect(),
+                choices: parent.choices(),
             })?;
             let free = free_vfs_for(inventory, &parent, type_id);
             if (free.len() as u64) < u64::from(count) {
