@@ -1886,9 +1886,14 @@ impl Kernel {
             .filter(|d| d.path == path || d.path.starts_with(&format!("{path}/")))
             .map(|d| d.addr)
             .collect();
+        // A re-enumerated device is a new `struct pci_dev`: no driver_override, no driver.
         let devices = keys
             .iter()
             .filter_map(|k| self.unplugged.remove(k))
+            .map(|mut d| {
+                d.driver_override = None;
+                d
+            })
             .collect();
         self.add_back(devices);
         Ok(())

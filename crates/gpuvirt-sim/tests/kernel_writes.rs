@@ -527,13 +527,20 @@ fn module_hooks() {
 fn hotplug_remove_rescan_and_add() {
     let mut k = boot("workstation");
     let gpu = addr("0000:01:00.0");
+    k.write_str(&format!("{DISPLAY}/driver_override"), "vfio-pci")
+        .unwrap();
     k.hot_remove(addr("0000:00:01.0")).unwrap();
     assert!(!k.tree().exists("sys/bus/pci/devices/0000:01:00.0"));
     assert!(!k.tree().exists("sys/bus/pci/devices/0000:00:01.0"));
     assert!(!k.tree().exists("sys/kernel/iommu_groups/1"));
     assert_eq!(k.hot_remove(gpu), Err(ENODEV));
     k.replug(addr("0000:00:01.0")).unwrap();
-    assert_eq!(k.driver_of(gpu), Some("nouveau"), "probed again");
+    assert_eq!(
+        k.driver_of(gpu),
+        Some("nouveau"),
+        "probed again, override forgotten"
+    );
+    assert_eq!(read(&k, &format!("{DISPLAY}/driver_override")), "(null)");
     assert_eq!(k.group_of(gpu), Some(1));
     // The `remove` attribute and bus rescan.
     k.write_str("sys/bus/pci/devices/0000:01:00.1/remove", "1")
