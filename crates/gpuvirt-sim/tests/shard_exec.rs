@@ -1,0 +1,146 @@
+//! Shard plans run by the real executor on the simulated kernel behind FUSE, with the ledger on
+//! disk: defined vGPUs recreated at "boot", refused beyond capacity before the executor runs,
+//! kept (inactive) while the card is unplugged, recreated with the same UUIDs when it returns,
+//! nothing created twice across an executor restart, and foreign mdevs never removed.
+//!
+//! These need `/dev/fuse` and root; they skip with a message otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use gpuvirt_core::exec::Executor;
+use gpuvirt_core::ledger::{Ledger, LedgerStore, MdevRecord, MdevStart};
+use gpuvirt_core::plan::{mdev_uuid, Action};
+use gpuvirt_core::shard::{plan_create, plan_remove, recreate_plan, InactiveReason, ShardError};
+use gpuvirt_core::{scan, Inventory, PciAddress, Root};
+use gpuvirt_sim::fixture::Fixture;
+use gpuvirt_sim::fuse::{lock_backend, SimMount};
+use gpuvirt_sim::kernel::Kernel;
+use uuid::Uuid;
+
+const V100: &str = "0000:41:00.0";
+
+fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIP: needs /dev/fuse and root");
+    false
+}
+
+fn inventory(mnt: &SimMount<Kernel>) -> Inventory {
+    scan(&Root::new(mnt.root()))
+}
+
+fn run_all(exec: &mut Executor, actions: &[Action]) {
+    for a in actions {
+        let report = exec.run(a, Some("vdi"));
+        assert!(report.succeeded(), "{report}");
+    }
+}
+
+fn active(mnt: &SimMount<Kernel>) -> Vec<Uuid> {
+    let mut v: Vec<Uuid> = lock_backend(mnt.backend())
+        .mdevs()
+        .into_iter()
+        .map(|(u, _, _)| u)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn defined_vgpus_survive_unplug_and_restart_with_the_same_uuids() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::from_fixture(&Fixture::bundled("runbook").unwrap()).unwrap();
+    let mnt = SimMount::mount(Arc::new(Mutex::new(kernel)), &dir.path().join("root")).unwrap();
+    let store = LedgerStore::new(dir.path().join("state"));
+
+    // Two vGPUs defined earlier (the daemon's `define`), none active after a reboot.
+    let mut wanted: Vec<Uuid> = (0..2).map(|i| mdev_uuid("vdi", V100, i)).collect();
+    wanted.sort();
+    let mut ledger = Ledger::default();
+    for u in &wanted {
+        ledger.mdevs.insert(
+            *u,
+            MdevRecord {
+                parent: V100.into(),
+                type_id: "nvidia-300".into(),
+                start: MdevStart::Auto,
+                attrs: Vec::new(),
+                rule: Some("vdi".into()),
+                defined: true,
+                created_by_gpuvirt: true,
+            },
+        );
+    }
+    store.save(&ledger).unwrap();
+
+    let (mut exec, _) = Executor::open(Root::new(mnt.root()), store.clone()).unwrap();
+    let plan = recreate_plan(exec.ledger(), &inventory(&mnt));
+    assert!(plan.inactive.is_empty(), "{plan:?}");
+    run_all(&mut exec, &plan.actions);
+    assert_eq!(active(&mnt), wanted);
+
+    // Full: refused with the capacity before the executor is asked.
+    let e = plan_create(&inventory(&mnt), V100, "V100-8C", None, 1).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "GRID V100-8C on 0000:41:00.0 has 2 instances, 2 in use; 1 more requested"
+    );
+
+    // Unplugged: inactive, still in the ledger on disk.
+    let gpu: PciAddress = V100.parse().unwrap();
+    lock_backend(mnt.backend()).hot_remove(gpu).unwrap();
+    let inv = inventory(&mnt);
+    let plan = recreate_plan(exec.ledger(), &inv);
+    assert!(plan.actions.is_empty());
+    assert!(plan
+        .inactive
+        .iter()
+        .all(|i| i.reason == InactiveReason::ParentAbsent));
+    assert_eq!(plan.inactive.len(), 2);
+    assert_eq!(store.load().unwrap().mdevs.len(), 2);
+
+    // Back: the same UUIDs, created by a restarted executor reading the ledger from disk.
+    lock_backend(mnt.backend()).replug(gpu).unwrap();
+    drop(exec);
+    let (mut exec, warning) = Executor::open(Root::new(mnt.root()), store.clone()).unwrap();
+    assert_eq!(warning, None);
+    let plan = recreate_plan(exec.ledger(), &inventory(&mnt));
+    assert_eq!(plan.actions.len(), 2, "{plan:?}");
+    run_all(&mut exec, &plan.actions);
+    assert_eq!(active(&mnt), wanted);
+    let again = recreate_plan(exec.ledger(), &inventory(&mnt));
+    assert!(
+        again.actions.is_empty() && again.inactive.is_empty(),
+        "{again:?}"
+    );
+
+    // A foreign mdev (written by hand) on another parent is never gpuvirt's to remove.
+    let foreign: Uuid = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001".parse().unwrap();
+    let u = wanted[0];
+    let remove = plan_remove(&inventory(&mnt), exec.ledger(), u, false).unwrap();
+    run_all(&mut exec, &remove);
+    OpenOptions::new()
+        .write(true)
+        .open(
+            mnt.sys()
+                .join("class/mdev_bus/0000:41:00.0/mdev_supported_types/nvidia-300/create"),
+        )
+        .and_then(|mut f| f.write_all(foreign.to_string().as_bytes()))
+        .unwrap();
+    let e = plan_remove(&inventory(&mnt), exec.ledger(), foreign, false).unwrap_err();
+    assert!(matches!(e, ShardError::NotOwned { .. }), "{e}");
+    let mut left = vec![wanted[1], foreign];
+    left.sort();
+    assert_eq!(active(&mnt), left);
+    mnt.unmount().unwrap();
+}
