@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod mdevctl;
 pub mod modalias;
 pub mod model;
+pub mod pathsafe;
 pub mod pciids;
 pub mod plan;
 pub mod policy;

@@ -106,7 +106,11 @@ pub fn parse_config(
         .as_object()
         .ok_or_else(|| malformed("it is not a JSON object".to_string()))?;
     let mdev_type = match object.get("mdev_type") {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::String(s)) if !s.is_empty() => {
+            // The type becomes `mdev_supported_types/<type>` when the mdev is created.
+            crate::pathsafe::mdev_type(s).map_err(|e| malformed(e.to_string()))?;
+            s.clone()
+        }
         Some(serde_json::Value::String(_)) => return Err(malformed("mdev_type is empty".into())),
         Some(_) => return Err(malformed("mdev_type is not a string".into())),
         None => return Err(malformed("mdev_type is missing".into())),
@@ -134,6 +138,9 @@ pub fn parse_config(
                     .ok_or_else(|| {
                         malformed(format!("attrs[{i}] is not an object with one entry"))
                     })?;
+                // Each name becomes an attribute path below the mdev when it is started.
+                crate::pathsafe::attribute(entry.0)
+                    .map_err(|e| malformed(format!("attrs[{i}]: {e}")))?;
                 let value = entry.1.as_str().ok_or_else(|| {
                     malformed(format!(
                         "attrs[{i}] ({}) has a value that is not a string",

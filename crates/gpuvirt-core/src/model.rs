@@ -82,8 +82,9 @@ impl FromStr for PciAddress {
             u32::from_str_radix(part, 16).ok()
         };
         let (domain, rest) = match s.len() {
+            // `get`, not indexing: a multi-byte character across byte 4 is an error, not a panic.
             12 => (
-                hex(&s[..4], 4).ok_or_else(err)?,
+                hex(s.get(..4).ok_or_else(err)?, 4).ok_or_else(err)?,
                 s.get(4..).ok_or_else(err)?,
             ),
             7 => (0, s),
