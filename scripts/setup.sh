@@ -13,6 +13,7 @@ PKGS=(
     systemd                 # systemd-analyze verify for the unit file
     udev                    # udevadm, libudev for the daemon's monitor
     libudev-dev pkg-config  # the udev crate links libudev
+    umockdev libumockdev0 gir1.2-umockdev-1.0 python3-gi  # the umockdev test tier
 )
 
 if [ "$(id -u)" -ne 0 ]; then

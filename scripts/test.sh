@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what is needed, then runs every tier.
 #   tiers: lint (fmt + clippy), unit + simulated kernel (cargo test, inside a private mount namespace
-#   so FUSE mounts never show on the host), VM (real Debian kernel under QEMU, tests/vm).
+#   so FUSE mounts never show on the host), umockdev (gpuvirtd's real udev monitor under umockdev,
+#   tests/umockdev), VM (real Debian kernel under QEMU, tests/vm).
 # env: GPUVIRT_SKIP_VM=1 skips the VM tier (it says so loudly); CARGO_TEST_ARGS passes extra args.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,14 @@ s=$SECONDS
 cargo build --workspace --all-targets --quiet
 # The FUSE-backed simulated sysfs mounts inside this namespace only; if a test dies, its mounts die
 # with the namespace instead of lingering on the host.
-unshare -m --propagation private cargo test --workspace ${CARGO_TEST_ARGS:-}
+# The umockdev tier runs as its own step below, where it may not skip.
+GPUVIRT_SKIP_UMOCKDEV=1 unshare -m --propagation private cargo test --workspace ${CARGO_TEST_ARGS:-}
 took[cargo-test]=$((SECONDS - s))
+
+step "umockdev tier (gpuvirtd's real udev monitor under umockdev's preload)"
+s=$SECONDS
+GPUVIRT_REQUIRE_UMOCKDEV=1 cargo test -p gpuvirtd --test umockdev
+took[umockdev]=$((SECONDS - s))
 
 step "VM tier (real kernel under QEMU)"
 s=$SECONDS
