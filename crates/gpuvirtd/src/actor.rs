@@ -1,7 +1,7 @@
 //! The one owner of the inventory: applies events, diffs, updates the served objects.
 //!
-//! D-Bus handlers never touch the inventory: they read the latest immutable object tree from a
-//! `watch` channel. Only this task writes, so there is no lock to hold across `.await`.
+//! D-Bus handlers never touch the inventory: lookups read an immutable index from a `watch`
+//! channel. Only this task writes, so there is no lock to hold across `.await`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dbus;
 use crate::events::{self, SourceMessage, Target};
-use crate::objects::{self, ObjectTree};
+use crate::objects::{self, Change, Iface, Kind, Lookup, ObjectTree};
 
 /// Reads the host. The daemon uses the core scanner; tests can substitute a fake.
 pub trait InventorySource: Send + Sync + 'static {
@@ -72,10 +72,14 @@ const MAX_BATCH: usize = 4096;
 /// The actor's state.
 pub struct Actor {
     source: Arc<dyn InventorySource>,
-    inventory: Option<Inventory>,
-    tree: Arc<ObjectTree>,
+    /// What the served tree shows.
+    current: Inventory,
+    /// Refreshed in place by the scanner, then compared with `current`: the entries that
+    /// differ say which objects to rebuild, so an event costs O(changed), not O(host).
+    shadow: Inventory,
+    tree: ObjectTree,
     server: zbus::ObjectServer,
-    snapshot: watch::Sender<Arc<ObjectTree>>,
+    lookup: watch::Sender<Arc<Lookup>>,
     counts: watch::Sender<Counts>,
 }
 
@@ -92,18 +96,19 @@ impl Actor {
     pub fn new(
         source: Arc<dyn InventorySource>,
         inventory: Inventory,
-        tree: Arc<ObjectTree>,
+        tree: ObjectTree,
         server: zbus::ObjectServer,
-        snapshot: watch::Sender<Arc<ObjectTree>>,
+        lookup: watch::Sender<Arc<Lookup>>,
         counts: watch::Sender<Counts>,
     ) -> Self {
         counts.send_replace(Counts::of(&inventory));
         Actor {
             source,
-            inventory: Some(inventory),
+            shadow: inventory.clone(),
+            current: inventory,
             tree,
             server,
-            snapshot,
+            lookup,
             counts,
         }
     }
@@ -145,55 +150,39 @@ impl Actor {
     }
 
     async fn update(&mut self, targets: BTreeSet<Target>) {
-        let Some(mut inv) = self.inventory.take() else {
-            return;
-        };
-        let source = self.source.clone();
         let started = std::time::Instant::now();
-        let refreshed = tokio::task::spawn_blocking(move || {
-            if targets.contains(&Target::All) {
-                inv = source.scan();
-            } else {
-                for target in &targets {
-                    source.refresh(&mut inv, target);
+        if targets.contains(&Target::All) {
+            // A full scan takes long on big hosts: off the runtime thread.
+            let source = self.source.clone();
+            match tokio::task::spawn_blocking(move || source.scan()).await {
+                Ok(inv) => self.shadow = inv,
+                Err(e) => {
+                    tracing::error!(error = %e, "rescan failed");
+                    return;
                 }
             }
-            let tree = objects::build(&inv);
-            (inv, tree)
-        })
-        .await;
-        let (inv, tree) = match refreshed {
-            Ok(r) => r,
-            Err(e) => {
-                // A panic in the scanner must not take the daemon down; the next event retries.
-                tracing::error!(error = %e, "refresh failed; rescanning");
-                let source = self.source.clone();
-                match tokio::task::spawn_blocking(move || {
-                    let inv = source.scan();
-                    let tree = objects::build(&inv);
-                    (inv, tree)
-                })
-                .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "rescan failed");
-                        return;
-                    }
-                }
+        } else {
+            // A targeted refresh reads a handful of files: cheaper inline than a thread hop.
+            for target in &targets {
+                self.source.refresh(&mut self.shadow, target);
             }
-        };
-        let counts = Counts::of(&inv);
-        let tree = Arc::new(tree);
+        }
+        let dirty = objects::sync_inventory(&mut self.current, &self.shadow);
+        let changes = objects::update(&mut self.tree, &self.current, dirty);
         // Publish first: a client reacting to a signal must find the object by lookup.
-        self.snapshot.send_replace(tree.clone());
-        let changes = objects::diff(&self.tree, &tree);
+        if changes.iter().any(|c| match c {
+            Change::Added { iface, .. } => matches!(iface, Iface::Gpu(_) | Iface::Mdev(_)),
+            Change::Removed { kind, .. } => matches!(kind, Kind::Gpu | Kind::Mdev),
+            Change::Updated { .. } => false,
+        }) {
+            self.lookup
+                .send_replace(Arc::new(Lookup::of(&self.current)));
+        }
         let n = changes.len();
         if let Err(e) = dbus::apply(&self.server, changes).await {
             tracing::error!(error = %e, "updating the D-Bus objects failed");
         }
-        self.tree = tree;
-        self.inventory = Some(inv);
+        let counts = Counts::of(&self.current);
         self.counts.send_if_modified(|c| {
             let changed = *c != counts;
             *c = counts;

@@ -11,16 +11,17 @@ use zbus::object_server::{Interface, InterfaceRef};
 use zbus::zvariant::OwnedObjectPath;
 
 use crate::objects::{
-    Change, ChangedProperties, GpuInterface, Iface, IommuGroupInterface, Kind, ManagerProps,
-    MdevInterface, ObjectTree, ShardParentInterface,
+    Change, ChangedProperties, GpuInterface, Iface, IommuGroupInterface, Kind, Lookup,
+    ManagerProps, MdevInterface, ShardParentInterface,
 };
 
 /// `org.gpuvirt.GpuVirt1.Manager`.
 #[derive(Debug)]
 pub struct ManagerInterface {
     pub props: ManagerProps,
-    /// The latest exported tree, for lookups without asking the actor.
-    pub tree: watch::Receiver<Arc<ObjectTree>>,
+    /// Which objects exist, published by the actor before it announces changes, so lookups
+    /// never wait for it (and never hold this interface's lock while waiting).
+    pub lookup: watch::Receiver<Arc<Lookup>>,
 }
 
 #[zbus::interface(name = "org.gpuvirt.GpuVirt1.Manager")]
@@ -30,13 +31,12 @@ impl ManagerInterface {
         let parsed: PciAddress = address
             .parse()
             .map_err(|e| CallError::invalid_arg("address", e))?;
-        let path = api::gpu_path(&parsed);
-        let tree = self.tree.borrow();
-        match tree.objects.get(path.as_str()) {
-            Some(spec) if spec.gpu.is_some() => Ok(path),
-            _ => Err(CallError::no_such_device(format!(
+        if self.lookup.borrow().gpus.contains(&parsed) {
+            Ok(api::gpu_path(&parsed))
+        } else {
+            Err(CallError::no_such_device(format!(
                 "no GPU at {parsed} (functions that are not display controllers have no GPU object)"
-            ))),
+            )))
         }
     }
 
@@ -45,11 +45,10 @@ impl ManagerInterface {
         let parsed: uuid::Uuid = uuid
             .parse()
             .map_err(|_| CallError::invalid_arg("uuid", format!("'{uuid}' is not a UUID")))?;
-        let path = api::mdev_path(&parsed);
-        let tree = self.tree.borrow();
-        match tree.objects.get(path.as_str()) {
-            Some(spec) if spec.mdev.is_some() => Ok(path),
-            _ => Err(CallError::no_such_device(format!("no mdev {parsed}"))),
+        if self.lookup.borrow().mdevs.contains(&parsed) {
+            Ok(api::mdev_path(&parsed))
+        } else {
+            Err(CallError::no_such_device(format!("no mdev {parsed}")))
         }
     }
 

@@ -176,11 +176,10 @@ async fn run(args: Args) -> Result<(), StartError> {
     );
 
     // 3. Export everything, without a name yet.
-    let tree = Arc::new(tree);
-    let (tree_tx, tree_rx) = watch::channel(tree.clone());
+    let (lookup_tx, lookup_rx) = watch::channel(Arc::new(objects::Lookup::of(&inventory)));
     let manager = dbus::ManagerInterface {
         props: tree.manager.clone(),
-        tree: tree_rx,
+        lookup: lookup_rx,
     };
     let builder = match (&args.bus_address, args.session) {
         (Some(address), _) => zbus::connection::Builder::address(address.as_str()),
@@ -211,7 +210,7 @@ async fn run(args: Args) -> Result<(), StartError> {
         .await
         .map_err(StartError::Name)?;
     let (counts_tx, mut counts_rx) = watch::channel(Counts::default());
-    let actor = Actor::new(scanner, inventory, tree, server, tree_tx, counts_tx);
+    let actor = Actor::new(scanner, inventory, tree, server, lookup_tx, counts_tx);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     tokio::spawn(actor.run(event_rx, cmd_rx));
 

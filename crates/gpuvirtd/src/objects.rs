@@ -6,10 +6,12 @@
 //! nothing and emits nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use gpuvirt_api as api;
 use gpuvirt_api::{GroupMemberWire, TypeInfoWire};
 use gpuvirt_core::{Inventory, MdevParent, PciAddress, PciFunction};
+use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 /// Properties that changed: D-Bus name and new value.
@@ -43,9 +45,10 @@ macro_rules! read_only_interface {
             }
         }
 
-        /// The served object; the actor replaces `.0` and then emits PropertiesChanged.
+        /// The served object; the actor replaces `.0` and then emits PropertiesChanged. The
+        /// properties are shared with the actor's tree, not copied.
         #[derive(Debug)]
-        pub struct $iface(pub $props);
+        pub struct $iface(pub Arc<$props>);
 
         #[zbus::interface(name = $name)]
         impl $iface {
@@ -160,10 +163,10 @@ impl ManagerProps {
 /// The interfaces one object path carries (besides the Manager, which is separate).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObjectSpec {
-    pub gpu: Option<GpuProps>,
-    pub shard_parent: Option<ShardParentProps>,
-    pub iommu_group: Option<IommuGroupProps>,
-    pub mdev: Option<MdevProps>,
+    pub gpu: Option<Arc<GpuProps>>,
+    pub shard_parent: Option<Arc<ShardParentProps>>,
+    pub iommu_group: Option<Arc<IommuGroupProps>>,
+    pub mdev: Option<Arc<MdevProps>>,
 }
 
 /// Everything gpuvirtd exports for one inventory.
@@ -171,16 +174,18 @@ pub struct ObjectSpec {
 pub struct ObjectTree {
     pub manager: ManagerProps,
     pub objects: BTreeMap<String, ObjectSpec>,
+    /// The IOMMU groups that have an object (see [`exported_groups`]).
+    pub exported_groups: BTreeSet<u32>,
 }
 
 /// One interface's properties, tagged with which interface it is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Iface {
     Manager(ManagerProps),
-    Gpu(GpuProps),
-    ShardParent(ShardParentProps),
-    IommuGroup(IommuGroupProps),
-    Mdev(MdevProps),
+    Gpu(Arc<GpuProps>),
+    ShardParent(Arc<ShardParentProps>),
+    IommuGroup(Arc<IommuGroupProps>),
+    Mdev(Arc<MdevProps>),
 }
 
 impl Iface {
@@ -242,46 +247,61 @@ fn iface_kind(iface: &Iface) -> Kind {
 
 /// What turns `old` into `new`: removals first, then additions (so that references in updated
 /// properties point at objects that exist), then updates; referrers are removed before and
-/// added after what they refer to. Nothing for equal trees.
+/// added after what they refer to.
 pub fn diff(old: &ObjectTree, new: &ObjectTree) -> Vec<Change> {
-    let mut removed = Vec::new();
-    let mut added = Vec::new();
-    let mut updated = Vec::new();
-
-    let manager_changes = old.manager.changed(&new.manager);
-    if !manager_changes.is_empty() {
-        updated.push(Change::Updated {
-            path: api::MANAGER_PATH.to_owned(),
-            iface: Iface::Manager(new.manager.clone()),
-            changed: manager_changes,
-        });
-    }
-
-    let empty = ObjectSpec::default();
+    let mut changes = Changes::default();
+    changes.manager(&old.manager, &new.manager);
     let paths: BTreeSet<&String> = old.objects.keys().chain(new.objects.keys()).collect();
     for path in paths {
-        let before = old.objects.get(path).unwrap_or(&empty);
-        let after = new.objects.get(path).unwrap_or(&empty);
+        changes.object(path, old.objects.get(path), new.objects.get(path));
+    }
+    changes.into_ordered()
+}
+
+/// Changes collected per kind, ordered at the end.
+#[derive(Default)]
+struct Changes {
+    removed: Vec<Change>,
+    added: Vec<Change>,
+    updated: Vec<Change>,
+}
+
+impl Changes {
+    fn manager(&mut self, old: &ManagerProps, new: &ManagerProps) {
+        let changed = old.changed(new);
+        if !changed.is_empty() {
+            self.updated.push(Change::Updated {
+                path: api::MANAGER_PATH.to_owned(),
+                iface: Iface::Manager(new.clone()),
+                changed,
+            });
+        }
+    }
+
+    fn object(&mut self, path: &str, before: Option<&ObjectSpec>, after: Option<&ObjectSpec>) {
+        let empty = ObjectSpec::default();
+        let before = before.unwrap_or(&empty);
+        let after = after.unwrap_or(&empty);
         if before == after {
-            continue;
+            return;
         }
         macro_rules! slot {
             ($field:ident, $variant:ident) => {
                 match (&before.$field, &after.$field) {
                     (None, None) => {}
-                    (Some(_), None) => removed.push(Change::Removed {
-                        path: path.clone(),
+                    (Some(_), None) => self.removed.push(Change::Removed {
+                        path: path.to_owned(),
                         kind: Kind::$variant,
                     }),
-                    (None, Some(n)) => added.push(Change::Added {
-                        path: path.clone(),
+                    (None, Some(n)) => self.added.push(Change::Added {
+                        path: path.to_owned(),
                         iface: Iface::$variant(n.clone()),
                     }),
                     (Some(o), Some(n)) => {
                         let changed = o.changed(n);
                         if !changed.is_empty() {
-                            updated.push(Change::Updated {
-                                path: path.clone(),
+                            self.updated.push(Change::Updated {
+                                path: path.to_owned(),
                                 iface: Iface::$variant(n.clone()),
                                 changed,
                             });
@@ -295,132 +315,364 @@ pub fn diff(old: &ObjectTree, new: &ObjectTree) -> Vec<Change> {
         slot!(iommu_group, IommuGroup);
         slot!(mdev, Mdev);
     }
-    // Referrers go before what they refer to (an mdev names its parent and group, a GPU its
-    // group), and come after it: a client never follows a reference to a missing object.
-    removed.sort_by_key(|c| match c {
-        Change::Removed { kind, .. } => removal_rank(*kind),
-        _ => 0,
-    });
-    added.sort_by_key(|c| match c {
-        Change::Added { iface, .. } => 3 - removal_rank(iface_kind(iface)),
-        _ => 0,
-    });
-    removed.extend(added);
-    removed.extend(updated);
-    removed
+
+    fn into_ordered(self) -> Vec<Change> {
+        let Changes {
+            mut removed,
+            mut added,
+            updated,
+        } = self;
+        // Referrers go before what they refer to (an mdev names its parent and group, a GPU
+        // its group), and come after it: a client never follows a reference to a missing
+        // object. The sorts are stable, so paths stay in order within a kind.
+        removed.sort_by_key(|c| match c {
+            Change::Removed { kind, .. } => removal_rank(*kind),
+            _ => 0,
+        });
+        added.sort_by_key(|c| match c {
+            Change::Added { iface, .. } => 3 - removal_rank(iface_kind(iface)),
+            _ => 0,
+        });
+        removed.extend(added);
+        removed.extend(updated);
+        removed
+    }
+}
+
+/// What one object path is built from. Every exported path has exactly one key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObjectKey {
+    Gpu(PciAddress),
+    /// An mdev parent that is not a GPU.
+    Parent(String),
+    Mdev(Uuid),
+    Group(u32),
+}
+
+impl ObjectKey {
+    pub fn path(&self) -> String {
+        match self {
+            ObjectKey::Gpu(a) => api::gpu_path(a).to_string(),
+            ObjectKey::Parent(n) => api::parent_path(n).to_string(),
+            ObjectKey::Mdev(u) => api::mdev_path(u).to_string(),
+            ObjectKey::Group(g) => api::iommu_group_path(*g).to_string(),
+        }
+    }
+}
+
+/// The IOMMU groups that get an object: those holding a GPU, a slot companion, a VF of a GPU,
+/// a PCI mdev parent or an mdev.
+pub fn exported_groups(inv: &Inventory) -> BTreeSet<u32> {
+    let group_of = |a: &PciAddress| inv.functions.get(a).and_then(|f| f.iommu_group);
+    let mut out = BTreeSet::new();
+    for gpu in inv.gpus.values() {
+        out.extend(group_of(&gpu.address));
+        out.extend(gpu.companions.iter().filter_map(group_of));
+        if let Some(sriov) = inv
+            .functions
+            .get(&gpu.address)
+            .and_then(|f| f.sriov.as_ref())
+        {
+            out.extend(sriov.vfs.iter().filter_map(group_of));
+        }
+    }
+    for parent in inv.mdev_parents.values() {
+        out.extend(parent.pci_address.as_ref().and_then(group_of));
+    }
+    out.extend(inv.mdevs.values().filter_map(|m| m.iommu_group));
+    out
+}
+
+/// The object `key` names in `inv`, `None` when it has none.
+pub fn spec_of(inv: &Inventory, key: &ObjectKey, exported: &BTreeSet<u32>) -> Option<ObjectSpec> {
+    match key {
+        ObjectKey::Gpu(a) => {
+            let gpu = inv.gpus.get(a)?;
+            let function = inv.functions.get(a)?;
+            Some(ObjectSpec {
+                gpu: Some(Arc::new(gpu_props(function, &gpu.companions))),
+                shard_parent: shard_parent_of(inv, function).map(Arc::new),
+                ..ObjectSpec::default()
+            })
+        }
+        ObjectKey::Parent(name) => {
+            let parent = inv.mdev_parents.get(name)?;
+            if parent_is_gpu(inv, parent) {
+                return None;
+            }
+            Some(ObjectSpec {
+                shard_parent: Some(Arc::new(mdev_parent_props(inv, parent))),
+                ..ObjectSpec::default()
+            })
+        }
+        ObjectKey::Mdev(uuid) => {
+            let mdev = inv.mdevs.get(uuid)?;
+            let parent = inv.mdev_parents.get(&mdev.parent);
+            let parent_path = match parent {
+                Some(p) if parent_is_gpu(inv, p) => p
+                    .pci_address
+                    .map(|a| api::gpu_path(&a))
+                    .unwrap_or_else(api::no_object),
+                Some(p) => api::parent_path(&p.name),
+                None => api::no_object(),
+            };
+            let type_name = parent
+                .zip(mdev.type_id.as_deref())
+                .and_then(|(p, t)| p.types.iter().find(|ty| ty.id == t))
+                .and_then(|ty| ty.name.clone())
+                .unwrap_or_default();
+            Some(ObjectSpec {
+                mdev: Some(Arc::new(MdevProps {
+                    uuid: mdev.uuid.hyphenated().to_string(),
+                    parent: parent_path,
+                    parent_name: mdev.parent.clone(),
+                    type_id: mdev.type_id.clone().unwrap_or_default(),
+                    type_name,
+                    active: true,
+                    driver: mdev.driver.clone().unwrap_or_default(),
+                    iommu_group: group_path(mdev.iommu_group),
+                })),
+                ..ObjectSpec::default()
+            })
+        }
+        ObjectKey::Group(id) => {
+            if !exported.contains(id) {
+                return None;
+            }
+            let group = inv.groups.get(id)?;
+            Some(ObjectSpec {
+                iommu_group: Some(Arc::new(IommuGroupProps {
+                    id: *id,
+                    members: group
+                        .members
+                        .iter()
+                        .map(|m| {
+                            (
+                                m.name.clone(),
+                                m.class.unwrap_or(0),
+                                m.driver.clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
+                    viable: group.viable,
+                    viability_problems: group.problems.clone(),
+                })),
+                ..ObjectSpec::default()
+            })
+        }
+    }
 }
 
 /// Builds the tree `inv` implies (see the gpuvirt-api crate docs for the layout).
 pub fn build(inv: &Inventory) -> ObjectTree {
-    let mut objects: BTreeMap<String, ObjectSpec> = BTreeMap::new();
-    let parents_by_address: HashMap<PciAddress, &MdevParent> = inv
-        .mdev_parents
-        .values()
-        .filter_map(|p| p.pci_address.map(|a| (a, p)))
+    let exported = exported_groups(inv);
+    let keys = inv
+        .gpus
+        .keys()
+        .map(|a| ObjectKey::Gpu(*a))
+        .chain(
+            inv.mdev_parents
+                .keys()
+                .map(|n| ObjectKey::Parent(n.clone())),
+        )
+        .chain(inv.mdevs.keys().map(|u| ObjectKey::Mdev(*u)))
+        .chain(exported.iter().map(|g| ObjectKey::Group(*g)));
+    let objects = keys
+        .filter_map(|k| spec_of(inv, &k, &exported).map(|s| (k.path(), s)))
         .collect();
-    let mut children_by_parent: HashMap<&str, Vec<OwnedObjectPath>> = HashMap::new();
-    for mdev in inv.mdevs.values() {
-        children_by_parent
-            .entry(mdev.parent.as_str())
-            .or_default()
-            .push(api::mdev_path(&mdev.uuid));
-    }
-    let mut exported_groups: BTreeSet<u32> = BTreeSet::new();
-    let group_of = |a: &PciAddress| inv.functions.get(a).and_then(|f| f.iommu_group);
-
-    for gpu in inv.gpus.values() {
-        let Some(function) = inv.functions.get(&gpu.address) else {
-            continue;
-        };
-        exported_groups.extend(function.iommu_group);
-        exported_groups.extend(gpu.companions.iter().filter_map(group_of));
-        if let Some(sriov) = &function.sriov {
-            exported_groups.extend(sriov.vfs.iter().filter_map(group_of));
-        }
-        let path = api::gpu_path(&gpu.address).to_string();
-        let shard_parent = shard_parent_of(inv, function, &parents_by_address, &children_by_parent);
-        objects.insert(
-            path,
-            ObjectSpec {
-                gpu: Some(gpu_props(function, &gpu.companions)),
-                shard_parent,
-                ..ObjectSpec::default()
-            },
-        );
-    }
-
-    for parent in inv.mdev_parents.values() {
-        if let Some(group) = parent.pci_address.as_ref().and_then(group_of) {
-            exported_groups.insert(group);
-        }
-        if parent_is_gpu(inv, parent) {
-            continue;
-        }
-        objects
-            .entry(api::parent_path(&parent.name).to_string())
-            .or_default()
-            .shard_parent = Some(mdev_parent_props(parent, &children_by_parent));
-    }
-
-    for mdev in inv.mdevs.values() {
-        exported_groups.extend(mdev.iommu_group);
-        let parent = inv.mdev_parents.get(&mdev.parent);
-        let parent_path = match parent {
-            Some(p) if parent_is_gpu(inv, p) => p
-                .pci_address
-                .map(|a| api::gpu_path(&a))
-                .unwrap_or_else(api::no_object),
-            Some(p) => api::parent_path(&p.name),
-            None => api::no_object(),
-        };
-        let type_name = parent
-            .zip(mdev.type_id.as_deref())
-            .and_then(|(p, t)| p.types.iter().find(|ty| ty.id == t))
-            .and_then(|ty| ty.name.clone())
-            .unwrap_or_default();
-        objects
-            .entry(api::mdev_path(&mdev.uuid).to_string())
-            .or_default()
-            .mdev = Some(MdevProps {
-            uuid: mdev.uuid.hyphenated().to_string(),
-            parent: parent_path,
-            parent_name: mdev.parent.clone(),
-            type_id: mdev.type_id.clone().unwrap_or_default(),
-            type_name,
-            active: true,
-            driver: mdev.driver.clone().unwrap_or_default(),
-            iommu_group: group_path(mdev.iommu_group),
-        });
-    }
-
-    for id in exported_groups {
-        let Some(group) = inv.groups.get(&id) else {
-            continue;
-        };
-        objects
-            .entry(api::iommu_group_path(id).to_string())
-            .or_default()
-            .iommu_group = Some(IommuGroupProps {
-            id,
-            members: group
-                .members
-                .iter()
-                .map(|m| {
-                    (
-                        m.name.clone(),
-                        m.class.unwrap_or(0),
-                        m.driver.clone().unwrap_or_default(),
-                    )
-                })
-                .collect(),
-            viable: group.viable,
-            viability_problems: group.problems.clone(),
-        });
-    }
-
     ObjectTree {
         manager: manager_props(inv),
         objects,
+        exported_groups: exported,
+    }
+}
+
+/// Brings `tree` up to date with `inv` for the objects in `dirty` (plus the Manager and any
+/// group whose export changed) and returns exactly what changed. Objects not named in `dirty`
+/// must not depend on anything that changed; [`dirty_keys`] computes such a set.
+pub fn update(
+    tree: &mut ObjectTree,
+    inv: &Inventory,
+    mut dirty: BTreeSet<ObjectKey>,
+) -> Vec<Change> {
+    let mut changes = Changes::default();
+    let manager = manager_props(inv);
+    changes.manager(&tree.manager, &manager);
+    tree.manager = manager;
+    let exported = exported_groups(inv);
+    if exported != tree.exported_groups {
+        dirty.extend(
+            exported
+                .symmetric_difference(&tree.exported_groups)
+                .map(|g| ObjectKey::Group(*g)),
+        );
+        tree.exported_groups = exported;
+    }
+    for key in dirty {
+        let path = key.path();
+        let new = spec_of(inv, &key, &tree.exported_groups);
+        changes.object(&path, tree.objects.get(&path), new.as_ref());
+        match new {
+            Some(spec) => {
+                tree.objects.insert(path, spec);
+            }
+            None => {
+                tree.objects.remove(&path);
+            }
+        }
+    }
+    changes.into_ordered()
+}
+
+/// What the Manager's lookups need: which GPUs and mdevs have objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    pub gpus: BTreeSet<PciAddress>,
+    pub mdevs: BTreeSet<Uuid>,
+}
+
+impl Lookup {
+    pub fn of(inv: &Inventory) -> Self {
+        Lookup {
+            gpus: inv
+                .gpus
+                .keys()
+                .filter(|a| inv.functions.contains_key(a))
+                .copied()
+                .collect(),
+            mdevs: inv.mdevs.keys().copied().collect(),
+        }
+    }
+}
+
+/// Keys of `a` and `b` whose entries differ (present in one only, or unequal), walking both
+/// sorted maps once without allocating per entry.
+pub fn changed_keys<K: Ord + Clone, V: PartialEq>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+) -> Vec<K> {
+    let mut out = Vec::new();
+    let mut ia = a.iter().peekable();
+    let mut ib = b.iter().peekable();
+    loop {
+        match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                out.push((*k).clone());
+                ia.next();
+            }
+            (None, Some((k, _))) => {
+                out.push((*k).clone());
+                ib.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.push((*ka).clone());
+                    ia.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((*kb).clone());
+                    ib.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.push((*ka).clone());
+                    }
+                    ia.next();
+                    ib.next();
+                }
+            },
+        }
+    }
+    out
+}
+
+/// Makes `old` equal to `new` by copying only the entries that differ, and returns the object
+/// keys whose objects may have changed with them.
+pub fn sync_inventory(old: &mut Inventory, new: &Inventory) -> BTreeSet<ObjectKey> {
+    let mut dirty = BTreeSet::new();
+    let mut parents_touched: BTreeSet<String> = BTreeSet::new();
+
+    for a in changed_keys(&old.functions, &new.functions) {
+        dirty.insert(ObjectKey::Gpu(a));
+        // A VF's state shows in its PF's ShardParent (nvidia-vf, sriov backends).
+        for f in [old.functions.get(&a), new.functions.get(&a)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(pf) = f.physfn {
+                dirty.insert(ObjectKey::Gpu(pf));
+            }
+        }
+        sync_entry(&mut old.functions, new.functions.get(&a), a);
+    }
+    for a in changed_keys(&old.gpus, &new.gpus) {
+        dirty.insert(ObjectKey::Gpu(a));
+        // Whether a parent is a GPU decides its path and its mdevs' Parent.
+        for p in old.mdev_parents.values().chain(new.mdev_parents.values()) {
+            if p.pci_address == Some(a) {
+                parents_touched.insert(p.name.clone());
+            }
+        }
+        sync_entry(&mut old.gpus, new.gpus.get(&a), a);
+    }
+    for g in changed_keys(&old.groups, &new.groups) {
+        dirty.insert(ObjectKey::Group(g));
+        sync_entry(&mut old.groups, new.groups.get(&g), g);
+    }
+    for u in changed_keys(&old.mdevs, &new.mdevs) {
+        dirty.insert(ObjectKey::Mdev(u));
+        for m in [old.mdevs.get(&u), new.mdevs.get(&u)].into_iter().flatten() {
+            parents_touched.insert(m.parent.clone());
+        }
+        sync_entry(&mut old.mdevs, new.mdevs.get(&u), u);
+    }
+    parents_touched.extend(changed_keys(&old.mdev_parents, &new.mdev_parents));
+    for name in &parents_touched {
+        for p in [old.mdev_parents.get(name), new.mdev_parents.get(name)]
+            .into_iter()
+            .flatten()
+        {
+            dirty.insert(ObjectKey::Parent(p.name.clone()));
+            if let Some(a) = p.pci_address {
+                dirty.insert(ObjectKey::Gpu(a));
+            }
+        }
+        sync_entry(
+            &mut old.mdev_parents,
+            new.mdev_parents.get(name),
+            name.clone(),
+        );
+    }
+    // An mdev shows its parent's type name and path: a changed parent touches its mdevs.
+    if !parents_touched.is_empty() {
+        for m in new.mdevs.values() {
+            if parents_touched.contains(&m.parent) {
+                dirty.insert(ObjectKey::Mdev(m.uuid));
+            }
+        }
+    }
+    if old.kernel_release != new.kernel_release {
+        old.kernel_release.clone_from(&new.kernel_release);
+    }
+    if old.iommu != new.iommu {
+        old.iommu.clone_from(&new.iommu);
+    }
+    old.modules = new.modules;
+    if old.warnings != new.warnings {
+        old.warnings.clone_from(&new.warnings);
+    }
+    dirty
+}
+
+fn sync_entry<K: Ord, V: Clone>(map: &mut BTreeMap<K, V>, new: Option<&V>, key: K) {
+    match new {
+        Some(v) => {
+            map.insert(key, v.clone());
+        }
+        None => {
+            map.remove(&key);
+        }
     }
 }
 
@@ -493,10 +745,7 @@ fn gpu_props(f: &PciFunction, companions: &[PciAddress]) -> GpuProps {
     }
 }
 
-fn mdev_parent_props(
-    parent: &MdevParent,
-    children_by_parent: &HashMap<&str, Vec<OwnedObjectPath>>,
-) -> ShardParentProps {
+fn mdev_parent_props(inv: &Inventory, parent: &MdevParent) -> ShardParentProps {
     ShardParentProps {
         name: parent.name.clone(),
         backend: api::backend::MDEV.to_owned(),
@@ -515,23 +764,24 @@ fn mdev_parent_props(
                 )
             })
             .collect(),
-        children: children_by_parent
-            .get(parent.name.as_str())
-            .cloned()
-            .unwrap_or_default(),
+        children: inv
+            .mdevs
+            .values()
+            .filter(|m| m.parent == parent.name)
+            .map(|m| api::mdev_path(&m.uuid))
+            .collect(),
     }
 }
 
 /// The ShardParent a GPU carries: its mdev parent if it is one; else NVIDIA per-VF vGPU when
 /// any enabled VF has the `nvidia/` files; else plain SR-IOV when it can have VFs.
-fn shard_parent_of(
-    inv: &Inventory,
-    f: &PciFunction,
-    parents_by_address: &HashMap<PciAddress, &MdevParent>,
-    children_by_parent: &HashMap<&str, Vec<OwnedObjectPath>>,
-) -> Option<ShardParentProps> {
-    if let Some(parent) = parents_by_address.get(&f.address) {
-        return Some(mdev_parent_props(parent, children_by_parent));
+fn shard_parent_of(inv: &Inventory, f: &PciFunction) -> Option<ShardParentProps> {
+    if let Some(parent) = inv
+        .mdev_parents
+        .values()
+        .find(|p| p.pci_address == Some(f.address))
+    {
+        return Some(mdev_parent_props(inv, parent));
     }
     let sriov = f.sriov.as_ref().filter(|s| s.total_vfs > 0)?;
     let vfs: Vec<&PciFunction> = sriov
@@ -871,6 +1121,69 @@ pub(crate) mod tests {
                 ),
             ]
         );
+    }
+
+    /// Incremental update (compare inventories, rebuild dirty objects) must give the same tree
+    /// and the same changes as rebuilding everything.
+    #[test]
+    fn incremental_update_equals_full_rebuild() {
+        let base = runbook_inventory();
+        let gpu: PciAddress = "0000:41:00.0".parse().unwrap();
+        let uuid: Uuid = "aa618089-8b16-4d01-a136-25a0f3c73123".parse().unwrap();
+        type Mutation = Box<dyn Fn(&mut Inventory)>;
+        let mutations: Vec<(&str, Mutation)> = vec![
+            (
+                "unbind",
+                Box::new(move |inv: &mut Inventory| {
+                    inv.functions.get_mut(&gpu).unwrap().driver = None;
+                }),
+            ),
+            (
+                "mdev removed",
+                Box::new(move |inv: &mut Inventory| {
+                    inv.mdevs.remove(&uuid);
+                    inv.groups.remove(&67);
+                }),
+            ),
+            (
+                "parent types renamed",
+                Box::new(|inv: &mut Inventory| {
+                    inv.mdev_parents.get_mut("0000:41:00.0").unwrap().types[0].name =
+                        Some("renamed".into());
+                }),
+            ),
+            (
+                "parent unregistered",
+                Box::new(|inv: &mut Inventory| {
+                    inv.mdev_parents.clear();
+                }),
+            ),
+            (
+                "gpu gone",
+                Box::new(move |inv: &mut Inventory| {
+                    inv.gpus.remove(&gpu);
+                }),
+            ),
+            (
+                "modules",
+                Box::new(|inv: &mut Inventory| {
+                    inv.modules.vfio_pci = false;
+                }),
+            ),
+            ("nothing", Box::new(|_: &mut Inventory| {})),
+        ];
+        for (name, mutate) in &mutations {
+            let mut new = base.clone();
+            mutate(&mut new);
+            let expected_changes = diff(&build(&base), &build(&new));
+            let mut current = base.clone();
+            let mut tree = build(&current);
+            let dirty = sync_inventory(&mut current, &new);
+            assert_eq!(current, new, "{name}: inventories synced");
+            let changes = update(&mut tree, &current, dirty);
+            assert_eq!(tree, build(&new), "{name}: tree");
+            assert_eq!(changes, expected_changes, "{name}: changes");
+        }
     }
 
     #[test]

@@ -507,7 +507,7 @@ async fn pci_hotplug_and_rebinding_follow_udev_events() {
 }
 
 /// Live mdev events: create (`add` unbound, then `bind`) and remove (`unbind`, `remove`), with
-/// the parent's capacity following.
+/// the parent's capacity and the groups following.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mdev_create_and_remove_follow_udev_events() {
     if !umockdev_usable() {
@@ -546,10 +546,25 @@ async fn mdev_create_and_remove_follow_udev_events() {
     assert_eq!(mdevs[0]["uuid"], UUID, "{mdevs}");
     assert_eq!(mdevs[0]["type"], "nvidia-300", "{mdevs}");
     assert_eq!(mdevs[0]["parent"], V100, "{mdevs}");
-    // The bind that follows the add was seen too.
+    // The kernel announces an mdev unbound; the vendor driver's bind follows as its own event.
     assert_eq!(
         get(&bus, MDEV_PATH, api::MDEV_INTERFACE, "Driver"),
-        "s \"nvidia-vgpu-vfio\""
+        "s \"\""
+    );
+    tb.run(&format!("bind {UUID} nvidia-vgpu-vfio"));
+    let bound = rec
+        .settle(
+            |l| has(l, &format!("PropertiesChanged {MDEV_PATH} ")),
+            QUIET,
+        )
+        .await;
+    assert_eq!(
+        bound,
+        [format!(
+            "PropertiesChanged {MDEV_PATH} {} Driver=\"nvidia-vgpu-vfio\"",
+            api::MDEV_INTERFACE
+        )],
+        "a bind changes the driver and nothing else"
     );
     assert_eq!(
         get(&bus, MDEV_PATH, api::MDEV_INTERFACE, "IommuGroup"),
@@ -559,6 +574,7 @@ async fn mdev_create_and_remove_follow_udev_events() {
     // A second create runs the parent out of capacity.
     let second = "bb618089-8b16-4d01-a136-25a0f3c73124";
     tb.run(&format!("mdev-add {V100} nvidia-300 {second} 131"));
+    tb.run(&format!("bind {second} nvidia-vgpu-vfio"));
     rec.settle(
         |l| has(l, "InterfacesAdded /org/gpuvirt/GpuVirt1/mdevs/bb618089"),
         QUIET,

@@ -412,8 +412,10 @@ pub fn gpuvirtctl() -> PathBuf {
     let daemon = PathBuf::from(env!("CARGO_BIN_EXE_gpuvirtd"));
     let ctl = daemon.with_file_name("gpuvirtctl");
     if !ctl.exists() {
+        let release = daemon.parent().is_some_and(|d| d.ends_with("release"));
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", "gpuvirtctl"])
+            .args(release.then_some("--release"))
             .status()
             .unwrap();
         assert!(status.success(), "cannot build gpuvirtctl");
