@@ -17,11 +17,11 @@ Start-up prints `READY <testbed root> <marker name> <nonce>`; the marker file
 reads the nonce back through `/sys` is proven to see the testbed, not the real sysfs.
 
     add-gpu ADDR CLASS VENDOR DEVICE GROUP   hotplug a driverless PCI function (`add`)
-    remove-gpu ADDR                          hot-unplug it (`remove`)
-    bind ADDR DRIVER                         `bind` with DRIVER=
-    unbind ADDR                              `unbind`, no DRIVER (as the kernel sends it)
-    mdev-add PARENT TYPE UUID GROUP          create an mdev: `add`, then `bind`
-    mdev-remove UUID                         `unbind`, then `remove`
+    remove-gpu ADDR                          hot-unplug it (`unbind` if bound, `remove`)
+    bind NAME DRIVER                         bind a PCI function or mdev: `bind` with DRIVER=
+    unbind NAME                              `unbind`, no DRIVER (as the kernel sends it)
+    mdev-add PARENT TYPE UUID GROUP          create an unbound mdev (`add`)
+    mdev-remove UUID                         `unbind` if bound, then `remove`
     quit                                     remove the testbed and exit
 """
 
@@ -38,8 +38,6 @@ from gi.repository import GLib, UMockdev  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MARKER = "gpuvirt-umockdev-testbed"
-# PCI functions sit behind a root port: /devices/pci0000:BB/0000:BB:01.0/<addr>.
-MDEV_DRIVER = "nvidia-vgpu-vfio"
 
 
 class Refused(Exception):
@@ -116,7 +114,6 @@ class Testbed:
             os.makedirs(self._path("module/" + module), exist_ok=True)
         for driver in ("i915", "nvidia", "vfio-pci"):
             os.makedirs(self._path("bus/pci/drivers/" + driver), exist_ok=True)
-        os.makedirs(self._path("bus/mdev/drivers/" + MDEV_DRIVER), exist_ok=True)
 
     def _group_member(self, group, name, devpath):
         depth = 4  # kernel/iommu_groups/N/devices/<name> -> /sys
@@ -171,6 +168,9 @@ class Testbed:
         syspath = self._dev(addr)
         rel = self._rel(syspath)
         group = os.path.basename(os.readlink(self._path(rel + "/iommu_group")))
+        # The kernel releases the driver (`unbind`) before it deletes the device (`remove`).
+        if os.path.lexists(self._path(rel + "/driver")):
+            self.unbind(addr)
         # Gone for readers first, while the device directory stays for the uevent sender
         # (which resolves the device); a reader racing the event must not see it any more.
         self._unlink("bus/pci/devices/" + addr)
@@ -179,22 +179,27 @@ class Testbed:
         self._rmtree(rel)
         del self.devices[addr]
 
-    def bind(self, addr, driver):
-        syspath = self._dev(addr)
+    def _subsystem(self, rel):
+        return os.path.basename(os.readlink(self._path(rel + "/subsystem")))
+
+    def bind(self, name, driver):
+        syspath = self._dev(name)
         rel = self._rel(syspath)
         if os.path.lexists(self._path(rel + "/driver")):
-            raise Refused("%s is bound already" % addr)
-        os.makedirs(self._path("bus/pci/drivers/" + driver), exist_ok=True)
-        self.tb.set_attribute_link(syspath, "driver",
-                                   "../../../../bus/pci/drivers/" + driver)
+            raise Refused("%s is bound already" % name)
+        subsystem = self._subsystem(rel)
+        os.makedirs(self._path("bus/%s/drivers/%s" % (subsystem, driver)), exist_ok=True)
+        # Link first, event last: a reader woken by the event sees the new state.
+        self.tb.set_attribute_link(syspath, "driver", "../" * rel.count("/")
+                                   + "bus/%s/drivers/%s" % (subsystem, driver))
         self.tb.set_property(syspath, "DRIVER", driver)
         self.tb.uevent(syspath, "bind")
 
-    def unbind(self, addr):
-        syspath = self._dev(addr)
+    def unbind(self, name):
+        syspath = self._dev(name)
         rel = self._rel(syspath)
         if not os.path.lexists(self._path(rel + "/driver")):
-            raise Refused("%s is not bound" % addr)
+            raise Refused("%s is not bound" % name)
         self._unlink(rel + "/driver")
         self._rewrite_uevent(syspath, "DRIVER")
         self.tb.uevent(syspath, "unbind")
@@ -216,19 +221,16 @@ class Testbed:
             raise Refused("%s offers no type %s" % (parent, type_id))
         self._available(parent_rel, type_id, -1)
         devpath = "/" + parent_rel + "/" + uuid
-        up = "../" * devpath.count("/")
+        up = "../" * devpath.count("/")  # from the device directory up to /sys
         self._group_member(int(group), uuid, devpath)
-        # The kernel announces a new mdev unbound (`add`), then binds it (`bind`).
+        # The kernel announces a new mdev unbound (`add`); its vendor driver binds it next.
         self.tb.add_from_string(
             "P: %s\nE: SUBSYSTEM=mdev\nE: MDEV_TYPE=%s\nA: remove=\n"
             "L: mdev_type=../mdev_supported_types/%s\n"
             "L: iommu_group=%skernel/iommu_groups/%s\n"
             % (devpath, type_id, type_id, up, group))
-        syspath = "/sys" + devpath
-        self.devices[uuid] = syspath
-        self.tb.set_attribute_link(syspath, "driver", up + "bus/mdev/drivers/" + MDEV_DRIVER)
-        self.tb.set_property(syspath, "DRIVER", MDEV_DRIVER)
-        self.tb.uevent(syspath, "bind")
+        # add_from_string announced it (`add`); the vendor driver's bind is `bind NAME DRIVER`.
+        self.devices[uuid] = "/sys" + devpath
 
     def mdev_remove(self, uuid):
         syspath = self._dev(uuid)
@@ -236,9 +238,8 @@ class Testbed:
         parent_rel = os.path.dirname(rel)
         type_id = os.path.basename(os.readlink(self._path(rel + "/mdev_type")))
         group = os.path.basename(os.readlink(self._path(rel + "/iommu_group")))
-        self._unlink(rel + "/driver")
-        self._rewrite_uevent(syspath, "DRIVER")
-        self.tb.uevent(syspath, "unbind")
+        if os.path.lexists(self._path(rel + "/driver")):
+            self.unbind(uuid)
         # As for a GPU: gone for readers before `remove` is sent.
         self._unlink("bus/mdev/devices/" + uuid)
         self._unlink(rel + "/mdev_type")

@@ -552,19 +552,27 @@ async fn mdev_create_and_remove_follow_udev_events() {
         "s \"\""
     );
     tb.run(&format!("bind {UUID} nvidia-vgpu-vfio"));
-    let bound = rec
+    let mut bound = rec
         .settle(
             |l| has(l, &format!("PropertiesChanged {MDEV_PATH} ")),
             QUIET,
         )
         .await;
+    bound.sort();
     assert_eq!(
         bound,
-        [format!(
-            "PropertiesChanged {MDEV_PATH} {} Driver=\"nvidia-vgpu-vfio\"",
-            api::MDEV_INTERFACE
-        )],
-        "a bind changes the driver and nothing else"
+        [
+            format!(
+                "PropertiesChanged /org/gpuvirt/GpuVirt1/iommu_groups/130 {} \
+                 Members=[(\"{UUID}\", uint32 0, \"nvidia-vgpu-vfio\")]",
+                api::IOMMU_GROUP_INTERFACE
+            ),
+            format!(
+                "PropertiesChanged {MDEV_PATH} {} Driver=\"nvidia-vgpu-vfio\"",
+                api::MDEV_INTERFACE
+            ),
+        ],
+        "a bind changes the mdev's driver and its group's member list, nothing else"
     );
     assert_eq!(
         get(&bus, MDEV_PATH, api::MDEV_INTERFACE, "IommuGroup"),
