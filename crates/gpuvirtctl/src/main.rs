@@ -123,7 +123,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
     match cli.command {
         Command::List { json } => {
-            let host = fetch(&connection).await.map_err(call_error)?;
+            let host = fetch_gpus(&connection).await.map_err(call_error)?;
             if json {
                 print_json(&host.gpus)
             } else {
@@ -255,6 +255,75 @@ async fn fetch(connection: &zbus::Connection) -> zbus::Result<Host> {
         .build()
         .await?;
     let objects = manager.get_managed_objects().await?;
+    Ok(Host::from_managed_objects(objects))
+}
+
+/// Only the GPU objects: `list` needs nothing else, and on big hosts the mdevs and groups are
+/// most of the tree. Lists the children of the `gpus` node, then reads them all concurrently.
+async fn fetch_gpus(connection: &zbus::Connection) -> zbus::Result<Host> {
+    let introspectable = zbus::fdo::IntrospectableProxy::builder(connection)
+        .destination(api::BUS_NAME)?
+        .path(api::GPUS_PATH)?
+        .build()
+        .await;
+    let xml = match introspectable {
+        Ok(p) => match p.introspect().await {
+            Ok(xml) => xml,
+            // No GPUs at all: the node does not exist. Make sure the daemon does.
+            Err(zbus::fdo::Error::UnknownObject(_)) => String::new(),
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => return Err(e),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in view::child_nodes(&xml) {
+        let path = format!("{}/{name}", api::GPUS_PATH);
+        let connection = connection.clone();
+        tasks.spawn(async move {
+            let props = zbus::fdo::PropertiesProxy::builder(&connection)
+                .destination(api::BUS_NAME)?
+                .path(path.clone())?
+                .build()
+                .await?;
+            let gpu_iface =
+                zbus::names::InterfaceName::from_static_str_unchecked(api::GPU_INTERFACE);
+            let shard_iface =
+                zbus::names::InterfaceName::from_static_str_unchecked(api::SHARD_PARENT_INTERFACE);
+            let (gpu, shard) = tokio::join!(props.get_all(gpu_iface), props.get_all(shard_iface));
+            let gpu = gpu?;
+            // Only some GPUs can be sharded; the others have no such interface.
+            let shard = shard.ok();
+            Ok::<_, zbus::Error>((path, gpu, shard))
+        });
+    }
+    let mut objects = zbus::fdo::ManagedObjects::new();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok(result) = joined else { continue };
+        let (path, gpu, shard) = match result {
+            Ok(r) => r,
+            // A GPU removed between the listing and the read is simply gone.
+            Err(zbus::Error::FDO(e)) if matches!(*e, zbus::fdo::Error::UnknownObject(_)) => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let mut ifaces = std::collections::HashMap::new();
+        ifaces.insert(
+            zbus::names::OwnedInterfaceName::try_from(api::GPU_INTERFACE)?,
+            gpu,
+        );
+        if let Some(shard) = shard {
+            ifaces.insert(
+                zbus::names::OwnedInterfaceName::try_from(api::SHARD_PARENT_INTERFACE)?,
+                shard,
+            );
+        }
+        objects.insert(zbus::zvariant::OwnedObjectPath::try_from(path)?, ifaces);
+    }
+    if objects.is_empty() {
+        // An empty answer must still come from a running daemon.
+        api::ManagerProxy::new(connection).await?.version().await?;
+    }
     Ok(Host::from_managed_objects(objects))
 }
 

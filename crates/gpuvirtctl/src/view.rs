@@ -88,6 +88,20 @@ pub struct Host {
 
 type Props = HashMap<String, OwnedValue>;
 
+/// The names of the `<node name="..."/>` children in an introspection document.
+pub fn child_nodes(xml: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<node name=\"") {
+        rest = &rest[i + "<node name=\"".len()..];
+        if let Some(end) = rest.find('"') {
+            out.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
 fn get<T: TryFrom<OwnedValue>>(props: &Props, name: &str) -> Option<T> {
     props
         .get(name)
@@ -205,5 +219,17 @@ impl Host {
         host.mdevs
             .sort_by(|a, b| (&a.parent, &a.uuid).cmp(&(&b.parent, &b.uuid)));
         host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_child_nodes() {
+        let xml = "<node>\n <interface name=\"x\"/>\n <node name=\"0000_41_00_0\"/>\n <node name=\"0000_42_00_0\"/>\n</node>";
+        assert_eq!(child_nodes(xml), ["0000_41_00_0", "0000_42_00_0"]);
+        assert!(child_nodes("<node/>").is_empty());
     }
 }
