@@ -97,13 +97,16 @@ class Testbed:
     # --- the host ---
 
     def load_host(self):
-        """The fixed host: boot VGA iGPU in group 0, NVIDIA V100 mdev parent in group 66."""
+        """The fixed host (host.umockdev): boot VGA iGPU in group 0, an ISA bridge that is no
+        GPU in group 2, NVIDIA V100 mdev parent (nvidia-300, 2 instances) in group 66."""
         self.tb.add_from_file(os.path.join(HERE, "host.umockdev"))
         for dev in ("/sys/devices/pci0000:00/0000:00:02.0",
+                    "/sys/devices/pci0000:00/0000:00:1f.0",
                     "/sys/devices/pci0000:40/0000:40:01.0/0000:41:00.0"):
             self.devices[os.path.basename(dev)] = dev
         # Sysfs that is not a device: umockdev does not model it, so it is made by hand.
         self._group_member(0, "0000:00:02.0", "/devices/pci0000:00/0000:00:02.0")
+        self._group_member(2, "0000:00:1f.0", "/devices/pci0000:00/0000:00:1f.0")
         self._group_member(66, "0000:41:00.0",
                            "/devices/pci0000:40/0000:40:01.0/0000:41:00.0")
         self._symlink("class/iommu/dmar0", "../../devices/virtual/iommu/dmar0")
@@ -112,7 +115,7 @@ class Testbed:
                       "../../devices/pci0000:40/0000:40:01.0/0000:41:00.0")
         for module in ("vfio", "vfio_pci", "mdev"):
             os.makedirs(self._path("module/" + module), exist_ok=True)
-        for driver in ("i915", "nvidia", "vfio-pci"):
+        for driver in ("i915", "lpc_ich", "nvidia", "vfio-pci"):
             os.makedirs(self._path("bus/pci/drivers/" + driver), exist_ok=True)
 
     def _group_member(self, group, name, devpath):

@@ -351,6 +351,7 @@ async fn enumeration_serves_the_testbed_host() {
         .iter()
         .map(|g| g["pci_address"].as_str().unwrap())
         .collect();
+    // The testbed's ISA bridge (0000:00:1f.0, class 0x0601) is no GPU.
     assert_eq!(addresses, ["0000:00:02.0", V100], "{list}");
     assert_eq!(gpus[0]["driver"], "i915");
     assert_eq!(gpus[0]["iommu_group"], 0);
