@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gpuvirt_core::pathsafe::is_safe_component;
 use gpuvirt_core::PciAddress;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 use tokio::io::unix::AsyncFd;
@@ -85,9 +86,14 @@ pub fn targets(ev: &KernelEvent) -> Vec<Target> {
         .devpath
         .rsplit('/')
         .nth(1)
-        .filter(|p| !p.is_empty())
+        .filter(|p| is_safe_component(p))
         .map(str::to_owned);
     if ev.mdev_state.is_some() {
+        // The name becomes `/sys/class/mdev_bus/<name>`: one that is not a plain component
+        // (`..`, empty) is not a parent the kernel announced, so read everything instead.
+        if !is_safe_component(name) {
+            return vec![Target::All];
+        }
         // A parent (un)registering with the mdev core: its types appear or vanish.
         let mut out = vec![Target::MdevParent(name.to_owned())];
         out.extend(name.parse().ok().map(Target::Pci));
@@ -156,6 +162,24 @@ struct Forwarder {
 }
 
 impl Forwarder {
+    /// Once the source is drained, waits for room to deliver an owed resync: otherwise a burst
+    /// that overflowed and then stopped would leave its last events lost until the next one.
+    /// False when the actor is gone.
+    async fn flush(&mut self) -> bool {
+        if self.owes_resync {
+            if self
+                .tx
+                .send(SourceMessage::Resync("event queue overflow"))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            self.owes_resync = false;
+        }
+        true
+    }
+
     /// False when the actor is gone.
     fn send(&mut self, msg: SourceMessage) -> bool {
         if self.owes_resync {
@@ -267,8 +291,11 @@ async fn sim_loop(path: PathBuf, mut fd: AsyncFd<OwnedFd>, tx: mpsc::Sender<Sour
                 }
             }
         }
+        drop(guard);
+        if !fwd.flush().await {
+            return;
+        }
         if disconnected {
-            drop(guard);
             tracing::warn!(path = %path.display(), "uevent socket closed; reconnecting");
             fd = loop {
                 if fwd.tx.is_closed() {
@@ -358,6 +385,10 @@ async fn udev_loop(mut fd: AsyncFd<udev::MonitorSocket>, tx: mpsc::Sender<Source
             return;
         }
         guard.clear_ready();
+        drop(guard);
+        if !fwd.flush().await {
+            return;
+        }
     }
 }
 
