@@ -280,16 +280,29 @@ async fn fetch_gpus(connection: &zbus::Connection) -> zbus::Result<Host> {
         let path = format!("{}/{name}", api::GPUS_PATH);
         let connection = connection.clone();
         tasks.spawn(async move {
-            let props = zbus::fdo::PropertiesProxy::builder(&connection)
-                .destination(api::BUS_NAME)?
-                .path(path.clone())?
-                .build()
-                .await?;
-            let gpu_iface =
-                zbus::names::InterfaceName::from_static_str_unchecked(api::GPU_INTERFACE);
-            let shard_iface =
-                zbus::names::InterfaceName::from_static_str_unchecked(api::SHARD_PARENT_INTERFACE);
-            let (gpu, shard) = tokio::join!(props.get_all(gpu_iface), props.get_all(shard_iface));
+            // Plain calls: a proxy per object would add match rules and round trips.
+            let get_all = |iface: &'static str| {
+                let connection = &connection;
+                let path = path.as_str();
+                async move {
+                    let reply = connection
+                        .call_method(
+                            Some(api::BUS_NAME),
+                            path,
+                            Some("org.freedesktop.DBus.Properties"),
+                            "GetAll",
+                            &(iface,),
+                        )
+                        .await?;
+                    reply
+                        .body()
+                        .deserialize::<std::collections::HashMap<String, zbus::zvariant::OwnedValue>>()
+                }
+            };
+            let (gpu, shard) = tokio::join!(
+                get_all(api::GPU_INTERFACE),
+                get_all(api::SHARD_PARENT_INTERFACE)
+            );
             let gpu = gpu?;
             // Only some GPUs can be sharded; the others have no such interface.
             let shard = shard.ok();

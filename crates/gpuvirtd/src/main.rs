@@ -87,8 +87,6 @@ enum StartError {
     Export(#[source] zbus::Error),
     #[error("cannot take the bus name {}", api::BUS_NAME)]
     Name(#[source] zbus::Error),
-    #[error("the initial scan failed")]
-    Scan(#[source] tokio::task::JoinError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -156,16 +154,10 @@ async fn run(args: Args) -> Result<(), StartError> {
     // 2. Scan.
     let scanner: Arc<dyn InventorySource> = Arc::new(Scanner::new(root.clone()));
     let started = std::time::Instant::now();
-    let (inventory, tree) = {
-        let scanner = scanner.clone();
-        tokio::task::spawn_blocking(move || {
-            let inv = scanner.scan();
-            let tree = objects::build(&inv);
-            (inv, tree)
-        })
-        .await
-        .map_err(StartError::Scan)?
-    };
+    // On this thread, not a blocking-pool one: nothing is served yet, and the scan's
+    // allocations then stay in the one malloc arena the daemon uses afterwards.
+    let inventory = scanner.scan();
+    let tree = objects::build(&inventory);
     tracing::info!(
         root = %args.root.display(),
         gpus = inventory.gpus.len(),
