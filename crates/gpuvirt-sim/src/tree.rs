@@ -387,6 +387,7 @@ pub fn relative_target(link_path: &str, to: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

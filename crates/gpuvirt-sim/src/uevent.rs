@@ -115,6 +115,7 @@ impl fmt::Display for Uevent {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -156,12 +156,7 @@ mod tests {
             boot_file(Path::new("/etc/modprobe.d/gpuvirt.conf")).unwrap(),
             PathBuf::from("etc/modprobe.d/gpuvirt.conf")
         );
-        for bad in [
-            "etc/../root/.ssh/authorized_keys",
-            "usr/lib/x",
-            "etc",
-            "",
-        ] {
+        for bad in ["etc/../root/.ssh/authorized_keys", "usr/lib/x", "etc", ""] {
             assert!(boot_file(Path::new(bad)).is_err(), "{bad:?}");
         }
     }
