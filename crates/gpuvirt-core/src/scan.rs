@@ -547,7 +547,15 @@ impl DeviceDir<'_, '_> {
         // that was unbound); the uevent's DRIVER saves the readlink when bound.
         let driver = if self.has("driver") {
             match ue.driver.filter(|d| !d.is_empty()) {
-                Some(d) => Some(d),
+                // The name is later joined onto `bus/pci/drivers`: the link decides otherwise.
+                Some(d) if crate::pathsafe::is_safe_component(&d) => Some(d),
+                Some(d) => {
+                    self.r.warn(
+                        &self.dir.join("uevent"),
+                        format!("DRIVER='{}' is not a driver name", shown(&d)),
+                    );
+                    self.link_name("driver")?
+                }
                 None => self.link_name("driver")?,
             }
         } else {
