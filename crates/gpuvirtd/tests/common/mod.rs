@@ -407,19 +407,23 @@ pub fn busctl(bus: &Bus, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The gpuvirtctl binary next to gpuvirtd, built on demand (it is another package).
+/// The gpuvirtctl binary next to gpuvirtd, brought up to date once per test binary (it is
+/// another package, so `cargo test -p gpuvirtd` alone would not rebuild it).
 pub fn gpuvirtctl() -> PathBuf {
-    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_gpuvirtd"));
-    let ctl = daemon.with_file_name("gpuvirtctl");
-    if !ctl.exists() {
-        let release = daemon.parent().is_some_and(|d| d.ends_with("release"));
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "gpuvirtctl"])
-            .args(release.then_some("--release"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build gpuvirtctl");
-    }
-    assert!(ctl.exists(), "no gpuvirtctl at {}", ctl.display());
-    ctl
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let daemon = PathBuf::from(env!("CARGO_BIN_EXE_gpuvirtd"));
+            let ctl = daemon.with_file_name("gpuvirtctl");
+            let release = daemon.parent().is_some_and(|d| d.ends_with("release"));
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "gpuvirtctl"])
+                .args(release.then_some("--release"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot build gpuvirtctl");
+            assert!(ctl.exists(), "no gpuvirtctl at {}", ctl.display());
+            ctl
+        })
+        .clone()
 }
