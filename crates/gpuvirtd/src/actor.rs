@@ -46,6 +46,8 @@ pub enum Command {
     Rescan(oneshot::Sender<()>),
     /// Liveness check for the systemd watchdog.
     Ping(oneshot::Sender<()>),
+    /// A device-policy request (see `policy_runtime`).
+    Policy(crate::policy_runtime::Request),
 }
 
 /// Counters for the status line and logs.
@@ -81,6 +83,8 @@ pub struct Actor {
     server: zbus::ObjectServer,
     lookup: watch::Sender<Arc<Lookup>>,
     counts: watch::Sender<Counts>,
+    /// The device policy in force and the executor that applies it.
+    pub(crate) policy: Option<crate::policy_runtime::PolicyRuntime>,
 }
 
 impl std::fmt::Debug for Actor {
@@ -110,7 +114,28 @@ impl Actor {
             server,
             lookup,
             counts,
+            policy: None,
         }
+    }
+
+    /// Gives the actor the device-policy runtime (it reconciles once the loop runs).
+    pub fn with_policy(mut self, policy: crate::policy_runtime::PolicyRuntime) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The inventory the served tree shows.
+    pub(crate) fn inventory(&self) -> &Inventory {
+        &self.current
+    }
+
+    pub(crate) fn server(&self) -> &zbus::ObjectServer {
+        &self.server
+    }
+
+    /// Re-reads everything and updates the tree (after applying changes).
+    pub(crate) async fn rescan(&mut self) {
+        self.update(BTreeSet::from([Target::All])).await;
     }
 
     /// Runs until both channels close.
@@ -133,7 +158,14 @@ impl Actor {
                             Err(_) => break,
                         }
                     }
+                    let touched = self.policy.is_some().then(|| targets.clone());
                     self.update(targets).await;
+                    if let Some(touched) = touched {
+                        crate::policy_runtime::after_events(&mut self, &touched);
+                    }
+                }
+                _ = crate::policy_runtime::sleep_until(self.policy.as_ref().and_then(|p| p.due())) => {
+                    crate::policy_runtime::on_due(&mut self).await;
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Rescan(reply)) => {
@@ -142,6 +174,9 @@ impl Actor {
                     }
                     Some(Command::Ping(reply)) => {
                         let _ = reply.send(());
+                    }
+                    Some(Command::Policy(request)) => {
+                        crate::policy_runtime::handle(&mut self, request).await;
                     }
                     None => break,
                 },

@@ -22,6 +22,10 @@ pub struct ManagerInterface {
     /// Which objects exist, published by the actor before it announces changes, so lookups
     /// never wait for it (and never hold this interface's lock while waiting).
     pub lookup: watch::Receiver<Arc<Lookup>>,
+    /// The device policy's properties, replaced by the policy runtime.
+    pub policy: crate::policy_runtime::PolicyProps,
+    /// Requests to the actor (policy methods).
+    pub commands: tokio::sync::mpsc::Sender<crate::actor::Command>,
 }
 
 #[zbus::interface(name = "org.gpuvirt.GpuVirt1.Manager")]
@@ -52,6 +56,73 @@ impl ManagerInterface {
         } else {
             Err(CallError::no_such_device(format!("no mdev {parsed}")))
         }
+    }
+
+    /// Parses and validates `toml` against the live inventory: every diagnostic, rendered
+    /// compiler-style (`policy.toml:LINE:COL: error: ...`); empty when the policy is fine.
+    async fn validate_policy(&self, toml: &str) -> Result<Vec<String>, CallError> {
+        crate::policy_runtime::dbus::validate(&self.commands, toml).await
+    }
+
+    /// The plan for the policy in force against the live host: (human text, JSON).
+    async fn plan_policy(
+        &self,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<(String, String), CallError> {
+        crate::policy_runtime::dbus::plan(&self.commands, options).await
+    }
+
+    /// Re-reads the policy file and applies it; an invalid file is rejected with
+    /// `PolicyInvalid` and the previous policy stays in force.
+    async fn reload_policy(
+        &self,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<(), CallError> {
+        crate::policy_runtime::dbus::reload(&self.commands, options).await
+    }
+
+    /// Plans and applies the policy now (in `monitor` mode too): (success, report of what
+    /// was done, what failed and what was not attempted).
+    async fn reconcile(
+        &self,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<(bool, String), CallError> {
+        crate::policy_runtime::dbus::reconcile(&self.commands, options).await
+    }
+
+    #[zbus(property)]
+    fn policy_path(&self) -> String {
+        self.policy.policy_path.clone()
+    }
+
+    #[zbus(property)]
+    fn policy_error(&self) -> String {
+        self.policy.policy_error.clone()
+    }
+
+    #[zbus(property)]
+    fn enforcement_mode(&self) -> String {
+        self.policy.enforcement_mode.clone()
+    }
+
+    #[zbus(property)]
+    fn reboot_required(&self) -> bool {
+        self.policy.reboot_required
+    }
+
+    #[zbus(property)]
+    fn reboot_reasons(&self) -> Vec<String> {
+        self.policy.reboot_reasons.clone()
+    }
+
+    #[zbus(property)]
+    fn drift(&self) -> Vec<String> {
+        self.policy.drift.clone()
+    }
+
+    #[zbus(property)]
+    fn last_apply(&self) -> String {
+        self.policy.last_apply.clone()
     }
 
     #[zbus(property)]

@@ -9,6 +9,7 @@ mod dbus;
 mod events;
 mod notify;
 mod objects;
+mod policy_runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,10 @@ struct Args {
     /// Log filter (`info`, `debug`, `gpuvirtd=trace`, ...); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
+    /// The device policy (a real config path, not under `--root`); invalid → the daemon
+    /// starts with no policy enforced and the Manager's `PolicyError` says why.
+    #[arg(long, default_value = "/etc/gpuvirt/policy.toml", value_name = "PATH")]
+    policy: PathBuf,
 }
 
 /// Why the daemon could not start.
@@ -169,9 +174,20 @@ async fn run(args: Args) -> Result<(), StartError> {
 
     // 3. Export everything, without a name yet.
     let (lookup_tx, lookup_rx) = watch::channel(Arc::new(objects::Lookup::of(&inventory)));
+    // The policy is validated against the scan; the ledger's unfinished work is recovered
+    // before the name is taken. Applying it waits for the actor's loop.
+    let policy_runtime = policy_runtime::PolicyRuntime::start(
+        args.policy.clone(),
+        root.clone(),
+        &state_dir,
+        &inventory,
+    );
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let manager = dbus::ManagerInterface {
         props: tree.manager.clone(),
         lookup: lookup_rx,
+        policy: policy_runtime.props().clone(),
+        commands: cmd_tx.clone(),
     };
     let builder = match (&args.bus_address, args.session) {
         (Some(address), _) => zbus::connection::Builder::address(address.as_str()),
@@ -202,8 +218,8 @@ async fn run(args: Args) -> Result<(), StartError> {
         .await
         .map_err(StartError::Name)?;
     let (counts_tx, mut counts_rx) = watch::channel(Counts::default());
-    let actor = Actor::new(scanner, inventory, tree, server, lookup_tx, counts_tx);
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let actor = Actor::new(scanner, inventory, tree, server, lookup_tx, counts_tx)
+        .with_policy(policy_runtime);
     tokio::spawn(actor.run(event_rx, cmd_rx));
 
     // 5. READY.
@@ -232,6 +248,12 @@ async fn run(args: Args) -> Result<(), StartError> {
                 notifier.notify("RELOADING=1");
                 let (tx, rx) = oneshot::channel();
                 if cmd_tx.send(Command::Rescan(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+                // Then the policy: a rejected file keeps the previous one (logged, PolicyError).
+                let (tx, rx) = oneshot::channel();
+                let reload = Command::Policy(policy_runtime::Request::Reload { reply: tx });
+                if cmd_tx.send(reload).await.is_ok() {
                     let _ = rx.await;
                 }
                 notifier.notify("READY=1");

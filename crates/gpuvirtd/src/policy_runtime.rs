@@ -1,0 +1,802 @@
+//! The device policy at run time: loads and validates the policy file, plans it against the
+//! live inventory, applies it through the executor, and keeps it applied (start, reload,
+//! hotplug of a governed card, drift), reporting on the Manager's policy properties.
+//!
+//! Everything here runs on the actor (the one owner of the inventory): D-Bus methods send a
+//! [`Request`] with a oneshot reply; executing a plan happens in a blocking worker with the
+//! executor moved into it, so sysfs writes never stall the runtime thread.
+//!
+//! `monitor` mode never acts on its own (start, hotplug, drift are only reported); an
+//! explicit `Reconcile` call is a user's decision and applies in either mode.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpuvirt_api::{self as api, CallError};
+use gpuvirt_core::exec::{ApplyReport, Executor};
+use gpuvirt_core::ledger::LedgerStore;
+use gpuvirt_core::plan::{plan, read_boot_files, Plan, PlanState};
+use gpuvirt_core::policy::{render_diagnostics, Enforcement, Policy, PolicyDiagnostic, Role};
+use gpuvirt_core::{Inventory, PciAddress, Root};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use zbus::zvariant::Value;
+
+use crate::actor::Actor;
+use crate::events::Target;
+
+/// The file name diagnostics of `ValidatePolicy` carry (the caller knows the real one).
+pub const VALIDATE_FILE_NAME: &str = "policy.toml";
+
+/// How long a burst of events may go quiet before the policy is re-planned.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Most plan → apply → rescan passes of one reconcile (NVIDIA VFs must exist before their
+/// vGPU types can be planned).
+const MAX_PASSES: usize = 3;
+
+/// Why the policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the policy file {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("the policy file {} is invalid:\n{}", .0.display(), .1)]
+    Invalid(PathBuf, String),
+}
+
+/// A manual operation the policy forbids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{address} is managed by policy rule {rule:?} (role {role}); change the policy instead of operating on it by hand")]
+pub struct PolicyViolation {
+    pub address: PciAddress,
+    pub rule: String,
+    pub role: Role,
+}
+
+impl From<PolicyViolation> for CallError {
+    fn from(v: PolicyViolation) -> Self {
+        CallError::Api(api::Error::PolicyViolation(v.to_string()))
+    }
+}
+
+/// The Manager's policy properties.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PolicyProps {
+    pub policy_path: String,
+    pub policy_error: String,
+    pub enforcement_mode: String,
+    pub reboot_required: bool,
+    pub reboot_reasons: Vec<String>,
+    /// How the host differs from the policy while it is not corrected (monitor mode, or a
+    /// failed correction).
+    pub drift: Vec<String>,
+    /// The last apply's report (done / failed / not attempted).
+    pub last_apply: String,
+}
+
+impl PolicyProps {
+    fn changed(&self, new: &Self) -> Vec<(&'static str, Value<'static>)> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($($field:ident => $dbus:literal),*) => {$(
+                if self.$field != new.$field {
+                    out.push(($dbus, Value::from(new.$field.clone())));
+                }
+            )*};
+        }
+        cmp!(
+            policy_path => "PolicyPath",
+            policy_error => "PolicyError",
+            enforcement_mode => "EnforcementMode",
+            reboot_required => "RebootRequired",
+            reboot_reasons => "RebootReasons",
+            drift => "Drift",
+            last_apply => "LastApply"
+        );
+        out
+    }
+}
+
+/// What D-Bus methods ask of the runtime.
+#[derive(Debug)]
+pub enum Request {
+    /// Parse and validate `text` against the live inventory; every diagnostic, rendered.
+    Validate {
+        text: String,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// The plan for the policy in force: (human, JSON).
+    Plan {
+        reply: oneshot::Sender<Result<(String, String), CallError>>,
+    },
+    /// Re-read the policy file; an invalid file keeps the previous policy.
+    Reload {
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    /// Plan and apply now: (success, report).
+    Reconcile {
+        reply: oneshot::Sender<Result<(bool, String), CallError>>,
+    },
+}
+
+/// Why a reconcile runs: decides whether monitor mode may act and how failures are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    Reload,
+    /// Events touched a governed device (hotplug, drift).
+    Events,
+    /// A user asked (`Reconcile`).
+    User,
+}
+
+/// The policy runtime's state, owned by the actor.
+#[derive(Debug)]
+pub struct PolicyRuntime {
+    path: PathBuf,
+    root: Root,
+    policy: Option<Arc<Policy>>,
+    /// `None` while it runs in a worker, or when it could not be opened.
+    executor: Option<Executor>,
+    props: PolicyProps,
+    /// When a debounced re-plan is due.
+    due: Option<Instant>,
+    /// The JSON of the last automatic plan that failed: not retried until something changes.
+    failed_plan: Option<String>,
+    /// Boot-time changes applied since the daemon started.
+    boot_changes: Vec<String>,
+    /// Whether the start-up reconcile has run.
+    started: bool,
+}
+
+impl PolicyRuntime {
+    /// Loads `path` (an invalid or missing file leaves no policy in force and sets
+    /// `PolicyError`) and opens the executor with the ledger in `state_dir`, finishing what
+    /// a killed daemon left half done. A reconcile is scheduled to run at once.
+    pub fn start(path: PathBuf, root: Root, state_dir: &Path, inventory: &Inventory) -> Self {
+        let mut rt = PolicyRuntime {
+            props: PolicyProps {
+                policy_path: path.display().to_string(),
+                ..PolicyProps::default()
+            },
+            path,
+            root: root.clone(),
+            policy: None,
+            executor: None,
+            due: Some(Instant::now()),
+            failed_plan: None,
+            boot_changes: Vec::new(),
+            started: false,
+        };
+        match Executor::open(root, LedgerStore::new(state_dir)) {
+            Ok((mut executor, warning)) => {
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+                for r in executor.recover() {
+                    if r.succeeded() {
+                        tracing::info!("{r}");
+                    } else {
+                        tracing::error!("{r}");
+                    }
+                }
+                rt.executor = Some(executor);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot open the ledger; policy changes cannot be applied: {}",
+                    gpuvirt_core::error_chain(&e)
+                );
+            }
+        }
+        match load(&rt.path, inventory) {
+            Ok(policy) => rt.install(policy),
+            Err(e) => {
+                tracing::error!("no policy in force: {}", gpuvirt_core::error_chain(&e));
+                rt.props.policy_error = error_text(&e);
+            }
+        }
+        rt
+    }
+
+    /// The properties the Manager serves.
+    pub fn props(&self) -> &PolicyProps {
+        &self.props
+    }
+
+    /// When the debounced re-plan is due (the actor sleeps until then).
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    fn install(&mut self, policy: Policy) {
+        self.props.enforcement_mode = policy.enforcement.as_str().to_owned();
+        self.props.policy_error.clear();
+        self.policy = Some(Arc::new(policy));
+        self.failed_plan = None;
+    }
+
+    fn plan_state(&self) -> PlanState {
+        let mut state = PlanState::default();
+        if let Some(ex) = &self.executor {
+            let ledger = ex.ledger();
+            state.original_drivers = ledger.original_drivers();
+            state.owned_mdevs = ledger
+                .mdevs
+                .iter()
+                .filter(|(_, r)| r.created_by_gpuvirt)
+                .map(|(u, _)| *u)
+                .collect();
+            state.owned_vgpu_vfs = ledger.vgpus.keys().copied().collect();
+            state.owned_sriov = ledger.sriov.keys().copied().collect();
+        }
+        match read_boot_files(&self.root) {
+            Ok(files) => state.boot_files = files,
+            Err(e) => tracing::warn!(error = %e, "cannot read gpuvirt's boot files"),
+        }
+        state
+    }
+
+    /// Whether `targets` touch a device the policy governs (with a non-`unmanaged` role).
+    fn concerns(&self, inv: &Inventory, targets: &BTreeSet<Target>) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        let originals = self
+            .executor
+            .as_ref()
+            .map(|e| e.ledger().original_drivers())
+            .unwrap_or_default();
+        let governed = |addr: PciAddress| {
+            policy
+                .assignment_for(inv, &originals, addr)
+                .is_some_and(|a| a.role != Role::Unmanaged)
+        };
+        targets.iter().any(|t| match t {
+            Target::All | Target::Modules => true,
+            Target::Pci(a) => governed(*a),
+            Target::MdevParent(name) => inv
+                .mdev_parents
+                .get(name)
+                .and_then(|p| p.pci_address)
+                .is_none_or(governed),
+            // A removed mdev is gone from the inventory: re-plan to be safe.
+            Target::Mdev(u) => inv
+                .mdevs
+                .get(u)
+                .and_then(|m| inv.mdev_parents.get(&m.parent))
+                .and_then(|p| p.pci_address)
+                .is_none_or(governed),
+            Target::IommuGroup(_) => false,
+        })
+    }
+
+    /// Refuses a manual operation on `address` when the policy manages it (any role but
+    /// `unmanaged`); see [`check_manual`].
+    pub fn check_manual(
+        &self,
+        inv: &Inventory,
+        address: PciAddress,
+    ) -> Result<(), PolicyViolation> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        let originals = self
+            .executor
+            .as_ref()
+            .map(|e| e.ledger().original_drivers())
+            .unwrap_or_default();
+        match policy.assignment_for(inv, &originals, address) {
+            Some(a) if a.role != Role::Unmanaged => Err(PolicyViolation {
+                address,
+                rule: a
+                    .rule_name
+                    .unwrap_or_else(|| format!("default_role = \"{}\"", a.role)),
+                role: a.role,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses a manual D-Bus operation on `address` (a GPU, a companion function, a VF or an
+/// mdev parent's PCI address) when the policy manages the card, naming the rule.
+// For the mutating methods (AssignPassthrough, ReturnToHost, CreateMdev, Remove).
+#[allow(dead_code)]
+pub fn check_manual(
+    state: &PolicyRuntime,
+    inv: &Inventory,
+    address: PciAddress,
+) -> Result<(), PolicyViolation> {
+    state.check_manual(inv, address)
+}
+
+fn error_text(e: &LoadError) -> String {
+    match e {
+        LoadError::Invalid(_, diagnostics) => diagnostics.clone(),
+        LoadError::Read(..) => gpuvirt_core::error_chain(e),
+    }
+}
+
+/// Reads, parses and validates the policy at `path` against `inv`.
+pub fn load(path: &Path, inv: &Inventory) -> Result<Policy, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_owned(), e))?;
+    let file = path.display().to_string();
+    let (policy, diagnostics) = check(&text, &file, inv);
+    match policy {
+        Some(p) => {
+            for d in &diagnostics {
+                tracing::warn!("{d}");
+            }
+            Ok(p)
+        }
+        None => Err(LoadError::Invalid(
+            path.to_owned(),
+            render_diagnostics(&diagnostics),
+        )),
+    }
+}
+
+/// Parses and validates `text`: the policy when it has no errors, and every diagnostic.
+/// `gpuvirtctl policy check` and `ValidatePolicy` both end here.
+pub fn check(text: &str, file: &str, inv: &Inventory) -> (Option<Policy>, Vec<PolicyDiagnostic>) {
+    match Policy::parse(text, file) {
+        Err(diagnostics) => (None, diagnostics),
+        Ok(policy) => {
+            let mut diagnostics = policy.warnings.clone();
+            diagnostics.extend(policy.validate_against(inv));
+            if diagnostics.iter().any(PolicyDiagnostic::is_error) {
+                (None, diagnostics)
+            } else {
+                (Some(policy), diagnostics)
+            }
+        }
+    }
+}
+
+/// Handles one request on the actor.
+pub async fn handle(actor: &mut Actor, request: Request) {
+    if let Request::Validate { text, reply } = request {
+        let (_, diagnostics) = check(&text, VALIDATE_FILE_NAME, actor.inventory());
+        let _ = reply.send(diagnostics.iter().map(ToString::to_string).collect());
+        return;
+    }
+    // Taken out while it works so the actor can rescan meanwhile; always put back.
+    let Some(mut rt) = actor.policy.take() else {
+        let none = || {
+            CallError::Api(api::Error::NotSupported(
+                "this daemon runs without the device policy".to_owned(),
+            ))
+        };
+        match request {
+            Request::Validate { .. } => {}
+            Request::Plan { reply } => drop(reply.send(Err(none()))),
+            Request::Reload { reply } => drop(reply.send(Err(none()))),
+            Request::Reconcile { reply } => drop(reply.send(Err(none()))),
+        }
+        return;
+    };
+    match request {
+        Request::Validate { .. } => {}
+        Request::Plan { reply } => {
+            let result = match rt.policy.clone() {
+                None => Err(no_policy(&rt)),
+                Some(policy) => {
+                    let state = rt.plan_state();
+                    let p = plan(&policy, actor.inventory(), &state);
+                    Ok((p.render(), p.to_json()))
+                }
+            };
+            let _ = reply.send(result);
+        }
+        Request::Reload { reply } => {
+            let result = reload(actor, &mut rt).await;
+            let _ = reply.send(result);
+        }
+        Request::Reconcile { reply } => {
+            let result = reconcile(actor, &mut rt, Trigger::User).await;
+            let _ = reply.send(result);
+        }
+    }
+    actor.policy = Some(rt);
+}
+
+fn no_policy(rt: &PolicyRuntime) -> CallError {
+    let why = if rt.props.policy_error.is_empty() {
+        String::new()
+    } else {
+        format!(":\n{}", rt.props.policy_error)
+    };
+    CallError::Api(api::Error::PolicyInvalid(format!(
+        "no policy in force ({}){why}",
+        rt.path.display()
+    )))
+}
+
+/// Re-reads the policy file; on success it replaces the policy and is applied.
+pub async fn reload(actor: &mut Actor, rt: &mut PolicyRuntime) -> Result<(), CallError> {
+    let path = rt.path.clone();
+    match load(&path, actor.inventory()) {
+        Ok(policy) => {
+            tracing::info!(path = %path.display(), mode = policy.enforcement.as_str(), "policy loaded");
+            rt.install(policy);
+            publish(actor, rt).await;
+            match reconcile(actor, rt, Trigger::Reload).await {
+                Ok(_) => Ok(()),
+                // The new policy is in force; a failed apply is reported in its properties.
+                Err(e) => {
+                    tracing::error!("applying the reloaded policy failed: {e}");
+                    Ok(())
+                }
+            }
+        }
+        Err(e) => {
+            let text = error_text(&e);
+            tracing::error!(
+                "policy reload rejected, the previous policy stays in force: {}",
+                gpuvirt_core::error_chain(&e)
+            );
+            rt.props.policy_error = text.clone();
+            publish(actor, rt).await;
+            Err(CallError::Api(api::Error::PolicyInvalid(format!(
+                "{}; the previous policy stays in force",
+                gpuvirt_core::error_chain(&e)
+            ))))
+        }
+    }
+}
+
+/// Called by the actor after an event-driven update: schedules a debounced re-plan when the
+/// events touched a governed device.
+pub fn after_events(actor: &mut Actor, targets: &BTreeSet<Target>) {
+    let inv = actor.inventory();
+    if let Some(rt) = &actor.policy {
+        if rt.concerns(inv, targets) {
+            let due = Instant::now() + DEBOUNCE;
+            if let Some(rt) = &mut actor.policy {
+                rt.due = Some(due);
+            }
+        }
+    }
+}
+
+/// Sleeps until `due`, forever when there is none (a `select!` branch).
+pub async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Called by the actor when [`PolicyRuntime::due`] has passed.
+pub async fn on_due(actor: &mut Actor) {
+    let Some(mut rt) = actor.policy.take() else {
+        return;
+    };
+    rt.due = None;
+    let trigger = if rt.started {
+        Trigger::Events
+    } else {
+        Trigger::Start
+    };
+    rt.started = true;
+    if rt.policy.is_none() {
+        publish(actor, &mut rt).await;
+    } else if let Err(e) = reconcile(actor, &mut rt, trigger).await {
+        tracing::error!("{e}");
+    }
+    actor.policy = Some(rt);
+}
+
+/// Plans and, where the trigger and mode allow, applies; updates the properties.
+async fn reconcile(
+    actor: &mut Actor,
+    rt: &mut PolicyRuntime,
+    trigger: Trigger,
+) -> Result<(bool, String), CallError> {
+    let Some(policy) = rt.policy.clone() else {
+        return Err(no_policy(rt));
+    };
+    let may_act = trigger == Trigger::User || policy.enforcement == Enforcement::Enforce;
+    let mut report_text = String::new();
+    let mut success = true;
+    let mut applied_any = false;
+    for pass in 0..MAX_PASSES {
+        let state = rt.plan_state();
+        let planned = plan(&policy, actor.inventory(), &state);
+        if planned.actions.is_empty() {
+            if pass == 0 {
+                report_text.push_str(&planned.render());
+            }
+            rt.props.drift = refusal_lines(&planned);
+            break;
+        }
+        let json = planned.to_json();
+        if !may_act {
+            let drift = drift_lines(&planned);
+            if drift != rt.props.drift {
+                for line in &drift {
+                    tracing::warn!(mode = "monitor", "host differs from the policy: {line}");
+                }
+            }
+            rt.props.drift = drift;
+            report_text.push_str(&planned.render());
+            break;
+        }
+        if trigger != Trigger::User && rt.failed_plan.as_deref() == Some(json.as_str()) {
+            // The same correction failed before: report, do not hammer the device.
+            rt.props.drift = drift_lines(&planned);
+            break;
+        }
+        if trigger == Trigger::Events && pass == 0 {
+            for a in &planned.actions {
+                tracing::warn!(rule = ?a.rule, "drift: {} ({}); correcting", a.action, a.reason);
+            }
+        }
+        let Some(report) = execute(rt, &planned).await else {
+            return Err(CallError::Api(api::Error::NotSupported(
+                "the executor is not available (the ledger could not be opened); see the daemon's log"
+                    .to_owned(),
+            )));
+        };
+        applied_any = true;
+        log_report(&report, trigger);
+        for a in &report.done {
+            if planned
+                .actions
+                .iter()
+                .any(|p| p.action.takes_effect_at_boot() && p.action.to_string() == a.action)
+            {
+                rt.boot_changes.push(a.action.clone());
+            }
+        }
+        report_text.push_str(&report.to_string());
+        // Read back what the kernel did before planning again or reporting.
+        actor.rescan().await;
+        if !report.succeeded() {
+            success = false;
+            rt.failed_plan = Some(json);
+            let state = rt.plan_state();
+            rt.props.drift = drift_lines(&plan(&policy, actor.inventory(), &state));
+            break;
+        }
+        rt.failed_plan = None;
+        if !planned.refusals.is_empty() {
+            rt.props.drift = refusal_lines(&planned);
+        }
+        if pass + 1 == MAX_PASSES {
+            let state = rt.plan_state();
+            rt.props.drift = drift_lines(&plan(&policy, actor.inventory(), &state));
+        }
+    }
+    if applied_any {
+        rt.props.last_apply = report_text.clone();
+    }
+    publish(actor, rt).await;
+    Ok((success, report_text))
+}
+
+fn drift_lines(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .map(|a| {
+            let rule = a
+                .rule
+                .as_deref()
+                .map_or("[host]".to_owned(), |r| format!("rule {r:?}"));
+            format!("{} ({}; {rule})", a.action, a.reason)
+        })
+        .chain(refusal_lines(p))
+        .collect()
+}
+
+fn refusal_lines(p: &Plan) -> Vec<String> {
+    p.refusals
+        .iter()
+        .map(|r| format!("refused: {}: {}", r.gpu, r.message))
+        .collect()
+}
+
+fn log_report(report: &ApplyReport, trigger: Trigger) {
+    for a in &report.done {
+        tracing::info!(rule = ?a.rule, "applied: {}", a.action);
+    }
+    if let Some(f) = &report.failed {
+        if trigger == Trigger::User {
+            tracing::error!(rule = ?f.rule, "{f}");
+        } else {
+            tracing::warn!(rule = ?f.rule, "{f}");
+        }
+        for n in &report.not_attempted {
+            tracing::warn!("not attempted: {n}");
+        }
+    }
+}
+
+/// Runs `p` in a blocking worker with the executor moved into it.
+async fn execute(rt: &mut PolicyRuntime, p: &Plan) -> Option<ApplyReport> {
+    let mut executor = rt.executor.take()?;
+    let p = p.clone();
+    match tokio::task::spawn_blocking(move || {
+        let report = executor.execute(&p);
+        (executor, report)
+    })
+    .await
+    {
+        Ok((executor, report)) => {
+            rt.executor = Some(executor);
+            Some(report)
+        }
+        Err(e) => {
+            // A panicking executor: its ledger on disk is the truth; reopen it.
+            tracing::error!(error = %e, "the executor failed");
+            None
+        }
+    }
+}
+
+/// Recomputes the reboot reasons and serves the properties, emitting what changed.
+pub async fn publish(actor: &Actor, rt: &mut PolicyRuntime) {
+    let reasons = reboot_reasons(rt, actor.inventory());
+    rt.props.reboot_required = !reasons.is_empty();
+    rt.props.reboot_reasons = reasons;
+    let new = rt.props.clone();
+    let server = actor.server();
+    let iface = match server
+        .interface::<_, crate::dbus::ManagerInterface>(api::MANAGER_PATH)
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the Manager object");
+            return;
+        }
+    };
+    let changed = {
+        let mut guard = iface.get_mut().await;
+        let changed = guard.policy.changed(&new);
+        guard.policy = new;
+        changed
+    };
+    if changed.is_empty() {
+        return;
+    }
+    let map: HashMap<&str, Value<'_>> = changed.into_iter().collect();
+    if let Err(e) = zbus::fdo::Properties::properties_changed(
+        iface.signal_emitter(),
+        <crate::dbus::ManagerInterface as zbus::object_server::Interface>::name(),
+        map,
+        Cow::Borrowed(&[]),
+    )
+    .await
+    {
+        tracing::error!(error = %e, "cannot announce the policy properties");
+    }
+}
+
+/// Why the running system differs from what the policy wants at boot: boot files changed
+/// since start (they act at the next boot), blacklisted modules still loaded, cards the
+/// policy wants on vfio-pci from early boot, and an IOMMU the policy needs that is off.
+fn reboot_reasons(rt: &PolicyRuntime, inv: &Inventory) -> Vec<String> {
+    let mut reasons: Vec<String> = rt
+        .boot_changes
+        .iter()
+        .map(|c| format!("applied since boot: {c}"))
+        .collect();
+    let Some(policy) = &rt.policy else {
+        return reasons;
+    };
+    for module in &policy.host.blacklist {
+        let sys = rt
+            .root
+            .join(format!("sys/module/{}", module.replace('-', "_")));
+        if sys.exists() {
+            reasons.push(format!(
+                "module {module} is blacklisted by the policy but loaded (it stays until the next boot)"
+            ));
+        }
+    }
+    let needs_iommu = policy.rules.iter().any(|r| r.role() == Role::Passthrough);
+    if needs_iommu && !inv.iommu.enabled {
+        let why = if inv.iommu.reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", inv.iommu.reasons.join("; "))
+        };
+        reasons.push(format!(
+            "the policy passes cards through but the IOMMU is off (kernel command line){why}"
+        ));
+    }
+    reasons
+}
+
+/// The Manager methods' side: argument checks, then a request to the actor.
+pub mod dbus {
+    use std::collections::HashMap;
+
+    use gpuvirt_api::CallError;
+    use tokio::sync::{mpsc, oneshot};
+    use zbus::zvariant::OwnedValue;
+
+    use super::Request;
+    use crate::actor::Command;
+
+    /// Biggest policy text `ValidatePolicy` accepts: real policies are a few kilobytes.
+    const MAX_POLICY_BYTES: usize = 1 << 20;
+
+    fn gone() -> CallError {
+        CallError::Fdo(zbus::fdo::Error::Failed(
+            "the daemon is shutting down".to_owned(),
+        ))
+    }
+
+    /// No option is defined yet: refuse unknown ones so a typo is not silently ignored.
+    fn no_options(options: &HashMap<String, OwnedValue>) -> Result<(), CallError> {
+        match options.keys().next() {
+            None => Ok(()),
+            Some(k) => {
+                let shown: String = k.chars().take(64).collect();
+                Err(CallError::invalid_arg(
+                    "options",
+                    format!("unknown option '{shown}' (none are defined)"),
+                ))
+            }
+        }
+    }
+
+    async fn ask<T>(
+        commands: &mpsc::Sender<Command>,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Policy(make(tx)))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn validate(
+        commands: &mpsc::Sender<Command>,
+        toml: &str,
+    ) -> Result<Vec<String>, CallError> {
+        if toml.len() > MAX_POLICY_BYTES {
+            return Err(CallError::invalid_arg(
+                "toml",
+                format!(
+                    "{} bytes is more than the {MAX_POLICY_BYTES} a policy may have",
+                    toml.len()
+                ),
+            ));
+        }
+        let text = toml.to_owned();
+        ask(commands, |reply| Request::Validate { text, reply }).await
+    }
+
+    pub async fn plan(
+        commands: &mpsc::Sender<Command>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(String, String), CallError> {
+        no_options(&options)?;
+        ask(commands, |reply| Request::Plan { reply }).await?
+    }
+
+    pub async fn reload(
+        commands: &mpsc::Sender<Command>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), CallError> {
+        no_options(&options)?;
+        ask(commands, |reply| Request::Reload { reply }).await?
+    }
+
+    pub async fn reconcile(
+        commands: &mpsc::Sender<Command>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(bool, String), CallError> {
+        no_options(&options)?;
+        ask(commands, |reply| Request::Reconcile { reply }).await?
+    }
+}
