@@ -1,5 +1,6 @@
 //! gpuvirtctl: the command-line client of gpuvirtd. It only talks D-Bus; it never reads sysfs.
 
+mod cli_gen;
 mod view;
 
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ enum CliError {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cli_gen::intercept(<Cli as clap::CommandFactory>::command(), "1") {
+        return code;
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,6 +5,9 @@
 //! which is harmless because applying an event twice changes nothing.
 
 mod actor;
+// One generator for both binaries; see its module comment.
+#[path = "../../gpuvirtctl/src/cli_gen.rs"]
+mod cli_gen;
 mod dbus;
 mod events;
 mod notify;
@@ -115,6 +118,9 @@ fn init_logging(filter: &str) {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = cli_gen::intercept(<Args as clap::CommandFactory>::command(), "8") {
+        return code;
+    }
     let args = Args::parse();
     init_logging(&args.log);
     let runtime = match tokio::runtime::Builder::new_current_thread()
