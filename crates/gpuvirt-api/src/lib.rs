@@ -45,6 +45,12 @@ pub const GPU_INTERFACE: &str = "org.gpuvirt.GpuVirt1.Gpu";
 pub const SHARD_PARENT_INTERFACE: &str = "org.gpuvirt.GpuVirt1.ShardParent";
 pub const IOMMU_GROUP_INTERFACE: &str = "org.gpuvirt.GpuVirt1.IommuGroup";
 pub const MDEV_INTERFACE: &str = "org.gpuvirt.GpuVirt1.Mdev";
+/// Jobs of long operations (`/org/gpuvirt/GpuVirt1/jobs/<n>`): `Operation`, `Objects`,
+/// `Progress`, `Finished`, `Success`, `ErrorName`, `Message`, `Cancel()`, signal
+/// `Completed(b success, s message)`. Not in [`INTERFACES`]: jobs exist only while one runs.
+pub const JOB_INTERFACE: &str = "org.gpuvirt.GpuVirt1.Job";
+/// Parent of the job objects.
+pub const JOBS_PATH: &str = "/org/gpuvirt/GpuVirt1/jobs";
 /// Every interface gpuvirtd serves, in a stable order.
 pub const INTERFACES: [&str; 5] = [
     MANAGER_INTERFACE,

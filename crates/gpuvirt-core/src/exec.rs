@@ -500,6 +500,18 @@ impl Executor {
         &self.ledger
     }
 
+    /// Changes the ledger outside an action (mdevctl-style define and undefine, which touch no
+    /// device) and saves it; a failed save undoes the change.
+    pub fn update_ledger(&mut self, change: impl FnOnce(&mut Ledger)) -> Result<(), LedgerError> {
+        let before = self.ledger.clone();
+        change(&mut self.ledger);
+        if let Err(e) = self.store.save(&self.ledger) {
+            self.ledger = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Runs a plan's actions in order, stopping at the first failure.
     pub fn execute(&mut self, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();

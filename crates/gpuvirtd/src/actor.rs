@@ -48,6 +48,21 @@ pub enum Command {
     Ping(oneshot::Sender<()>),
     /// A device-policy request (see `policy_runtime`).
     Policy(crate::policy_runtime::Request),
+    /// Runs a closure on the inventory the tree shows (validating a mutating call). It runs on
+    /// the actor's task, so it must be quick: copy out what it needs and reply.
+    Inspect(Inspector),
+    /// Re-reads `targets` now (after a mutation, without waiting for its uevents); replies
+    /// when the tree is updated.
+    Refresh(Vec<Target>, oneshot::Sender<()>),
+}
+
+/// A closure for [`Command::Inspect`].
+pub struct Inspector(pub Box<dyn FnOnce(&Inventory) + Send>);
+
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspector(..)")
+    }
 }
 
 /// Counters for the status line and logs.
@@ -83,6 +98,9 @@ pub struct Actor {
     server: zbus::ObjectServer,
     lookup: watch::Sender<Arc<Lookup>>,
     counts: watch::Sender<Counts>,
+    /// Told when a shard parent appears (hotplug, driver load, `MDEV_STATE=registered`), so
+    /// defined mdevs are recreated on the parent's own readiness event, not after a sleep.
+    parent_added: Option<mpsc::UnboundedSender<()>>,
     /// The device policy in force and the executor that applies it.
     pub(crate) policy: Option<crate::policy_runtime::PolicyRuntime>,
 }
@@ -114,8 +132,15 @@ impl Actor {
             server,
             lookup,
             counts,
+            parent_added: None,
             policy: None,
         }
+    }
+
+    /// Sends `()` on `tx` whenever a ShardParent object appears.
+    pub fn notify_parent_added(mut self, tx: mpsc::UnboundedSender<()>) -> Self {
+        self.parent_added = Some(tx);
+        self
     }
 
     /// Gives the actor the device-policy runtime (it reconciles once the loop runs).
@@ -175,6 +200,11 @@ impl Actor {
                     Some(Command::Ping(reply)) => {
                         let _ = reply.send(());
                     }
+                    Some(Command::Inspect(Inspector(f))) => f(&self.current),
+                    Some(Command::Refresh(targets, reply)) => {
+                        self.update(targets.into_iter().collect()).await;
+                        let _ = reply.send(());
+                    }
                     Some(Command::Policy(request)) => {
                         crate::policy_runtime::handle(&mut self, request).await;
                     }
@@ -214,8 +244,22 @@ impl Actor {
                 .send_replace(Arc::new(Lookup::of(&self.current)));
         }
         let n = changes.len();
+        let parent_added = changes.iter().any(|c| {
+            matches!(
+                c,
+                Change::Added {
+                    iface: Iface::ShardParent(_),
+                    ..
+                }
+            )
+        });
         if let Err(e) = dbus::apply(&self.server, changes).await {
             tracing::error!(error = %e, "updating the D-Bus objects failed");
+        }
+        if parent_added {
+            if let Some(tx) = &self.parent_added {
+                let _ = tx.send(());
+            }
         }
         let counts = Counts::of(&self.current);
         self.counts.send_if_modified(|c| {

@@ -125,6 +125,60 @@ impl ManagerInterface {
         self.policy.last_apply.clone()
     }
 
+    /// Defines a persistent mdev (mdevctl define): (parent, type id or name, uuid or empty,
+    /// options `auto` (default true)) → its UUID. An auto definition starts now if its
+    /// parent is present, and again whenever the parent appears.
+    async fn define_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        parent: &str,
+        mdev_type: &str,
+        uuid: &str,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<String, CallError> {
+        crate::mutate::define_mdev(parent, mdev_type, uuid, &header, options).await
+    }
+
+    /// Drops an mdev's definition; an active mdev stays (mdevctl undefine).
+    async fn undefine_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<(), CallError> {
+        crate::mutate::undefine_mdev(uuid, &header, options).await
+    }
+
+    /// Creates a defined mdev (mdevctl start) and returns its object.
+    async fn start_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<OwnedObjectPath, CallError> {
+        crate::mutate::start_mdev(uuid, &header, options).await
+    }
+
+    /// Removes a defined mdev's device and keeps its definition (mdevctl stop).
+    async fn stop_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<(), CallError> {
+        crate::mutate::stop_mdev(uuid, &header, options).await
+    }
+
+    /// libvirt `<hostdev>` XML and QEMU arguments for `target`: a card (PCI address), an
+    /// NVIDIA per-VF vGPU (its VF) or an mdev (UUID). Option `x-vga` for a card.
+    async fn render_hostdev(
+        &self,
+        target: &str,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<(String, Vec<String>), CallError> {
+        crate::mutate::render_hostdev(target, options).await
+    }
+
     #[zbus(property)]
     fn version(&self) -> String {
         self.props.version.clone()
@@ -170,10 +224,10 @@ pub async fn apply(server: &zbus::ObjectServer, changes: Vec<Change>) -> zbus::R
             Change::Added { path, iface } => {
                 let path = path.as_str();
                 match iface {
-                    Iface::Gpu(p) => server.at(path, GpuInterface(p)).await?,
-                    Iface::ShardParent(p) => server.at(path, ShardParentInterface(p)).await?,
-                    Iface::IommuGroup(p) => server.at(path, IommuGroupInterface(p)).await?,
-                    Iface::Mdev(p) => server.at(path, MdevInterface(p)).await?,
+                    Iface::Gpu(p) => server.at(path, GpuInterface::new(p)).await?,
+                    Iface::ShardParent(p) => server.at(path, ShardParentInterface::new(p)).await?,
+                    Iface::IommuGroup(p) => server.at(path, IommuGroupInterface::new(p)).await?,
+                    Iface::Mdev(p) => server.at(path, MdevInterface::new(p)).await?,
                     // The Manager is served from start-up and only ever updated.
                     Iface::Manager(_) => false,
                 };
@@ -196,22 +250,22 @@ pub async fn apply(server: &zbus::ObjectServer, changes: Vec<Change>) -> zbus::R
                 match iface {
                     Iface::Gpu(p) => {
                         let r = server.interface::<_, GpuInterface>(path).await?;
-                        r.get_mut().await.0 = p;
+                        r.get().await.replace(p);
                         emit(&r, changed).await?;
                     }
                     Iface::ShardParent(p) => {
                         let r = server.interface::<_, ShardParentInterface>(path).await?;
-                        r.get_mut().await.0 = p;
+                        r.get().await.replace(p);
                         emit(&r, changed).await?;
                     }
                     Iface::IommuGroup(p) => {
                         let r = server.interface::<_, IommuGroupInterface>(path).await?;
-                        r.get_mut().await.0 = p;
+                        r.get().await.replace(p);
                         emit(&r, changed).await?;
                     }
                     Iface::Mdev(p) => {
                         let r = server.interface::<_, MdevInterface>(path).await?;
-                        r.get_mut().await.0 = p;
+                        r.get().await.replace(p);
                         emit(&r, changed).await?;
                     }
                     Iface::Manager(p) => {

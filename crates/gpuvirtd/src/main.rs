@@ -5,11 +5,14 @@
 //! which is harmless because applying an event twice changes nothing.
 
 mod actor;
+mod auth;
 // One generator for both binaries; see its module comment.
 #[path = "../../gpuvirtctl/src/cli_gen.rs"]
 mod cli_gen;
 mod dbus;
 mod events;
+mod jobs;
+mod mutate;
 mod notify;
 mod objects;
 mod policy_runtime;
@@ -73,6 +76,10 @@ struct Args {
     /// Where gpuvirtd keeps what it owns (default `<root>/var/lib/gpuvirt`).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Longest wait, in seconds, for one operation's kernel writes (an unbind can hang on real
+    /// hardware); past it the caller gets TimedOut and the daemon keeps serving.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    unbind_timeout: u64,
     /// Log filter (`info`, `debug`, `gpuvirtd=trace`, ...); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -150,6 +157,9 @@ async fn run(args: Args) -> Result<(), StartError> {
         .clone()
         .unwrap_or_else(|| root.join("var/lib/gpuvirt"));
     std::fs::create_dir_all(&state_dir).map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
+    // A daemon killed mid-operation left slots half rebound: put them back from the ledger
+    // before scanning, so the first tree already shows the host as it will stay.
+    mutate::recover(&root, &state_dir);
 
     // 1. Subscribe before scanning, so nothing that happens during the scan is lost.
     let (event_tx, event_rx) = mpsc::channel(16 * 1024);
@@ -226,7 +236,19 @@ async fn run(args: Args) -> Result<(), StartError> {
     let (counts_tx, mut counts_rx) = watch::channel(Counts::default());
     let actor = Actor::new(scanner, inventory, tree, server, lookup_tx, counts_tx)
         .with_policy(policy_runtime);
+    // Mutating methods: installed before the actor runs, so its first events can already
+    // recreate defined mdevs whose parent appears.
+    let (parent_tx, parent_rx) = mpsc::unbounded_channel();
+    let actor = actor.notify_parent_added(parent_tx);
+    let mutator = mutate::install(mutate::Mutator::new(
+        root.clone(),
+        state_dir.clone(),
+        cmd_tx.clone(),
+        connection.clone(),
+        Duration::from_secs(args.unbind_timeout),
+    ));
     tokio::spawn(actor.run(event_rx, cmd_rx));
+    tokio::spawn(mutator.recreate_loop(parent_rx));
 
     // 5. READY.
     let status = |c: Counts| {

@@ -25,6 +25,7 @@ macro_rules! read_only_interface {
         $iface:ident, $props:ident, $name:tt {
             $( $field:ident : $ty:ty => $dbus:tt ),* $(,)?
         }
+        $( methods { $($methods:tt)* } )?
     ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Default)]
@@ -45,19 +46,41 @@ macro_rules! read_only_interface {
             }
         }
 
-        /// The served object; the actor replaces `.0` and then emits PropertiesChanged. The
-        /// properties are shared with the actor's tree, not copied.
+        /// The served object; the actor replaces the properties and then emits
+        /// PropertiesChanged. The properties are shared with the actor's tree, not copied.
+        /// They sit behind their own lock so that replacing them needs only zbus's shared
+        /// (read) lock on the interface: a method call that waits (polkit, a job) holds that
+        /// lock too, and an exclusive lock here would stall the actor behind it (or deadlock,
+        /// if the method waits for the actor).
         #[derive(Debug)]
-        pub struct $iface(pub Arc<$props>);
+        pub struct $iface(std::sync::RwLock<Arc<$props>>);
+
+        impl $iface {
+            pub fn new(props: Arc<$props>) -> Self {
+                Self(std::sync::RwLock::new(props))
+            }
+
+            /// The properties served now.
+            pub fn props(&self) -> Arc<$props> {
+                // A writer only swaps an Arc and cannot panic half-way: a poisoned lock
+                // still holds whole properties.
+                self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+            }
+
+            pub fn replace(&self, props: Arc<$props>) {
+                *self.0.write().unwrap_or_else(|e| e.into_inner()) = props;
+            }
+        }
 
         #[zbus::interface(name = $name)]
         impl $iface {
             $(
                 #[zbus(property(emits_changed_signal = "true"), name = $dbus)]
                 fn $field(&self) -> $ty {
-                    self.0.$field.clone()
+                    self.props().$field.clone()
                 }
             )*
+            $( $($methods)* )?
         }
     };
 }
@@ -88,6 +111,30 @@ read_only_interface! {
         sriov_total_vfs: u32 => "SriovTotalVfs",
         sriov_num_vfs: u32 => "SriovNumVfs",
     }
+    methods {
+        /// Gives every function of the card's slot to vfio-pci, as a job: returns (job, plan).
+        /// Option `dry-run`: only the plan, job `/`. A card already assigned also answers job
+        /// `/` and says so in the plan. See crate::mutate.
+        async fn assign_passthrough(
+            &self,
+            #[zbus(header)] header: zbus::message::Header<'_>,
+            options: HashMap<String, zbus::zvariant::OwnedValue>,
+        ) -> Result<(OwnedObjectPath, String), api::CallError> {
+            let address = self.props().pci_address.clone();
+            crate::mutate::assign_passthrough(&address, &header, options).await
+        }
+
+        /// Returns the slot's functions to the drivers gpuvirt found on them, as a job:
+        /// returns (job, plan); `dry-run` as for AssignPassthrough.
+        async fn return_to_host(
+            &self,
+            #[zbus(header)] header: zbus::message::Header<'_>,
+            options: HashMap<String, zbus::zvariant::OwnedValue>,
+        ) -> Result<(OwnedObjectPath, String), api::CallError> {
+            let address = self.props().pci_address.clone();
+            crate::mutate::return_to_host(&address, &header, options).await
+        }
+    }
 }
 
 read_only_interface! {
@@ -97,6 +144,20 @@ read_only_interface! {
         backend: String => "Backend",
         types: HashMap<String, TypeInfoWire> => "Types",
         children: Vec<OwnedObjectPath> => "Children",
+    }
+    methods {
+        /// Creates an mdev of `type` (id or name) with `uuid` (empty: generated) and returns
+        /// its object path.
+        async fn create_mdev(
+            &self,
+            #[zbus(header)] header: zbus::message::Header<'_>,
+            mdev_type: &str,
+            uuid: &str,
+            options: HashMap<String, zbus::zvariant::OwnedValue>,
+        ) -> Result<OwnedObjectPath, api::CallError> {
+            let parent = self.props().name.clone();
+            crate::mutate::create_mdev(&parent, mdev_type, uuid, &header, options).await
+        }
     }
 }
 
@@ -121,6 +182,17 @@ read_only_interface! {
         active: bool => "Active",
         driver: String => "Driver",
         iommu_group: OwnedObjectPath => "IommuGroup",
+    }
+    methods {
+        /// Removes the mdev. Option `force`: also one gpuvirt did not create.
+        async fn remove(
+            &self,
+            #[zbus(header)] header: zbus::message::Header<'_>,
+            options: HashMap<String, zbus::zvariant::OwnedValue>,
+        ) -> Result<(), api::CallError> {
+            let uuid = self.props().uuid.clone();
+            crate::mutate::remove_mdev(&uuid, &header, options).await
+        }
     }
 }
 
