@@ -26,7 +26,7 @@ cargo build --workspace --all-targets --quiet
 # The FUSE-backed simulated sysfs mounts inside this namespace only; if a test dies, its mounts die
 # with the namespace instead of lingering on the host.
 # The umockdev tier runs as its own step below, where it may not skip.
-GPUVIRT_SKIP_UMOCKDEV=1 unshare -m --propagation private cargo test --workspace ${CARGO_TEST_ARGS:-}
+GPUVIRT_SKIP_UMOCKDEV=1 unshare -m --propagation private cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
 took[cargo-test]=$((SECONDS - s))
 
 step "umockdev tier (gpuvirtd's real udev monitor under umockdev's preload)"
