@@ -228,6 +228,17 @@ async fn run(args: Args) -> Result<(), StartError> {
         .await
         .map_err(StartError::Export)?;
 
+    // Mutating methods work from the moment the name is taken; they wait on the actor's
+    // queue until its loop runs.
+    let (parent_tx, parent_rx) = mpsc::unbounded_channel();
+    let mutator = mutate::install(mutate::Mutator::new(
+        root.clone(),
+        state_dir.clone(),
+        cmd_tx.clone(),
+        connection.clone(),
+        Duration::from_secs(args.unbind_timeout),
+    ));
+
     // 4. Only now take the name: an activated client never sees a half-built tree.
     connection
         .request_name(api::BUS_NAME)
@@ -236,17 +247,7 @@ async fn run(args: Args) -> Result<(), StartError> {
     let (counts_tx, mut counts_rx) = watch::channel(Counts::default());
     let actor = Actor::new(scanner, inventory, tree, server, lookup_tx, counts_tx)
         .with_policy(policy_runtime);
-    // Mutating methods: installed before the actor runs, so its first events can already
-    // recreate defined mdevs whose parent appears.
-    let (parent_tx, parent_rx) = mpsc::unbounded_channel();
     let actor = actor.notify_parent_added(parent_tx);
-    let mutator = mutate::install(mutate::Mutator::new(
-        root.clone(),
-        state_dir.clone(),
-        cmd_tx.clone(),
-        connection.clone(),
-        Duration::from_secs(args.unbind_timeout),
-    ));
     tokio::spawn(actor.run(event_rx, cmd_rx));
     tokio::spawn(mutator.recreate_loop(parent_rx));
 

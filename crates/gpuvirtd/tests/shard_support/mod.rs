@@ -1,0 +1,186 @@
+//! Helpers for the mutating-API tests (passthrough, shard, auth): gpuvirtd with its own state
+//! directory and extra arguments, raw method calls that keep the D-Bus error name, and jobs.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gpuvirt_api as api;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+/// gpuvirtd as a child process with `--state-dir` and extra arguments.
+pub struct Gpuvirtd {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Gpuvirtd {
+    pub async fn start(
+        address: &str,
+        root: &Path,
+        events: &str,
+        state: &Path,
+        extra: &[&str],
+    ) -> Gpuvirtd {
+        let log_path = state.with_extension(format!(
+            "log{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
+            .arg("--root")
+            .arg(root)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--bus-address", address, "--events", events])
+            .args(["--policy", "/nonexistent/gpuvirt-test-policy.toml"])
+            .args(["--log", "gpuvirtd=debug"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Gpuvirtd { child, log_path };
+        let conn = zbus::connection::Builder::address(address)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let name = zbus::names::BusName::try_from(api::BUS_NAME).unwrap();
+            if dbus.name_has_owner(name).await.unwrap() {
+                break;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("gpuvirtd exited with {status}: {}", d.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gpuvirtd never took its name: {}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gpuvirtd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A method error as (name, message).
+pub type CallErr = (String, String);
+
+pub async fn call<B>(
+    conn: &zbus::Connection,
+    path: &str,
+    iface: &str,
+    method: &str,
+    body: &B,
+) -> Result<zbus::Message, CallErr>
+where
+    B: zbus::export::serde::Serialize + zbus::zvariant::DynamicType,
+{
+    conn.call_method(Some(api::BUS_NAME), path, Some(iface), method, body)
+        .await
+        .map_err(|e| match e {
+            zbus::Error::MethodError(name, msg, _) => (name.to_string(), msg.unwrap_or_default()),
+            other => ("transport".to_string(), other.to_string()),
+        })
+}
+
+pub fn opts(pairs: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), OwnedValue::try_from(v.clone()).unwrap()))
+        .collect()
+}
+
+pub fn no_opts() -> HashMap<String, OwnedValue> {
+    HashMap::new()
+}
+
+pub fn gpu_path(address: &str) -> String {
+    api::gpu_path(&address.parse().unwrap()).to_string()
+}
+
+/// Calls AssignPassthrough/ReturnToHost: (job, plan).
+pub async fn passthrough(
+    conn: &zbus::Connection,
+    address: &str,
+    method: &str,
+    options: HashMap<String, OwnedValue>,
+) -> Result<(OwnedObjectPath, String), CallErr> {
+    let reply = call(
+        conn,
+        &gpu_path(address),
+        api::GPU_INTERFACE,
+        method,
+        &(options,),
+    )
+    .await?;
+    Ok(reply.body().deserialize().unwrap())
+}
+
+/// Waits for a job to finish: (success, error name, message).
+pub async fn wait_job(conn: &zbus::Connection, job: &str) -> (bool, String, String) {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(api::BUS_NAME)
+        .unwrap()
+        .path(job.to_string())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let iface = zbus::names::InterfaceName::try_from(api::JOB_INTERFACE).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = props.get_all(iface.clone()).await.unwrap();
+        let get = |k: &str| all.get(k).unwrap().clone();
+        if bool::try_from(get("Finished")).unwrap() {
+            return (
+                bool::try_from(get("Success")).unwrap(),
+                String::try_from(get("ErrorName")).unwrap(),
+                String::try_from(get("Message")).unwrap(),
+            );
+        }
+        assert!(Instant::now() < deadline, "job {job} never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The driver bound to `address` under `root`, read from sysfs.
+pub fn driver(root: &Path, address: &str) -> Option<String> {
+    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{address}/driver")))
+        .ok()
+        .map(|t| t.file_name().unwrap().to_str().unwrap().to_string())
+}
+
+/// Waits until `f` holds (the tree follows sysfs through uevents).
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
