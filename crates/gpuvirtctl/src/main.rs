@@ -1,6 +1,9 @@
 //! gpuvirtctl: the command-line client of gpuvirtd. It only talks D-Bus; it never reads sysfs.
 
 mod cli_gen;
+mod errors;
+mod exit;
+mod table;
 mod view;
 
 use std::process::ExitCode;
@@ -9,6 +12,9 @@ use clap::{Parser, Subcommand};
 use gpuvirt_api as api;
 use serde::Serialize;
 
+use crate::errors::{classify, classify_api, CliError};
+use crate::exit::Exit;
+use crate::table::print_table;
 use crate::view::{GpuView, Host, ShardView};
 
 /// Inspect GPUs, IOMMU groups and mediated devices through gpuvirtd.
@@ -59,27 +65,6 @@ enum Command {
     },
 }
 
-/// Why a command failed; each message says what to do next.
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    #[error("cannot connect to the {bus}")]
-    Connect {
-        bus: String,
-        #[source]
-        source: Box<zbus::Error>,
-    },
-    #[error("gpuvirtd is not running on the {bus} ({} has no owner); start it with `systemctl start gpuvirtd`", api::BUS_NAME)]
-    NotRunning { bus: String },
-    #[error("{0}")]
-    Daemon(String),
-    #[error("D-Bus call failed")]
-    Call(#[source] Box<zbus::Error>),
-    #[error("cannot write JSON")]
-    Json(#[source] serde_json::Error),
-    #[error("cannot start the async runtime")]
-    Runtime(#[source] std::io::Error),
-}
-
 fn main() -> ExitCode {
     if let Some(code) = cli_gen::intercept(<Cli as clap::CommandFactory>::command(), "1") {
         return code;
@@ -91,17 +76,14 @@ fn main() -> ExitCode {
         .map_err(CliError::Runtime);
     let result = runtime.and_then(|rt| rt.block_on(run(cli)));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message.push_str(": ");
-                message.push_str(&s.to_string());
-                source = s.source();
-            }
-            eprintln!("gpuvirtctl: {message}");
-            ExitCode::FAILURE
+            eprintln!(
+                "gpuvirtctl: {}: {}",
+                table::error_prefix(),
+                errors::report(&e)
+            );
+            e.exit().into()
         }
     }
 }
@@ -121,7 +103,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     .map_err(|source| CliError::Connect {
         bus: bus.clone(),
-        source: Box::new(source),
+        reason: source.to_string(),
     })?;
     let call_error = |e: zbus::Error| classify(e, &bus);
 
@@ -142,10 +124,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let path = manager
                 .get_gpu_by_pci_address(&address)
                 .await
-                .map_err(|e| match e {
-                    api::Error::ZBus(e) => classify(e, &bus),
-                    other => CliError::Daemon(describe(&other)),
-                })?;
+                .map_err(|e| classify_api(e, &bus))?;
             let host = fetch(&connection).await.map_err(call_error)?;
             let Some(gpu) = host.gpus.iter().find(|g| g.path == path.as_str()) else {
                 return Err(CliError::Daemon(format!("{address} disappeared")));
@@ -344,40 +323,6 @@ async fn fetch_gpus(connection: &zbus::Connection) -> zbus::Result<Host> {
     Ok(Host::from_managed_objects(objects))
 }
 
-/// A missing daemon is the common failure: say so plainly instead of a D-Bus error name.
-fn classify(e: zbus::Error, bus: &str) -> CliError {
-    let missing = match &e {
-        zbus::Error::MethodError(name, _, _) => matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.ServiceUnknown"
-                | "org.freedesktop.DBus.Error.NameHasNoOwner"
-        ),
-        zbus::Error::FDO(f) => matches!(
-            **f,
-            zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
-        ),
-        _ => false,
-    };
-    if missing {
-        CliError::NotRunning {
-            bus: bus.to_owned(),
-        }
-    } else {
-        match e {
-            zbus::Error::MethodError(name, Some(desc), _) => {
-                CliError::Daemon(format!("{desc} ({name})"))
-            }
-            other => CliError::Call(Box::new(other)),
-        }
-    }
-}
-
-fn describe(e: &api::Error) -> String {
-    let name = zbus::DBusError::name(e);
-    let desc = zbus::DBusError::description(e).unwrap_or("no description");
-    format!("{desc} ({name})")
-}
-
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(CliError::Json)?;
     println!("{text}");
@@ -402,40 +347,6 @@ fn or_dash(s: &str) -> String {
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// Left-aligned columns separated by two spaces; the last column is not padded.
-fn format_table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            if c + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                let pad = widths[c].saturating_sub(cell.chars().count());
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn print_table(rows: &[Vec<String>]) {
-    print!("{}", format_table(rows));
 }
 
 fn print_list(host: &Host) {
@@ -566,12 +477,6 @@ fn print_show(g: &GpuView, host: &Host) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_aligns_columns() {
-        let rows = vec![row(["A", "BB", "C"]), row(["aaa", "b", "c"])];
-        assert_eq!(format_table(&rows), "A    BB  C\naaa  b   c\n");
-    }
 
     #[test]
     fn cli_definition_is_consistent() {
