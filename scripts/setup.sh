@@ -11,6 +11,7 @@ PKGS=(
     mdevctl                 # benchmark peer
     strace hyperfine time   # benchmark tooling
     systemd                 # systemd-analyze verify for the unit file
+    man-db                  # the install tier renders the generated man pages
     udev                    # udevadm, libudev for the daemon's monitor
     libudev-dev pkg-config  # the udev crate links libudev
     umockdev libumockdev0 gir1.2-umockdev-1.0 python3-gi  # the umockdev test tier

@@ -34,6 +34,11 @@ s=$SECONDS
 GPUVIRT_REQUIRE_UMOCKDEV=1 cargo test -p gpuvirtd --test umockdev
 took[umockdev]=$((SECONDS - s))
 
+step "install tier (make install into a DESTDIR, systemd-analyze verify, man pages, .deb)"
+s=$SECONDS
+tests/install/run.sh
+took[install]=$((SECONDS - s))
+
 step "VM tier (real kernel under QEMU)"
 s=$SECONDS
 if [ "${GPUVIRT_SKIP_VM:-0}" = 1 ]; then

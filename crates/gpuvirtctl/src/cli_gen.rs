@@ -163,10 +163,17 @@ Log filter; overrides \fB\-\-log\fR.
 Success.
 .TP
 .B 1
-The command failed (the message on standard error says why and what to do).
+The command failed: the daemon refused or could not do it, or the bus failed (the message on
+standard error says why and what to do).
 .TP
 .B 2
 Bad usage: unknown command or option, missing argument.
+.TP
+.B 3
+Denied: polkit or the bus policy did not allow the call.
+.TP
+.B 4
+gpuvirtd is not running, or the bus cannot be reached.
 .SH ENVIRONMENT
 .TP
 .B DBUS_SYSTEM_BUS_ADDRESS

@@ -1,0 +1,135 @@
+# gpuvirt: build, generated files (man pages, completions, API reference) and installation.
+#
+#   make                      release build + man pages + completions (under target/gen)
+#   make install              into $(DESTDIR)$(PREFIX); PREFIX defaults to /usr/local
+#   make install PREFIX=/usr  the layout the Debian package uses (packaging/build-deb.sh)
+#   make install-files        install what is already built (no cargo run; for packaging as
+#                             another user than the one that built)
+#   make uninstall            removes exactly what install-files installs
+#   make docs                 regenerates docs/dbus-api.md from dbus/org.gpuvirt.GpuVirt1.xml
+#   make check-docs           fails when docs/dbus-api.md is stale
+#   make deb                  packaging/build-deb.sh (cargo-deb, from this Makefile's file list)
+#   make list-files           prints every installed path (relative to DESTDIR), one a line
+#   PROFILE=dev               use the debug build (tests: no second, release compile)
+#
+# Files that services read only from fixed system directories (systemd units, udev rules,
+# D-Bus policy/activation, polkit actions) go there whatever PREFIX is: dbus-daemon, udev and
+# polkitd never look under /usr/local/share. Fedora/RHEL: SYSTEMDUNITDIR=/usr/lib/systemd/system
+# UDEVRULESDIR=/usr/lib/udev/rules.d ZSHCOMPDIR=$(DATADIR)/zsh/site-functions.
+#
+# Nothing is ever installed to /etc: the policy (/etc/gpuvirt/policy.toml) is the operator's;
+# the annotated example goes to $(DOCDIR)/examples.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/gpuvirt
+# systemd searches /usr/local/lib/systemd/system too; for PREFIX=/usr, Debian's /lib.
+SYSTEMDUNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+UDEVRULESDIR ?= /lib/udev/rules.d
+DBUSDATADIR ?= /usr/share/dbus-1
+POLKITACTIONSDIR ?= /usr/share/polkit-1/actions
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+
+CARGO ?= cargo
+PYTHON ?= python3
+INSTALL ?= install
+PROFILE ?= release
+CARGO_TARGET_DIR ?= target
+# cargo puts the dev profile in target/debug; every other profile in target/<name>.
+BUILDDIR := $(CARGO_TARGET_DIR)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+GENDIR := $(CARGO_TARGET_DIR)/gen
+
+# Contract files; wildcards so a file another change adds (a second rules file, the polkit
+# actions) is installed without editing this Makefile.
+UNIT := systemd/gpuvirtd.service
+DBUS_CONF := $(wildcard dbus/*.conf)
+DBUS_SERVICE := $(wildcard dbus/*.service)
+DBUS_XML := $(wildcard dbus/*.xml)
+POLKIT_ACTIONS := $(wildcard dbus/*.policy polkit/*.policy)
+UDEV_RULES := $(wildcard udev/*.rules)
+EXAMPLES := config/policy.toml
+DOCS := README.md $(wildcard docs/*.md)
+
+CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,--profile $(PROFILE))
+
+.PHONY: all build gen install install-files uninstall docs check-docs deb list-files clean-gen
+
+all: build gen
+
+build:
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd
+
+# Regenerated every time from the binaries just built: the clap definitions are the source.
+gen: build
+	rm -rf $(GENDIR)
+	$(BUILDDIR)/gpuvirtctl __generate man $(GENDIR)/man
+	$(BUILDDIR)/gpuvirtd __generate man $(GENDIR)/man
+	$(BUILDDIR)/gpuvirtctl __generate completions $(GENDIR)/completions
+	$(PYTHON) packaging/md2man.py docs/policy.md $(GENDIR)/man/gpuvirt-policy.5
+
+install: all
+	$(MAKE) install-files
+
+# ExecStart is rewritten to where the daemon really lands, whatever the unit in the tree says.
+install-files:
+	@test -x $(BUILDDIR)/gpuvirtd || { echo "make: $(BUILDDIR)/gpuvirtd is not built; run make first" >&2; exit 1; }
+	@test -d $(GENDIR)/man || { echo "make: $(GENDIR) is missing; run make first" >&2; exit 1; }
+	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtctl $(DESTDIR)$(BINDIR)/gpuvirtctl
+	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtd $(DESTDIR)$(LIBEXECDIR)/gpuvirtd
+	$(INSTALL) -d $(DESTDIR)$(SYSTEMDUNITDIR)
+	sed -E 's#^ExecStart=[^ ]*/gpuvirtd( |$$)#ExecStart=$(LIBEXECDIR)/gpuvirtd\1#' $(UNIT) > $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
+	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
+	$(INSTALL) -d $(DESTDIR)$(DBUSDATADIR)/system.d $(DESTDIR)$(DBUSDATADIR)/system-services $(DESTDIR)$(DBUSDATADIR)/interfaces
+	$(INSTALL) -m644 $(DBUS_CONF) $(DESTDIR)$(DBUSDATADIR)/system.d/
+	$(INSTALL) -m644 $(DBUS_SERVICE) $(DESTDIR)$(DBUSDATADIR)/system-services/
+	$(INSTALL) -m644 $(DBUS_XML) $(DESTDIR)$(DBUSDATADIR)/interfaces/
+	$(if $(POLKIT_ACTIONS),$(INSTALL) -Dm644 -t $(DESTDIR)$(POLKITACTIONSDIR) $(POLKIT_ACTIONS))
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(UDEVRULESDIR) $(UDEV_RULES)
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(DOCDIR)/examples $(EXAMPLES)
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(DOCDIR) $(DOCS)
+	$(INSTALL) -Dm644 $(GENDIR)/completions/bash/gpuvirtctl $(DESTDIR)$(BASHCOMPDIR)/gpuvirtctl
+	$(INSTALL) -Dm644 $(GENDIR)/completions/zsh/_gpuvirtctl $(DESTDIR)$(ZSHCOMPDIR)/_gpuvirtctl
+	$(INSTALL) -Dm644 $(GENDIR)/completions/fish/gpuvirtctl.fish $(DESTDIR)$(FISHCOMPDIR)/gpuvirtctl.fish
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(MANDIR)/man1 $(wildcard $(GENDIR)/man/*.1)
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(MANDIR)/man5 $(wildcard $(GENDIR)/man/*.5)
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(MANDIR)/man8 $(wildcard $(GENDIR)/man/*.8)
+
+# The same list install-files produces, for uninstall and for checks.
+list-files:
+	@printf '%s\n' \
+	  $(BINDIR)/gpuvirtctl \
+	  $(LIBEXECDIR)/gpuvirtd \
+	  $(SYSTEMDUNITDIR)/gpuvirtd.service \
+	  $(addprefix $(DBUSDATADIR)/system.d/,$(notdir $(DBUS_CONF))) \
+	  $(addprefix $(DBUSDATADIR)/system-services/,$(notdir $(DBUS_SERVICE))) \
+	  $(addprefix $(DBUSDATADIR)/interfaces/,$(notdir $(DBUS_XML))) \
+	  $(addprefix $(POLKITACTIONSDIR)/,$(notdir $(POLKIT_ACTIONS))) \
+	  $(addprefix $(UDEVRULESDIR)/,$(notdir $(UDEV_RULES))) \
+	  $(addprefix $(DOCDIR)/examples/,$(notdir $(EXAMPLES))) \
+	  $(addprefix $(DOCDIR)/,$(notdir $(DOCS))) \
+	  $(BASHCOMPDIR)/gpuvirtctl $(ZSHCOMPDIR)/_gpuvirtctl $(FISHCOMPDIR)/gpuvirtctl.fish \
+	  $(addprefix $(MANDIR)/man1/,$(notdir $(wildcard $(GENDIR)/man/*.1))) \
+	  $(addprefix $(MANDIR)/man5/,$(notdir $(wildcard $(GENDIR)/man/*.5))) \
+	  $(addprefix $(MANDIR)/man8/,$(notdir $(wildcard $(GENDIR)/man/*.8)))
+
+uninstall:
+	@$(MAKE) -s list-files | while read -r f; do rm -fv "$(DESTDIR)$$f"; done
+
+docs:
+	$(PYTHON) packaging/dbus2md.py dbus/org.gpuvirt.GpuVirt1.xml crates/gpuvirt-api/src/lib.rs $(firstword $(POLKIT_ACTIONS)) > docs/dbus-api.md
+
+check-docs:
+	@$(PYTHON) packaging/dbus2md.py dbus/org.gpuvirt.GpuVirt1.xml crates/gpuvirt-api/src/lib.rs $(firstword $(POLKIT_ACTIONS)) | diff -u docs/dbus-api.md - \
+	  || { echo "docs/dbus-api.md is stale: run make docs" >&2; exit 1; }
+
+deb:
+	packaging/build-deb.sh
+
+clean-gen:
+	rm -rf $(GENDIR)
