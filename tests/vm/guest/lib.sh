@@ -188,3 +188,44 @@ gpuvirtd_stop() {
     wait "$GPUVIRTD_PID" 2>/dev/null
     GPUVIRTD_PID=
 }
+
+# --- the daemon's mutating API (gpuvirtctl has no mutating commands yet): raw D-Bus calls --------
+GV_BUS=org.gpuvirt.GpuVirt1
+GV_IF=org.gpuvirt.GpuVirt1
+GV_ROOT=/org/gpuvirt/GpuVirt1
+# gv_gpu_path ADDR -- the Gpu object of a PCI address (0000:01:00.0 -> .../gpus/0000_01_00_0).
+gv_gpu_path() { local a=${1//[:.]/_}; echo "$GV_ROOT/gpus/$a"; }
+# gv_call OBJECT INTERFACE.METHOD ARGS... -- gdbus call on the private bus (as "the system bus").
+# Prints gdbus' reply (GVariant text) on stdout, the D-Bus error (GDBus.Error:NAME: message) on
+# stderr; returns gdbus' status.
+gv_call() {
+    local obj=$1 method=$2; shift 2
+    gdbus call --system --dest "$GV_BUS" --object-path "$obj" --method "$method" "$@"
+}
+# gv_prop OBJECT INTERFACE PROPERTY -- one property's value as gdbus prints it, unwrapped from
+# "(<...>,)"; strings keep their quotes.
+gv_prop() {
+    local v
+    v=$(gv_call "$1" org.freedesktop.DBus.Properties.Get "$2" "$3") || return 1
+    v=${v#(<}; v=${v%>,)}; printf '%s\n' "$v"
+}
+# gv_error_name STDERR_TEXT -- the D-Bus error name in gdbus' error output.
+gv_error_name() { grep -o 'GDBus.Error:[A-Za-z0-9_.]*' <<<"$1" | head -1 | sed 's/^GDBus.Error://'; }
+# gv_job_path REPLY -- the job object path in a "(objectpath '/...', '...')" reply.
+gv_job_path() { grep -o "objectpath '[^']*'" <<<"$1" | head -1 | sed "s/^objectpath '//; s/'\$//"; }
+# gv_job_wait JOB SECONDS -- waits for the job to finish; prints "true|false ERROR_NAME MESSAGE";
+# returns 0 only when it finished with success.
+gv_job_wait() {
+    local job=$1 end=$(( SECONDS + $2 )) fin
+    while :; do
+        fin=$(gv_prop "$job" "$GV_IF.Job" Finished 2>/dev/null)
+        [ "$fin" = true ] && break
+        [ "$SECONDS" -ge "$end" ] && { echo "timeout - job $job not finished after $2 s"; return 1; }
+        sleep 0.5
+    done
+    local ok name msg
+    ok=$(gv_prop "$job" "$GV_IF.Job" Success); name=$(gv_prop "$job" "$GV_IF.Job" ErrorName)
+    msg=$(gv_prop "$job" "$GV_IF.Job" Message)
+    echo "$ok $name $msg"
+    [ "$ok" = true ]
+}
