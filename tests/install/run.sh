@@ -28,7 +28,7 @@ make -s all >/dev/null
 
 # The subcommands gpuvirtctl has now, from its own --help, so a command added tomorrow must
 # get a man page without anyone editing this test.
-bin_dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+bin_dir=${CARGO_TARGET_DIR:-target}/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 mapfile -t subcommands < <("$bin_dir/gpuvirtctl" --help |
     awk '/^Commands:/ {on = 1; next} on && /^[^ ]/ {on = 0} on && $1 != "help" && NF {print $1}')
 [ ${#subcommands[@]} -ge 1 ] || fail "could not read gpuvirtctl's subcommands from --help"
@@ -56,7 +56,7 @@ expected=(
     usr/share/man/man5/gpuvirt-policy.5
 )
 for sub in "${subcommands[@]}"; do expected+=("usr/share/man/man1/gpuvirtctl-$sub.1"); done
-if ls dbus/*.policy polkit/*.policy >/dev/null 2>&1; then
+if compgen -G "dbus/*.policy" >/dev/null || compgen -G "polkit/*.policy" >/dev/null; then
     expected+=(usr/share/polkit-1/actions/org.gpuvirt.GpuVirt1.policy)
 else
     fail "no polkit actions file (dbus/*.policy) in the tree: mutating methods cannot be authorized"
@@ -83,8 +83,8 @@ for f in usr/bin/gpuvirtctl usr/libexec/gpuvirtd; do
     [ -x "$root/$f" ] || fail "/$f is not executable"
 done
 find "$root" -type f ! -path '*/usr/bin/*' ! -path '*/libexec/*' -perm /111 | grep . && fail "data files installed executable"
-"$root/usr/bin/gpuvirtctl" --version | grep -q "^gpuvirtctl " || fail "installed gpuvirtctl --version"
-"$root/usr/libexec/gpuvirtd" --version | grep -q "^gpuvirtd " || fail "installed gpuvirtd --version"
+"$root/usr/bin/gpuvirtctl" --version | grep "^gpuvirtctl " >/dev/null || fail "installed gpuvirtctl --version"
+"$root/usr/libexec/gpuvirtd" --version | grep "^gpuvirtd " >/dev/null || fail "installed gpuvirtd --version"
 
 echo "--- systemd unit"
 unit=$root/lib/systemd/system/gpuvirtd.service
@@ -129,9 +129,9 @@ if command -v man >/dev/null; then
     for page in "$root"/usr/share/man/man?/*; do
         warnings=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "$page" 2>&1 >/dev/null || true)
         [ -z "$warnings" ] || { fail "man ${page##*/} warns:"; echo "$warnings" >&2; }
-        LC_ALL=C.UTF-8 MANWIDTH=80 man -l "$page" 2>/dev/null | grep -q '^NAME' || fail "man ${page##*/} has no NAME section"
+        LC_ALL=C.UTF-8 MANWIDTH=80 man -l "$page" 2>/dev/null | grep '^NAME' >/dev/null || fail "man ${page##*/} has no NAME section"
     done
-    LC_ALL=C.UTF-8 MANWIDTH=200 man -l "$root/usr/share/man/man5/gpuvirt-policy.5" 2>/dev/null | grep -q 'early_method' \
+    LC_ALL=C.UTF-8 MANWIDTH=200 man -l "$root/usr/share/man/man5/gpuvirt-policy.5" 2>/dev/null | grep 'early_method' >/dev/null \
         || fail "gpuvirt-policy.5 lacks the [[gpu]] keys of docs/policy.md"
     ok "man pages render without warnings"
 else
@@ -157,7 +157,7 @@ make -s check-docs 2>"$tmp/docs.err" && ok "docs/dbus-api.md matches the introsp
 # so a missing one is a loud warning here, not a failure.
 missing_cmds=()
 for cmd in $(grep -ohE 'gpuvirtctl [a-z][a-z-]+' docs/getting-started.md docs/troubleshooting.md | awk '{print $2}' | sort -u); do
-    printf '%s\n' "${subcommands[@]}" | grep -qx "$cmd" || missing_cmds+=("$cmd")
+    printf '%s\n' "${subcommands[@]}" | grep -x "$cmd" >/dev/null || missing_cmds+=("$cmd")
 done
 if [ ${#missing_cmds[@]} -eq 0 ]; then
     ok "every gpuvirtctl command the guides use exists"
@@ -208,7 +208,7 @@ else
             else
                 fail "dpkg-deb -c differs from make list-files:"; cat "$tmp/deb.diff" >&2
             fi
-            dpkg-deb -c "$deb" | grep -q ' ./lib/systemd/system/gpuvirtd.service$' || fail ".deb lacks the unit"
+            dpkg-deb -c "$deb" | grep ' ./lib/systemd/system/gpuvirtd.service$' >/dev/null || fail ".deb lacks the unit"
             dpkg-deb -x "$deb" "$tmp/deb-root"
             grep -q '^ExecStart=/usr/libexec/gpuvirtd ' "$tmp/deb-root/lib/systemd/system/gpuvirtd.service" \
                 || fail ".deb unit's ExecStart is not /usr/libexec/gpuvirtd"
