@@ -17,7 +17,12 @@ pub struct Advice {
     pub exit: Exit,
 }
 
-const fn advice(name: &'static str, meaning: &'static str, todo: &'static str, exit: Exit) -> Advice {
+const fn advice(
+    name: &'static str,
+    meaning: &'static str,
+    todo: &'static str,
+    exit: Exit,
+) -> Advice {
     Advice {
         name,
         meaning,
@@ -159,7 +164,9 @@ pub fn advice_for(name: &str) -> Option<&'static Advice> {
 /// Why a command failed; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("cannot connect to the {bus}: {reason}; check the address, or whether the bus is running")]
+    #[error(
+        "cannot connect to the {bus}: {reason}; check the address, or whether the bus is running"
+    )]
     Connect { bus: String, reason: String },
     #[error("gpuvirtd is not running on the {bus} ({} has no owner); start it with `systemctl start gpuvirtd`", api::BUS_NAME)]
     NotRunning { bus: String },
@@ -183,10 +190,9 @@ impl CliError {
         match self {
             CliError::Connect { .. } | CliError::NotRunning { .. } => Exit::NotRunning,
             CliError::Dbus { name, .. } => advice_for(name).map_or(Exit::Failure, |a| a.exit),
-            CliError::Daemon(_)
-            | CliError::Call(_)
-            | CliError::Json(_)
-            | CliError::Runtime(_) => Exit::Failure,
+            CliError::Daemon(_) | CliError::Call(_) | CliError::Json(_) | CliError::Runtime(_) => {
+                Exit::Failure
+            }
         }
     }
 }
@@ -322,6 +328,9 @@ mod tests {
             message: "odd".into(),
         };
         assert_eq!(e.exit(), Exit::Failure);
-        assert_eq!(report(&e), "gpuvirtd refused the call: odd (com.example.Weird)");
+        assert_eq!(
+            report(&e),
+            "gpuvirtd refused the call: odd (com.example.Weird)"
+        );
     }
 }

@@ -3,7 +3,9 @@
 mod cli_gen;
 mod errors;
 mod exit;
+mod monitor;
 mod table;
+mod tree;
 mod view;
 
 use std::process::ExitCode;
@@ -63,6 +65,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Draw IOMMU groups with their members' drivers and the vGPUs on each device.
+    Tree {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow changes live (devices added/removed, properties changed) until interrupted.
+    Monitor {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print gpuvirtctl's version and the running gpuvirtd's.
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,6 +126,32 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let call_error = |e: zbus::Error| classify(e, &bus);
 
     match cli.command {
+        Command::Tree { json } => {
+            let host = fetch(&connection).await.map_err(call_error)?;
+            let groups = tree::build(&host);
+            if json {
+                print_json(&groups)
+            } else {
+                print!("{}", tree::render(&groups));
+                Ok(())
+            }
+        }
+        Command::Monitor { json } => monitor::run(&connection, &bus, json).await,
+        Command::Version { json } => {
+            let client = env!("CARGO_PKG_VERSION");
+            let daemon = api::ManagerProxy::new(&connection)
+                .await
+                .map_err(call_error)?
+                .version()
+                .await
+                .map_err(call_error)?;
+            if json {
+                print_json(&serde_json::json!({ "client": client, "daemon": daemon }))
+            } else {
+                print_table(&[row(["client:", client]), row(["daemon:", &daemon])]);
+                Ok(())
+            }
+        }
         Command::List { json } => {
             let host = fetch_gpus(&connection).await.map_err(call_error)?;
             if json {

@@ -1,0 +1,204 @@
+//! `gpuvirtctl tree`: the host as `virsh nodedev-list --tree` would draw it for GPU work, one
+//! branch per IOMMU group with its members' drivers, and the vGPUs under the device they live on.
+
+use serde::Serialize;
+
+use crate::view::{Host, MdevView};
+
+/// One IOMMU group (or, with `group: null`, the devices outside any group).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TreeGroup {
+    pub group: Option<u32>,
+    pub viable: Option<bool>,
+    pub viability_problems: Vec<String>,
+    pub devices: Vec<TreeDevice>,
+}
+
+/// A member of a group: a PCI function, an mdev parent, or both.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TreeDevice {
+    pub name: String,
+    pub class: String,
+    pub driver: String,
+    /// The GPU's product name when this function is a GPU gpuvirtd serves.
+    pub product: Option<String>,
+    pub state: Option<String>,
+    pub vgpus: Vec<TreeVgpu>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TreeVgpu {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub type_id: String,
+    pub type_name: String,
+    pub active: bool,
+    pub driver: String,
+    pub iommu_group: Option<u32>,
+}
+
+fn vgpus_of(host: &Host, parent: &str) -> Vec<TreeVgpu> {
+    host.mdevs
+        .iter()
+        .filter(|m| m.parent == parent)
+        .map(|m: &MdevView| TreeVgpu {
+            uuid: m.uuid.clone(),
+            type_id: m.type_id.clone(),
+            type_name: m.type_name.clone(),
+            active: m.active,
+            driver: m.driver.clone(),
+            iommu_group: m.iommu_group,
+        })
+        .collect()
+}
+
+/// Groups in id order with their members in the daemon's order; GPUs, mdev parents and
+/// vGPUs outside every group (no IOMMU, or virtual parents such as mbochs) come last.
+pub fn build(host: &Host) -> Vec<TreeGroup> {
+    let mut placed: Vec<&str> = Vec::new();
+    let mut out: Vec<TreeGroup> = Vec::new();
+    // A vGPU's own group holds only the vGPU: it is shown under its parent instead.
+    let vgpu_groups: Vec<u32> = host.mdevs.iter().filter_map(|m| m.iommu_group).collect();
+    for g in host.groups.iter().filter(|g| {
+        !(vgpu_groups.contains(&g.id)
+            && g.members
+                .iter()
+                .all(|m| host.mdevs.iter().any(|v| v.uuid == m.name)))
+    }) {
+        let devices = g
+            .members
+            .iter()
+            .map(|m| {
+                let gpu = host.gpus.iter().find(|x| x.pci_address == m.name);
+                placed.push(&m.name);
+                TreeDevice {
+                    name: m.name.clone(),
+                    class: m.class.clone(),
+                    driver: m.driver.clone(),
+                    product: gpu.map(|x| x.product_name.clone()),
+                    state: gpu.map(|x| x.state.clone()),
+                    vgpus: vgpus_of(host, &m.name),
+                }
+            })
+            .collect();
+        out.push(TreeGroup {
+            group: Some(g.id),
+            viable: Some(g.viable),
+            viability_problems: g.viability_problems.clone(),
+            devices,
+        });
+    }
+    let mut loose: Vec<TreeDevice> = Vec::new();
+    for gpu in host
+        .gpus
+        .iter()
+        .filter(|x| !placed.contains(&x.pci_address.as_str()))
+    {
+        loose.push(TreeDevice {
+            name: gpu.pci_address.clone(),
+            class: gpu.class_code.clone(),
+            driver: gpu.driver.clone(),
+            product: Some(gpu.product_name.clone()),
+            state: Some(gpu.state.clone()),
+            vgpus: vgpus_of(host, &gpu.pci_address),
+        });
+    }
+    let loose_names: Vec<String> = loose.iter().map(|d| d.name.clone()).collect();
+    for p in host
+        .other_parents
+        .iter()
+        .filter(|p| !placed.contains(&p.name.as_str()) && !loose_names.contains(&p.name))
+    {
+        loose.push(TreeDevice {
+            name: p.name.clone(),
+            class: String::new(),
+            driver: String::new(),
+            product: None,
+            state: None,
+            vgpus: vgpus_of(host, &p.name),
+        });
+    }
+    if !loose.is_empty() {
+        out.push(TreeGroup {
+            group: None,
+            viable: None,
+            viability_problems: Vec::new(),
+            devices: loose,
+        });
+    }
+    out
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// The tree as text: box-drawing branches, one line per group, device and vGPU.
+pub fn render(groups: &[TreeGroup]) -> String {
+    let mut out = String::new();
+    for g in groups {
+        match (g.group, g.viable) {
+            (Some(id), Some(true)) => out.push_str(&format!("IOMMU group {id} (viable)\n")),
+            (Some(id), _) => out.push_str(&format!("IOMMU group {id} (not viable)\n")),
+            (None, _) => out.push_str("no IOMMU group\n"),
+        }
+        let name_width = g.devices.iter().map(|d| d.name.len()).max().unwrap_or(0);
+        for (i, d) in g.devices.iter().enumerate() {
+            let last = i + 1 == g.devices.len() && g.viability_problems.is_empty();
+            let (branch, stem) = if last {
+                ("└─ ", "   ")
+            } else {
+                ("├─ ", "│  ")
+            };
+            let mut line = format!(
+                "{branch}{:<name_width$}  {:<6}  {}",
+                d.name,
+                dash(&d.class),
+                dash(&d.driver)
+            );
+            if let Some(state) = &d.state {
+                line.push_str(&format!("  [{state}]"));
+            }
+            if let Some(product) = d.product.as_deref().filter(|p| !p.is_empty()) {
+                line.push_str(&format!("  {product}"));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+            for (j, v) in d.vgpus.iter().enumerate() {
+                let vbranch = if j + 1 == d.vgpus.len() {
+                    "└─ "
+                } else {
+                    "├─ "
+                };
+                let name = if v.type_name.is_empty() {
+                    v.type_id.clone()
+                } else {
+                    format!("{} ({})", v.type_id, v.type_name)
+                };
+                let group = v
+                    .iommu_group
+                    .map(|g| format!("  group {g}"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{stem}{vbranch}vGPU {}  {name}  {}  {}{group}\n",
+                    v.uuid,
+                    if v.active { "active" } else { "inactive" },
+                    dash(&v.driver),
+                ));
+            }
+        }
+        for (k, p) in g.viability_problems.iter().enumerate() {
+            let branch = if k + 1 == g.viability_problems.len() {
+                "└─ "
+            } else {
+                "├─ "
+            };
+            out.push_str(&format!("{branch}problem: {p}\n"));
+        }
+    }
+    out
+}
