@@ -49,6 +49,8 @@ const ENODEV: i32 = 19;
 const EINVAL: i32 = 22;
 const ENOSPC: i32 = 28;
 const ERANGE: i32 = 34;
+/// The mdev core's "parent full" for drivers it counts for (mdpy), where others say ENOSPC.
+const EUSERS: i32 = 87;
 
 /// The symbolic name of an errno gpuvirt reports (`EBUSY`), or its number.
 pub fn errno_name(errno: i32) -> String {
@@ -66,6 +68,7 @@ pub fn errno_name(errno: i32) -> String {
         EINVAL => "EINVAL".into(),
         ENOSPC => "ENOSPC".into(),
         ERANGE => "ERANGE".into(),
+        EUSERS => "EUSERS".into(),
         30 => "EROFS".into(),
         95 => "EOPNOTSUPP".into(),
         110 => "ETIMEDOUT".into(),
@@ -188,7 +191,7 @@ pub enum ExecError {
     },
     #[error("the vfio-pci module is not loaded; binding now would leave {slot} with no driver (load it first: modprobe vfio-pci)")]
     VfioNotLoaded { slot: PciSlot },
-    #[error("{parent} has no room for another mdev of type {type_id} (ENOSPC); remove one or pick a smaller type")]
+    #[error("{parent} has no room for another mdev of type {type_id} (ENOSPC or EUSERS); remove one or pick a smaller type")]
     NoCapacity { parent: String, type_id: String },
     #[error("{pf} cannot enable {wanted} virtual functions (ERANGE: above sriov_totalvfs)")]
     TooManyVfs { pf: PciAddress, wanted: u32 },
@@ -1239,7 +1242,7 @@ impl Executor {
         let create = type_dir.join("create");
         if let Err(e) = self.write(steps, &create, &uuid.to_string()) {
             let err = match e.errno {
-                ENOSPC => ExecError::NoCapacity {
+                ENOSPC | EUSERS => ExecError::NoCapacity {
                     parent: parent.to_string(),
                     type_id: type_id.to_string(),
                 },

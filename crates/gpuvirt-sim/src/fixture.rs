@@ -439,6 +439,11 @@ pub struct MdevParentSpec {
     /// Only one type may have instances at a time (NVIDIA's rule on one physical GPU).
     #[serde(default)]
     pub homogeneous: bool,
+    /// The mdev core counts the instances (a driver without `get_available`, like mdpy, whose
+    /// `max_instances` is the parent's): a create on a full parent fails with EUSERS in the
+    /// core, not ENOSPC from the driver (seen on 6.1, tests/vm sharding scenario).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub core_counted: bool,
     pub types: Vec<MdevTypeSpec>,
 }
 

@@ -554,6 +554,7 @@ pub fn generate(p: &GenParams) -> Result<Fixture, GenerateError> {
             mdev_driver: None,
             pool: Some(spec.fb_mb),
             homogeneous: true,
+            core_counted: false,
             types: spec
                 .types
                 .iter()

@@ -245,6 +245,7 @@ const ERRNO_NAMES: &[(i32, &str)] = &[
     (libc::EISDIR, "EISDIR"),
     (libc::EINVAL, "EINVAL"),
     (libc::ENOSPC, "ENOSPC"),
+    (libc::EUSERS, "EUSERS"),
     (libc::ENOSYS, "ENOSYS"),
     (libc::EOPNOTSUPP, "EOPNOTSUPP"),
     (libc::ETIMEDOUT, "ETIMEDOUT"),

@@ -252,6 +252,7 @@ struct Parent {
     mdev_driver: String,
     pool: Option<u64>,
     homogeneous: bool,
+    core_counted: bool,
     types: Vec<MdevTypeSpec>,
 }
 
@@ -763,6 +764,7 @@ impl Kernel {
                 mdev_driver,
                 pool: p.pool,
                 homogeneous: p.homogeneous,
+                core_counted: p.core_counted,
                 types: p.types.clone(),
             };
             if self.parents.insert(name.clone(), parent).is_some() {
@@ -1433,6 +1435,10 @@ impl Kernel {
         }
         match self.available(parent, type_id) {
             None => return Err(libc::ENODEV),
+            // The mdev core refuses before the driver's probe when it does the counting.
+            Some(0) if self.parents.get(parent).is_some_and(|p| p.core_counted) => {
+                return Err(libc::EUSERS)
+            }
             Some(0) => return Err(libc::ENOSPC),
             Some(_) => {}
         }

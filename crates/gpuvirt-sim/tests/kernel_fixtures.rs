@@ -348,3 +348,34 @@ fn broken_fixtures_are_refused_with_reasons() {
         assert!(err.contains(want), "{err} should mention {want}");
     }
 }
+
+/// The 6.1 kernel in tests/vm (sharding scenario): mdpy has no `get_available`, so the mdev core
+/// counts its 4 instances and refuses the fifth with EUSERS before the driver runs; mbochs
+/// counts its own pool and a create that does not fit is ENOSPC.
+#[test]
+fn vm_reference_full_parent_errnos_match_the_kernel() {
+    let mut k = Kernel::from_fixture(&Fixture::bundled("vm-reference").unwrap()).unwrap();
+    let create = |ty: &str, n: u32| {
+        let parent = ty.split('-').next().unwrap();
+        (
+            format!("sys/class/mdev_bus/{parent}/mdev_supported_types/{ty}/create"),
+            format!("6a1c7f5e-0000-4000-8000-{n:012x}"),
+        )
+    };
+    for (n, ty) in ["mdpy-vga", "mdpy-xga", "mdpy-hd", "mdpy-vga"]
+        .iter()
+        .enumerate()
+    {
+        let (p, u) = create(ty, n as u32);
+        k.write_str(&p, &u).unwrap();
+    }
+    assert_eq!(k.available_instances("mdpy", "mdpy-hd"), Some(0));
+    let (p, u) = create("mdpy-hd", 10);
+    assert_eq!(k.write_str(&p, &u), Err(libc::EUSERS));
+    for n in 0..4 {
+        let (p, u) = create("mbochs-large", 20 + n);
+        k.write_str(&p, &u).unwrap();
+    }
+    let (p, u) = create("mbochs-large", 30);
+    assert_eq!(k.write_str(&p, &u), Err(libc::ENOSPC));
+}

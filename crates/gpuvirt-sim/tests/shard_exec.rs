@@ -144,3 +144,40 @@ fn defined_vgpus_survive_unplug_and_restart_with_the_same_uuids() {
     assert_eq!(active(&mnt), left);
     mnt.unmount().unwrap();
 }
+
+/// A full parent is NoCapacity whatever errno the kernel uses for it: EUSERS from the mdev core
+/// for mdpy (it counts mdpy's instances), ENOSPC from mbochs' own pool (6.1, tests/vm sharding).
+#[test]
+fn full_parents_are_no_capacity_for_eusers_and_enospc() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::from_fixture(&Fixture::bundled("vm-reference").unwrap()).unwrap();
+    let mnt = SimMount::mount(Arc::new(Mutex::new(kernel)), &dir.path().join("root")).unwrap();
+    let store = LedgerStore::new(dir.path().join("state"));
+    let (mut exec, _) = Executor::open(Root::new(mnt.root()), store).unwrap();
+    let create = |parent: &str, type_id: &str, n: u128| Action::CreateMdev {
+        parent: parent.into(),
+        type_id: type_id.into(),
+        type_name: None,
+        uuid: Uuid::from_u128(0x6a1c_7f5e_0000_4000_8000_0000_0000_0000 | n),
+    };
+    for n in 0..4 {
+        run_all(&mut exec, &[create("mdpy", "mdpy-vga", n)]);
+        run_all(&mut exec, &[create("mbochs", "mbochs-large", 10 + n)]);
+    }
+    for (action, errno) in [
+        (create("mdpy", "mdpy-hd", 20), "EUSERS"),
+        (create("mbochs", "mbochs-large", 21), "ENOSPC"),
+    ] {
+        let report = exec.run(&action, None);
+        let e = report
+            .error
+            .as_ref()
+            .expect("a create on a full parent fails");
+        assert_eq!(e.kind().name(), "NoCapacity", "{action} ({errno}): {e}");
+        assert!(report.to_string().contains(errno), "{report}");
+    }
+    assert_eq!(active(&mnt).len(), 8);
+}
