@@ -15,6 +15,7 @@ PKGS=(
     udev                    # udevadm, libudev for the daemon's monitor
     libudev-dev pkg-config  # the udev crate links libudev
     umockdev libumockdev0 gir1.2-umockdev-1.0 python3-gi  # the umockdev test tier
+    python3-dbusmock        # fake polkitd on the private bus (authorization tests)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
