@@ -61,10 +61,29 @@ mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=${gpuvirt_9pcache:-loose},access=client hostroot /newroot \
     || fail "mount hostroot over 9p"
 
+# A second view of the host root, so host paths the tmpfs mounts below would hide (a checkout or
+# a cargo target dir under /tmp, as CI may use) can be bound back at the same path.
+mkdir -p /hostro
+mount --bind /newroot /hostro || fail "bind the host root"
+
 # Writable scratch areas (tmpfs) over the read-only host root.
 for d in /tmp /run /var/tmp /var/lib/dbus; do
     [ -d "/newroot$d" ] && mount -t tmpfs -o mode=1777 tmpfs "/newroot$d"
 done
+
+# gpuvirt_keep=<path>[:<path>...]: host directories the guest must see even when they lie under one
+# of the tmpfs mounts above (the project checkout, CARGO_TARGET_DIR).
+if [ -n "$gpuvirt_keep" ]; then
+    old_ifs=$IFS; IFS=:
+    for p in $gpuvirt_keep; do
+        case "$p" in
+            /tmp/*|/run/*|/var/tmp/*|/var/lib/dbus/*)
+                mkdir -p "/newroot$p" && mount --bind "/hostro$p" "/newroot$p" || fail "keep $p" ;;
+        esac
+    done
+    IFS=$old_ifs
+fi
+umount -l /hostro
 chmod 0755 /newroot/run 2>/dev/null
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
@@ -88,6 +107,7 @@ fi
 
 # Writable results share, mounted at the same path as on the host.
 if [ -n "$gpuvirt_out" ]; then
+    mkdir -p "/newroot$gpuvirt_out" 2>/dev/null
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none,access=client gpuvirtout "/newroot$gpuvirt_out" \
         || fail "mount gpuvirtout at $gpuvirt_out"
 fi

@@ -34,6 +34,15 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${VM_CACHE:-$HERE/cache}
 OUT=${VM_OUT:-$HERE/out}
+REPO=$(cd "$HERE/../.." && pwd)
+
+# Host directories the guest must see although its /tmp, /run, /var/tmp are tmpfs: the checkout
+# and a CARGO_TARGET_DIR outside it (colon-separated, for the init's gpuvirt_keep=).
+keep_paths() {
+    local keep=$REPO
+    case "${CARGO_TARGET_DIR:-}" in /*) keep="$keep:$CARGO_TARGET_DIR" ;; esac
+    printf '%s' "$keep"
+}
 VM_MEM=${VM_MEM:-1G}
 VM_TIMEOUT=${VM_TIMEOUT:-300}
 # KVM needs a /dev/kvm that runs an UNMODIFIED x86 kernel (kvm_intel or kvm_amd). Some cloud
@@ -251,7 +260,7 @@ boot_vm() {
         -device intel-iommu,intremap=on,caching-mode=on   # before the PCI devices it translates
         -nodefaults -no-reboot -display none -vga none
         -kernel "$VMLINUZ" -initrd "$INITRD"
-        -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=4 gpuvirt_kmods=$KMODS gpuvirt_out=$OUT gpuvirt_cmd=\"/bin/bash $OUT/vm-cmd.sh\" $extra ${KARGS_EXTRA:-}"
+        -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=4 gpuvirt_kmods=$KMODS gpuvirt_out=$OUT gpuvirt_keep=$(keep_paths) gpuvirt_cmd=\"/bin/bash $OUT/vm-cmd.sh\" $extra ${KARGS_EXTRA:-}"
         # host root, read-only; multidevs=remap: / spans several host filesystems
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
         -virtfs local,path="$OUT",mount_tag=gpuvirtout,security_model=none,multidevs=remap
