@@ -4,6 +4,7 @@ mod cli_gen;
 mod errors;
 mod exit;
 mod monitor;
+mod policy;
 mod table;
 mod tree;
 mod view;
@@ -64,6 +65,11 @@ enum Command {
     Mdevs {
         #[arg(long)]
         json: bool,
+    },
+    /// Check, plan, apply and reload the device policy.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
     },
     /// Draw IOMMU groups with their members' drivers and the vGPUs on each device.
     Tree {
@@ -126,6 +132,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let call_error = |e: zbus::Error| classify(e, &bus);
 
     match cli.command {
+        Command::Policy { command } => policy::run(&connection, command, call_error).await,
         Command::Tree { json } => {
             let host = fetch(&connection).await.map_err(call_error)?;
             let groups = tree::build(&host);

@@ -22,8 +22,8 @@ pub struct ManagerInterface {
     /// Which objects exist, published by the actor before it announces changes, so lookups
     /// never wait for it (and never hold this interface's lock while waiting).
     pub lookup: watch::Receiver<Arc<Lookup>>,
-    /// The device policy's properties, replaced by the policy runtime.
-    pub policy: crate::policy_runtime::PolicyProps,
+    /// The device policy's properties, published by the policy runtime.
+    pub policy: watch::Receiver<crate::policy_runtime::PolicyProps>,
     /// Requests to the actor (policy methods).
     pub commands: tokio::sync::mpsc::Sender<crate::actor::Command>,
 }
@@ -92,37 +92,37 @@ impl ManagerInterface {
 
     #[zbus(property)]
     fn policy_path(&self) -> String {
-        self.policy.policy_path.clone()
+        self.policy.borrow().policy_path.clone()
     }
 
     #[zbus(property)]
     fn policy_error(&self) -> String {
-        self.policy.policy_error.clone()
+        self.policy.borrow().policy_error.clone()
     }
 
     #[zbus(property)]
     fn enforcement_mode(&self) -> String {
-        self.policy.enforcement_mode.clone()
+        self.policy.borrow().enforcement_mode.clone()
     }
 
     #[zbus(property)]
     fn reboot_required(&self) -> bool {
-        self.policy.reboot_required
+        self.policy.borrow().reboot_required
     }
 
     #[zbus(property)]
     fn reboot_reasons(&self) -> Vec<String> {
-        self.policy.reboot_reasons.clone()
+        self.policy.borrow().reboot_reasons.clone()
     }
 
     #[zbus(property)]
     fn drift(&self) -> Vec<String> {
-        self.policy.drift.clone()
+        self.policy.borrow().drift.clone()
     }
 
     #[zbus(property)]
     fn last_apply(&self) -> String {
-        self.policy.last_apply.clone()
+        self.policy.borrow().last_apply.clone()
     }
 
     /// Defines a persistent mdev (mdevctl define): (parent, type id or name, uuid or empty,

@@ -202,7 +202,7 @@ async fn run(args: Args) -> Result<(), StartError> {
     let manager = dbus::ManagerInterface {
         props: tree.manager.clone(),
         lookup: lookup_rx,
-        policy: policy_runtime.props().clone(),
+        policy: policy_runtime.subscribe(),
         commands: cmd_tx.clone(),
     };
     let builder = match (&args.bus_address, args.session) {

@@ -21,7 +21,7 @@ use gpuvirt_core::ledger::LedgerStore;
 use gpuvirt_core::plan::{plan, read_boot_files, Plan, PlanState};
 use gpuvirt_core::policy::{render_diagnostics, Enforcement, Policy, PolicyDiagnostic, Role};
 use gpuvirt_core::{Inventory, PciAddress, Root};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use zbus::zvariant::Value;
 
@@ -139,9 +139,13 @@ pub struct PolicyRuntime {
     path: PathBuf,
     root: Root,
     policy: Option<Arc<Policy>>,
-    /// `None` while it runs in a worker, or when it could not be opened.
-    executor: Option<Executor>,
+    /// The ledger's directory: an executor is opened per apply, so what the mutating API
+    /// recorded meanwhile is never overwritten by a stale copy.
+    state_dir: PathBuf,
     props: PolicyProps,
+    /// What the Manager serves. Not the interface's own field: a policy method call holds
+    /// the interface for its whole duration, so writing through it would deadlock.
+    served: watch::Sender<PolicyProps>,
     /// When a debounced re-plan is due.
     due: Option<Instant>,
     /// The JSON of the last automatic plan that failed: not retried until something changes.
@@ -163,35 +167,15 @@ impl PolicyRuntime {
                 ..PolicyProps::default()
             },
             path,
-            root: root.clone(),
+            root,
             policy: None,
-            executor: None,
+            state_dir: state_dir.to_owned(),
+            served: watch::channel(PolicyProps::default()).0,
             due: Some(Instant::now()),
             failed_plan: None,
             boot_changes: Vec::new(),
             started: false,
         };
-        match Executor::open(root, LedgerStore::new(state_dir)) {
-            Ok((mut executor, warning)) => {
-                if let Some(w) = warning {
-                    tracing::warn!("{w}");
-                }
-                for r in executor.recover() {
-                    if r.succeeded() {
-                        tracing::info!("{r}");
-                    } else {
-                        tracing::error!("{r}");
-                    }
-                }
-                rt.executor = Some(executor);
-            }
-            Err(e) => {
-                tracing::error!(
-                    "cannot open the ledger; policy changes cannot be applied: {}",
-                    gpuvirt_core::error_chain(&e)
-                );
-            }
-        }
         match load(&rt.path, inventory) {
             Ok(policy) => rt.install(policy),
             Err(e) => {
@@ -199,12 +183,13 @@ impl PolicyRuntime {
                 rt.props.policy_error = error_text(&e);
             }
         }
+        rt.served.send_replace(rt.props.clone());
         rt
     }
 
-    /// The properties the Manager serves.
-    pub fn props(&self) -> &PolicyProps {
-        &self.props
+    /// The properties the Manager serves, kept current.
+    pub fn subscribe(&self) -> watch::Receiver<PolicyProps> {
+        self.served.subscribe()
     }
 
     /// When the debounced re-plan is due (the actor sleeps until then).
@@ -219,10 +204,35 @@ impl PolicyRuntime {
         self.failed_plan = None;
     }
 
+    fn open_executor(&self) -> Option<Executor> {
+        match Executor::open(self.root.clone(), LedgerStore::new(&self.state_dir)) {
+            Ok((executor, warning)) => {
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+                Some(executor)
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot open the ownership ledger: {}",
+                    gpuvirt_core::error_chain(&e)
+                );
+                None
+            }
+        }
+    }
+
+    fn original_drivers(&self) -> gpuvirt_core::policy::matching::OriginalDrivers {
+        LedgerStore::new(&self.state_dir)
+            .load()
+            .map(|l| l.original_drivers())
+            .unwrap_or_default()
+    }
+
     fn plan_state(&self) -> PlanState {
         let mut state = PlanState::default();
-        if let Some(ex) = &self.executor {
-            let ledger = ex.ledger();
+        if let Ok(ledger) = LedgerStore::new(&self.state_dir).load() {
+            let ledger = &ledger;
             state.original_drivers = ledger.original_drivers();
             state.owned_mdevs = ledger
                 .mdevs
@@ -245,11 +255,7 @@ impl PolicyRuntime {
         let Some(policy) = &self.policy else {
             return false;
         };
-        let originals = self
-            .executor
-            .as_ref()
-            .map(|e| e.ledger().original_drivers())
-            .unwrap_or_default();
+        let originals = self.original_drivers();
         let governed = |addr: PciAddress| {
             policy
                 .assignment_for(inv, &originals, addr)
@@ -284,11 +290,7 @@ impl PolicyRuntime {
         let Some(policy) = &self.policy else {
             return Ok(());
         };
-        let originals = self
-            .executor
-            .as_ref()
-            .map(|e| e.ledger().original_drivers())
-            .unwrap_or_default();
+        let originals = self.original_drivers();
         match policy.assignment_for(inv, &originals, address) {
             Some(a) if a.role != Role::Unmanaged => Err(PolicyViolation {
                 address,
@@ -618,7 +620,7 @@ fn log_report(report: &ApplyReport, trigger: Trigger) {
 
 /// Runs `p` in a blocking worker with the executor moved into it.
 async fn execute(rt: &mut PolicyRuntime, p: &Plan) -> Option<ApplyReport> {
-    let mut executor = rt.executor.take()?;
+    let mut executor = rt.open_executor()?;
     let p = p.clone();
     match tokio::task::spawn_blocking(move || {
         let report = executor.execute(&p);
@@ -626,10 +628,7 @@ async fn execute(rt: &mut PolicyRuntime, p: &Plan) -> Option<ApplyReport> {
     })
     .await
     {
-        Ok((executor, report)) => {
-            rt.executor = Some(executor);
-            Some(report)
-        }
+        Ok((_, report)) => Some(report),
         Err(e) => {
             // A panicking executor: its ledger on disk is the truth; reopen it.
             tracing::error!(error = %e, "the executor failed");
@@ -655,12 +654,8 @@ pub async fn publish(actor: &Actor, rt: &mut PolicyRuntime) {
             return;
         }
     };
-    let changed = {
-        let mut guard = iface.get_mut().await;
-        let changed = guard.policy.changed(&new);
-        guard.policy = new;
-        changed
-    };
+    let old = rt.served.send_replace(new.clone());
+    let changed = old.changed(&new);
     if changed.is_empty() {
         return;
     }

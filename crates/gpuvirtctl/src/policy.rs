@@ -1,0 +1,132 @@
+//! `gpuvirtctl policy ...`: check, plan, apply and reload the device policy through gpuvirtd's
+//! Manager (ValidatePolicy, PlanPolicy, Reconcile, ReloadPolicy); nothing is judged locally.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use gpuvirt_api as api;
+use zbus::zvariant::OwnedValue;
+
+use crate::errors::CliError;
+
+/// The file name the daemon gives diagnostics of a text it validates.
+const DAEMON_FILE_NAME: &str = "policy.toml";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file against the live host (default: the daemon's policy file);
+    /// prints compiler-style diagnostics, exits 1 on errors.
+    Check {
+        /// The policy to check.
+        file: Option<PathBuf>,
+    },
+    /// Show what applying the policy in force would do, with the reason and rule of each step.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the policy now (also in monitor mode) and report what was done.
+    Apply,
+    /// Re-read the daemon's policy file; an invalid file is rejected and the previous
+    /// policy stays in force.
+    Reload,
+}
+
+fn options() -> HashMap<String, OwnedValue> {
+    HashMap::new()
+}
+
+/// Runs one policy command; `call_error` turns a D-Bus failure into the CLI's error.
+pub async fn run(
+    connection: &zbus::Connection,
+    command: PolicyCommand,
+    call_error: impl Fn(zbus::Error) -> CliError,
+) -> Result<(), CliError> {
+    let manager = zbus::Proxy::new(
+        connection,
+        api::BUS_NAME,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+    )
+    .await
+    .map_err(&call_error)?;
+    match command {
+        PolicyCommand::Check { file } => {
+            let file = match file {
+                Some(f) => f,
+                None => PathBuf::from(
+                    manager
+                        .get_property::<String>("PolicyPath")
+                        .await
+                        .map_err(&call_error)?,
+                ),
+            };
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Daemon(format!("cannot read {}: {e}", file.display())))?;
+            let diagnostics: Vec<String> = manager
+                .call("ValidatePolicy", &(text.as_str(),))
+                .await
+                .map_err(&call_error)?;
+            let shown = file.display().to_string();
+            let mut errors = 0;
+            for d in &diagnostics {
+                // The daemon saw only the text; name the file the user gave.
+                let d = match d.strip_prefix(DAEMON_FILE_NAME) {
+                    Some(rest) if rest.starts_with(':') => format!("{shown}{rest}"),
+                    _ => d.clone(),
+                };
+                if d.lines().next().is_some_and(|l| l.contains(": error: ")) {
+                    errors += 1;
+                }
+                println!("{d}\n");
+            }
+            let warnings = diagnostics.len() - errors;
+            if errors > 0 {
+                return Err(CliError::Daemon(format!(
+                    "{shown}: {errors} error(s), {warnings} warning(s)"
+                )));
+            }
+            println!("{shown}: valid ({warnings} warning(s))");
+            Ok(())
+        }
+        PolicyCommand::Plan { json } => {
+            let (human, json_text): (String, String) = manager
+                .call("PlanPolicy", &(options(),))
+                .await
+                .map_err(&call_error)?;
+            if json {
+                println!("{json_text}");
+            } else {
+                print!("{human}");
+            }
+            Ok(())
+        }
+        PolicyCommand::Apply => {
+            let (ok, report): (bool, String) = manager
+                .call("Reconcile", &(options(),))
+                .await
+                .map_err(&call_error)?;
+            print!("{report}");
+            if ok {
+                Ok(())
+            } else {
+                Err(CliError::Daemon(
+                    "applying the policy stopped at the failure above; nothing after it was attempted"
+                        .to_owned(),
+                ))
+            }
+        }
+        PolicyCommand::Reload => {
+            let () = manager
+                .call("ReloadPolicy", &(options(),))
+                .await
+                .map_err(&call_error)?;
+            let mode: String = manager
+                .get_property("EnforcementMode")
+                .await
+                .map_err(&call_error)?;
+            println!("policy reloaded ({mode} mode)");
+            Ok(())
+        }
+    }
+}
