@@ -96,7 +96,7 @@ async fn introspection_matches_the_contract_file() {
     expected.sort();
     assert_eq!(names, expected);
     let mut generated = String::from(
-        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- gpuvirtd's D-Bus API, generated from the live daemon by\n     `GPUVIRT_BLESS=1 cargo test -p gpuvirtd --test contract`. Do not edit by hand. -->\n<node>\n",
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- gpuvirtd's D-Bus API, generated from the live daemon by\n     `GPUVIRT_BLESS=1 cargo test -p gpuvirtd, test \"contract\"`. Do not edit by hand. -->\n<node>\n",
     );
     for block in interfaces.values() {
         generated.push_str(block);
@@ -209,4 +209,29 @@ fn bus_files_name_the_service() {
         "dbus-daemon rejected the policy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The contract files are installed for strict XML consumers (gdbus-codegen, expat, polkit): they
+/// must be well-formed, which a comment containing `--` once broke.
+#[test]
+fn contract_xml_files_are_well_formed() {
+    for file in [
+        "dbus/org.gpuvirt.GpuVirt1.xml",
+        "dbus/org.gpuvirt.GpuVirt1.policy",
+    ] {
+        let path = repo().join(file);
+        let out = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import sys, xml.dom.minidom as m; m.parse(sys.argv[1])",
+            ])
+            .arg(&path)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{file} is not well-formed XML: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
