@@ -44,9 +44,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show everything about one GPU.
+    /// Show everything about one GPU (by PCI address) or vGPU (by UUID).
     Show {
-        /// PCI address, DDDD:BB:DD.F (or BB:DD.F).
+        /// PCI address, DDDD:BB:DD.F (or BB:DD.F), or an mdev's UUID.
         address: String,
         #[arg(long)]
         json: bool,
@@ -165,6 +165,37 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 print_json(&host.gpus)
             } else {
                 print_list(&host);
+                Ok(())
+            }
+        }
+        Command::Show { address, json } if address.contains('-') => {
+            // A UUID: the mdev of that UUID (addresses never contain '-').
+            let path = api::ManagerProxy::new(&connection)
+                .await
+                .map_err(call_error)?
+                .get_mdev_by_uuid(&address)
+                .await
+                .map_err(|e| classify_api(e, &bus))?;
+            let host = fetch(&connection).await.map_err(call_error)?;
+            let Some(mdev) = host.mdevs.iter().find(|m| m.path == path.as_str()) else {
+                return Err(CliError::Daemon(format!("{address} disappeared")));
+            };
+            if json {
+                print_json(mdev)
+            } else {
+                print_table(&[
+                    row(["UUID:", &mdev.uuid]),
+                    row(["Object:", &mdev.path]),
+                    row(["Parent:", &mdev.parent]),
+                    row(["Type:", &mdev.type_id]),
+                    row(["Type name:", &or_dash(&mdev.type_name)]),
+                    row(["Active:", yes_no(mdev.active)]),
+                    row(["Driver:", &or_dash(&mdev.driver)]),
+                    row([
+                        "IOMMU group:",
+                        &mdev.iommu_group.map_or("-".to_owned(), |g| g.to_string()),
+                    ]),
+                ]);
                 Ok(())
             }
         }

@@ -79,6 +79,8 @@ impl Event {
         let names = |ifaces: &[String]| {
             ifaces
                 .iter()
+                // Every object has the standard interfaces: naming them says nothing.
+                .filter(|i| !i.starts_with("org.freedesktop.DBus."))
                 .map(|i| short(i).to_owned())
                 .collect::<Vec<_>>()
                 .join(",")
@@ -187,12 +189,14 @@ pub async fn run(connection: &zbus::Connection, bus: &str, json: bool) -> Result
     let owner = zbus::MessageStream::for_match_rule(owner, connection, Some(64))
         .await
         .map_err(call_error)?;
-    api::ManagerProxy::new(connection)
+    let version = api::ManagerProxy::new(connection)
         .await
         .map_err(call_error)?
         .version()
         .await
         .map_err(call_error)?;
+    // On stderr so `--json` output stays pure; it also tells scripts the subscription is live.
+    eprintln!("Monitoring gpuvirtd {version} on the {bus}; Ctrl-C to stop");
     let mut stream = futures_util::stream::select(signals, owner);
     while let Some(msg) = stream.next().await {
         let Ok(msg) = msg else { continue };

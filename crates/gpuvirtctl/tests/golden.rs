@@ -15,17 +15,24 @@ use support::*;
 
 const UUID: &str = "aa618089-8b16-4d01-a136-25a0f3c73123";
 
-/// The read commands: (golden file stem, arguments before `--json`).
-fn read_commands(show: &str) -> Vec<(String, Vec<String>)> {
+/// The read commands: (golden file stem, arguments before `--json`). `show` runs for each
+/// `(stem, address or UUID)` in `shows`.
+fn read_commands(shows: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
     let plain = |c: &str| (c.to_owned(), vec![c.to_owned()]);
-    vec![
+    let mut out = vec![
         plain("list"),
         plain("groups"),
         plain("types"),
         plain("mdevs"),
         plain("tree"),
-        ("show".to_owned(), vec!["show".to_owned(), show.to_owned()]),
-    ]
+    ];
+    for (stem, target) in shows {
+        out.push((
+            (*stem).to_owned(),
+            vec!["show".to_owned(), (*target).to_owned()],
+        ));
+    }
+    out
 }
 
 fn golden_dir(fixture: &str) -> PathBuf {
@@ -35,12 +42,12 @@ fn golden_dir(fixture: &str) -> PathBuf {
 }
 
 /// Runs every read command in both formats and compares (or, blessing, writes) the goldens.
-fn check_goldens(bus: &Bus, fixture: &str, show: &str) {
+fn check_goldens(bus: &Bus, fixture: &str, shows: &[(&str, &str)]) {
     let bless = std::env::var_os("GPUVIRT_BLESS").is_some_and(|v| !v.is_empty() && v != "0");
     let dir = golden_dir(fixture);
     std::fs::create_dir_all(&dir).unwrap();
     let mut failures = Vec::new();
-    for (stem, args) in read_commands(show) {
+    for (stem, args) in read_commands(shows) {
         for json in [false, true] {
             let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
             if json {
@@ -90,7 +97,11 @@ fn runbook_host() {
     .unwrap();
     let bus = Bus::start();
     let _daemon = Daemon::start(&bus, &host, false);
-    check_goldens(&bus, "runbook", "0000:41:00.0");
+    check_goldens(
+        &bus,
+        "runbook",
+        &[("show", "0000:41:00.0"), ("show-mdev", UUID)],
+    );
 }
 
 #[test]
@@ -101,7 +112,7 @@ fn mdev_server_8gpu() {
     let host = SimHost::boot("mdev-server-8gpu");
     let bus = Bus::start();
     let _daemon = Daemon::start(&bus, &host, false);
-    check_goldens(&bus, "mdev-server-8gpu", "0000:21:00.0");
+    check_goldens(&bus, "mdev-server-8gpu", &[("show", "0000:21:00.0")]);
 }
 
 #[test]
@@ -112,7 +123,7 @@ fn workstation() {
     let host = SimHost::boot("workstation");
     let bus = Bus::start();
     let _daemon = Daemon::start(&bus, &host, false);
-    check_goldens(&bus, "workstation", "0000:01:00.0");
+    check_goldens(&bus, "workstation", &[("show", "0000:01:00.0")]);
 }
 
 /// `version` reports both sides; not a golden file because it changes with every release.
