@@ -1,10 +1,16 @@
 //! gpuvirtctl: the command-line client of gpuvirtd. It only talks D-Bus; it never reads sysfs.
 
 mod cli_gen;
+mod doctor;
 mod errors;
 mod exit;
+mod jobwait;
+mod mdev;
 mod monitor;
+mod mutating;
+mod passthrough;
 mod policy;
+mod render;
 mod table;
 mod tree;
 mod view;
@@ -87,6 +93,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Mutate(mutating::MutateCommand),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +141,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
     match cli.command {
         Command::Policy { command } => policy::run(&connection, command, call_error).await,
+        Command::Mutate(command) => mutating::run(&connection, command, &bus).await,
         Command::Tree { json } => {
             let host = fetch(&connection).await.map_err(call_error)?;
             let groups = tree::build(&host);

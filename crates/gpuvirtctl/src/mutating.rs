@@ -1,0 +1,193 @@
+//! The mutating commands (`passthrough`, `return`, `mdev ...`) and the commands built on
+//! read-only Manager calls (`xml`, `qemu-args`, `doctor`): their clap definitions and dispatch.
+//! Each is a thin D-Bus call; the daemon validates, authorizes and acts.
+
+use std::collections::HashMap;
+
+use gpuvirt_api as api;
+use serde::de::DeserializeOwned;
+use zbus::zvariant::Value;
+
+use crate::errors::{classify, CliError};
+use crate::view::Host;
+use crate::{doctor, mdev, passthrough, render};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MutateCommand {
+    /// Hand a GPU (and its IOMMU group's slot) to vfio-pci for a VM; waits for the job.
+    Passthrough {
+        /// PCI address, DDDD:BB:DD.F (or BB:DD.F).
+        address: String,
+        /// Only print what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a passed-through GPU back to its host drivers; waits for the job.
+    Return {
+        /// PCI address, DDDD:BB:DD.F (or BB:DD.F).
+        address: String,
+        /// Only print what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, remove, define, start, stop, list and export mediated devices (vGPUs).
+    Mdev {
+        #[command(subcommand)]
+        command: mdev::MdevCommand,
+    },
+    /// Print the libvirt <hostdev> XML for a GPU (PCI address) or a vGPU (UUID).
+    Xml {
+        /// PCI address or mdev UUID.
+        target: String,
+        /// Mark the card as the guest's primary VGA (x-vga=on).
+        #[arg(long)]
+        x_vga: bool,
+    },
+    /// Print the QEMU command-line arguments for a GPU (PCI address) or a vGPU (UUID).
+    QemuArgs {
+        /// PCI address or mdev UUID.
+        target: String,
+        /// Mark the card as the guest's primary VGA (x-vga=on).
+        #[arg(long)]
+        x_vga: bool,
+    },
+    /// Check whether this host can pass GPUs through: IOMMU, vfio, each GPU's IOMMU group.
+    /// Exits 1 when something blocks passthrough.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Everything a command needs to talk to the daemon and describe failures.
+pub struct Ctx<'a> {
+    pub connection: &'a zbus::Connection,
+    /// The bus in words, for error messages.
+    pub bus: &'a str,
+}
+
+impl Ctx<'_> {
+    pub fn error(&self, e: zbus::Error) -> CliError {
+        classify(e, self.bus)
+    }
+
+    /// Calls `interface.method(args)` on gpuvirtd's object `path` and decodes the reply.
+    pub async fn call<A, R>(
+        &self,
+        path: &str,
+        interface: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<R, CliError>
+    where
+        A: serde::Serialize + zbus::zvariant::DynamicType,
+        R: DeserializeOwned + zbus::zvariant::Type,
+    {
+        let reply = self
+            .connection
+            .call_method(Some(api::BUS_NAME), path, Some(interface), method, args)
+            .await
+            .map_err(|e| self.error(e))?;
+        reply.body().deserialize::<R>().map_err(|e| self.error(e))
+    }
+
+    /// Like [`Ctx::call`] for methods that return nothing.
+    pub async fn call_unit<A>(
+        &self,
+        path: &str,
+        interface: &str,
+        method: &str,
+        args: &A,
+    ) -> Result<(), CliError>
+    where
+        A: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.connection
+            .call_method(Some(api::BUS_NAME), path, Some(interface), method, args)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+
+    /// The whole object tree, as the read commands see it.
+    pub async fn host(&self) -> Result<Host, CliError> {
+        let fetch = async {
+            let manager = zbus::fdo::ObjectManagerProxy::builder(self.connection)
+                .destination(api::BUS_NAME)?
+                .path(api::ROOT_PATH)?
+                .build()
+                .await?;
+            manager
+                .get_managed_objects()
+                .await
+                .map_err(zbus::Error::from)
+        };
+        let objects = fetch.await.map_err(|e| self.error(e))?;
+        Ok(Host::from_managed_objects(objects))
+    }
+}
+
+/// The `a{sv}` options of a call: only the flags that are set (the daemon's defaults apply to
+/// the rest).
+pub fn options<'v>(flags: &[(&'static str, Option<bool>)]) -> HashMap<&'static str, Value<'v>> {
+    flags
+        .iter()
+        .filter_map(|(k, v)| v.map(|b| (*k, Value::Bool(b))))
+        .collect()
+}
+
+pub async fn run(
+    connection: &zbus::Connection,
+    command: MutateCommand,
+    bus: &str,
+) -> Result<(), CliError> {
+    let ctx = Ctx { connection, bus };
+    match command {
+        MutateCommand::Passthrough {
+            address,
+            dry_run,
+            json,
+        } => {
+            passthrough::run(
+                &ctx,
+                passthrough::Direction::Assign,
+                &address,
+                dry_run,
+                json,
+            )
+            .await
+        }
+        MutateCommand::Return {
+            address,
+            dry_run,
+            json,
+        } => {
+            passthrough::run(
+                &ctx,
+                passthrough::Direction::Return,
+                &address,
+                dry_run,
+                json,
+            )
+            .await
+        }
+        MutateCommand::Mdev { command } => mdev::run(&ctx, command).await,
+        MutateCommand::Xml { target, x_vga } => {
+            render::run(&ctx, &target, x_vga, render::Output::Xml).await
+        }
+        MutateCommand::QemuArgs { target, x_vga } => {
+            render::run(&ctx, &target, x_vga, render::Output::QemuArgs).await
+        }
+        MutateCommand::Doctor { json } => doctor::run(&ctx, json).await,
+    }
+}
+
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(CliError::Json)?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! `gpuvirtctl xml|qemu-args TARGET [--x-vga]`: Manager.RenderHostdev, printed as libvirt XML or
+//! as QEMU arguments (one per line, ready for a shell's `$(...)` or a script's array).
+
+use gpuvirt_api as api;
+
+use crate::errors::CliError;
+use crate::mutating::{options, Ctx};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Xml,
+    QemuArgs,
+}
+
+pub async fn run(ctx: &Ctx<'_>, target: &str, x_vga: bool, output: Output) -> Result<(), CliError> {
+    let opts = options(&[("x-vga", x_vga.then_some(true))]);
+    let (xml, args): (String, Vec<String>) = ctx
+        .call(
+            api::MANAGER_PATH,
+            api::MANAGER_INTERFACE,
+            "RenderHostdev",
+            &(target, opts),
+        )
+        .await?;
+    match output {
+        Output::Xml => {
+            print!("{xml}");
+            if !xml.ends_with('\n') {
+                println!();
+            }
+        }
+        Output::QemuArgs => {
+            for arg in &args {
+                println!("{arg}");
+            }
+        }
+    }
+    Ok(())
+}
