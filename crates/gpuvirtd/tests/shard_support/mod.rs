@@ -75,6 +75,10 @@ impl Gpuvirtd {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
