@@ -1,21 +1,26 @@
-//! Benchmark on the large synthetic host (64 GPUs, 2048 mdevs, 5000 PCI functions), materialised
-//! as a plain tmpfs tree as the peers' baselines are: start-up time, daemon RSS, uevent →
-//! PropertiesChanged latency at a client, and `gpuvirtctl list` beside `mdevctl list` and
-//! `lspci -D -nn -k` on the same tree (hyperfine).
+//! Benchmark of gpuvirtd on a synthetic host (small, medium or large), materialised as a plain
+//! tmpfs tree as the peers' baselines are: cold start to READY (sd_notify) and to the bus name,
+//! daemon RSS, uevent → PropertiesChanged latency at a client (median/p99), throughput under a
+//! burst of events, and the `gpuvirtctl` read commands against the warm daemon (hyperfine, peak
+//! RSS). `bench/run` runs it per host beside the peers and turns `BENCH_OUT` into
+//! docs/performance.md.
 //!
-//! Not part of the normal run (it takes about a minute and needs root for mdevctl's mount
-//! namespace):
+//! Not part of the normal run:
 //!
 //! ```sh
 //! cargo test --release -p gpuvirtd --test bench -- --ignored --nocapture
 //! ```
 //!
-//! Env: `BENCH_TREE` (default `/dev/shm/gpuvirtd-bench-large`), `BENCH_EVENTS` (default 300).
+//! Env: `BENCH_SCALE` (small|medium|large, default large), `BENCH_TREE` (default
+//! `/dev/shm/gpuvirtd-bench-<scale>`; materialised unless it holds `.gpuvirtd-bench-complete`),
+//! `BENCH_EVENTS` (latency samples, default 300), `BENCH_BURST` (default 10000), `BENCH_RUNS`
+//! (hyperfine minimum runs, default 20), `BENCH_OUT` (JSON results file).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -59,9 +64,9 @@ fn hyperfine(label: &str, command: &[&str], env: &[(&str, &str)]) -> Option<f64>
     v["results"][0]["median"].as_f64().map(|s| s * 1000.0)
 }
 
-fn materialise_large(tree: &Path) -> (usize, usize) {
+fn materialise(tree: &Path, preset: Preset) -> (usize, usize) {
     let marker = tree.join(".gpuvirtd-bench-complete");
-    let fixture = generate(&GenParams::preset(Preset::Large)).unwrap();
+    let fixture = generate(&GenParams::preset(preset)).unwrap();
     let kernel = Kernel::from_fixture(&fixture).unwrap();
     let counts = (kernel.pci_addresses().len(), kernel.mdevs().len());
     if !marker.exists() {
@@ -78,20 +83,63 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Peak RSS (KiB) of one run of `command` (its own and its children's, via python's getrusage).
+fn peak_rss_kib(command: &[&str]) -> Option<u64> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+        ])
+        .args(command)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Waits for the PropertiesChanged of `path` announced after `sent`; its arrival time.
+async fn await_change(recorder: &SignalRecorder, path: &str, limit: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    let wanted = format!("PropertiesChanged {path}");
+    loop {
+        if let Some((at, _)) = recorder
+            .take_timed()
+            .into_iter()
+            .find(|(_, l)| l.starts_with(&wanted))
+        {
+            return Some(at);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_micros(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release -- --ignored --nocapture"]
-async fn large_host() {
+async fn host() {
+    let env_num = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let scale = std::env::var("BENCH_SCALE").unwrap_or_else(|_| "large".into());
+    let preset = match scale.as_str() {
+        "small" => Preset::Small,
+        "medium" => Preset::Medium,
+        _ => Preset::Large,
+    };
     let tree = PathBuf::from(
-        std::env::var("BENCH_TREE").unwrap_or_else(|_| "/dev/shm/gpuvirtd-bench-large".into()),
+        std::env::var("BENCH_TREE").unwrap_or_else(|_| format!("/dev/shm/gpuvirtd-bench-{scale}")),
     );
-    let events: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let events = env_num("BENCH_EVENTS", 300);
+    let burst = env_num("BENCH_BURST", 10_000);
+    let runs = env_num("BENCH_RUNS", 20).to_string();
     let started = Instant::now();
-    let (functions, mdevs) = materialise_large(&tree);
+    let (functions, mdevs) = materialise(&tree, preset);
     eprintln!(
-        "large host: {functions} PCI functions, {mdevs} mdevs, tree ready in {:.1} s",
+        "{scale} host: {functions} PCI functions, {mdevs} mdevs, tree ready in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -100,22 +148,47 @@ async fn large_host() {
     let broadcaster = Arc::new(Broadcaster::with_capacity(1 << 16));
     broadcaster.listen(&socket).unwrap();
     let bus = Bus::start();
+
+    // READY=1 arrives on NOTIFY_SOCKET after the scan, the export and the bus name.
+    let notify_path = sock_dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let ready_at = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        notify
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        while let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return Some(Instant::now());
+            }
+        }
+        None
+    });
     let started = Instant::now();
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_env(
         &bus,
         &tree,
         &format!("sim:{}", socket.display()),
         sock_dir.path(),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
     )
     .await;
-    let startup = started.elapsed();
+    let to_name = started.elapsed();
+    let to_ready = ready_at
+        .join()
+        .unwrap()
+        .map(|at| at.duration_since(started));
     let (rss_start, _) = rss_kib(daemon.pid());
 
     // Event → signal: toggle one GPU's driver_override in the tree and announce it.
     let conn = bus.connect().await;
-    let gpus = gpuvirt_api::ManagerProxy::new(&conn).await.unwrap();
-    let _ = gpus.version().await.unwrap();
+    let manager = gpuvirt_api::ManagerProxy::new(&conn).await.unwrap();
+    let _ = manager.version().await.unwrap();
     let host = exported(&conn).await;
+    let objects = host.len();
     let gpu_path = host.keys().find(|p| p.contains("/gpus/")).unwrap().clone();
     let address = host[&gpu_path]["org.gpuvirt.GpuVirt1.Gpu"]["PciAddress"]
         .trim_matches('"')
@@ -123,119 +196,112 @@ async fn large_host() {
     let dev = std::fs::canonicalize(tree.join("sys/bus/pci/devices").join(&address)).unwrap();
     let devpath = format!("/{}", dev.strip_prefix(tree.join("sys")).unwrap().display());
     let recorder = SignalRecorder::start(&conn).await;
+    let mut toggle = 0usize;
+    let mut flip = |dev: &Path| {
+        toggle += 1;
+        let value = if toggle % 2 == 1 {
+            "vfio-pci\n"
+        } else {
+            "(null)\n"
+        };
+        std::fs::write(dev.join("driver_override"), value).unwrap();
+    };
     let mut latencies = Vec::with_capacity(events);
     for i in 0..events {
-        let value = if i % 2 == 0 { "vfio-pci\n" } else { "(null)\n" };
-        std::fs::write(dev.join("driver_override"), value).unwrap();
+        flip(&dev);
         let sent = Instant::now();
         broadcaster.publish(&[Uevent::new("change", &devpath, "pci")]);
-        let deadline = sent + Duration::from_secs(5);
-        loop {
-            let got = recorder.take_timed();
-            if let Some((at, _)) = got
-                .iter()
-                .find(|(_, l)| l.starts_with(&format!("PropertiesChanged {gpu_path}")))
-            {
-                latencies.push(at.duration_since(sent));
-                break;
-            }
-            assert!(Instant::now() < deadline, "no signal for event {i}");
-            tokio::time::sleep(Duration::from_micros(50)).await;
-        }
+        let at = await_change(&recorder, &gpu_path, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no signal for event {i}"));
+        latencies.push(at.duration_since(sent));
     }
     latencies.sort();
+
+    // Burst: `burst` change events spread over every PCI function of the host (each one a
+    // re-read and a diff), the last one a real change whose signal marks the end.
+    let all: Vec<String> = std::fs::read_dir(tree.join("sys/bus/pci/devices"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = std::fs::canonicalize(e.ok()?.path()).ok()?;
+            Some(format!(
+                "/{}",
+                p.strip_prefix(tree.join("sys")).ok()?.display()
+            ))
+        })
+        .collect();
+    let mut batch: Vec<Uevent> = (0..burst.saturating_sub(1))
+        .map(|i| Uevent::new("change", &all[i % all.len()], "pci"))
+        .collect();
+    flip(&dev);
+    batch.push(Uevent::new("change", &devpath, "pci"));
+    let _ = recorder.take_timed();
+    let sent = Instant::now();
+    for chunk in batch.chunks(256) {
+        broadcaster.publish(chunk);
+    }
+    let burst_done = await_change(&recorder, &gpu_path, Duration::from_secs(120))
+        .await
+        .map(|at| at.duration_since(sent));
     let (rss_end, hwm) = rss_kib(daemon.pid());
 
-    // gpuvirtctl list against peers, same tree.
+    // The CLI read commands against the warm daemon.
     let ctl = gpuvirtctl();
     let ctl = ctl.to_str().unwrap();
-    let list = hyperfine(
-        "ctl-list",
-        &[
-            "hyperfine",
-            "-N",
-            "--warmup",
-            "3",
-            "--min-runs",
-            "20",
-            &format!("{ctl} --bus-address {} list --json", bus.address),
-        ],
-        &[],
-    );
-    let list_table = hyperfine(
-        "ctl-list-table",
-        &[
-            "hyperfine",
-            "-N",
-            "--warmup",
-            "3",
-            "--min-runs",
-            "20",
-            &format!("{ctl} --bus-address {} list", bus.address),
-        ],
-        &[],
-    );
-    let lspci = hyperfine(
-        "lspci",
-        &[
-            "hyperfine",
-            "-N",
-            "--warmup",
-            "3",
-            "--min-runs",
-            "10",
-            &format!(
-                "lspci -A linux-sysfs -O sysfs.path={}/sys/bus/pci -D -nn -k",
-                tree.display()
-            ),
-        ],
-        &[],
-    );
-    // Debian's mdevctl 1.2 has no root knob: a private mount namespace binds the tree on /sys.
-    let script = format!(
-        "mount --bind {t}/sys /sys && mkdir -p {t}/etc/mdevctl.d && mount --bind {t}/etc/mdevctl.d /etc/mdevctl.d && exec hyperfine -N --warmup 3 --min-runs 10 'mdevctl list' --export-json \"$0\"",
-        t = tree.display()
-    );
-    let json = std::env::temp_dir().join("gpuvirtd-bench-mdevctl.json");
-    let mdevctl = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "bash", "-c", &script])
-        .arg(&json)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .and_then(|_| std::fs::read_to_string(&json).ok())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["results"][0]["median"].as_f64())
-        .map(|s| s * 1000.0);
+    let mut cli = serde_json::Map::new();
+    for (label, args) in [
+        ("gpuvirtctl list --json", "list --json"),
+        ("gpuvirtctl list", "list"),
+        ("gpuvirtctl groups --json", "groups --json"),
+        ("gpuvirtctl types --json", "types --json"),
+        ("gpuvirtctl mdevs --json", "mdevs --json"),
+    ] {
+        let command = format!("{ctl} --bus-address {} {args}", bus.address);
+        let median = hyperfine(
+            &label.replace(' ', "_"),
+            &[
+                "hyperfine",
+                "-N",
+                "--warmup",
+                "3",
+                "--min-runs",
+                &runs,
+                &command,
+            ],
+            &[],
+        );
+        let mut argv = vec![ctl, "--bus-address", bus.address.as_str()];
+        argv.extend(args.split(' '));
+        let rss = peak_rss_kib(&argv);
+        cli.insert(
+            label.to_owned(),
+            serde_json::json!({"median_ms": median, "peak_rss_kib": rss}),
+        );
+    }
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let fmt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1} ms"));
-    println!("\n## gpuvirtd on the large synthetic host ({functions} PCI functions, 64 GPUs, {mdevs} mdevs; tmpfs tree)\n");
-    println!("| measure | value |\n|---|---|");
-    println!(
-        "| start-up to bus name (scan + export) | {:.0} ms |",
-        ms(startup)
-    );
-    println!(
-        "| uevent → PropertiesChanged at a client, median / p95 / max ({} events) | {:.2} / {:.2} / {:.2} ms |",
-        latencies.len(),
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.95)),
-        ms(*latencies.last().unwrap())
-    );
-    println!(
-        "| daemon RSS after start / after events / peak | {:.1} / {:.1} / {:.1} MiB |",
-        rss_start as f64 / 1024.0,
-        rss_end as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    );
-    println!("| `gpuvirtctl list --json` (median) | {} |", fmt(list));
-    println!("| `gpuvirtctl list` (median) | {} |", fmt(list_table));
-    println!(
-        "| `mdevctl list` 1.2 (median, same tree) | {} |",
-        fmt(mdevctl)
-    );
-    println!("| `lspci -D -nn -k` (median, same tree) | {} |", fmt(lspci));
+    let result = serde_json::json!({
+        "scale": scale,
+        "functions": functions,
+        "mdevs": mdevs,
+        "objects": objects,
+        "start_to_name_ms": ms(to_name),
+        "start_to_ready_ms": to_ready.map(ms),
+        "latency_samples": latencies.len(),
+        "latency_median_ms": ms(percentile(&latencies, 0.5)),
+        "latency_p99_ms": ms(percentile(&latencies, 0.99)),
+        "latency_max_ms": ms(*latencies.last().unwrap()),
+        "burst_events": burst,
+        "burst_ms": burst_done.map(ms),
+        "burst_events_per_s": burst_done.map(|d| burst as f64 / d.as_secs_f64()),
+        "daemon_rss_start_kib": rss_start,
+        "daemon_rss_end_kib": rss_end,
+        "daemon_hwm_kib": hwm,
+        "cli": cli,
+    });
+    println!("{}", serde_json::to_string_pretty(&result).unwrap());
+    if let Ok(out) = std::env::var("BENCH_OUT") {
+        std::fs::write(out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    }
     drop(daemon);
 }
