@@ -1,0 +1,330 @@
+//! The mutating commands end to end: gpuvirtctl against a live gpuvirtd on a private bus and a
+//! FUSE-simulated host. Checks what the user sees (stdout, plain-word errors, exit codes) and
+//! what the kernel ended up with (the simulated sysfs).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "golden_support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+
+use support::*;
+
+const UUID: &str = "b2e1c4a6-3f0d-4d7e-9a51-6c2f8e0d1a33";
+const UUID2: &str = "c3f2d5b7-4a1e-4e8f-8b62-7d309f1e2b44";
+
+fn driver_of(host: &SimHost, address: &str) -> String {
+    std::fs::read_link(
+        host.root()
+            .join(format!("sys/bus/pci/devices/{address}/driver")),
+    )
+    .ok()
+    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    .unwrap_or_default()
+}
+
+fn mdev_exists(host: &SimHost, uuid: &str) -> bool {
+    host.root()
+        .join(format!("sys/bus/mdev/devices/{uuid}"))
+        .exists()
+}
+
+/// Loads a module in the simulated kernel (the sim has no modprobe binary to run).
+fn load_module(host: &SimHost, module: &str) {
+    let mount = &host.mount;
+    gpuvirt_sim::fuse::lock_backend(mount.backend())
+        .load_module(module)
+        .unwrap();
+    mount.publish_pending();
+}
+
+fn ok(bus: &Bus, args: &[&str]) -> String {
+    let out = ctl(bus, args);
+    assert_eq!(
+        code(&out),
+        0,
+        "gpuvirtctl {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+#[test]
+fn passthrough_and_return_on_the_workstation() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("workstation");
+    load_module(&host, "vfio_pci");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    let card = "0000:01:00.0";
+    let before = driver_of(&host, card);
+    assert_ne!(before, "vfio-pci");
+
+    // Dry run: a plan, nothing changes.
+    let plan = ok(&bus, &["passthrough", card, "--dry-run"]);
+    assert!(plan.contains("vfio-pci"), "{plan}");
+    assert_eq!(driver_of(&host, card), before);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&bus, &["passthrough", card, "--dry-run", "--json"])).unwrap();
+    assert_eq!(json["job"], serde_json::Value::Null);
+    assert_eq!(json["dry_run"], true);
+
+    // The real thing waits for the job and reports its end.
+    let out = ok(&bus, &["passthrough", card]);
+    assert!(out.contains("done:"), "{out}");
+    assert_eq!(driver_of(&host, card), "vfio-pci");
+
+    // Again: nothing to do, no job.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&bus, &["passthrough", card, "--json"])).unwrap();
+    assert_eq!(json["job"], serde_json::Value::Null, "{json}");
+
+    let out = ctl(&bus, &["return", card, "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["job"]["success"], true, "{json}");
+    assert_eq!(driver_of(&host, card), before);
+}
+
+#[test]
+fn boot_vga_is_refused_in_plain_words() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("workstation");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    let out = ctl(&bus, &["passthrough", "0000:00:02.0"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("this is the GPU the host boots and displays on"),
+        "{err}"
+    );
+    assert!(err.contains("give the host another display"), "{err}");
+    assert_eq!(driver_of(&host, "0000:00:02.0"), "i915");
+    // Unknown device: exit 1 with the advice, not a raw D-Bus error.
+    let out = ctl(&bus, &["passthrough", "0000:99:00.0"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("no such device"), "{}", stderr(&out));
+}
+
+#[test]
+fn mdev_create_list_remove_on_the_runbook_host() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    let created = ok(
+        &bus,
+        &[
+            "mdev",
+            "create",
+            "0000:41:00.0",
+            "nvidia-300",
+            "--uuid",
+            UUID,
+        ],
+    );
+    assert_eq!(created.trim(), UUID);
+    assert!(mdev_exists(&host, UUID));
+    // Without --uuid the daemon picks one; the short address works too.
+    let fresh = ok(&bus, &["mdev", "create", "41:00.0", "nvidia-300"]);
+    let fresh = fresh.trim().to_owned();
+    assert_eq!(fresh.len(), 36, "{fresh}");
+    assert!(mdev_exists(&host, &fresh));
+
+    let list = ok(&bus, &["mdev", "list"]);
+    assert!(list.starts_with("UUID"), "{list}");
+    for uuid in [UUID, fresh.as_str()] {
+        let line = list.lines().find(|l| l.contains(uuid)).unwrap();
+        assert!(
+            line.contains("0000:41:00.0") && line.contains("nvidia-300") && line.contains("active"),
+            "{line}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&bus, &["mdev", "list", "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+
+    let export: serde_json::Value =
+        serde_json::from_str(&ok(&bus, &["mdev", "export", "--mdevctl", UUID])).unwrap();
+    assert_eq!(
+        export,
+        serde_json::json!({"mdev_type": "nvidia-300", "start": "manual", "attrs": []})
+    );
+
+    // Full: the type offers two instances.
+    let out = ctl(&bus, &["mdev", "create", "0000:41:00.0", "nvidia-300"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("no instances of that vGPU type are left"),
+        "{}",
+        stderr(&out)
+    );
+
+    ok(&bus, &["mdev", "remove", UUID]);
+    assert!(!mdev_exists(&host, UUID));
+    let list = ok(&bus, &["mdev", "list"]);
+    assert!(!list.contains(UUID) && list.contains(&fresh), "{list}");
+    let out = ctl(&bus, &["mdev", "remove", UUID]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("no such device"), "{}", stderr(&out));
+}
+
+#[test]
+fn mdev_define_start_stop_undefine() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    let defined = ok(
+        &bus,
+        &[
+            "mdev",
+            "define",
+            "0000:41:00.0",
+            "nvidia-300",
+            "--uuid",
+            UUID2,
+            "--manual",
+        ],
+    );
+    assert_eq!(defined.trim(), UUID2);
+    // Manual: defined but not created.
+    assert!(!mdev_exists(&host, UUID2));
+    let again = ctl(
+        &bus,
+        &[
+            "mdev",
+            "define",
+            "0000:41:00.0",
+            "nvidia-300",
+            "--uuid",
+            UUID2,
+        ],
+    );
+    assert_eq!(code(&again), 1);
+    ok(&bus, &["mdev", "start", UUID2]);
+    assert!(mdev_exists(&host, UUID2));
+    ok(&bus, &["mdev", "stop", UUID2]);
+    assert!(!mdev_exists(&host, UUID2));
+    ok(&bus, &["mdev", "undefine", UUID2]);
+    let out = ctl(&bus, &["mdev", "start", UUID2]);
+    assert_eq!(code(&out), 1, "a dropped definition cannot start");
+    // Auto (the default) starts at once on a present parent.
+    ok(
+        &bus,
+        &[
+            "mdev",
+            "define",
+            "0000:41:00.0",
+            "nvidia-300",
+            "--uuid",
+            UUID,
+        ],
+    );
+    assert!(mdev_exists(&host, UUID));
+}
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/mutate")
+        .join(name)
+}
+
+fn check_golden(name: &str, actual: &str) {
+    let file = golden(name);
+    if std::env::var_os("GPUVIRT_BLESS").is_some_and(|v| !v.is_empty() && v != "0") {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e} (GPUVIRT_BLESS=1 writes it)",
+            file.display()
+        )
+    });
+    assert_eq!(
+        expected,
+        actual,
+        "{} differs (GPUVIRT_BLESS=1 accepts)",
+        file.display()
+    );
+}
+
+#[test]
+fn xml_and_qemu_args_golden() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    host.write(
+        "sys/bus/pci/devices/0000:41:00.0/mdev_supported_types/nvidia-300/create",
+        UUID,
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    check_golden("runbook-card.xml", &ok(&bus, &["xml", "0000:41:00.0"]));
+    check_golden(
+        "runbook-card.args",
+        &ok(&bus, &["qemu-args", "0000:41:00.0"]),
+    );
+    // x-vga needs a VGA-class card; the V100 is a 3D controller.
+    let out = ctl(&bus, &["xml", "0000:41:00.0", "--x-vga"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("x-vga"), "{}", stderr(&out));
+    check_golden("runbook-mdev.xml", &ok(&bus, &["xml", UUID]));
+    check_golden("runbook-mdev.args", &ok(&bus, &["qemu-args", UUID]));
+    let out = ctl(&bus, &["xml", "not-a-target"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("an argument is not valid"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn doctor_runbook_passes_nic_shared_group_fails() {
+    if !fuse_available() {
+        return;
+    }
+    {
+        let host = SimHost::boot("runbook");
+        load_module(&host, "vfio_pci");
+        let bus = Bus::start();
+        let _daemon = Daemon::start(&bus, &host, true);
+        let out = ctl(&bus, &["doctor"]);
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("ok   iommu: IOMMU enabled"), "{text}");
+        assert!(text.contains("ok   gpu 0000:41:00.0"), "{text}");
+        check_golden("doctor-runbook.txt", &text);
+    }
+    let host = SimHost::boot("nic-shared-group");
+    load_module(&host, "vfio_pci");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    let out = ctl(&bus, &["doctor"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL gpu 0000:03:00.0"), "{text}");
+    assert!(text.contains("move the card"), "{text}");
+    assert!(stderr(&out).contains("block"), "{}", stderr(&out));
+    check_golden("doctor-nic-shared-group.txt", &text);
+    let out = ctl(&bus, &["doctor", "--json"]);
+    assert_eq!(code(&out), 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["passthrough_possible"], false);
+}
