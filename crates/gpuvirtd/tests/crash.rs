@@ -351,9 +351,7 @@ async fn corrupt_or_truncated_ledger_at_start() {
     }
     let host = boot("workstation");
     let state = host.state();
-    // A real ledger with the slot assigned, then the main file truncated half-way: the
-    // previous generation is used.
-    {
+    let assign = || async {
         let bus = Bus::start();
         let _d = host.daemon(&bus).await;
         let conn = bus.connect().await;
@@ -361,7 +359,43 @@ async fn corrupt_or_truncated_ledger_at_start() {
             .await
             .unwrap();
         assert!(wait_job(&conn, job.as_str()).await.0);
+    };
+
+    // The main file torn half-way, the previous generation as the daemon left it (one save
+    // behind): the daemon falls back to it, and whatever it recovers to, the slot is whole and
+    // ends on its original drivers.
+    assign().await;
+    let main = std::fs::read(state.join(LEDGER_FILE)).unwrap();
+    std::fs::write(state.join(LEDGER_FILE), &main[..main.len() / 2]).unwrap();
+    {
+        let bus = Bus::start();
+        let (d, conn) = serving(&host, &bus).await;
+        check_consistent(&host, usize::MAX, &d.log());
+        assert!(
+            d.log().contains("previous"),
+            "fallback not reported:\n{}",
+            d.log()
+        );
+        eprintln!(
+            "crash: torn ledger, natural previous generation -> slot on {:?} after start",
+            host.drivers()
+        );
+        if host.drivers()[0].as_deref() == Some("vfio-pci") {
+            let (job, _) = passthrough(&conn, GPU, "ReturnToHost", no_opts())
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+            assert!(wait_job(&conn, job.as_str()).await.0);
+        }
+        assert_eq!(
+            host.drivers(),
+            vec![Some("nouveau".into()), Some("snd_hda_intel".into())],
+            "{}",
+            d.log()
+        );
     }
+
+    // The same, with the previous generation equal to the assigned ledger: ReturnToHost uses it.
+    assign().await;
     let main = std::fs::read(state.join(LEDGER_FILE)).unwrap();
     std::fs::write(state.join(LEDGER_FILE), &main[..main.len() / 2]).unwrap();
     // The previous generation as a torn rewrite of the same content would leave it.
