@@ -169,11 +169,9 @@ fn monitor_prints_one_line_per_change() {
 
 /// An unprivileged uid may read but not change anything: with no polkit on the bus the daemon
 /// fails closed, and gpuvirtctl says "not allowed" with exit 3.
-// Fails today, rightly: gpuvirtd's Manager.ReloadPolicy/Reconcile never call the polkit bouncer
-// (auth.rs lists them, dbus.rs does not ask), so uid 65534 gets past authorization. Un-ignore
-// once they are guarded, or point it at `passthrough --dry-run` when that command exists.
+// ReloadPolicy once slipped past the bouncer (auth.rs listed it, dbus.rs never asked): this
+// test is what caught it.
 #[test]
-#[ignore = "gpuvirtd does not authorize Manager.ReloadPolicy yet"]
 fn unprivileged_mutator_is_denied_with_exit_3() {
     if !fuse_available() {
         return;

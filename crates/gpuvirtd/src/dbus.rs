@@ -76,8 +76,10 @@ impl ManagerInterface {
     /// `PolicyInvalid` and the previous policy stays in force.
     async fn reload_policy(
         &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
         options: HashMap<String, zbus::zvariant::OwnedValue>,
     ) -> Result<(), CallError> {
+        crate::mutate::authorize_manager(&header, "Manager.ReloadPolicy", &options).await?;
         crate::policy_runtime::dbus::reload(&self.commands, options).await
     }
 
@@ -85,8 +87,10 @@ impl ManagerInterface {
     /// was done, what failed and what was not attempted).
     async fn reconcile(
         &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
         options: HashMap<String, zbus::zvariant::OwnedValue>,
     ) -> Result<(bool, String), CallError> {
+        crate::mutate::authorize_manager(&header, "Manager.Reconcile", &options).await?;
         crate::policy_runtime::dbus::reconcile(&self.commands, options).await
     }
 

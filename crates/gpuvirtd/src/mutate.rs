@@ -1135,6 +1135,21 @@ pub async fn render_hostdev(
     }
 }
 
+
+/// Authorizes one of the Manager's policy methods (`ReloadPolicy`, `Reconcile`) with the same
+/// default-deny bouncer the device mutators use; the subject is the caller's bus name.
+pub async fn authorize_manager(
+    header: &Header<'_>,
+    method: &str,
+    options: &HashMap<String, OwnedValue>,
+) -> Result<(), CallError> {
+    let interactive = auth::interactive(options)?;
+    mutator()?
+        .bouncer
+        .authorize(header, method, interactive)
+        .await
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

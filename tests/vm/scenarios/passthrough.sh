@@ -1,14 +1,14 @@
 #!/bin/bash
 # Scenario "passthrough" (runs INSIDE the test VM, after udev coldplug; see guest/run-scenarios.sh).
 #
-# gpuvirtd against the real /sys with real udev events, driven through its D-Bus API (gdbus on
-# the private bus; gpuvirtctl has no mutating commands):
+# gpuvirtd against the real /sys with real udev events, driven through its D-Bus API with
+# gpuvirtctl (passthrough/return wait for the daemon's job) and raw gdbus calls for error names:
 #   1. the boot VGA (00:03.0) is refused with org.gpuvirt.GpuVirt1.Error.BootVga and not touched;
-#   2. Gpu.AssignPassthrough on the secondary bochs-display (01:00.0): a dry run changes nothing,
-#      the job succeeds, sysfs shows vfio-pci, /dev/vfio/<group> appears, the daemon says vfio-pci;
-#      asking again is a no-op;
-#   3. Gpu.ReturnToHost: the job succeeds, the original driver (bochs-drm) is back, no
-#      driver_override is left, /dev/vfio/<group> is gone, the daemon says bochs-drm.
+#   2. `gpuvirtctl passthrough` of the secondary bochs-display (01:00.0): a dry run changes
+#      nothing, the real one succeeds, sysfs shows vfio-pci, /dev/vfio/<group> appears, the daemon
+#      says vfio-pci; Gpu.AssignPassthrough again is a no-op (job /);
+#   3. `gpuvirtctl return`: the original driver (bochs-drm) is back, no driver_override is left,
+#      /dev/vfio/<group> is gone, the daemon says bochs-drm.
 set -u
 # shellcheck source=../guest/lib.sh
 . "$(dirname "$0")/../guest/lib.sh"
@@ -34,42 +34,41 @@ driver_is() { [ "$(gpu_driver "$1")" = "$2" ]; }
 sysfs_driver_is() { [ "$(pci_driver "$1")" = "$2" ]; }
 vfio_node_present() { [ -c "/dev/vfio/$GROUP" ]; }
 vfio_node_gone() { [ ! -e "/dev/vfio/$GROUP" ]; }
+GPU=$(gv_gpu_path "$TARGET")
 
-# 1. The boot VGA is refused.
+# 1. The boot VGA is refused: gpuvirtctl fails naming the error, the raw call gets the name.
 BOOT_DRV=$(pci_driver "$BOOT")
+if out=$(ctl passthrough "$BOOT" 2>&1); then
+    fail "gpuvirtctl passthrough of the boot VGA $BOOT succeeded: $out"
+else
+    grep -q "$GV_IF.Error.BootVga" <<<"$out" && pass "gpuvirtctl passthrough $BOOT refused: $(head -1 <<<"$out" | cut -c1-160)" \
+        || fail "gpuvirtctl passthrough $BOOT failed without BootVga: $out"
+fi
 if out=$(gv_call "$(gv_gpu_path "$BOOT")" "$GV_IF.Gpu.AssignPassthrough" '{}' 2>&1); then
     fail "AssignPassthrough of the boot VGA $BOOT succeeded: $out"
 else
     name=$(gv_error_name "$out")
-    [ "$name" = "$GV_IF.Error.BootVga" ] && pass "boot VGA $BOOT refused with $name" \
+    [ "$name" = "$GV_IF.Error.BootVga" ] && pass "Gpu.AssignPassthrough $BOOT: D-Bus error $name" \
         || fail "boot VGA $BOOT refused with '$name', not $GV_IF.Error.BootVga: $out"
 fi
 [ "$(pci_driver "$BOOT")" = "$BOOT_DRV" ] && [ -z "$(attr "/sys/bus/pci/devices/$BOOT/driver_override" | sed 's/(null)//')" ] \
     && pass "boot VGA still on $BOOT_DRV, no driver_override" \
     || fail "boot VGA touched: driver $(pci_driver "$BOOT"), override '$(attr "/sys/bus/pci/devices/$BOOT/driver_override")'"
 
-# 2. Assign the secondary adapter.
-GPU=$(gv_gpu_path "$TARGET")
-if out=$(gv_call "$GPU" "$GV_IF.Gpu.AssignPassthrough" "{'dry-run': <true>}" 2>&1); then
+# 2. Assign the secondary adapter (gpuvirtctl passthrough waits for the job).
+if out=$(ctl passthrough --dry-run "$TARGET" 2>&1); then
     echo "$out" > "$SCENARIO_OUT/plan-assign.txt"
-    [ "$(gv_job_path "$out")" = / ] && sysfs_driver_is "$TARGET" "$ORIG" \
-        && pass "dry-run AssignPassthrough: a plan, no job, $TARGET still on $ORIG" \
-        || fail "dry-run AssignPassthrough changed something or started a job: $out (driver $(pci_driver "$TARGET"))"
-    grep -q vfio <<<"$out" && pass "dry-run plan mentions vfio-pci" || fail "dry-run plan does not mention vfio: $out"
+    sysfs_driver_is "$TARGET" "$ORIG" && grep -q vfio <<<"$out" \
+        && pass "passthrough --dry-run: a plan naming vfio-pci, $TARGET still on $ORIG" \
+        || fail "passthrough --dry-run: driver $(pci_driver "$TARGET"), plan: $out"
 else
-    fail "dry-run AssignPassthrough: $out"
+    fail "gpuvirtctl passthrough --dry-run $TARGET: $out"
 fi
 t0=$(t_now)
-if out=$(gv_call "$GPU" "$GV_IF.Gpu.AssignPassthrough" '{}' 2>&1); then
-    job=$(gv_job_path "$out")
-    info "AssignPassthrough → job $job"
-    if r=$(gv_job_wait "$job" 60); then
-        pass "AssignPassthrough job succeeded in $(elapsed "$t0")s: $r"
-    else
-        fail "AssignPassthrough job: $r"
-    fi
+if out=$(ctl passthrough "$TARGET" 2>&1); then
+    pass "gpuvirtctl passthrough $TARGET in $(elapsed "$t0")s: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
 else
-    fail "AssignPassthrough $TARGET: $out"
+    fail "gpuvirtctl passthrough $TARGET (exit $?): $out"
 fi
 sysfs_driver_is "$TARGET" vfio-pci && pass "sysfs: $TARGET bound to vfio-pci" || fail "sysfs: $TARGET on '$(pci_driver "$TARGET")'"
 wait_for 20 vfio_node_present && pass "/dev/vfio/$GROUP appeared ($(ls -l "/dev/vfio/$GROUP" | awk '{print $1, $5, $6}'))" \
@@ -77,8 +76,7 @@ wait_for 20 vfio_node_present && pass "/dev/vfio/$GROUP appeared ($(ls -l "/dev/
 wait_for 30 driver_is "$TARGET" vfio-pci && pass "daemon: $TARGET Driver vfio-pci" \
     || fail "daemon: $TARGET Driver '$(gpu_driver "$TARGET")'"
 info "after assign: driver_override '$(attr "$D/driver_override")', State $(gv_prop "$GPU" "$GV_IF.Gpu" State)"
-ls -la /run/gpuvirt-test/state > "$SCENARIO_OUT/state-after-assign.txt" 2>&1
-cat /run/gpuvirt-test/state/* >> "$SCENARIO_OUT/state-after-assign.txt" 2>/dev/null
+cat /run/gpuvirt-test/state/ledger.json > "$SCENARIO_OUT/ledger-after-assign.json" 2>&1
 if out=$(gv_call "$GPU" "$GV_IF.Gpu.AssignPassthrough" '{}' 2>&1); then
     [ "$(gv_job_path "$out")" = / ] && pass "second AssignPassthrough is a no-op (job /): $(tr '\n' ' ' <<<"$out" | cut -c1-120)" \
         || fail "second AssignPassthrough started a job: $out"
@@ -88,11 +86,10 @@ fi
 
 # 3. Back to the host.
 t0=$(t_now)
-if out=$(gv_call "$GPU" "$GV_IF.Gpu.ReturnToHost" '{}' 2>&1); then
-    job=$(gv_job_path "$out")
-    if r=$(gv_job_wait "$job" 60); then pass "ReturnToHost job succeeded in $(elapsed "$t0")s: $r"; else fail "ReturnToHost job: $r"; fi
+if out=$(ctl return "$TARGET" 2>&1); then
+    pass "gpuvirtctl return $TARGET in $(elapsed "$t0")s: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
 else
-    fail "ReturnToHost $TARGET: $out"
+    fail "gpuvirtctl return $TARGET (exit $?): $out"
 fi
 wait_for 20 sysfs_driver_is "$TARGET" "$ORIG" && pass "sysfs: $TARGET back on its original driver $ORIG" \
     || fail "sysfs: $TARGET on '$(pci_driver "$TARGET")', expected $ORIG"

@@ -97,8 +97,6 @@ cp "$LEDGER" "$SCENARIO_OUT/ledger-after-restart.json"
 
 # 3. Back to the host: a third start, without the policy (it would keep the card on vfio-pci),
 # and Gpu.ReturnToHost: the original driver comes from the ledger the killed daemon wrote.
-# (Manager.ReloadPolicy with the role changed to "host" hung in this tier: the call never
-# answered and nothing was applied; see the README.)
 gpuvirtd_stop
 echo "---- third start, no policy" >> "$SCENARIO_OUT/gpuvirtd.log"
 GPUVIRTD_ARGS="--root / --events udev --bus-address $DBUS_SYSTEM_BUS_ADDRESS --state-dir $STATE --policy /run/gpuvirt-test/no-policy.toml"
