@@ -18,7 +18,10 @@ use crate::objects::{
 /// `org.gpuvirt.GpuVirt1.Manager`.
 #[derive(Debug)]
 pub struct ManagerInterface {
-    pub props: ManagerProps,
+    /// Behind its own lock, as the other interfaces' properties are: replacing them then
+    /// needs only zbus's shared lock on the interface, which a Manager method waiting for the
+    /// actor (Reconcile, DefineMdev) also holds; an exclusive lock would deadlock the actor.
+    pub props: std::sync::RwLock<ManagerProps>,
     /// Which objects exist, published by the actor before it announces changes, so lookups
     /// never wait for it (and never hold this interface's lock while waiting).
     pub lookup: watch::Receiver<Arc<Lookup>>,
@@ -26,6 +29,13 @@ pub struct ManagerInterface {
     pub policy: watch::Receiver<crate::policy_runtime::PolicyProps>,
     /// Requests to the actor (policy methods).
     pub commands: tokio::sync::mpsc::Sender<crate::actor::Command>,
+}
+
+impl ManagerInterface {
+    fn props(&self) -> std::sync::RwLockReadGuard<'_, ManagerProps> {
+        // A writer only assigns whole properties: a poisoned lock still holds whole ones.
+        self.props.read().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[zbus::interface(name = "org.gpuvirt.GpuVirt1.Manager")]
@@ -185,37 +195,37 @@ impl ManagerInterface {
 
     #[zbus(property)]
     fn version(&self) -> String {
-        self.props.version.clone()
+        self.props().version.clone()
     }
 
     #[zbus(property)]
     fn kernel_release(&self) -> String {
-        self.props.kernel_release.clone()
+        self.props().kernel_release.clone()
     }
 
     #[zbus(property)]
     fn iommu_enabled(&self) -> bool {
-        self.props.iommu_enabled
+        self.props().iommu_enabled
     }
 
     #[zbus(property)]
     fn iommu_reasons(&self) -> Vec<String> {
-        self.props.iommu_reasons.clone()
+        self.props().iommu_reasons.clone()
     }
 
     #[zbus(property)]
     fn vfio_available(&self) -> bool {
-        self.props.vfio_available
+        self.props().vfio_available
     }
 
     #[zbus(property)]
     fn mdev_available(&self) -> bool {
-        self.props.mdev_available
+        self.props().mdev_available
     }
 
     #[zbus(property)]
     fn scan_warnings(&self) -> Vec<String> {
-        self.props.scan_warnings.clone()
+        self.props().scan_warnings.clone()
     }
 }
 
@@ -274,7 +284,11 @@ pub async fn apply(server: &zbus::ObjectServer, changes: Vec<Change>) -> zbus::R
                     }
                     Iface::Manager(p) => {
                         let r = server.interface::<_, ManagerInterface>(path).await?;
-                        r.get_mut().await.props = p;
+                        *r.get()
+                            .await
+                            .props
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner()) = p;
                         emit(&r, changed).await?;
                     }
                 }

@@ -192,15 +192,18 @@ async fn run(args: Args) -> Result<(), StartError> {
     let (lookup_tx, lookup_rx) = watch::channel(Arc::new(objects::Lookup::of(&inventory)));
     // The policy is validated against the scan; the ledger's unfinished work is recovered
     // before the name is taken. Applying it waits for the actor's loop.
+    // One lock for every ledger writer: policy applies and manual operations take turns.
+    let exec_lock: mutate::ExecLock = Arc::new(tokio::sync::Mutex::new(()));
     let policy_runtime = policy_runtime::PolicyRuntime::start(
         args.policy.clone(),
         root.clone(),
         &state_dir,
         &inventory,
+        exec_lock.clone(),
     );
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let manager = dbus::ManagerInterface {
-        props: tree.manager.clone(),
+        props: std::sync::RwLock::new(tree.manager.clone()),
         lookup: lookup_rx,
         policy: policy_runtime.subscribe(),
         commands: cmd_tx.clone(),
@@ -237,6 +240,7 @@ async fn run(args: Args) -> Result<(), StartError> {
         cmd_tx.clone(),
         connection.clone(),
         Duration::from_secs(args.unbind_timeout),
+        exec_lock,
     ));
 
     // 4. Only now take the name: an activated client never sees a half-built tree.

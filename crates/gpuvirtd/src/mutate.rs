@@ -8,7 +8,9 @@
 //! as a [`crate::jobs`] job because an unbind can hang; mdev operations are single sysfs writes
 //! and answer directly (still bounded by the same timeout).
 //!
-//! Only one operation runs at a time (the executor owns one ledger file). A write that hangs
+//! Only one operation runs at a time, policy applies included: every ledger writer opens its
+//! executor while holding the one [`ExecLock`] (a fresh executor reads the ledger as saved, so
+//! nothing another writer recorded is overwritten by a stale copy). A write that hangs
 //! keeps that slot until the kernel returns; the caller gets `TimedOut` and the daemon keeps
 //! serving: the ledger already records the slot's original drivers, so `recover()` at the next
 //! start-up finishes the job if the daemon is restarted meanwhile.
@@ -194,6 +196,10 @@ fn sender(header: &Header<'_>) -> String {
 // The mutator
 // ---------------------------------------------------------------------------------------
 
+/// Serialises every ledger writer (the mutating API and the policy runtime): held from
+/// opening an executor until its last write returns.
+pub type ExecLock = Arc<tokio::sync::Mutex<()>>;
+
 /// What the mutating methods need, shared by all of them.
 #[derive(Debug)]
 pub struct Mutator {
@@ -206,7 +212,7 @@ pub struct Mutator {
     timeout: Duration,
     /// One operation at a time. Held by the blocking worker itself, so a write that outlives
     /// its timeout keeps later operations out until the kernel returns.
-    exec_lock: Arc<tokio::sync::Mutex<()>>,
+    exec_lock: ExecLock,
     /// Objects with a queued or running operation, and what it is.
     in_flight: Mutex<BTreeMap<String, String>>,
 }
@@ -275,6 +281,7 @@ impl Mutator {
         actor: mpsc::Sender<Command>,
         connection: zbus::Connection,
         timeout: Duration,
+        exec_lock: ExecLock,
     ) -> Self {
         let server = connection.object_server().clone();
         Self {
@@ -284,7 +291,7 @@ impl Mutator {
             bouncer: Bouncer::new(connection),
             jobs: Jobs::new(server),
             timeout,
-            exec_lock: Arc::new(tokio::sync::Mutex::new(())),
+            exec_lock,
             in_flight: Mutex::new(BTreeMap::new()),
         }
     }
@@ -1134,7 +1141,6 @@ pub async fn render_hostdev(
         .into()),
     }
 }
-
 
 /// Authorizes one of the Manager's policy methods (`ReloadPolicy`, `Reconcile`) with the same
 /// default-deny bouncer the device mutators use; the subject is the caller's bus name.

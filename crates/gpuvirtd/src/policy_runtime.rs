@@ -4,7 +4,9 @@
 //!
 //! Everything here runs on the actor (the one owner of the inventory): D-Bus methods send a
 //! [`Request`] with a oneshot reply; executing a plan happens in a blocking worker with the
-//! executor moved into it, so sysfs writes never stall the runtime thread.
+//! executor moved into it, so sysfs writes never stall the runtime thread. The worker holds
+//! the mutating API's [`ExecLock`] (one ledger writer at a time), so a manual operation and
+//! a policy apply never save over each other's ledger records.
 //!
 //! `monitor` mode never acts on its own (start, hotplug, drift are only reported); an
 //! explicit `Reconcile` call is a user's decision and applies in either mode.
@@ -27,9 +29,14 @@ use zbus::zvariant::Value;
 
 use crate::actor::Actor;
 use crate::events::Target;
+use crate::mutate::ExecLock;
 
 /// The file name diagnostics of `ValidatePolicy` carry (the caller knows the real one).
 pub const VALIDATE_FILE_NAME: &str = "policy.toml";
+
+/// Longest wait for a manual operation to release the ledger before an apply gives up (the
+/// actor waits meanwhile, so it must stay well below the watchdog's 30 s).
+const EXEC_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a burst of events may go quiet before the policy is re-planned.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -142,6 +149,8 @@ pub struct PolicyRuntime {
     /// The ledger's directory: an executor is opened per apply, so what the mutating API
     /// recorded meanwhile is never overwritten by a stale copy.
     state_dir: PathBuf,
+    /// Shared with the mutating API: held while an apply writes the ledger.
+    exec_lock: ExecLock,
     props: PolicyProps,
     /// What the Manager serves. Not the interface's own field: a policy method call holds
     /// the interface for its whole duration, so writing through it would deadlock.
@@ -159,8 +168,15 @@ pub struct PolicyRuntime {
 impl PolicyRuntime {
     /// Loads `path` (an invalid or missing file leaves no policy in force and sets
     /// `PolicyError`) and opens the executor with the ledger in `state_dir`, finishing what
-    /// a killed daemon left half done. A reconcile is scheduled to run at once.
-    pub fn start(path: PathBuf, root: Root, state_dir: &Path, inventory: &Inventory) -> Self {
+    /// a killed daemon left half done. A reconcile is scheduled to run at once. Applies take
+    /// `exec_lock`, the one the mutating API's operations take.
+    pub fn start(
+        path: PathBuf,
+        root: Root,
+        state_dir: &Path,
+        inventory: &Inventory,
+        exec_lock: ExecLock,
+    ) -> Self {
         let mut rt = PolicyRuntime {
             props: PolicyProps {
                 policy_path: path.display().to_string(),
@@ -170,6 +186,7 @@ impl PolicyRuntime {
             root,
             policy: None,
             state_dir: state_dir.to_owned(),
+            exec_lock,
             served: watch::channel(PolicyProps::default()).0,
             due: Some(Instant::now()),
             failed_plan: None,
@@ -538,12 +555,7 @@ async fn reconcile(
                 tracing::warn!(rule = ?a.rule, "drift: {} ({}); correcting", a.action, a.reason);
             }
         }
-        let Some(report) = execute(rt, &planned).await else {
-            return Err(CallError::Api(api::Error::NotSupported(
-                "the executor is not available (the ledger could not be opened); see the daemon's log"
-                    .to_owned(),
-            )));
-        };
+        let report = execute(rt, &planned).await?;
         applied_any = true;
         log_report(&report, trigger);
         for a in &report.done {
@@ -618,21 +630,39 @@ fn log_report(report: &ApplyReport, trigger: Trigger) {
     }
 }
 
-/// Runs `p` in a blocking worker with the executor moved into it.
-async fn execute(rt: &mut PolicyRuntime, p: &Plan) -> Option<ApplyReport> {
-    let mut executor = rt.open_executor()?;
+/// Runs `p` in a blocking worker holding the ledger lock, with an executor opened under it
+/// (so it starts from what the last writer saved).
+async fn execute(rt: &mut PolicyRuntime, p: &Plan) -> Result<ApplyReport, CallError> {
+    let lock = tokio::time::timeout(EXEC_LOCK_WAIT, rt.exec_lock.clone().lock_owned())
+        .await
+        .map_err(|_| {
+            CallError::Api(api::Error::Busy(format!(
+                "a manual operation has held the ownership ledger for more than {} s (a kernel \
+                 write that has not returned); run Reconcile once it has finished",
+                EXEC_LOCK_WAIT.as_secs()
+            )))
+        })?;
+    let mut executor = rt.open_executor().ok_or_else(|| {
+        CallError::Api(api::Error::NotSupported(
+            "the executor is not available (the ledger could not be opened); see the daemon's log"
+                .to_owned(),
+        ))
+    })?;
     let p = p.clone();
     match tokio::task::spawn_blocking(move || {
-        let report = executor.execute(&p);
-        (executor, report)
+        // Held until the kernel returns, even if this task stopped waiting.
+        let _lock = lock;
+        executor.execute(&p)
     })
     .await
     {
-        Ok((_, report)) => Some(report),
+        Ok(report) => Ok(report),
         Err(e) => {
-            // A panicking executor: its ledger on disk is the truth; reopen it.
+            // A panicking executor: its ledger on disk is the truth; the next apply reopens it.
             tracing::error!(error = %e, "the executor failed");
-            None
+            Err(CallError::Fdo(zbus::fdo::Error::Failed(format!(
+                "the executor failed: {e}"
+            ))))
         }
     }
 }

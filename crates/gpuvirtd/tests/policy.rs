@@ -262,3 +262,87 @@ async fn validate_policy_reports_positions() {
         "{diags:?}"
     );
 }
+
+/// A manual operation and a policy apply at the same time both write the ownership ledger;
+/// neither may save over the other's records (they share one ledger lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_defines_and_reconcile_keep_every_ledger_record() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    install_initramfs_double(host.root());
+    let policy = host.dir.path().join("policy.toml");
+    // Monitor mode: nothing is applied until the Reconcile below.
+    std::fs::write(
+        &policy,
+        EXAMPLE.replace("enforcement = \"enforce\"", "enforcement = \"monitor\""),
+    )
+    .unwrap();
+    let state = host.dir.path().join("state");
+    let bus = Bus::start();
+    let d = Daemon::start(&bus, &host, &policy, &state).await;
+    let conn = bus.connect().await;
+    let m = manager(&conn).await;
+    assert_eq!(prop::<String>(&m, "EnforcementMode").await, "monitor");
+    assert!(mdevs(&host).is_empty());
+
+    // Definitions for a parent that is not plugged in (allowed: no rule manages it), sent
+    // while the apply runs.
+    let defined: Vec<String> = (0..12)
+        .map(|i| format!("5d1c0c1e-0000-4000-8000-{i:012}"))
+        .collect();
+    let reconcile = async {
+        let r: (bool, String) = m.call("Reconcile", &(no_options(),)).await.unwrap();
+        r
+    };
+    let defines = async {
+        let tasks: Vec<_> = defined
+            .iter()
+            .map(|uuid| {
+                let m = m.clone();
+                let uuid = uuid.clone();
+                tokio::spawn(async move {
+                    let r: String = m
+                        .call(
+                            "DefineMdev",
+                            &("0000:99:00.0", "nvidia-300", uuid.as_str(), no_options()),
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("DefineMdev {uuid}: {e}"));
+                    r
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        answers
+    };
+    let ((ok, report), answers) = tokio::join!(reconcile, defines);
+    assert!(ok, "{report}: {}", d.log());
+    assert_eq!(answers, defined);
+    assert_eq!(mdevs(&host).len(), 2, "{}", d.log());
+
+    let ledger = gpuvirt_core::ledger::LedgerStore::new(&state)
+        .load()
+        .unwrap();
+    let by_policy: Vec<String> = ledger
+        .mdevs
+        .iter()
+        .filter(|(_, r)| r.rule.as_deref() == Some("vdi"))
+        .map(|(u, _)| u.to_string())
+        .collect();
+    assert_eq!(by_policy, mdevs(&host), "{ledger:?}");
+    for uuid in &defined {
+        let record = ledger
+            .mdevs
+            .get(&uuid.parse().unwrap())
+            .unwrap_or_else(|| panic!("the definition of {uuid} was lost: {ledger:?}"));
+        assert!(
+            record.defined && record.parent == "0000:99:00.0",
+            "{record:?}"
+        );
+    }
+}
