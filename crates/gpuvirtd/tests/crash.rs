@@ -504,3 +504,230 @@ async fn read_only_state_dir_serves_and_refuses_mutators() {
     );
     eprintln!("crash: read-only state dir -> {refused}");
 }
+
+const EXAMPLE_POLICY: &str = include_str!("../../../config/policy.toml");
+
+/// gpuvirtd with a policy (applied at start), its pid handed to the kill switch at spawn so
+/// that a kill can land before the name is even taken.
+struct PolicyDaemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl PolicyDaemon {
+    fn spawn(host: &Host, bus: &Bus, policy: &Path) -> PolicyDaemon {
+        let log = host.dir.path().join(format!(
+            "gpuvirtd-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
+            .arg("--root")
+            .arg(host.root())
+            .args(["--bus-address", &bus.address])
+            .arg("--events")
+            .arg(format!("sim:{}", host.socket.display()))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--state-dir")
+            .arg(host.state())
+            .args(["--log", "gpuvirtd=debug"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        host.trigger.pid.store(child.id() as i32, Ordering::SeqCst);
+        PolicyDaemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PolicyDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Manager's `LastApply`, or "" while the daemon is not (yet) on the bus.
+async fn last_apply(conn: &zbus::Connection) -> String {
+    call(
+        conn,
+        gpuvirt_api::MANAGER_PATH,
+        "org.freedesktop.DBus.Properties",
+        "Get",
+        &(gpuvirt_api::MANAGER_INTERFACE, "LastApply"),
+    )
+    .await
+    .ok()
+    .and_then(|m| m.body().deserialize::<zbus::zvariant::OwnedValue>().ok())
+    .and_then(|v| String::try_from(v).ok())
+    .unwrap_or_default()
+}
+
+/// The human text of `Manager.PlanPolicy`, or "" while the daemon is not (yet) on the bus.
+async fn plan_policy(conn: &zbus::Connection) -> String {
+    call(
+        conn,
+        gpuvirt_api::MANAGER_PATH,
+        gpuvirt_api::MANAGER_INTERFACE,
+        "PlanPolicy",
+        &(no_opts(),),
+    )
+    .await
+    .ok()
+    .and_then(|m| m.body().deserialize::<(String, String)>().ok())
+    .map(|(human, _)| human)
+    .unwrap_or_default()
+}
+
+fn sim_mdevs(host: &Host) -> Vec<uuid::Uuid> {
+    let mut v: Vec<uuid::Uuid> = lock_backend(host.mount.backend())
+        .kernel
+        .mdevs()
+        .into_iter()
+        .map(|(u, _, _)| u)
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_write_of_a_policy_apply_with_mdevs_converges() {
+    if !fuse_available() {
+        return;
+    }
+    let mut n = 0usize;
+    let mut completed_without_kill = false;
+    while !completed_without_kill {
+        assert!(n < 32, "the policy apply never finished within 32 writes");
+        let host = boot("runbook");
+        // The example policy blacklists nouveau, which regenerates the initramfs.
+        let tool = host.root().join("usr/sbin/update-initramfs");
+        std::fs::create_dir_all(tool.parent().unwrap()).unwrap();
+        std::fs::write(&tool, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let policy = host.dir.path().join("policy.toml");
+        std::fs::write(&policy, EXAMPLE_POLICY).unwrap();
+
+        host.trigger.allowed.store(n, Ordering::SeqCst);
+        let bus = Bus::start();
+        let conn = bus.connect().await;
+        let d = PolicyDaemon::spawn(&host, &bus, &policy);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if host.trigger.fired.load(Ordering::SeqCst) {
+                break;
+            }
+            if !last_apply(&conn).await.is_empty() && !host.trigger.fired.load(Ordering::SeqCst) {
+                completed_without_kill = true;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kill after {n}: neither applied nor killed\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(d);
+        drop(conn);
+        let writes_before = host.trigger.writes.load(Ordering::SeqCst);
+        host.trigger.allowed.store(usize::MAX, Ordering::SeqCst);
+
+        // Restart on the same state dir and policy: it converges to exactly the policy's mdevs,
+        // all of them in the ledger, none twice.
+        let bus = Bus::start();
+        let conn = bus.connect().await;
+        let d = PolicyDaemon::spawn(&host, &bus, &policy);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Settled: an apply report, or (when the kill came after the last change) a plan with
+        // nothing to do.
+        let report = loop {
+            let r = last_apply(&conn).await;
+            if !r.is_empty() {
+                break r;
+            }
+            let plan = plan_policy(&conn).await;
+            if plan.starts_with("Nothing to do") {
+                break plan;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kill after {n}: no apply after restart\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            !report.contains("failed"),
+            "kill after {n}: {report}\n{}",
+            d.log()
+        );
+        let mdevs = sim_mdevs(&host);
+        assert_eq!(
+            mdevs.len(),
+            2,
+            "kill after {n}: {mdevs:?}\n{report}\n{}",
+            d.log()
+        );
+        let ledger = LedgerStore::new(host.state())
+            .load()
+            .unwrap_or_else(|e| panic!("kill after {n}: ledger unreadable: {e}"));
+        for u in &mdevs {
+            assert!(
+                ledger.owns_mdev(u),
+                "kill after {n}: {u} not in the ledger: {ledger:?}"
+            );
+        }
+        assert_eq!(
+            ledger.mdevs.len(),
+            2,
+            "kill after {n}: ledger records other mdevs: {ledger:?}"
+        );
+        drop(d);
+
+        // And once more: nothing to do, the same mdevs.
+        let bus = Bus::start();
+        let conn = bus.connect().await;
+        let d = PolicyDaemon::spawn(&host, &bus, &policy);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let plan = loop {
+            let plan = plan_policy(&conn).await;
+            if !plan.is_empty() {
+                break plan;
+            }
+            assert!(Instant::now() < deadline, "no plan\n{}", d.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(plan.starts_with("Nothing to do"), "kill after {n}: {plan}");
+        assert_eq!(
+            sim_mdevs(&host),
+            mdevs,
+            "kill after {n}: changed on a clean restart"
+        );
+        eprintln!(
+            "crash: policy apply, kill after {n} writes -> {} ({writes_before} writes before the restart)",
+            if completed_without_kill {
+                "apply completed (no kill)"
+            } else {
+                "killed, restarted, converged"
+            }
+        );
+        n += 1;
+    }
+    eprintln!(
+        "crash: policy apply with mdevs has {} sysfs writes; killed at each",
+        n - 1
+    );
+    assert!(
+        n > 2,
+        "the policy apply had too few writes to be a meaningful test"
+    );
+}
