@@ -134,7 +134,7 @@ async fn hundred_clients_during_a_storm_with_a_slow_subscriber() {
     .await;
     let conn = bus.connect().await;
     let hwm_before = vm_hwm(d.pid());
-    let _slow = slow_client(&bus.address);
+    let slow = slow_client(&bus.address);
 
     // The answer a dry-run AssignPassthrough gets when nothing else runs: every concurrent one
     // must get the same.
@@ -366,6 +366,29 @@ async fn hundred_clients_during_a_storm_with_a_slow_subscriber() {
     assert!(
         hwm_after < hwm_before + 256 * 1024,
         "VmHWM grew from {hwm_before} to {hwm_after} kB"
+    );
+    // The slow client was really sent gpuvirtd's signals (it reads them only now, after the
+    // fact): the daemon's mdev objects came and went while it did not read.
+    slow.set_nonblocking(true).unwrap();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match std::io::Read::read(&mut &slow, &mut buf) {
+            Ok(0) => break,
+            Ok(k) => pending.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("slow client: {e}"),
+        }
+    }
+    let has = |needle: &[u8]| pending.windows(needle.len()).any(|w| w == needle);
+    eprintln!(
+        "load: slow client had {} bytes waiting in its socket",
+        pending.len()
+    );
+    assert!(
+        has(b"InterfacesAdded"),
+        "the slow client was sent no gpuvirtd signal ({} bytes)",
+        pending.len()
     );
     // Still alive and serving.
     let r = call(
