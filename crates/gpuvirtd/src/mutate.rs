@@ -1032,10 +1032,9 @@ impl Mutator {
         if plan.actions.is_empty() {
             return;
         }
-        let Ok(lock) = self.lock_now().await else {
-            tracing::warn!("recreating defined mdevs waits: another operation is running");
-            return;
-        };
+        // This runs in its own task: wait for a running operation or policy apply to finish
+        // rather than give up (nothing would ask again until the next parent event).
+        let lock = self.exec_lock.clone().lock_owned().await;
         let mut targets = Vec::new();
         for a in &plan.actions {
             if let Action::CreateMdev { parent, uuid, .. } = a {
