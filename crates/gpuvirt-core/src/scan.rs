@@ -21,8 +21,8 @@ use crate::model::{
 use crate::pciids::PciIdsDb;
 use crate::root::Root;
 use crate::sysfs::{
-    basename, is_missing, is_not_a_link, parse_hex, resolve_link, shown, DirHandle, ReadError,
-    Reader, ScanStats,
+    basename, is_missing, is_not_a_link, parse_hex, resolve_link, shown, ReadError, Reader,
+    ScanStats,
 };
 
 const PCI_DEVICES: &str = "sys/bus/pci/devices";
@@ -348,8 +348,8 @@ impl Scanner {
             }
         };
         let dir = Path::new("sys").join(&sysfs_path);
-        let (handle, mut entries) = match r.open_dir(&dir) {
-            Ok(opened) => opened,
+        let mut entries = match r.list(&dir) {
+            Ok(entries) => entries,
             Err(e) if is_missing(&e) => return None,
             Err(e) => {
                 r.warn(
@@ -360,22 +360,15 @@ impl Scanner {
             }
         };
         entries.sort_unstable();
-        let mut d = DeviceDir {
-            r,
-            dir,
-            handle,
-            entries,
-        };
+        let mut d = DeviceDir { r, dir, entries };
         d.read_function(self, addr, sysfs_path).ok()
     }
 }
 
-/// One device directory being read: its listing decides which attributes are opened, and
-/// they are opened relative to the directory's descriptor.
+/// One device directory being read: its listing decides which attributes are opened.
 struct DeviceDir<'r, 'a> {
     r: &'r mut Reader<'a>,
     dir: PathBuf,
-    handle: DirHandle,
     entries: Vec<String>,
 }
 
@@ -399,11 +392,12 @@ impl DeviceDir<'_, '_> {
     /// Reads an attribute the listing showed: `Ok(None)` when unreadable (warned),
     /// `Err(Gone)` when it vanished.
     fn attr(&mut self, name: &str) -> Result<Option<String>, Gone> {
-        match self.r.read_in(&self.handle, name) {
+        let path = self.dir.join(name);
+        match self.r.read(&path) {
             Ok(text) => Ok(Some(text)),
             Err(ReadError::Missing) => Err(Gone),
             Err(e) => {
-                self.r.warn(&self.dir.join(name), crate::error_chain(&e));
+                self.r.warn(&path, crate::error_chain(&e));
                 Ok(None)
             }
         }
@@ -451,7 +445,7 @@ impl DeviceDir<'_, '_> {
             return Ok(None);
         }
         let path = self.dir.join(name);
-        match self.r.read_link_in(&self.handle, name) {
+        match self.r.read_link(&path) {
             Ok(target) => match basename(&target) {
                 Some(b) => Ok(Some(b.to_string())),
                 None => {
@@ -690,12 +684,10 @@ impl DeviceDir<'_, '_> {
 
     /// NVIDIA's per-VF vGPU files; absent files (a PF's `nvidia/` lacks them) are not warned.
     fn nvidia_vgpu(&mut self) -> Option<NvidiaVfVgpu> {
-        const TYPES: &str = "nvidia/creatable_vgpu_types";
-        const CURRENT: &str = "nvidia/current_vgpu_type";
-        let types_path = self.dir.join(TYPES);
-        let current_path = self.dir.join(CURRENT);
-        let types_text = self.optional_file(TYPES);
-        let current_text = self.optional_file(CURRENT);
+        let types_path = self.dir.join("nvidia/creatable_vgpu_types");
+        let current_path = self.dir.join("nvidia/current_vgpu_type");
+        let types_text = self.optional_file(&types_path);
+        let current_text = self.optional_file(&current_path);
         if types_text.is_none() && current_text.is_none() {
             return None;
         }
@@ -742,13 +734,12 @@ impl DeviceDir<'_, '_> {
         })
     }
 
-    /// A file below the directory (`name` relative to it); absent files are not warned.
-    fn optional_file(&mut self, name: &str) -> Option<String> {
-        match self.r.read_in(&self.handle, name) {
+    fn optional_file(&mut self, path: &Path) -> Option<String> {
+        match self.r.read(path) {
             Ok(text) => Some(text),
             Err(ReadError::Missing) => None,
             Err(e) => {
-                self.r.warn(&self.dir.join(name), crate::error_chain(&e));
+                self.r.warn(path, crate::error_chain(&e));
                 None
             }
         }
@@ -956,12 +947,10 @@ fn read_parent(r: &mut Reader<'_>, name: &str) -> Option<MdevParent> {
         }
     };
     let types_dir = link.join("mdev_supported_types");
-    // Opened once: each type's files are then opened relative to it instead of through the
-    // class link and the whole device path again.
-    let (handle, ids) = match r.open_dir(&types_dir) {
-        Ok((handle, mut ids)) => {
+    let ids = match r.list(&types_dir) {
+        Ok(mut ids) => {
             ids.sort_unstable();
-            (Some(handle), ids)
+            ids
         }
         Err(e) => {
             let why = if is_missing(&e) {
@@ -970,35 +959,26 @@ fn read_parent(r: &mut Reader<'_>, name: &str) -> Option<MdevParent> {
                 format!("the parent's types could not be listed: {e}")
             };
             r.warn(&types_dir, why);
-            (None, Vec::new())
+            Vec::new()
         }
-    };
-    let Some(handle) = handle else {
-        return Some(MdevParent {
-            name: name.to_string(),
-            sysfs_path,
-            pci_address: name.parse().ok(),
-            types: Vec::new(),
-        });
     };
     let mut types = Vec::with_capacity(ids.len());
     for id in ids {
-        let name = type_attr(r, &handle, &id, "name", true);
+        let dir = types_dir.join(&id);
+        let name = type_attr(r, &dir.join("name"), true);
         // mtty and other sample drivers have no description.
-        let description = type_attr(r, &handle, &id, "description", false);
-        let device_api = type_attr(r, &handle, &id, "device_api", true);
-        let available_path = types_dir.join(&id).join("available_instances");
+        let description = type_attr(r, &dir.join("description"), false);
+        let device_api = type_attr(r, &dir.join("device_api"), true);
+        let available_path = dir.join("available_instances");
         let available_instances =
-            type_attr(r, &handle, &id, "available_instances", true).and_then(|v| {
-                match v.parse::<u32>() {
-                    Ok(n) => Some(n),
-                    Err(_) => {
-                        r.warn(
-                            &available_path,
-                            format!("'{}' is not an instance count", shown(&v)),
-                        );
-                        None
-                    }
+            type_attr(r, &available_path, true).and_then(|v| match v.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    r.warn(
+                        &available_path,
+                        format!("'{}' is not an instance count", shown(&v)),
+                    );
+                    None
                 }
             });
         types.push(MdevType {
@@ -1017,19 +997,9 @@ fn read_parent(r: &mut Reader<'_>, name: &str) -> Option<MdevParent> {
     })
 }
 
-/// One mdev type attribute (`<id>/<file>` below the open types directory), trimmed; missing
-/// files are warned only when `required`.
-fn type_attr(
-    r: &mut Reader<'_>,
-    types: &DirHandle,
-    id: &str,
-    file: &str,
-    required: bool,
-) -> Option<String> {
-    let path = types.rel().join(id).join(file);
-    let path = path.as_path();
-    // `id` comes from the directory listing, so it is a plain name (no `/`, never `..`).
-    match r.read_in(types, &format!("{id}/{file}")) {
+/// One mdev type attribute, trimmed; missing files are warned only when `required`.
+fn type_attr(r: &mut Reader<'_>, path: &Path, required: bool) -> Option<String> {
+    match r.read(path) {
         Ok(text) => {
             let value = text.trim();
             if value.is_empty() {

@@ -4,15 +4,10 @@
 //! report exactly how many files, links and directories one scan touched, and so every failure
 //! becomes a [`ScanWarning`] naming the file relative to the root instead of a panic.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-
-use rustix::fs::{self, Mode, OFlags, RawDir};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +17,6 @@ use crate::root::Root;
 /// The most bytes read from one attribute; sysfs attributes are at most a page, so anything
 /// larger is not a sysfs attribute and is refused rather than slurped.
 pub const ATTR_READ_CAP: u64 = 64 * 1024;
-
-/// The directory listing buffer: a PCI device directory (about 40 entries) or an IOMMU group
-/// fits in one `getdents64`.
-const DENTS_BUFFER: usize = 32 * 1024;
 
 /// The first read's size: larger than nearly every attribute, small enough for the stack.
 const FIRST_READ: usize = 1024;
@@ -93,48 +84,18 @@ pub fn is_not_a_link(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc_errno::EINVAL)
 }
 
-/// A directory below the root, opened once: listed through its descriptor, and its entries
-/// opened relative to it, so the kernel resolves the long device path (and the class or bus
-/// link leading to it) once per directory instead of once per attribute.
-#[derive(Debug)]
-pub struct DirHandle {
-    fd: OwnedFd,
-    rel: PathBuf,
-}
-
-impl DirHandle {
-    /// The directory's path relative to the root (for warnings).
-    pub fn rel(&self) -> &Path {
-        &self.rel
-    }
-}
-
 /// Performs counted filesystem operations below one root and collects warnings.
 #[derive(Debug)]
 pub struct Reader<'a> {
     root: &'a Root,
-    /// The root directory itself (`O_PATH`), so no operation re-walks the root's own prefix;
-    /// `None` when it could not be opened (every operation then uses the joined path and fails
-    /// as it would have).
-    base: Option<OwnedFd>,
-    /// `getdents64` buffer, reused: large enough that a device directory is one call.
-    dents: Vec<MaybeUninit<u8>>,
     pub stats: ScanStats,
     pub warnings: Vec<ScanWarning>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(root: &'a Root) -> Self {
-        let base = fs::open(
-            root.base(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok();
         Self {
             root,
-            base,
-            dents: Vec::new(),
             stats: ScanStats::default(),
             warnings: Vec::new(),
         }
@@ -157,25 +118,6 @@ impl<'a> Reader<'a> {
         });
     }
 
-    /// Opens `rel` (relative to the root) with `flags`, through the root descriptor when held.
-    fn open_rel(&self, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
-        refuse_nul(rel.as_os_str())?;
-        let flags = flags | OFlags::CLOEXEC;
-        let fd = match &self.base {
-            Some(base) => {
-                let rel = rel.strip_prefix("/").unwrap_or(rel);
-                let rel = if rel.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    rel
-                };
-                fs::openat(base, rel, flags, Mode::empty())?
-            }
-            None => fs::open(self.abs(rel), flags, Mode::empty())?,
-        };
-        Ok(fd)
-    }
-
     /// Reads a text file capped at [`ATTR_READ_CAP`] bytes.
     pub fn read(&mut self, rel: &Path) -> Result<String, ReadError> {
         self.read_capped(rel, ATTR_READ_CAP)
@@ -191,84 +133,53 @@ impl<'a> Reader<'a> {
     /// Reads raw bytes of at most `cap` bytes.
     pub fn read_bytes(&mut self, rel: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
         self.stats.files_read += 1;
-        let fd = self.open_rel(rel, OFlags::RDONLY).map_err(classify)?;
-        read_capped_file(File::from(fd), cap)
-    }
-
-    /// Reads the text attribute `name` (a plain name or a short relative path) of an open
-    /// directory, capped at [`ATTR_READ_CAP`] bytes.
-    pub fn read_in(&mut self, dir: &DirHandle, name: &str) -> Result<String, ReadError> {
-        self.stats.files_read += 1;
-        refuse_nul(name.as_ref()).map_err(ReadError::Io)?;
-        let fd = fs::openat(
-            &dir.fd,
-            name,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| classify(e.into()))?;
-        let bytes = read_capped_file(File::from(fd), ATTR_READ_CAP)?;
-        String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
+        let mut file = File::open(self.abs(rel)).map_err(classify)?;
+        // A sysfs attribute is handed over whole by the first read; a regular file (tmpfs,
+        // ext4) only reads short at its end. So a read that does not fill the buffer is taken
+        // as the end of the file, saving the zero-length EOF read on every attribute (a
+        // quarter of a scan's syscalls). The buffer lives on the stack: most attributes are a
+        // few bytes, and a zeroed page per read showed up in profiles. Fuller files read on.
+        let mut chunk = [0u8; FIRST_READ];
+        let first = loop {
+            match file.read(&mut chunk) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        };
+        let mut buf = chunk[..first].to_vec();
+        if first == FIRST_READ {
+            file.take(cap.saturating_sub(FIRST_READ as u64) + 1)
+                .read_to_end(&mut buf)
+                .map_err(classify)?;
+        }
+        if buf.len() as u64 > cap {
+            return Err(ReadError::TooLarge);
+        }
+        Ok(buf)
     }
 
     /// One `readlink`.
     pub fn read_link(&mut self, rel: &Path) -> io::Result<PathBuf> {
         self.stats.links_read += 1;
-        refuse_nul(rel.as_os_str())?;
-        match &self.base {
-            Some(base) => {
-                let rel = rel.strip_prefix("/").unwrap_or(rel);
-                let target = fs::readlinkat(base, rel, Vec::new())?;
-                Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
-            }
-            None => std::fs::read_link(self.abs(rel)),
-        }
-    }
-
-    /// One `readlink` of the link `name` inside an open directory.
-    pub fn read_link_in(&mut self, dir: &DirHandle, name: &str) -> io::Result<PathBuf> {
-        self.stats.links_read += 1;
-        refuse_nul(name.as_ref())?;
-        // The descriptor is only borrowed: `openat`/`readlinkat` ignore the stream's position.
-        let target = fs::readlinkat(&dir.fd, name, Vec::new())?;
-        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
-    }
-
-    /// Opens a directory and lists its entry names (unsorted; names that are not UTF-8 are
-    /// reported and skipped); the handle then reads entries relative to it.
-    pub fn open_dir(&mut self, rel: &Path) -> io::Result<(DirHandle, Vec<String>)> {
-        self.stats.dirs_listed += 1;
-        let fd = self.open_rel(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        if self.dents.is_empty() {
-            self.dents.resize(DENTS_BUFFER, MaybeUninit::uninit());
-        }
-        let mut names = Vec::new();
-        let mut not_utf8 = Vec::new();
-        let mut dir = RawDir::new(&fd, &mut self.dents);
-        while let Some(entry) = dir.next() {
-            let entry = entry?;
-            let raw = entry.file_name().to_bytes();
-            if raw == b"." || raw == b".." {
-                continue;
-            }
-            match std::str::from_utf8(raw) {
-                Ok(name) => names.push(name.to_string()),
-                Err(_) => not_utf8.push(rel.join(OsStr::from_bytes(raw))),
-            }
-        }
-        for path in not_utf8 {
-            self.warn(&path, "the entry name is not UTF-8 and was skipped");
-        }
-        let handle = DirHandle {
-            fd,
-            rel: rel.to_path_buf(),
-        };
-        Ok((handle, names))
+        std::fs::read_link(self.abs(rel))
     }
 
     /// Lists a directory's entry names (unsorted; names that are not UTF-8 are reported and skipped).
     pub fn list(&mut self, rel: &Path) -> io::Result<Vec<String>> {
-        self.open_dir(rel).map(|(_, names)| names)
+        self.stats.dirs_listed += 1;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.abs(rel))? {
+            let name: OsString = entry?.file_name();
+            match name.into_string() {
+                Ok(name) => names.push(name),
+                Err(name) => {
+                    let path = rel.join(&name);
+                    self.warn(&path, "the entry name is not UTF-8 and was skipped");
+                }
+            }
+        }
+        Ok(names)
     }
 
     /// Whether something exists at `rel` (one `stat`).
@@ -276,45 +187,6 @@ impl<'a> Reader<'a> {
         self.stats.probes += 1;
         std::fs::metadata(self.abs(rel)).is_ok()
     }
-}
-
-/// A name with a NUL byte cannot reach the kernel; refused as `std::fs` refuses it
-/// (`InvalidInput`, not rustix's `EINVAL`, which reads as "not a link").
-fn refuse_nul(name: &OsStr) -> io::Result<()> {
-    if name.as_bytes().contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path contains a NUL byte",
-        ));
-    }
-    Ok(())
-}
-
-/// Reads at most `cap` bytes of an open file (see [`Reader::read_bytes`]).
-fn read_capped_file(mut file: File, cap: u64) -> Result<Vec<u8>, ReadError> {
-    // A sysfs attribute is handed over whole by the first read; a regular file (tmpfs,
-    // ext4) only reads short at its end. So a read that does not fill the buffer is taken
-    // as the end of the file, saving the zero-length EOF read on every attribute (a
-    // quarter of a scan's syscalls). The buffer lives on the stack: most attributes are a
-    // few bytes, and a zeroed page per read showed up in profiles. Fuller files read on.
-    let mut chunk = [0u8; FIRST_READ];
-    let first = loop {
-        match file.read(&mut chunk) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(classify(e)),
-        }
-    };
-    let mut buf = chunk[..first].to_vec();
-    if first == FIRST_READ {
-        file.take(cap.saturating_sub(FIRST_READ as u64) + 1)
-            .read_to_end(&mut buf)
-            .map_err(classify)?;
-    }
-    if buf.len() as u64 > cap {
-        return Err(ReadError::TooLarge);
-    }
-    Ok(buf)
 }
 
 fn classify(err: io::Error) -> ReadError {
