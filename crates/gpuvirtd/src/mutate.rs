@@ -584,23 +584,44 @@ pub async fn assign_passthrough(
             })
             .collect(),
     });
+    run_slot_job(
+        m,
+        header,
+        "Gpu.AssignPassthrough",
+        format!("assign slot {slot} to vfio-pci"),
+        (slot, &card, address),
+        actions,
+        &opts,
+    )
+    .await
+}
+
+/// The shared end of AssignPassthrough and ReturnToHost: the plan text, or (after
+/// authorization) the slot's job running `actions`.
+async fn run_slot_job(
+    m: &'static Mutator,
+    header: &Header<'_>,
+    method: &str,
+    operation: String,
+    (slot, card, address): (PciSlot, &Card, PciAddress),
+    actions: Vec<Action>,
+    opts: &Options,
+) -> Result<(OwnedObjectPath, String), CallError> {
     let plan = plan_text(&actions);
     if opts.dry_run {
         return Ok((api::no_object(), plan));
     }
     m.bouncer
-        .authorize(header, "Gpu.AssignPassthrough", opts.interactive)
+        .authorize(header, method, opts.interactive)
         .await?;
-    let operation = format!("assign slot {slot} to vfio-pci");
     let in_flight = m.claim(format!("slot {slot}"), &operation)?;
-    let targets = slot_targets(&card);
     let job = m
         .start_job(
             header,
             operation,
             gpu_objects(address),
             in_flight,
-            targets,
+            slot_targets(card),
             Box::new(move |ex| run_actions(ex, &actions)),
         )
         .await?;
@@ -648,27 +669,16 @@ pub async fn return_to_host(
             })
             .collect(),
     }];
-    let plan = plan_text(&actions);
-    if opts.dry_run {
-        return Ok((api::no_object(), plan));
-    }
-    m.bouncer
-        .authorize(header, "Gpu.ReturnToHost", opts.interactive)
-        .await?;
-    let operation = format!("return slot {slot} to the host");
-    let in_flight = m.claim(format!("slot {slot}"), &operation)?;
-    let targets = slot_targets(&card);
-    let job = m
-        .start_job(
-            header,
-            operation,
-            gpu_objects(address),
-            in_flight,
-            targets,
-            Box::new(move |ex| run_actions(ex, &actions)),
-        )
-        .await?;
-    Ok((job, plan))
+    run_slot_job(
+        m,
+        header,
+        "Gpu.ReturnToHost",
+        format!("return slot {slot} to the host"),
+        (slot, &card, address),
+        actions,
+        &opts,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
