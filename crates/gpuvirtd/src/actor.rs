@@ -98,9 +98,9 @@ pub struct Actor {
     server: zbus::ObjectServer,
     lookup: watch::Sender<Arc<Lookup>>,
     counts: watch::Sender<Counts>,
-    /// Told when a shard parent appears (hotplug, driver load, `MDEV_STATE=registered`), so
+    /// Told which shard parents appeared (hotplug, driver load, `MDEV_STATE=registered`), so
     /// defined mdevs are recreated on the parent's own readiness event, not after a sleep.
-    parent_added: Option<mpsc::UnboundedSender<()>>,
+    parent_added: Option<mpsc::UnboundedSender<BTreeSet<String>>>,
     /// The device policy in force and the executor that applies it.
     pub(crate) policy: Option<crate::policy_runtime::PolicyRuntime>,
 }
@@ -137,8 +137,8 @@ impl Actor {
         }
     }
 
-    /// Sends `()` on `tx` whenever a ShardParent object appears.
-    pub fn notify_parent_added(mut self, tx: mpsc::UnboundedSender<()>) -> Self {
+    /// Sends the names of the shard parents that appeared on `tx` (see [`appeared_parents`]).
+    pub fn notify_parent_added(mut self, tx: mpsc::UnboundedSender<BTreeSet<String>>) -> Self {
         self.parent_added = Some(tx);
         self
     }
@@ -174,17 +174,18 @@ impl Actor {
                 msg = events.recv() => {
                     let Some(first) = msg else { break };
                     let mut targets = BTreeSet::new();
-                    add_targets(&mut targets, &first);
+                    let mut announced = BTreeSet::new();
+                    add_targets(&mut targets, &mut announced, &first);
                     // Fold whatever else is queued into the same pass: a burst costs one
                     // refresh per distinct device, not one per event.
                     while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
                         match events.try_recv() {
-                            Ok(msg) => add_targets(&mut targets, &msg),
+                            Ok(msg) => add_targets(&mut targets, &mut announced, &msg),
                             Err(_) => break,
                         }
                     }
                     let touched = self.policy.is_some().then(|| targets.clone());
-                    self.update(targets).await;
+                    self.update_announced(targets, announced).await;
                     if let Some(touched) = touched {
                         crate::policy_runtime::after_events(&mut self, &touched);
                     }
@@ -215,6 +216,12 @@ impl Actor {
     }
 
     async fn update(&mut self, targets: BTreeSet<Target>) {
+        self.update_announced(targets, BTreeSet::new()).await;
+    }
+
+    /// Like `update`; `announced` names devices whose own events said they appeared or
+    /// became ready (see [`appeared_parents`]).
+    async fn update_announced(&mut self, targets: BTreeSet<Target>, announced: BTreeSet<String>) {
         let started = std::time::Instant::now();
         if targets.contains(&Target::All) {
             // A full scan takes long on big hosts: off the runtime thread.
@@ -244,21 +251,13 @@ impl Actor {
                 .send_replace(Arc::new(Lookup::of(&self.current)));
         }
         let n = changes.len();
-        let parent_added = changes.iter().any(|c| {
-            matches!(
-                c,
-                Change::Added {
-                    iface: Iface::ShardParent(_),
-                    ..
-                }
-            )
-        });
+        let appeared = appeared_parents(&changes, announced, &self.current);
         if let Err(e) = dbus::apply(&self.server, changes).await {
             tracing::error!(error = %e, "updating the D-Bus objects failed");
         }
-        if parent_added {
+        if !appeared.is_empty() {
             if let Some(tx) = &self.parent_added {
-                let _ = tx.send(());
+                let _ = tx.send(appeared);
             }
         }
         let counts = Counts::of(&self.current);
@@ -271,11 +270,49 @@ impl Actor {
     }
 }
 
-fn add_targets(targets: &mut BTreeSet<Target>, msg: &SourceMessage) {
+/// The shard parents that appeared in one update: a ShardParent object the diff added, or
+/// a device whose own event announced it (`add`, `bind`, `MDEV_STATE=registered`) and that
+/// is an mdev parent now. The events matter because a batch can hold a card's removal and
+/// its return: the served tree then never loses the parent, yet its mdevs are gone. Other
+/// changes (an mdev stopped, instances used up) are not appearances: a stopped definition
+/// stays stopped, as with mdevctl.
+fn appeared_parents(
+    changes: &[Change],
+    announced: BTreeSet<String>,
+    inv: &Inventory,
+) -> BTreeSet<String> {
+    let mut appeared: BTreeSet<String> = announced
+        .into_iter()
+        .filter(|name| inv.mdev_parents.contains_key(name))
+        .collect();
+    for change in changes {
+        if let Change::Added {
+            iface: Iface::ShardParent(props),
+            ..
+        } = change
+        {
+            appeared.insert(props.name.clone());
+        }
+    }
+    appeared
+}
+
+fn add_targets(
+    targets: &mut BTreeSet<Target>,
+    announced: &mut BTreeSet<String>,
+    msg: &SourceMessage,
+) {
     match msg {
         SourceMessage::Event(ev) => {
             tracing::trace!(action = %ev.action, devpath = %ev.devpath, subsystem = %ev.subsystem, driver = ?ev.driver, "uevent");
             targets.extend(events::targets(ev));
+            let registered = ev.mdev_state.as_deref() == Some("registered");
+            let pci_arrival = ev.subsystem == "pci" && matches!(ev.action.as_str(), "add" | "bind");
+            if registered || pci_arrival {
+                if let Some(name) = ev.devpath.rsplit('/').next() {
+                    announced.insert(name.to_owned());
+                }
+            }
         }
         SourceMessage::Resync(reason) => {
             tracing::info!(reason, "full rescan");

@@ -18,7 +18,7 @@
 //! The served interfaces are rebuilt from plain properties by the object tree, so their
 //! methods reach this module through one process-wide [`Mutator`] installed at start-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -917,7 +917,7 @@ pub async fn define_mdev(
     .await?;
     // An auto definition on a present parent starts at once, as mdevctl's udev rule would.
     if opts.auto {
-        m.recreate().await;
+        m.recreate(|u, _| *u == uuid).await;
     }
     Ok(uuid.hyphenated().to_string())
 }
@@ -1025,11 +1025,16 @@ pub async fn stop_mdev(
 }
 
 impl Mutator {
-    /// Creates every auto-start mdev gpuvirt defined whose parent is present and that is not
-    /// active (boot, a parent's appearance). Nothing is created twice: active UUIDs are
-    /// skipped, and EEXIST of a wanted mdev counts as success.
-    pub async fn recreate(&self) {
-        let Ok(ledger) = self.ledger() else { return };
+    /// Creates every auto-start mdev gpuvirt defined that is not active, whose parent is
+    /// present and that `wanted` selects (boot: all; a parent's appearance: that parent's; a
+    /// new auto definition: itself). A stopped definition is not restarted by another's
+    /// event. Nothing is created twice: active UUIDs are skipped, and EEXIST of a wanted mdev
+    /// counts as success.
+    pub async fn recreate(&self, wanted: impl Fn(&Uuid, &MdevRecord) -> bool) {
+        let Ok(mut ledger) = self.ledger() else {
+            return;
+        };
+        ledger.mdevs.retain(|uuid, record| wanted(uuid, record));
         let Ok(plan) = self
             .inspect(move |inv| shard::recreate_plan(&ledger, inv))
             .await
@@ -1082,13 +1087,16 @@ impl Mutator {
         }
     }
 
-    /// Recreates defined mdevs now and whenever a shard parent appears.
-    pub async fn recreate_loop(&self, mut parent_added: mpsc::UnboundedReceiver<()>) {
-        self.recreate().await;
-        while parent_added.recv().await.is_some() {
+    /// Recreates defined mdevs now and, for the parents named, whenever shard parents appear.
+    pub async fn recreate_loop(&self, mut parent_added: mpsc::UnboundedReceiver<BTreeSet<String>>) {
+        self.recreate(|_, _| true).await;
+        while let Some(mut parents) = parent_added.recv().await {
             // A parent's add and its MDEV_STATE=registered come together: one pass for both.
-            while parent_added.try_recv().is_ok() {}
-            self.recreate().await;
+            while let Ok(more) = parent_added.try_recv() {
+                parents.extend(more);
+            }
+            self.recreate(|_, record| parents.contains(&record.parent))
+                .await;
         }
     }
 }
