@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::ledger::{Ledger, MdevRecord, MdevStart};
 use crate::root::Root;
+use crate::shard::Owner;
 
 /// mdevctl's directory of callout and notifier scripts: inside `mdevctl.d`, but not a parent.
 const SCRIPTS_DIR: &str = "scripts.d";
@@ -391,4 +392,57 @@ pub fn export(ledger: &Ledger) -> Vec<MdevctlConfig> {
         .filter(|(_, r)| r.defined && r.created_by_gpuvirt)
         .map(|(uuid, r)| MdevctlConfig::from_record(*uuid, r))
         .collect()
+}
+
+/// One persistent mdev definition as gpuvirt reports it (`Manager.ListMdevDefinitions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Definition {
+    pub config: MdevctlConfig,
+    /// [`Owner::Gpuvirt`] for gpuvirt's own definitions (it creates and may remove them),
+    /// [`Owner::Mdevctl`] for mdevctl's files and definitions imported from them as mdevctl's.
+    pub owner: Owner,
+    /// An mdev with this UUID exists now.
+    pub active: bool,
+}
+
+/// Every definition gpuvirt knows, sorted by parent, UUID, then owner: the ledger's defined
+/// records and mdevctl's files below `mdevctl.d` (`configs`, as [`read_all`] found them).
+///
+/// A ledger record imported from mdevctl is shown only while no file names its UUID: the file
+/// is the current truth for mdevctl's own definitions. A file with the UUID of one of gpuvirt's
+/// definitions is listed beside it, because mdevctl acts on that file too.
+pub fn definitions(
+    ledger: &Ledger,
+    configs: &[MdevctlConfig],
+    is_active: impl Fn(&Uuid) -> bool,
+) -> Vec<Definition> {
+    let mut out: Vec<Definition> = Vec::new();
+    for (uuid, record) in ledger.mdevs.iter().filter(|(_, r)| r.defined) {
+        let owner = if record.created_by_gpuvirt {
+            Owner::Gpuvirt
+        } else {
+            Owner::Mdevctl
+        };
+        if owner == Owner::Mdevctl && configs.iter().any(|c| c.uuid == *uuid) {
+            continue;
+        }
+        out.push(Definition {
+            config: MdevctlConfig::from_record(*uuid, record),
+            owner,
+            active: is_active(uuid),
+        });
+    }
+    out.extend(configs.iter().map(|c| Definition {
+        config: c.clone(),
+        owner: Owner::Mdevctl,
+        active: is_active(&c.uuid),
+    }));
+    out.sort_by(|a, b| {
+        (&a.config.parent, a.config.uuid, a.owner.as_str()).cmp(&(
+            &b.config.parent,
+            b.config.uuid,
+            b.owner.as_str(),
+        ))
+    });
+    out
 }

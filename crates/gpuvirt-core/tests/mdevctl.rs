@@ -9,7 +9,7 @@ use std::path::Path;
 
 use gpuvirt_core::ledger::{Ledger, MdevRecord, MdevStart};
 use gpuvirt_core::mdevctl::{
-    export, import, parse_config, read_all, read_config, remove_config, write_config,
+    definitions, export, import, parse_config, read_all, read_config, remove_config, write_config,
     MdevctlConfig, MdevctlError,
 };
 use gpuvirt_core::shard::{owner_of, Owner};
@@ -280,4 +280,66 @@ fn import_records_mdevctl_ownership_and_export_writes_only_gpuvirts() {
         exported[0].to_json(),
         "{\n  \"mdev_type\": \"nvidia-300\",\n  \"start\": \"auto\",\n  \"attrs\": [\n    {\n      \"k\": \"v\"\n    }\n  ]\n}"
     );
+}
+
+#[test]
+fn definitions_merge_the_ledger_and_mdevctl_files_with_owners() {
+    const U3: &str = "6018366c-f658-47a7-9ed3-4fe53a096533";
+    let record = |gpuvirt: bool, defined: bool, start: MdevStart| MdevRecord {
+        parent: "0000:41:00.0".into(),
+        type_id: "nvidia-300".into(),
+        start,
+        attrs: vec![("z".into(), "1".into()), ("a".into(), "2".into())],
+        rule: None,
+        defined,
+        created_by_gpuvirt: gpuvirt,
+    };
+    let mut ledger = Ledger::default();
+    // gpuvirt's own, manual, with ordered attrs; an mdevctl import that a file now shadows;
+    // a transient mdev gpuvirt created (not a definition).
+    ledger
+        .mdevs
+        .insert(U2.parse().unwrap(), record(true, true, MdevStart::Manual));
+    ledger
+        .mdevs
+        .insert(U1.parse().unwrap(), record(false, true, MdevStart::Auto));
+    ledger
+        .mdevs
+        .insert(U3.parse().unwrap(), record(true, false, MdevStart::Auto));
+    let file = config(U1, MdevStart::Manual, &[("x", "y")]);
+    let mut other_parent = config(U3, MdevStart::Auto, &[]);
+    other_parent.parent = "mbochs".into();
+    let active: Uuid = U2.parse().unwrap();
+    let defs = definitions(&ledger, &[file.clone(), other_parent.clone()], |u| *u == active);
+    let shown: Vec<(String, &str, &str, bool)> = defs
+        .iter()
+        .map(|d| {
+            (
+                d.config.uuid.to_string(),
+                d.config.parent.as_str(),
+                d.owner.as_str(),
+                d.active,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (U2.to_string(), "0000:41:00.0", "gpuvirt", true),
+            (U1.to_string(), "0000:41:00.0", "mdevctl", false),
+            (U3.to_string(), "mbochs", "mdevctl", false),
+        ]
+    );
+    // The file, not the stale import, describes mdevctl's definition.
+    assert_eq!(defs[1].config, file);
+    assert_eq!(defs[0].config.start, MdevStart::Manual);
+    assert_eq!(
+        defs[0].config.attrs,
+        vec![("z".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())]
+    );
+    // A file naming one of gpuvirt's own UUIDs is listed beside it: mdevctl acts on it too.
+    let twin = config(U2, MdevStart::Auto, &[]);
+    let defs = definitions(&ledger, &[twin], |_| false);
+    let owners: Vec<&str> = defs.iter().map(|d| d.owner.as_str()).collect();
+    assert_eq!(owners, vec!["gpuvirt", "mdevctl", "mdevctl"]);
 }
