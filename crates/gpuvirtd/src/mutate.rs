@@ -40,6 +40,7 @@ use crate::actor::{Command, Inspector};
 use crate::auth::{self, Bouncer};
 use crate::events::Target;
 use crate::jobs::{Job, Jobs};
+use crate::policy_runtime::{ManualSubject, Request as PolicyRequest};
 
 /// A failed operation: the D-Bus error name's last element (`Busy`; `InvalidArgs` and
 /// `Failed` are the standard ones) and the message for people.
@@ -320,6 +321,25 @@ impl Mutator {
         rx.await.map_err(|_| gone())
     }
 
+    /// Refuses with `PolicyViolation` (naming the rule and the way out) when the device policy
+    /// manages the card behind any of `subjects`. Asked of the actor, which owns the policy;
+    /// every mutator calls it before authorizing (a refused call never prompts) and before
+    /// its dry-run answer, so a dry run says the real call would be refused.
+    async fn check_policy(&self, subjects: Vec<ManualSubject>) -> Result<(), OpError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || OpError::failed("gpuvirtd is shutting down");
+        self.actor
+            .send(Command::Policy(PolicyRequest::CheckManual {
+                subjects,
+                reply: tx,
+            }))
+            .await
+            .map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|v| OpError::new("PolicyViolation", v.to_string()))
+    }
+
     fn claim(&self, key: String, operation: &str) -> Result<InFlight, OpError> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(running) = in_flight.get(&key) {
@@ -553,6 +573,7 @@ pub async fn assign_passthrough(
         .parse()
         .map_err(|e| CallError::invalid_arg("address", e))?;
     let slot = address.slot();
+    m.check_policy(vec![ManualSubject::Pci(address)]).await?;
     let (card, facts, inv) = card_and_facts(m, address).await?;
     let ledger = m.ledger()?;
     let all_vfio = card
@@ -640,6 +661,7 @@ pub async fn return_to_host(
         .parse()
         .map_err(|e| CallError::invalid_arg("address", e))?;
     let slot: PciSlot = address.slot();
+    m.check_policy(vec![ManualSubject::Pci(address)]).await?;
     let (card, facts, _inv) = card_and_facts(m, address).await?;
     let ledger = m.ledger()?;
     let any_vfio = card
@@ -710,6 +732,8 @@ pub async fn create_mdev(
     } else {
         Some(parse_uuid("uuid", uuid)?)
     };
+    m.check_policy(vec![ManualSubject::MdevParent(parent.to_string())])
+        .await?;
     let (parent_name, spec) = (parent.to_string(), type_spec.to_string());
     let actions = m
         .inspect(move |inv| shard::plan_create(inv, &parent_name, &spec, uuid, 1))
@@ -761,6 +785,11 @@ async fn stop(
     method: &str,
 ) -> Result<(), CallError> {
     let ledger = m.ledger()?;
+    let mut subjects = vec![ManualSubject::Mdev(uuid)];
+    if let Some(record) = ledger.mdevs.get(&uuid) {
+        subjects.push(ManualSubject::MdevParent(record.parent.clone()));
+    }
+    m.check_policy(subjects).await?;
     let force = opts.force;
     let ledger2 = ledger.clone();
     let actions = m
@@ -828,8 +857,120 @@ pub async fn define_mdev(
     header: &Header<'_>,
     options: HashMap<String, OwnedValue>,
 ) -> Result<String, CallError> {
-    let m = mutator()?;
     let opts = parse_options(&options, &["auto"])?;
+    let start = if opts.auto {
+        MdevStart::Auto
+    } else {
+        MdevStart::Manual
+    };
+    let definition = Definition {
+        type_spec,
+        start,
+        attrs: Vec::new(),
+        method: "Manager.DefineMdev",
+    };
+    define(parent, uuid, definition, header, opts).await
+}
+
+/// `Manager.ImportMdevDefinition(s parent, s uuid, s config, a{sv}) -> s uuid`: defines an
+/// mdev from mdevctl's file format (`mdev_type`, `start`, ordered `attrs`), as `mdevctl define
+/// --jsonfile` does; the definition is gpuvirt's from then on. An empty `uuid` is generated.
+pub async fn import_mdev_definition(
+    parent: &str,
+    uuid: &str,
+    config: &str,
+    header: &Header<'_>,
+    options: HashMap<String, OwnedValue>,
+) -> Result<String, CallError> {
+    let opts = parse_options(&options, &[])?;
+    if exec::names::mdev_parent(parent).is_err() {
+        return Err(CallError::invalid_arg(
+            "parent",
+            "not an mdev parent name (an mdev_bus entry such as 0000:41:00.0)",
+        ));
+    }
+    // The UUID only names the definition while it is checked.
+    let checked_uuid = if uuid.is_empty() {
+        Uuid::nil()
+    } else {
+        parse_uuid("uuid", uuid)?
+    };
+    let parsed = gpuvirt_core::mdevctl::parse_config(
+        std::path::Path::new("the config argument"),
+        parent,
+        checked_uuid,
+        config,
+    )
+    .map_err(|e| CallError::invalid_arg("config", e))?;
+    let definition = Definition {
+        type_spec: &parsed.mdev_type,
+        start: parsed.start,
+        attrs: parsed.attrs.clone(),
+        method: "Manager.ImportMdevDefinition",
+    };
+    define(parent, uuid, definition, header, opts).await
+}
+
+/// `Manager.ListMdevDefinitions(a{sv}) -> a(sssssa(ss)b)`: every persistent definition,
+/// gpuvirt's (its ledger) and mdevctl's (`/etc/mdevctl.d` under the root, read now), with
+/// owner, start mode, ordered attrs and whether the device is active. Reads only.
+pub async fn list_mdev_definitions(
+    options: HashMap<String, OwnedValue>,
+) -> Result<Vec<api::MdevDefinitionWire>, CallError> {
+    let m = mutator()?;
+    parse_options(&options, &[])?;
+    let ledger = m.ledger()?;
+    let root = m.root.clone();
+    let scan = tokio::task::spawn_blocking(move || gpuvirt_core::mdevctl::read_all(&root))
+        .await
+        .map_err(|e| OpError::failed(format!("reading mdevctl's definitions failed: {e}")))?;
+    for e in &scan.errors {
+        tracing::warn!(
+            "skipping an mdevctl definition: {}",
+            gpuvirt_core::error_chain(e as &dyn std::error::Error)
+        );
+    }
+    let active: BTreeSet<Uuid> = m.inspect(|inv| inv.mdevs.keys().copied().collect()).await?;
+    Ok(
+        gpuvirt_core::mdevctl::definitions(&ledger, &scan.configs, |u| active.contains(u))
+            .into_iter()
+            .map(|d| {
+                (
+                    d.config.uuid.hyphenated().to_string(),
+                    d.config.parent,
+                    d.config.mdev_type,
+                    d.owner.as_str().to_string(),
+                    match d.config.start {
+                        MdevStart::Auto => "auto",
+                        MdevStart::Manual => "manual",
+                    }
+                    .to_string(),
+                    d.config.attrs,
+                    d.active,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What DefineMdev and ImportMdevDefinition record.
+struct Definition<'a> {
+    type_spec: &'a str,
+    start: MdevStart,
+    attrs: Vec<(String, String)>,
+    /// The method, for authorization.
+    method: &'static str,
+}
+
+async fn define(
+    parent: &str,
+    uuid: &str,
+    definition: Definition<'_>,
+    header: &Header<'_>,
+    opts: Options,
+) -> Result<String, CallError> {
+    let m = mutator()?;
+    let type_spec = definition.type_spec;
     if exec::names::mdev_parent(parent).is_err() {
         return Err(CallError::invalid_arg(
             "parent",
@@ -841,6 +982,8 @@ pub async fn define_mdev(
     } else {
         parse_uuid("uuid", uuid)?
     };
+    m.check_policy(vec![ManualSubject::MdevParent(parent.to_string())])
+        .await?;
     let (p, spec) = (parent.to_string(), type_spec.to_string());
     let (type_id, active) = m
         .inspect(move |inv| {
@@ -885,17 +1028,14 @@ pub async fn define_mdev(
         }
     }
     m.bouncer
-        .authorize(header, "Manager.DefineMdev", opts.interactive)
+        .authorize(header, definition.method, opts.interactive)
         .await?;
+    let start = definition.start;
     let record = MdevRecord {
         parent: parent.to_string(),
         type_id,
-        start: if opts.auto {
-            MdevStart::Auto
-        } else {
-            MdevStart::Manual
-        },
-        attrs: Vec::new(),
+        start,
+        attrs: definition.attrs,
         rule: None,
         defined: true,
         // gpuvirt makes it (now or when the parent appears), so gpuvirt may remove it.
@@ -916,7 +1056,7 @@ pub async fn define_mdev(
     )
     .await?;
     // An auto definition on a present parent starts at once, as mdevctl's udev rule would.
-    if opts.auto {
+    if start == MdevStart::Auto {
         m.recreate(|u, _| *u == uuid).await;
     }
     Ok(uuid.hyphenated().to_string())
@@ -933,9 +1073,14 @@ pub async fn undefine_mdev(
     let opts = parse_options(&options, &[])?;
     let uuid = parse_uuid("uuid", uuid)?;
     let ledger = m.ledger()?;
-    if !ledger.mdevs.get(&uuid).is_some_and(|r| r.defined) {
+    let Some(record) = ledger.mdevs.get(&uuid).filter(|r| r.defined) else {
         return Err(OpError::new("NoSuchDevice", format!("no mdev {uuid} is defined")).into());
-    }
+    };
+    m.check_policy(vec![
+        ManualSubject::MdevParent(record.parent.clone()),
+        ManualSubject::Mdev(uuid),
+    ])
+    .await?;
     let active = m.inspect(move |inv| inv.mdevs.contains_key(&uuid)).await?;
     m.bouncer
         .authorize(header, "Manager.UndefineMdev", opts.interactive)
@@ -980,6 +1125,8 @@ pub async fn start_mdev(
         )
         .into());
     };
+    m.check_policy(vec![ManualSubject::MdevParent(record.parent.clone())])
+        .await?;
     let (parent, type_id) = (record.parent.clone(), record.type_id.clone());
     let planned = m
         .inspect(move |inv| {

@@ -56,11 +56,46 @@ pub enum LoadError {
 
 /// A manual operation the policy forbids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{address} is managed by policy rule {rule:?} (role {role}); change the policy instead of operating on it by hand")]
+#[error(
+    "{address} is managed by policy rule {rule:?} (role {role}) of {file}: the policy makes \
+     the changes on cards it manages, so manual operations on them are refused; to operate on \
+     it by hand, change that rule or give the card role = \"unmanaged\", then reload the policy"
+)]
 pub struct PolicyViolation {
     pub address: PciAddress,
     pub rule: String,
     pub role: Role,
+    /// The policy file, so the way out names the file to edit.
+    pub file: String,
+}
+
+/// What a manual operation touches; the card behind it is looked up in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManualSubject {
+    /// Any PCI function of a card (the GPU, a companion function, a VF).
+    Pci(PciAddress),
+    /// An mdev parent by its `mdev_bus` name (a PCI address for PCI parents).
+    MdevParent(String),
+    /// An active mdev: its parent's card.
+    Mdev(uuid::Uuid),
+}
+
+impl ManualSubject {
+    /// The PCI function behind the subject; `None` when it is not in the inventory (an
+    /// absent parent, a gone mdev, a non-PCI parent): no card, so no rule governs it.
+    fn address(&self, inv: &Inventory) -> Option<PciAddress> {
+        let parent = |name: &str| {
+            inv.mdev_parents
+                .get(name)
+                .and_then(|p| p.pci_address)
+                .or_else(|| name.parse().ok())
+        };
+        match self {
+            ManualSubject::Pci(a) => Some(*a),
+            ManualSubject::MdevParent(name) => parent(name),
+            ManualSubject::Mdev(u) => inv.mdevs.get(u).and_then(|m| parent(&m.parent)),
+        }
+    }
 }
 
 impl From<PolicyViolation> for CallError {
@@ -126,6 +161,12 @@ pub enum Request {
     /// Plan and apply now: (success, report).
     Reconcile {
         reply: oneshot::Sender<Result<(bool, String), CallError>>,
+    },
+    /// May a user operate by hand on the cards behind `subjects`? Refused when the policy
+    /// manages one of them (any role but `unmanaged`).
+    CheckManual {
+        subjects: Vec<ManualSubject>,
+        reply: oneshot::Sender<Result<(), PolicyViolation>>,
     },
 }
 
@@ -315,6 +356,7 @@ impl PolicyRuntime {
                     .rule_name
                     .unwrap_or_else(|| format!("default_role = \"{}\"", a.role)),
                 role: a.role,
+                file: self.path.display().to_string(),
             }),
             _ => Ok(()),
         }
@@ -323,14 +365,28 @@ impl PolicyRuntime {
 
 /// Refuses a manual D-Bus operation on `address` (a GPU, a companion function, a VF or an
 /// mdev parent's PCI address) when the policy manages the card, naming the rule.
-// For the mutating methods (AssignPassthrough, ReturnToHost, CreateMdev, Remove).
-#[allow(dead_code)]
 pub fn check_manual(
     state: &PolicyRuntime,
     inv: &Inventory,
     address: PciAddress,
 ) -> Result<(), PolicyViolation> {
     state.check_manual(inv, address)
+}
+
+/// [`check_manual`] for every subject a mutating method touches; with no runtime (the daemon
+/// runs without the policy) everything is allowed.
+pub fn check_manual_subjects(
+    state: Option<&PolicyRuntime>,
+    inv: &Inventory,
+    subjects: &[ManualSubject],
+) -> Result<(), PolicyViolation> {
+    let Some(state) = state else {
+        return Ok(());
+    };
+    for address in subjects.iter().filter_map(|s| s.address(inv)) {
+        check_manual(state, inv, address)?;
+    }
+    Ok(())
 }
 
 fn error_text(e: &LoadError) -> String {
@@ -383,6 +439,11 @@ pub async fn handle(actor: &mut Actor, request: Request) {
         let _ = reply.send(diagnostics.iter().map(ToString::to_string).collect());
         return;
     }
+    if let Request::CheckManual { subjects, reply } = request {
+        let verdict = check_manual_subjects(actor.policy.as_ref(), actor.inventory(), &subjects);
+        let _ = reply.send(verdict);
+        return;
+    }
     // Taken out while it works so the actor can rescan meanwhile; always put back.
     let Some(mut rt) = actor.policy.take() else {
         let none = || {
@@ -391,7 +452,7 @@ pub async fn handle(actor: &mut Actor, request: Request) {
             ))
         };
         match request {
-            Request::Validate { .. } => {}
+            Request::Validate { .. } | Request::CheckManual { .. } => {}
             Request::Plan { reply } => drop(reply.send(Err(none()))),
             Request::Reload { reply } => drop(reply.send(Err(none()))),
             Request::Reconcile { reply } => drop(reply.send(Err(none()))),
@@ -399,7 +460,7 @@ pub async fn handle(actor: &mut Actor, request: Request) {
         return;
     };
     match request {
-        Request::Validate { .. } => {}
+        Request::Validate { .. } | Request::CheckManual { .. } => {}
         Request::Plan { reply } => {
             let result = match rt.policy.clone() {
                 None => Err(no_policy(&rt)),

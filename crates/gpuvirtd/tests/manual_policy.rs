@@ -1,0 +1,292 @@
+//! Manual D-Bus operations against the device policy, on the private bus and the
+//! FUSE-simulated runbook host: with the V100's rule `unmanaged` every manual method works;
+//! once a reload makes the rule `shard`, every mutator touching the card or its mdevs (dry
+//! runs included) is refused with `PolicyViolation` naming the rule, the policy file and the
+//! way out, while the policy's own apply still creates its mdev.
+//!
+//! These need `/dev/fuse` and root; they skip with a message otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "shard_support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fuse_available, Bus, SimHost};
+use gpuvirt_api as api;
+use gpuvirt_sim::fuse::lock_backend;
+use support::{call, gpu_path, no_opts, opts, passthrough, CallErr};
+use zbus::zvariant::{OwnedObjectPath, Value};
+
+const V100: &str = "0000:41:00.0";
+const MINE: &str = "aa618089-8b16-4d01-a136-25a0f3c73123";
+const DEFINED: &str = "b6e2ae8c-3f1c-4b7a-9b4d-3f2f3a1e8c01";
+const VIOLATION: &str = "org.gpuvirt.GpuVirt1.Error.PolicyViolation";
+
+const UNMANAGED: &str = r#"version = 1
+[[gpu]]
+name = "vdi"
+match = { address = "0000:41:00.0" }
+role = "unmanaged"
+"#;
+
+const SHARDED: &str = r#"version = 1
+[[gpu]]
+name = "vdi"
+match = { address = "0000:41:00.0" }
+role = "shard"
+shard = { type = "nvidia-300", count = 1 }
+"#;
+
+/// gpuvirtd with `--policy` and a state dir, killed on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    async fn start(bus: &Bus, host: &SimHost, policy: &Path) -> Daemon {
+        let log = host.dir.path().join("gpuvirtd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
+            .arg("--root")
+            .arg(host.root())
+            .args(["--bus-address", &bus.address])
+            .arg("--events")
+            .arg(format!("sim:{}", host.socket.display()))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--state-dir")
+            .arg(host.dir.path().join("state"))
+            .args(["--log", "gpuvirtd=debug"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, log };
+        let conn = bus.connect().await;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let name = zbus::names::BusName::try_from(api::BUS_NAME).unwrap();
+        while !dbus.name_has_owner(name.clone()).await.unwrap() {
+            assert!(Instant::now() < deadline, "no name: {}", d.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mdevs(host: &SimHost) -> Vec<String> {
+    let mut v: Vec<String> = lock_backend(host.mount.backend())
+        .mdevs()
+        .into_iter()
+        .map(|(u, _, _)| u.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn create_mdev(conn: &zbus::Connection, uuid: &str) -> Result<OwnedObjectPath, CallErr> {
+    let r = call(
+        conn,
+        &gpu_path(V100),
+        api::SHARD_PARENT_INTERFACE,
+        "CreateMdev",
+        &("nvidia-300", uuid, no_opts()),
+    )
+    .await?;
+    Ok(r.body().deserialize().unwrap())
+}
+
+async fn remove_mdev(conn: &zbus::Connection, uuid: &str) -> Result<(), CallErr> {
+    let path = api::mdev_path(&uuid.parse().unwrap());
+    call(
+        conn,
+        path.as_str(),
+        api::MDEV_INTERFACE,
+        "Remove",
+        &(no_opts(),),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn manager<B>(conn: &zbus::Connection, method: &str, body: &B) -> Result<(), CallErr>
+where
+    B: zbus::export::serde::Serialize + zbus::zvariant::DynamicType,
+{
+    call(
+        conn,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+        method,
+        body,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A refusal by the policy: the rule, the file and the way out are named.
+fn assert_violation(what: &str, result: Result<impl std::fmt::Debug, CallErr>, policy: &Path) {
+    let (name, message) = match result {
+        Ok(v) => panic!("{what}: allowed ({v:?}), expected {VIOLATION}"),
+        Err(e) => e,
+    };
+    assert_eq!(name, VIOLATION, "{what}: {message}");
+    for needle in [
+        "policy rule \"vdi\"",
+        "role shard",
+        &policy.display().to_string(),
+        "role = \"unmanaged\"",
+        V100,
+    ] {
+        assert!(
+            message.contains(needle),
+            "{what}: {needle:?} missing from {message:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_operations_follow_the_policy() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let policy = host.dir.path().join("policy.toml");
+    std::fs::write(&policy, UNMANAGED).unwrap();
+    let bus = Bus::start();
+    let d = Daemon::start(&bus, &host, &policy).await;
+    let conn = bus.connect().await;
+
+    // `unmanaged`: every manual method works.
+    create_mdev(&conn, MINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    assert_eq!(mdevs(&host), vec![MINE.to_string()]);
+    remove_mdev(&conn, MINE).await.unwrap();
+    assert!(mdevs(&host).is_empty());
+    manager(
+        &conn,
+        "DefineMdev",
+        &(
+            V100,
+            "nvidia-300",
+            DEFINED,
+            opts(&[("auto", Value::Bool(false))]),
+        ),
+    )
+    .await
+    .unwrap();
+    let (job, plan) = passthrough(
+        &conn,
+        V100,
+        "AssignPassthrough",
+        opts(&[("dry-run", Value::Bool(true))]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(job.as_str(), "/");
+    assert!(plan.contains("driver_override"), "{plan}");
+
+    // The rule becomes `shard`: the policy's apply creates its mdev (its own path is not a
+    // manual operation)...
+    std::fs::write(&policy, SHARDED).unwrap();
+    manager(&conn, "ReloadPolicy", &(no_opts(),))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while mdevs(&host).len() != 1 {
+        assert!(Instant::now() < deadline, "no policy mdev: {}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let owned = mdevs(&host).remove(0);
+    // ...and every manual one on the card is refused, before anything is written.
+    assert_violation(
+        "AssignPassthrough dry-run",
+        passthrough(
+            &conn,
+            V100,
+            "AssignPassthrough",
+            opts(&[("dry-run", Value::Bool(true))]),
+        )
+        .await,
+        &policy,
+    );
+    assert_violation(
+        "AssignPassthrough",
+        passthrough(&conn, V100, "AssignPassthrough", no_opts()).await,
+        &policy,
+    );
+    assert_violation(
+        "ReturnToHost",
+        passthrough(&conn, V100, "ReturnToHost", no_opts()).await,
+        &policy,
+    );
+    assert_violation("CreateMdev", create_mdev(&conn, MINE).await, &policy);
+    assert_violation(
+        "Remove of the policy's mdev",
+        remove_mdev(&conn, &owned).await,
+        &policy,
+    );
+    assert_violation(
+        "DefineMdev",
+        manager(&conn, "DefineMdev", &(V100, "nvidia-300", MINE, no_opts())).await,
+        &policy,
+    );
+    assert_violation(
+        "StartMdev",
+        manager(&conn, "StartMdev", &(DEFINED, no_opts())).await,
+        &policy,
+    );
+    assert_violation(
+        "UndefineMdev",
+        manager(&conn, "UndefineMdev", &(DEFINED, no_opts())).await,
+        &policy,
+    );
+    assert_violation(
+        "StopMdev of the policy's mdev",
+        manager(&conn, "StopMdev", &(owned.as_str(), no_opts())).await,
+        &policy,
+    );
+    assert_eq!(mdevs(&host), vec![owned.clone()]);
+    assert_eq!(
+        support::driver(host.root(), V100).as_deref(),
+        Some("nvidia")
+    );
+    // Reads stay open.
+    call(
+        &conn,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+        "RenderHostdev",
+        &(owned.as_str(), no_opts()),
+    )
+    .await
+    .unwrap();
+
+    // Back to `unmanaged`: allowed again (the policy's mdev is the user's to remove now).
+    std::fs::write(&policy, UNMANAGED).unwrap();
+    manager(&conn, "ReloadPolicy", &(no_opts(),)).await.unwrap();
+    manager(&conn, "UndefineMdev", &(DEFINED, no_opts()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    remove_mdev(&conn, &owned)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    assert!(mdevs(&host).is_empty());
+}
