@@ -284,13 +284,16 @@ impl MdevctlConfig {
 
     /// The file's contents exactly as mdevctl writes them.
     pub fn to_json(&self) -> String {
-        let json = ConfigJson {
+        // Serialising strings and a list cannot fail.
+        serde_json::to_string_pretty(&self.json()).unwrap_or_default()
+    }
+
+    fn json(&self) -> ConfigJson<'_> {
+        ConfigJson {
             mdev_type: &self.mdev_type,
             start: self.start,
             attrs: Attrs(&self.attrs),
-        };
-        // Serialising strings and a list cannot fail.
-        serde_json::to_string_pretty(&json).unwrap_or_default()
+        }
     }
 
     /// The definition of a ledger record.
@@ -445,4 +448,88 @@ pub fn definitions(
         ))
     });
     out
+}
+
+/// Several definitions the way `mdevctl list --dumpjson` prints them: a one-element list
+/// holding an object from each parent (in sorted order) to its definitions, each a one-entry
+/// object from UUID to the definition, two-space indentation, no trailing newline.
+pub fn dump_json(configs: &[MdevctlConfig]) -> String {
+    struct ByUuid<'a>(&'a MdevctlConfig);
+    impl Serialize for ByUuid<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry(&self.0.uuid.hyphenated().to_string(), &self.0.json())?;
+            map.end()
+        }
+    }
+    struct ByParent<'a>(Vec<(&'a str, Vec<ByUuid<'a>>)>);
+    impl Serialize for ByParent<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(p, list)| (p, list)))
+        }
+    }
+    let mut sorted: Vec<&MdevctlConfig> = configs.iter().collect();
+    sorted.sort_by(|a, b| (&a.parent, a.uuid).cmp(&(&b.parent, b.uuid)));
+    let mut parents: Vec<(&str, Vec<ByUuid<'_>>)> = Vec::new();
+    for c in sorted {
+        match parents.last_mut() {
+            Some((p, list)) if *p == c.parent => list.push(ByUuid(c)),
+            _ => parents.push((&c.parent, vec![ByUuid(c)])),
+        }
+    }
+    serde_json::to_string_pretty(&[ByParent(parents)]).unwrap_or_default()
+}
+
+/// Reads a document holding definitions: either one definition (a file from `mdevctl.d`, or
+/// `mdevctl list --dumpjson -u UUID` output without its wrapping), whose parent and UUID
+/// come from `parent` and `uuid`; or the `mdevctl list --dumpjson` form, which names its
+/// own. `source` names the document in errors.
+pub fn parse_document(
+    source: &Path,
+    text: &str,
+    parent: Option<&str>,
+    uuid: Option<Uuid>,
+) -> Result<Vec<MdevctlConfig>, MdevctlError> {
+    let malformed = |reason: String| MdevctlError::Malformed {
+        path: source.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+    let serde_json::Value::Array(items) = value else {
+        let parent = parent.ok_or_else(|| {
+            malformed("it is one definition; its parent must be given".to_string())
+        })?;
+        let uuid =
+            uuid.ok_or_else(|| malformed("it is one definition; its UUID must be given".into()))?;
+        return parse_config(source, parent, uuid, text).map(|c| vec![c]);
+    };
+    let mut configs = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let by_parent = item
+            .as_object()
+            .ok_or_else(|| malformed(format!("[{i}] is not an object of parents")))?;
+        for (p, list) in by_parent {
+            let list = list
+                .as_array()
+                .ok_or_else(|| malformed(format!("[{i}].{p} is not a list")))?;
+            for (j, entry) in list.iter().enumerate() {
+                let (u, config) = entry
+                    .as_object()
+                    .filter(|o| o.len() == 1)
+                    .and_then(|o| o.iter().next())
+                    .ok_or_else(|| {
+                        malformed(format!("[{i}].{p}[{j}] is not an object with one UUID"))
+                    })?;
+                let u: Uuid = u
+                    .parse()
+                    .map_err(|_| malformed(format!("[{i}].{p}[{j}]: {u:?} is not a UUID")))?;
+                if parent.is_some_and(|want| want != p) || uuid.is_some_and(|want| want != u) {
+                    continue;
+                }
+                configs.push(parse_config(source, p, u, &config.to_string())?);
+            }
+        }
+    }
+    Ok(configs)
 }

@@ -310,7 +310,9 @@ fn definitions_merge_the_ledger_and_mdevctl_files_with_owners() {
     let mut other_parent = config(U3, MdevStart::Auto, &[]);
     other_parent.parent = "mbochs".into();
     let active: Uuid = U2.parse().unwrap();
-    let defs = definitions(&ledger, &[file.clone(), other_parent.clone()], |u| *u == active);
+    let defs = definitions(&ledger, &[file.clone(), other_parent.clone()], |u| {
+        *u == active
+    });
     let shown: Vec<(String, &str, &str, bool)> = defs
         .iter()
         .map(|d| {
@@ -335,7 +337,10 @@ fn definitions_merge_the_ledger_and_mdevctl_files_with_owners() {
     assert_eq!(defs[0].config.start, MdevStart::Manual);
     assert_eq!(
         defs[0].config.attrs,
-        vec![("z".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())]
+        vec![
+            ("z".to_string(), "1".to_string()),
+            ("a".to_string(), "2".to_string())
+        ]
     );
     // A file naming one of gpuvirt's own UUIDs is listed beside it: mdevctl acts on it too.
     let twin = config(U2, MdevStart::Auto, &[]);
