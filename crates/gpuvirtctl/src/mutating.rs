@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use gpuvirt_api as api;
-use serde::de::DeserializeOwned;
 use zbus::zvariant::Value;
 
 use crate::errors::{classify, CliError};
@@ -68,6 +67,9 @@ pub struct Ctx<'a> {
     pub connection: &'a zbus::Connection,
     /// The bus in words, for error messages.
     pub bus: &'a str,
+    /// Sets ALLOW_INTERACTIVE_AUTHORIZATION on calls: polkit may ask for a password (not
+    /// with `--no-ask-password`).
+    pub allow_interactive_auth: bool,
 }
 
 impl Ctx<'_> {
@@ -85,14 +87,29 @@ impl Ctx<'_> {
     ) -> Result<R, CliError>
     where
         A: serde::Serialize + zbus::zvariant::DynamicType,
-        R: DeserializeOwned + zbus::zvariant::Type,
+        R: for<'d> zbus::zvariant::DynamicDeserialize<'d>,
     {
-        let reply = self
-            .connection
-            .call_method(Some(api::BUS_NAME), path, Some(interface), method, args)
+        let proxy = zbus::proxy::Builder::<zbus::Proxy<'_>>::new(self.connection)
+            .destination(api::BUS_NAME)
+            .and_then(|b| b.path(path))
+            .and_then(|b| b.interface(interface))
+            .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+            .map_err(|e| self.error(e))?
+            .build()
             .await
             .map_err(|e| self.error(e))?;
-        reply.body().deserialize::<R>().map_err(|e| self.error(e))
+        // ALLOW_INTERACTIVE_AUTHORIZATION tells the daemon the caller can wait for polkit to
+        // ask someone (what `sd_bus_set_allow_interactive_authorization` does for systemctl).
+        let flags = if self.allow_interactive_auth {
+            zbus::proxy::MethodFlags::AllowInteractiveAuth.into()
+        } else {
+            Default::default()
+        };
+        proxy
+            .call_with_flags(method, flags, args)
+            .await
+            .map_err(|e| self.error(e))?
+            .ok_or_else(|| CliError::Call(format!("{interface}.{method} sent no reply")))
     }
 
     /// Like [`Ctx::call`] for methods that return nothing.
@@ -106,11 +123,7 @@ impl Ctx<'_> {
     where
         A: serde::Serialize + zbus::zvariant::DynamicType,
     {
-        self.connection
-            .call_method(Some(api::BUS_NAME), path, Some(interface), method, args)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e))
+        self.call::<A, ()>(path, interface, method, args).await
     }
 
     /// The whole object tree, as the read commands see it.
@@ -140,49 +153,46 @@ pub fn options<'v>(flags: &[(&'static str, Option<bool>)]) -> HashMap<&'static s
         .collect()
 }
 
-pub async fn run(
-    connection: &zbus::Connection,
-    command: MutateCommand,
-    bus: &str,
-) -> Result<(), CliError> {
-    let ctx = Ctx { connection, bus };
+impl MutateCommand {
+    /// Whether gpuvirtd asks polkit before doing this (so a password prompt may be needed).
+    /// Dry runs are answered before authorization; reads never are authorized.
+    pub fn needs_authorization(&self) -> bool {
+        match self {
+            MutateCommand::Passthrough { dry_run, .. } | MutateCommand::Return { dry_run, .. } => {
+                !dry_run
+            }
+            // Anything but the reads, so a new mdev mutator is covered without a change here.
+            MutateCommand::Mdev { command } => !matches!(
+                command,
+                mdev::MdevCommand::List { .. } | mdev::MdevCommand::Export { .. }
+            ),
+            MutateCommand::Xml { .. }
+            | MutateCommand::QemuArgs { .. }
+            | MutateCommand::Doctor { .. } => false,
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx<'_>, command: MutateCommand) -> Result<(), CliError> {
     match command {
         MutateCommand::Passthrough {
             address,
             dry_run,
             json,
-        } => {
-            passthrough::run(
-                &ctx,
-                passthrough::Direction::Assign,
-                &address,
-                dry_run,
-                json,
-            )
-            .await
-        }
+        } => passthrough::run(ctx, passthrough::Direction::Assign, &address, dry_run, json).await,
         MutateCommand::Return {
             address,
             dry_run,
             json,
-        } => {
-            passthrough::run(
-                &ctx,
-                passthrough::Direction::Return,
-                &address,
-                dry_run,
-                json,
-            )
-            .await
-        }
-        MutateCommand::Mdev { command } => mdev::run(&ctx, command).await,
+        } => passthrough::run(ctx, passthrough::Direction::Return, &address, dry_run, json).await,
+        MutateCommand::Mdev { command } => mdev::run(ctx, command).await,
         MutateCommand::Xml { target, x_vga } => {
-            render::run(&ctx, &target, x_vga, render::Output::Xml).await
+            render::run(ctx, &target, x_vga, render::Output::Xml).await
         }
         MutateCommand::QemuArgs { target, x_vga } => {
-            render::run(&ctx, &target, x_vga, render::Output::QemuArgs).await
+            render::run(ctx, &target, x_vga, render::Output::QemuArgs).await
         }
-        MutateCommand::Doctor { json } => doctor::run(&ctx, json).await,
+        MutateCommand::Doctor { json } => doctor::run(ctx, json).await,
     }
 }
 

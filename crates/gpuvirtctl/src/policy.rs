@@ -8,6 +8,7 @@ use gpuvirt_api as api;
 use zbus::zvariant::OwnedValue;
 
 use crate::errors::CliError;
+use crate::mutating::Ctx;
 
 /// The file name the daemon gives diagnostics of a text it validates.
 const DAEMON_FILE_NAME: &str = "policy.toml";
@@ -32,18 +33,23 @@ pub enum PolicyCommand {
     Reload,
 }
 
+impl PolicyCommand {
+    /// Whether gpuvirtd asks polkit before doing this (so a password prompt may be needed).
+    pub fn needs_authorization(&self) -> bool {
+        matches!(self, PolicyCommand::Apply | PolicyCommand::Reload)
+    }
+}
+
 fn options() -> HashMap<String, OwnedValue> {
     HashMap::new()
 }
 
-/// Runs one policy command; `call_error` turns a D-Bus failure into the CLI's error.
-pub async fn run(
-    connection: &zbus::Connection,
-    command: PolicyCommand,
-    call_error: impl Fn(zbus::Error) -> CliError,
-) -> Result<(), CliError> {
+/// Runs one policy command. Method calls go through `ctx` (which sets the interactive
+/// authorization flag); properties are read through a plain proxy.
+pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> {
+    let call_error = |e: zbus::Error| ctx.error(e);
     let manager = zbus::Proxy::new(
-        connection,
+        ctx.connection,
         api::BUS_NAME,
         api::MANAGER_PATH,
         api::MANAGER_INTERFACE,
@@ -63,10 +69,14 @@ pub async fn run(
             };
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Daemon(format!("cannot read {}: {e}", file.display())))?;
-            let diagnostics: Vec<String> = manager
-                .call("ValidatePolicy", &(text.as_str(),))
-                .await
-                .map_err(&call_error)?;
+            let diagnostics: Vec<String> = ctx
+                .call(
+                    api::MANAGER_PATH,
+                    api::MANAGER_INTERFACE,
+                    "ValidatePolicy",
+                    &(text.as_str(),),
+                )
+                .await?;
             let shown = file.display().to_string();
             let mut errors = 0;
             for d in &diagnostics {
@@ -90,10 +100,14 @@ pub async fn run(
             Ok(())
         }
         PolicyCommand::Plan { json } => {
-            let (human, json_text): (String, String) = manager
-                .call("PlanPolicy", &(options(),))
-                .await
-                .map_err(&call_error)?;
+            let (human, json_text): (String, String) = ctx
+                .call(
+                    api::MANAGER_PATH,
+                    api::MANAGER_INTERFACE,
+                    "PlanPolicy",
+                    &(options(),),
+                )
+                .await?;
             if json {
                 println!("{json_text}");
             } else {
@@ -102,10 +116,14 @@ pub async fn run(
             Ok(())
         }
         PolicyCommand::Apply => {
-            let (ok, report): (bool, String) = manager
-                .call("Reconcile", &(options(),))
-                .await
-                .map_err(&call_error)?;
+            let (ok, report): (bool, String) = ctx
+                .call(
+                    api::MANAGER_PATH,
+                    api::MANAGER_INTERFACE,
+                    "Reconcile",
+                    &(options(),),
+                )
+                .await?;
             print!("{report}");
             if ok {
                 Ok(())
@@ -117,10 +135,14 @@ pub async fn run(
             }
         }
         PolicyCommand::Reload => {
-            let () = manager
-                .call("ReloadPolicy", &(options(),))
-                .await
-                .map_err(&call_error)?;
+            let () = ctx
+                .call(
+                    api::MANAGER_PATH,
+                    api::MANAGER_INTERFACE,
+                    "ReloadPolicy",
+                    &(options(),),
+                )
+                .await?;
             let mode: String = manager
                 .get_property("EnforcementMode")
                 .await
