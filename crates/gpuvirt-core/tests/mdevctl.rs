@@ -9,8 +9,8 @@ use std::path::Path;
 
 use gpuvirt_core::ledger::{Ledger, MdevRecord, MdevStart};
 use gpuvirt_core::mdevctl::{
-    definitions, export, import, parse_config, read_all, read_config, remove_config, write_config,
-    MdevctlConfig, MdevctlError,
+    definitions, dump_json, export, import, parse_config, parse_document, read_all, read_config,
+    remove_config, write_config, MdevctlConfig, MdevctlError,
 };
 use gpuvirt_core::shard::{owner_of, Owner};
 use gpuvirt_core::Root;
@@ -347,4 +347,52 @@ fn definitions_merge_the_ledger_and_mdevctl_files_with_owners() {
     let defs = definitions(&ledger, &[twin], |_| false);
     let owners: Vec<&str> = defs.iter().map(|d| d.owner.as_str()).collect();
     assert_eq!(owners, vec!["gpuvirt", "mdevctl", "mdevctl"]);
+}
+
+#[test]
+fn dumpjson_documents_round_trip_and_single_files_need_parent_and_uuid() {
+    let a = config(U1, MdevStart::Manual, &[("z", "1"), ("a", "2")]);
+    let mut b = config(U2, MdevStart::Auto, &[]);
+    b.parent = "mbochs".into();
+    let c = config(U2, MdevStart::Auto, &[]);
+    let text = dump_json(&[b.clone(), a.clone(), c.clone()]);
+    // Parents sorted, each parent's UUIDs sorted, mdevctl's key order inside.
+    let expected = format!(
+        "[\n  {{\n    \"0000:41:00.0\": [\n      {{\n        \"{U2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }},\n      {{\n        \"{U1}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"manual\",\n          \"attrs\": [\n            {{\n              \"z\": \"1\"\n            }},\n            {{\n              \"a\": \"2\"\n            }}\n          ]\n        }}\n      }}\n    ],\n    \"mbochs\": [\n      {{\n        \"{U2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]"
+    );
+    assert_eq!(text, expected);
+    let src = Path::new("dump.json");
+    let back = parse_document(src, &text, None, None).unwrap();
+    assert_eq!(back, vec![c.clone(), a.clone(), b.clone()]);
+    // Parent and UUID select from a document.
+    let only = parse_document(src, &text, Some("mbochs"), None).unwrap();
+    assert_eq!(only, vec![b]);
+    let only = parse_document(src, &text, None, Some(U1.parse().unwrap())).unwrap();
+    assert_eq!(only, vec![a.clone()]);
+    // One definition: parent and UUID must come from outside.
+    let single = a.to_json();
+    let e = parse_document(src, &single, None, Some(a.uuid)).unwrap_err();
+    assert!(e.to_string().contains("its parent must be given"), "{e}");
+    let e = parse_document(src, &single, Some("0000:41:00.0"), None).unwrap_err();
+    assert!(e.to_string().contains("its UUID must be given"), "{e}");
+    assert_eq!(
+        parse_document(src, &single, Some("0000:41:00.0"), Some(a.uuid)).unwrap(),
+        vec![a]
+    );
+    // Malformed documents name the place.
+    let e = parse_document(src, r#"[{"p": [{"not-a-uuid": {}}]}]"#, None, None).unwrap_err();
+    assert!(
+        e.to_string().contains("\"not-a-uuid\" is not a UUID"),
+        "{e}"
+    );
+    let e = parse_document(src, r#"[{"p": {}}]"#, None, None).unwrap_err();
+    assert!(e.to_string().contains("[0].p is not a list"), "{e}");
+    let e = parse_document(
+        src,
+        &format!(r#"[{{"p": [{{"{U1}": {{"start": "auto"}}}}]}}]"#),
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("mdev_type is missing"), "{e}");
 }
