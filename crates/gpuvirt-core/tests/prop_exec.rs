@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -199,15 +201,13 @@ fn run_confined(host: &Host, action: &Action, names_valid: bool, inside: &[&str]
     assert_changes_confined(&before, &after, inside);
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        // Each case builds a host in a tempdir: fewer cases than the pure parsers.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn create_mdev_with_hostile_names(parent in hostile_name(), type_id in hostile_name()) {
+#[test]
+fn create_mdev_with_hostile_names() {
+    let fuzz = Fuzz::new(file!(), "create_mdev_with_hostile_names", 64);
+    proptest!(fuzz.config(), |(parent in hostile_name(), type_id in hostile_name())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let host = Host::new();
         let valid = pathsafe::mdev_parent(&parent).is_ok() && pathsafe::mdev_type(&type_id).is_ok();
         let action = Action::CreateMdev {
@@ -217,17 +217,31 @@ proptest! {
             uuid: Uuid::from_u128(0x1234),
         };
         run_confined(&host, &action, valid, &["sys/devices"]);
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn load_module_with_hostile_names(module in hostile_name()) {
+#[test]
+fn load_module_with_hostile_names() {
+    let fuzz = Fuzz::new(file!(), "load_module_with_hostile_names", 64);
+    proptest!(fuzz.config(), |(module in hostile_name())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let host = Host::new();
         let valid = pathsafe::module(&module).is_ok();
         run_confined(&host, &Action::LoadModule { module }, valid, &[]);
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn boot_files_with_hostile_paths(path in hostile_path(), remove in any::<bool>()) {
+#[test]
+fn boot_files_with_hostile_paths() {
+    let fuzz = Fuzz::new(file!(), "boot_files_with_hostile_paths", 64);
+    proptest!(fuzz.config(), |(path in hostile_path(), remove in any::<bool>())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let host = Host::new();
         let valid = gpuvirt_core::exec::names::boot_file(&path).is_ok();
         let action = if remove {
@@ -241,12 +255,19 @@ proptest! {
             fs::read_to_string(host.root().join("etc/modprobe.d/foreign.conf")).unwrap(),
             "options nouveau modeset=0\n"
         );
-    }
+    });
+    fuzz.report();
+}
 
-    /// A corrupted or forged ledger names the driver to return a card to: a hostile name is
-    /// refused before it is joined onto `sys/bus/pci/drivers`.
-    #[test]
-    fn return_to_a_hostile_original_driver(original in hostile_name()) {
+/// A corrupted or forged ledger names the driver to return a card to: a hostile name is
+/// refused before it is joined onto `sys/bus/pci/drivers`.
+#[test]
+fn return_to_a_hostile_original_driver() {
+    let fuzz = Fuzz::new(file!(), "return_to_a_hostile_original_driver", 64);
+    proptest!(fuzz.config(), |(original in hostile_name())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let host = Host::new();
         let address: PciAddress = GPU.parse().unwrap();
         let mut ledger = Ledger::default();
@@ -279,7 +300,8 @@ proptest! {
                 .any(|p| p.starts_with("sys/bus/pci/drivers") && !p.starts_with("sys/bus/pci/drivers/vfio-pci"));
             prop_assert!(!bound_to_bad_name, "{:?}", report.steps);
         }
-    }
+    });
+    fuzz.report();
 }
 
 /// An mdev type id whose `create` resolves (through the parent's link) to `<tmp>/canary/create`.

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use std::fs;
 use std::path::Path;
 
@@ -83,9 +85,17 @@ fn check_accepted(c: &MdevctlConfig) {
     }
 }
 
-proptest! {
-    #[test]
-    fn parse_never_panics_and_accepts_only_safe_names(text in config_text()) {
+#[test]
+fn parse_never_panics_and_accepts_only_safe_names() {
+    let fuzz = Fuzz::new(
+        file!(),
+        "parse_never_panics_and_accepts_only_safe_names",
+        256,
+    );
+    proptest!(fuzz.config(), |(text in config_text())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let uuid = Uuid::from_u128(7);
         match parse_config(Path::new("etc/mdevctl.d/0000:41:00.0/x"), "0000:41:00.0", uuid, &text) {
             Ok(c) => {
@@ -99,10 +109,17 @@ proptest! {
                 prop_assert!(msg.contains("mdevctl config") || msg.contains("mdev parent"), "{}", msg);
             }
         }
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn hostile_parent_names_are_refused(parent in prop_oneof![Just("..".to_string()), Just("a/b".to_string()), Just("".to_string()), ".{0,20}"]) {
+#[test]
+fn hostile_parent_names_are_refused() {
+    let fuzz = Fuzz::new(file!(), "hostile_parent_names_are_refused", 256);
+    proptest!(fuzz.config(), |(parent in prop_oneof![Just("..".to_string()), Just("a/b".to_string()), Just("".to_string()), ".{0,20}"])| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let text = r#"{"mdev_type":"nvidia-300","start":"auto","attrs":[]}"#;
         match parse_config(Path::new("x"), &parent, Uuid::nil(), text) {
             Ok(c) => {
@@ -110,20 +127,17 @@ proptest! {
             }
             Err(e) => prop_assert!(matches!(e, MdevctlError::BadParentName { .. }), "{}", e),
         }
-    }
+    });
+    fuzz.report();
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
-        ..ProptestConfig::default()
-    })]
-
-    /// Random trees: files with random names and contents, directories where files belong,
-    /// links; every entry is either a definition or an error, never a panic, and import keeps
-    /// what gpuvirt created.
-    #[test]
-    fn random_trees_are_read(entries in proptest::collection::vec(
+/// Random trees: files with random names and contents, directories where files belong,
+/// links; every entry is either a definition or an error, never a panic, and import keeps
+/// what gpuvirt created.
+#[test]
+fn random_trees_are_read() {
+    let fuzz = Fuzz::new(file!(), "random_trees_are_read", 64);
+    proptest!(fuzz.config(), |(entries in proptest::collection::vec(
         (
             prop_oneof![Just("0000:41:00.0".to_string()), Just("mbochs".to_string()), Just("scripts.d".to_string()), "[a-z0-9:][a-z0-9:.]{0,11}"],
             prop_oneof![Just("c2a52d9a-f3c3-4ba3-8fb5-5a0e7ec1f7b4".to_string()), Just(".tmp".to_string()), "[a-f0-9-]{1,36}"],
@@ -131,7 +145,10 @@ proptest! {
             0u8..4,
         ),
         0..8,
-    )) {
+    ))| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("etc/mdevctl.d");
         fs::create_dir_all(&dir).unwrap();
@@ -169,5 +186,6 @@ proptest! {
             prop_assert!(!r.created_by_gpuvirt);
             prop_assert!(matches!(r.start, MdevStart::Auto | MdevStart::Manual));
         }
-    }
+    });
+    fuzz.report();
 }

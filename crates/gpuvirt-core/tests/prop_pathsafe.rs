@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use std::path::{Component, Path};
 
 use gpuvirt_core::pathsafe;
@@ -80,9 +82,17 @@ fn address_text() -> impl Strategy<Value = (String, PciAddress)> {
         })
 }
 
-proptest! {
-    #[test]
-    fn pci_address_never_panics_and_accepts_only_safe_text(s in hostile_string()) {
+#[test]
+fn pci_address_never_panics_and_accepts_only_safe_text() {
+    let fuzz = Fuzz::new(
+        file!(),
+        "pci_address_never_panics_and_accepts_only_safe_text",
+        256,
+    );
+    proptest!(fuzz.config(), |(s in hostile_string())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         if let Ok(a) = s.parse::<PciAddress>() {
             let shown = a.to_string();
             assert_component(&shown);
@@ -94,23 +104,44 @@ proptest! {
             let e = pathsafe::pci_address(&s).unwrap_err();
             prop_assert!(e.to_string().contains("PCI address"));
         }
-    }
+    });
+    fuzz.report();
+}
 
-    /// Multi-byte characters at every offset of a 12-byte string: the parser slices by bytes.
-    #[test]
-    fn pci_address_with_multibyte_characters(prefix in "[0-9:.]{0,11}", c in "[^\\x00-\\x7f]", suffix in "[0-9:.]{0,11}") {
+/// Multi-byte characters at every offset of a 12-byte string: the parser slices by bytes.
+#[test]
+fn pci_address_with_multibyte_characters() {
+    let fuzz = Fuzz::new(file!(), "pci_address_with_multibyte_characters", 256);
+    proptest!(fuzz.config(), |(prefix in "[0-9:.]{0,11}", c in "[^\\x00-\\x7f]", suffix in "[0-9:.]{0,11}")| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let s = format!("{prefix}{c}{suffix}");
         prop_assert!(s.parse::<PciAddress>().is_err());
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn pci_address_round_trips((text, address) in address_text()) {
+#[test]
+fn pci_address_round_trips() {
+    let fuzz = Fuzz::new(file!(), "pci_address_round_trips", 256);
+    proptest!(fuzz.config(), |((text, address) in address_text())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         prop_assert_eq!(text.parse::<PciAddress>().unwrap(), address);
         prop_assert_eq!(pathsafe::pci_address(&address.to_string()).unwrap(), address);
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn uuid_accepts_only_the_hyphenated_form(s in hostile_string()) {
+#[test]
+fn uuid_accepts_only_the_hyphenated_form() {
+    let fuzz = Fuzz::new(file!(), "uuid_accepts_only_the_hyphenated_form", 256);
+    proptest!(fuzz.config(), |(s in hostile_string())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         match pathsafe::uuid(&s) {
             Ok(u) => {
                 prop_assert_eq!(u.hyphenated().to_string(), s.to_lowercase());
@@ -118,17 +149,31 @@ proptest! {
             }
             Err(e) => prop_assert!(e.to_string().starts_with("mdev UUID")),
         }
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn uuid_round_trips(bytes in any::<[u8; 16]>(), upper in any::<bool>()) {
+#[test]
+fn uuid_round_trips() {
+    let fuzz = Fuzz::new(file!(), "uuid_round_trips", 256);
+    proptest!(fuzz.config(), |(bytes in any::<[u8; 16]>(), upper in any::<bool>())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let u = uuid::Uuid::from_bytes(bytes);
         let text = if upper { u.to_string().to_uppercase() } else { u.to_string() };
         prop_assert_eq!(pathsafe::uuid(&text).unwrap(), u);
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn names_accepted_are_single_safe_components(s in hostile_string()) {
+#[test]
+fn names_accepted_are_single_safe_components() {
+    let fuzz = Fuzz::new(file!(), "names_accepted_are_single_safe_components", 256);
+    proptest!(fuzz.config(), |(s in hostile_string())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         type Check = fn(&str) -> Result<&str, pathsafe::NameError>;
         let checks: [(&str, Check); 5] = [
             ("driver name", pathsafe::driver),
@@ -154,15 +199,22 @@ proptest! {
                 }
             }
         }
-    }
+    });
+    fuzz.report();
+}
 
-    /// A legitimate name with traversal spliced in anywhere is refused.
-    #[test]
-    fn traversal_spliced_into_a_name_is_refused(
+/// A legitimate name with traversal spliced in anywhere is refused.
+#[test]
+fn traversal_spliced_into_a_name_is_refused() {
+    let fuzz = Fuzz::new(file!(), "traversal_spliced_into_a_name_is_refused", 256);
+    proptest!(fuzz.config(), |(
         name in "[a-z][a-z0-9_-]{0,20}",
         evil in prop_oneof![Just("/"), Just("../"), Just("/.."), Just("\0"), Just("\n")],
         at in any::<prop::sample::Index>(),
-    ) {
+    )| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let i = at.index(name.len() + 1);
         let s = format!("{}{}{}", &name[..i], evil, &name[i..]);
         prop_assert!(pathsafe::driver(&s).is_err());
@@ -170,5 +222,6 @@ proptest! {
         prop_assert!(pathsafe::mdev_parent(&s).is_err());
         prop_assert!(pathsafe::module(&s).is_err());
         prop_assert!(pathsafe::attribute(&s).is_err());
-    }
+    });
+    fuzz.report();
 }

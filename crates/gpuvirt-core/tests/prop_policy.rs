@@ -13,6 +13,8 @@
 #[path = "policy_hosts/mod.rs"]
 mod hosts;
 
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
@@ -218,24 +220,36 @@ fn check(text: &str, hosts: &[Inventory]) -> bool {
     }
 }
 
-proptest! {
-    #[test]
-    fn arbitrary_text_never_panics(text in prop_oneof![".*", "[ -~\\n\\t]{0,400}"]) {
+#[test]
+fn arbitrary_text_never_panics() {
+    let fuzz = Fuzz::new(file!(), "arbitrary_text_never_panics", 256);
+    proptest!(fuzz.config(), |(text in prop_oneof![".*", "[ -~\\n\\t]{0,400}"])| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         check(&text, &hosts());
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn mutated_corpus_policies_are_handled(
+#[test]
+fn mutated_corpus_policies_are_handled() {
+    let fuzz = Fuzz::new(file!(), "mutated_corpus_policies_are_handled", 256);
+    proptest!(fuzz.config(), |(
         which in any::<prop::sample::Index>(),
         mutations in proptest::collection::vec(mutation(), 1..6),
-    ) {
+    )| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let corpus = corpus();
         let mut text = corpus[which.index(corpus.len())].clone();
         for m in &mutations {
             text = apply(&text, m);
         }
         check(&text, &hosts());
-    }
+    });
+    fuzz.report();
 }
 
 /// The corpus itself goes through the same checks, and some of it is accepted (so the mutation

@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
@@ -245,19 +247,18 @@ fn must_warn(target: &str, damage: &Damage) -> bool {
         && (target.ends_with("0000:41:00.0/uevent") || target.ends_with("0000:41:00.1/uevent"))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn damaged_trees_scan_with_warnings(
+#[test]
+fn damaged_trees_scan_with_warnings() {
+    let fuzz = Fuzz::new(file!(), "damaged_trees_scan_with_warnings", 64);
+    proptest!(fuzz.config(), |(
         damages in proptest::collection::vec(
             (any::<prop::sample::Index>(), damage()),
             1..5,
         ),
-    ) {
+    )| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         build(&root);
@@ -317,12 +318,16 @@ proptest! {
         prop_assert_eq!(&before.functions, &fresh.functions);
         prop_assert_eq!(&before.mdevs, &fresh.mdevs);
         prop_assert_eq!(&before.mdev_parents, &fresh.mdev_parents);
-    }
+    });
+    fuzz.report();
+}
 
-    /// Hostile names in refresh targets (they come from uevent devpaths) read nothing outside
-    /// `/sys/class/mdev_bus` and never panic.
-    #[test]
-    fn refresh_with_hostile_parent_names(name in prop_oneof![
+/// Hostile names in refresh targets (they come from uevent devpaths) read nothing outside
+/// `/sys/class/mdev_bus` and never panic.
+#[test]
+fn refresh_with_hostile_parent_names() {
+    let fuzz = Fuzz::new(file!(), "refresh_with_hostile_parent_names", 64);
+    proptest!(fuzz.config(), |(name in prop_oneof![
         Just("..".to_string()),
         Just("../../..".to_string()),
         // Resolves to the real parent's directory through a path that is not its name.
@@ -332,7 +337,10 @@ proptest! {
         Just("".to_string()),
         Just("x\0y".to_string()),
         ".{0,40}",
-    ]) {
+    ])| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         build(&root);
@@ -340,11 +348,12 @@ proptest! {
         let mut inv = scanner.scan();
         scanner.refresh(&mut inv, &RefreshTarget::MdevParent(name));
         check_inventory(&inv);
-    }
+    });
+    fuzz.report();
 }
 
 /// A damaged tree still yields the undamaged devices: removing the audio function's uevent
-/// and class leaves the GPU and NIC intact, with a warning for the audio function.
+/// and class leaves the GPU intact and the NIC classified, with a warning for the audio function.
 #[test]
 fn one_damaged_function_does_not_hide_the_others() {
     let tmp = tempfile::tempdir().unwrap();
@@ -359,7 +368,9 @@ fn one_damaged_function_does_not_hide_the_others() {
     let inv = Scanner::new(Root::new(&root)).scan();
     check_inventory(&inv);
     assert!(inv.functions.contains_key(&GPU.parse().unwrap()));
-    assert!(inv.functions.contains_key(&"0000:42:00.0".parse().unwrap()));
+    // The NIC shares no group with the GPU: out of scope, known by its class only.
+    assert_eq!(inv.pci_classes.get(&NIC.parse().unwrap()), Some(&0x020000));
+    assert!(!inv.functions.contains_key(&NIC.parse().unwrap()));
     assert!(
         inv.warnings.iter().any(|w| w.path.starts_with(AUDIO_DIR)),
         "{:?}",

@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../gpuvirt-core/tests/fuzz_support/mod.rs"]
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use gpuvirt_sim::Uevent;
 use proptest::prelude::*;
 
@@ -54,31 +57,50 @@ fn damaged(wire: Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) -> Vec<u8> {
     out
 }
 
-proptest! {
-    #[test]
-    fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..512)) {
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let fuzz = Fuzz::new(file!(), "arbitrary_bytes_never_panic", 256);
+    proptest!(fuzz.config(), |(buf in proptest::collection::vec(any::<u8>(), 0..512))| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         if let Some(ev) = Uevent::from_wire(&buf) {
             // Whatever is accepted is a well-formed event.
             prop_assert!(ev.devpath.starts_with('/'));
             prop_assert!(!ev.subsystem.is_empty());
             let _ = ev.to_string();
         }
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn wire_round_trips(ev in event()) {
+#[test]
+fn wire_round_trips() {
+    let fuzz = Fuzz::new(file!(), "wire_round_trips", 256);
+    proptest!(fuzz.config(), |(ev in event())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         prop_assert_eq!(Uevent::from_wire(&ev.to_wire()), Some(ev));
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn damaged_messages_never_panic(
+#[test]
+fn damaged_messages_never_panic() {
+    let fuzz = Fuzz::new(file!(), "damaged_messages_never_panic", 256);
+    proptest!(fuzz.config(), |(
         ev in event(),
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<u8>()), 1..6),
-    ) {
+    )| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let buf = damaged(ev.to_wire(), &edits);
         if let Some(parsed) = Uevent::from_wire(&buf) {
             prop_assert!(parsed.devpath.starts_with('/'));
             prop_assert!(!parsed.subsystem.is_empty());
         }
-    }
+    });
+    fuzz.report();
 }

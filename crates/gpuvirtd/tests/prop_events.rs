@@ -13,6 +13,9 @@
 #[path = "../src/events.rs"]
 mod events;
 
+#[path = "../../gpuvirt-core/tests/fuzz_support/mod.rs"]
+mod fuzz_support;
+use fuzz_support::Fuzz;
 use std::path::{Component, Path};
 
 use events::{parse_wire, targets, KernelEvent, Target};
@@ -89,17 +92,28 @@ fn check_targets(ev: &KernelEvent) {
     }
 }
 
-proptest! {
-    #[test]
-    fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..512)) {
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let fuzz = Fuzz::new(file!(), "arbitrary_bytes_never_panic", 256);
+    proptest!(fuzz.config(), |(buf in proptest::collection::vec(any::<u8>(), 0..512))| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         if let Some(ev) = parse_wire(&buf) {
             prop_assert!(ev.devpath.starts_with('/'));
             check_targets(&ev);
         }
-    }
+    });
+    fuzz.report();
+}
 
-    #[test]
-    fn agrees_with_the_simulated_kernel(ev in uevent()) {
+#[test]
+fn agrees_with_the_simulated_kernel() {
+    let fuzz = Fuzz::new(file!(), "agrees_with_the_simulated_kernel", 256);
+    proptest!(fuzz.config(), |(ev in uevent())| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let parsed = parse_wire(&ev.to_wire()).unwrap();
         prop_assert_eq!(&parsed.action, &ev.action);
         prop_assert_eq!(&parsed.devpath, &ev.devpath);
@@ -108,22 +122,30 @@ proptest! {
         prop_assert_eq!(parsed.mdev_state.as_deref(), ev.get("MDEV_STATE"));
         prop_assert_eq!(parsed.seqnum, Some(ev.seqnum));
         check_targets(&parsed);
-    }
+    });
+    fuzz.report();
+}
 
-    /// Spliced-in separators, NULs, duplicated or contradicting keys.
-    #[test]
-    fn damaged_messages_never_panic(
+/// Spliced-in separators, NULs, duplicated or contradicting keys.
+#[test]
+fn damaged_messages_never_panic() {
+    let fuzz = Fuzz::new(file!(), "damaged_messages_never_panic", 256);
+    proptest!(fuzz.config(), |(
         ev in uevent(),
         cut in any::<prop::sample::Index>(),
         junk in proptest::collection::vec(any::<u8>(), 0..32),
-    ) {
+    )| {
+        if !fuzz.hit() {
+            return Ok(());
+        }
         let mut buf = ev.to_wire();
         let i = cut.index(buf.len() + 1);
         buf.splice(i..i, junk);
         if let Some(parsed) = parse_wire(&buf) {
             check_targets(&parsed);
         }
-    }
+    });
+    fuzz.report();
 }
 
 /// The hostile parent names the mapping refuses to hand on, explicitly.
