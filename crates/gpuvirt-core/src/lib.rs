@@ -16,6 +16,7 @@ pub mod pathsafe;
 pub mod pciids;
 pub mod plan;
 pub mod policy;
+pub mod reboot;
 pub mod render;
 pub mod root;
 pub mod scan;

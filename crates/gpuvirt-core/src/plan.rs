@@ -17,7 +17,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use action::{Action, SlotFunction, SlotReturn, Step};
-pub use boot::{read_boot_files, BOOT_FILES};
+pub use boot::{boot_wants, read_boot_files, BOOT_FILES};
 
 use crate::iommu::assess_group_for_slot;
 use crate::model::{Inventory, PciAddress, PciFunction};

@@ -7,7 +7,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::model::{Inventory, PciAddress};
-use crate::policy::{EarlyMethod, Policy};
+use crate::policy::matching::OriginalDrivers;
+use crate::policy::{EarlyMethod, Policy, Role, RoleSettings};
+use crate::reboot::{BootWants, EarlyFunction};
 use crate::root::Root;
 
 /// modprobe.d: `[host]` blacklist/options and vfio-pci `ids=`/`softdep` for early binding.
@@ -109,6 +111,49 @@ pub(super) fn wanted_boot_files(
         files.insert(PathBuf::from(MODULES_LOAD), format!("{header}vfio-pci\n"));
     }
     files
+}
+
+/// What the policy wants of the running kernel, for [`crate::reboot::reboot_reasons`]: the
+/// IOMMU when a rule passes cards through, the blacklisted modules, and every function (SR-IOV
+/// VFs aside) of each slot an `early = true` passthrough rule governs.
+pub fn boot_wants(
+    policy: &Policy,
+    inventory: &Inventory,
+    original_drivers: &OriginalDrivers,
+) -> BootWants {
+    let mut early = Vec::new();
+    for a in policy.assign(inventory, original_drivers).values() {
+        // A card in conflict is left as it is: the policy wants nothing of it.
+        let Some(rule) = a.rule.and_then(|i| policy.rules.get(i)) else {
+            continue;
+        };
+        if a.in_conflict() {
+            continue;
+        }
+        if !matches!(rule.settings, RoleSettings::Passthrough { early: true, .. }) {
+            continue;
+        }
+        let companions = inventory
+            .gpus
+            .get(&a.gpu)
+            .map(|g| g.companions.as_slice())
+            .unwrap_or_default();
+        let functions = std::iter::once(a.gpu).chain(companions.iter().copied().filter(|c| {
+            inventory
+                .functions
+                .get(c)
+                .is_some_and(|f| f.physfn.is_none())
+        }));
+        early.extend(functions.map(|address| EarlyFunction {
+            address,
+            rule: rule.name.clone(),
+        }));
+    }
+    BootWants {
+        iommu: policy.rules.iter().any(|r| r.role() == Role::Passthrough),
+        blacklist: policy.host.blacklist.clone(),
+        early,
+    }
 }
 
 /// Whether a path is the modprobe.d file (a change to it needs a new initramfs).
