@@ -72,13 +72,21 @@ impl Bouncer {
 
     /// Allows the call in `header` to `method` or fails with
     /// `org.freedesktop.DBus.Error.AccessDenied`. `interactive` is the caller's wish to be
-    /// asked for a password (false when it passed `auth.no_user_interaction`).
+    /// asked for a password (false when it passed `auth.no_user_interaction`); it counts only
+    /// when the call also carries ALLOW_INTERACTIVE_AUTHORIZATION, which the D-Bus spec makes
+    /// the caller's way of saying it can wait for a prompt (`gpuvirtctl --no-ask-password`
+    /// and `gdbus call` without `--interactive` leave it out).
     pub async fn authorize(
         &self,
         header: &Header<'_>,
         method: &str,
         interactive: bool,
     ) -> Result<(), CallError> {
+        let interactive = interactive
+            && header
+                .primary()
+                .flags()
+                .contains(zbus::message::Flags::AllowInteractiveAuth);
         let Some(action) = action_for(method) else {
             return Err(denied(format!("{method} is not an authorized operation")));
         };
