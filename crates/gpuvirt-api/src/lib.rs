@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 
 use gpuvirt_core::PciAddress;
-use uuid::Uuid;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 /// The well-known bus name gpuvirtd owns.
@@ -172,6 +171,91 @@ pub type TypeInfoWire = (String, String, String, u32);
 /// One IOMMU group member on the wire: `(name, class, driver)`; `name` is a PCI address or
 /// another device name, `class` is 0 when unknown, `driver` empty when unbound.
 pub type GroupMemberWire = (String, u32, String);
+
+/// One persistent mdev definition on the wire (`Manager.ListMdevDefinitions`):
+/// `(uuid, parent, type, owner, start, attrs, active)`. `owner` is `gpuvirt` or `mdevctl`,
+/// `start` is `auto` or `manual`, `attrs` the `(name, value)` pairs in write order (mdevctl's
+/// ordered list), `active` whether a device with the UUID exists now.
+pub type MdevDefinitionWire = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<(String, String)>,
+    bool,
+);
+
+/// A readable view of [`MdevDefinitionWire`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MdevDefinition {
+    pub uuid: String,
+    pub parent: String,
+    #[serde(rename = "type")]
+    pub type_id: String,
+    pub owner: String,
+    pub start: String,
+    /// As mdevctl writes them: a list of one-entry objects, `[{"name": "value"}, ...]`.
+    #[serde(serialize_with = "attrs_as_objects")]
+    pub attrs: Vec<(String, String)>,
+    pub active: bool,
+}
+
+/// A definition's start mode, as [`mdevctl::MdevctlConfig`] holds it.
+pub use gpuvirt_core::ledger::MdevStart;
+/// mdevctl's definition format (files in `/etc/mdevctl.d`, `mdevctl list --dumpjson`), for the
+/// CLI's import and export: the same code the daemon validates imports with.
+pub use gpuvirt_core::mdevctl;
+/// The UUIDs the definitions and mdev paths use.
+pub use uuid::Uuid;
+
+impl MdevDefinition {
+    /// The definition in mdevctl's terms; `None` when the daemon sent a malformed UUID or an
+    /// unknown start mode.
+    pub fn to_mdevctl(&self) -> Option<mdevctl::MdevctlConfig> {
+        Some(mdevctl::MdevctlConfig {
+            uuid: self.uuid.parse().ok()?,
+            parent: self.parent.clone(),
+            mdev_type: self.type_id.clone(),
+            start: match self.start.as_str() {
+                "auto" => MdevStart::Auto,
+                "manual" => MdevStart::Manual,
+                _ => return None,
+            },
+            attrs: self.attrs.clone(),
+        })
+    }
+}
+
+fn attrs_as_objects<S: serde::Serializer>(
+    attrs: &[(String, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    struct One<'a>(&'a str, &'a str);
+    impl serde::Serialize for One<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry(self.0, self.1)?;
+            map.end()
+        }
+    }
+    s.collect_seq(attrs.iter().map(|(k, v)| One(k, v)))
+}
+
+impl From<MdevDefinitionWire> for MdevDefinition {
+    fn from((uuid, parent, type_id, owner, start, attrs, active): MdevDefinitionWire) -> Self {
+        Self {
+            uuid,
+            parent,
+            type_id,
+            owner,
+            start,
+            attrs,
+            active,
+        }
+    }
+}
 
 /// A readable view of [`TypeInfoWire`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

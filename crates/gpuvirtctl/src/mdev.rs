@@ -1,8 +1,12 @@
 //! `gpuvirtctl mdev ...`: mediated devices the mdevctl way (create/remove transient ones,
-//! define/undefine/start/stop persistent ones, list, export as mdevctl JSON), through
-//! ShardParent.CreateMdev, Mdev.Remove and Manager.Define/Undefine/Start/StopMdev.
+//! define/undefine/start/stop persistent ones, list active or defined ones, import and export
+//! mdevctl's JSON), through ShardParent.CreateMdev, Mdev.Remove,
+//! Manager.Define/Undefine/Start/StopMdev, Manager.ImportMdevDefinition and
+//! Manager.ListMdevDefinitions.
 
 use gpuvirt_api as api;
+use gpuvirt_api::mdevctl::{self, MdevctlConfig};
+use gpuvirt_api::{MdevStart, Uuid};
 use zbus::zvariant::OwnedObjectPath;
 
 use crate::errors::{classify_api, CliError};
@@ -53,18 +57,35 @@ pub enum MdevCommand {
     Stop { uuid: String },
     /// List mediated devices: UUID, parent, type, state.
     List {
-        /// Only devices whose definition gpuvirtd knows (not yet served on D-Bus: see the error).
+        /// Persistent definitions instead (gpuvirt's and mdevctl's), with start mode and owner.
         #[arg(long)]
         defined: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Print mediated devices as mdevctl JSON definitions.
+    /// Print definitions as mdevctl JSON: one device's file contents, or every definition (and
+    /// every active device without one) as `mdevctl list --dumpjson` prints them.
     Export {
         /// mdevctl's format (`mdevctl define --jsonfile` reads it); the only format.
         #[arg(long, required = true)]
         mdevctl: bool,
-        /// One device (default: every active one).
+        /// One device (default: all).
+        uuid: Option<String>,
+    },
+    /// Define mediated devices from mdevctl JSON (like `mdevctl define --jsonfile`); they are
+    /// gpuvirt's definitions from then on.
+    Import {
+        /// mdevctl's format; the only format.
+        #[arg(long, required = true)]
+        mdevctl: bool,
+        /// A definition file (`/etc/mdevctl.d/PARENT/UUID`) or `mdevctl list --dumpjson`
+        /// output; `-` reads standard input.
+        file: String,
+        /// The parent of a single definition (default: the file's directory name).
+        #[arg(long)]
+        parent: Option<String>,
+        /// The UUID of a single definition (default: the file's name).
+        #[arg(long)]
         uuid: Option<String>,
     },
 }
@@ -137,11 +158,7 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
         MdevCommand::Stop { uuid } => manager_unit(ctx, "StopMdev", &uuid).await,
         MdevCommand::List { defined, json } => {
             if defined {
-                return Err(CliError::Daemon(
-                    "gpuvirtd does not serve its mdev definitions on D-Bus yet; \
-                     `gpuvirtctl mdev list` shows the active devices"
-                        .to_owned(),
-                ));
+                return list_defined(ctx, json).await;
             }
             let host = ctx.host().await?;
             let mut mdevs: Vec<&MdevView> = host.mdevs.iter().collect();
@@ -164,48 +181,170 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             print_table(&rows);
             Ok(())
         }
-        MdevCommand::Export { mdevctl: _, uuid } => {
-            let host = ctx.host().await?;
-            let chosen: Vec<&MdevView> = match &uuid {
-                Some(u) => {
-                    let path = mdev_path(ctx, u).await?;
-                    host.mdevs
-                        .iter()
-                        .filter(|m| m.path == path.as_str())
-                        .collect()
-                }
-                None => host.mdevs.iter().collect(),
-            };
-            if uuid.is_some() && chosen.len() == 1 {
-                return print_json(&mdevctl_json(chosen[0]));
-            }
-            // Several: mdevctl's `list --dumpjson` shape, parent → [{uuid: config}].
-            let mut by_parent = serde_json::Map::new();
-            for m in chosen {
-                let entry = serde_json::json!({ m.uuid.clone(): mdevctl_json(m) });
-                if let Some(list) = by_parent
-                    .entry(m.parent.clone())
-                    .or_insert_with(|| serde_json::Value::Array(Vec::new()))
-                    .as_array_mut()
-                {
-                    list.push(entry);
-                }
-            }
-            print_json(&serde_json::Value::Array(vec![serde_json::Value::Object(
-                by_parent,
-            )]))
-        }
+        MdevCommand::Export { mdevctl: _, uuid } => export(ctx, uuid.as_deref()).await,
+        MdevCommand::Import {
+            mdevctl: _,
+            file,
+            parent,
+            uuid,
+        } => import(ctx, &file, parent.as_deref(), uuid.as_deref()).await,
     }
 }
 
-/// An mdev's definition in mdevctl's JSON: derived from the served properties, which hold
-/// the type but not the start mode or attributes, so an exported device starts manually.
-fn mdevctl_json(m: &MdevView) -> serde_json::Value {
-    serde_json::json!({
-        "mdev_type": m.type_id,
-        "start": "manual",
-        "attrs": [],
-    })
+async fn definitions(ctx: &Ctx<'_>) -> Result<Vec<api::MdevDefinition>, CliError> {
+    let wire: Vec<api::MdevDefinitionWire> = ctx
+        .call(
+            api::MANAGER_PATH,
+            api::MANAGER_INTERFACE,
+            "ListMdevDefinitions",
+            &(options(&[]),),
+        )
+        .await?;
+    Ok(wire.into_iter().map(api::MdevDefinition::from).collect())
+}
+
+async fn list_defined(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
+    let defs = definitions(ctx).await?;
+    if json {
+        return print_json(&defs);
+    }
+    let mut rows = vec![["UUID", "PARENT", "TYPE", "START", "OWNER", "STATE"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect::<Vec<_>>()];
+    for d in defs {
+        rows.push(vec![
+            d.uuid,
+            d.parent,
+            d.type_id,
+            d.start,
+            d.owner,
+            if d.active { "active" } else { "inactive" }.to_owned(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// Definitions as they are (start mode and attrs included), one per UUID (gpuvirt's before
+/// mdevctl's), then active devices nobody defined, as mdevctl shows a transient device:
+/// started manually, no attrs.
+async fn export(ctx: &Ctx<'_>, uuid: Option<&str>) -> Result<(), CliError> {
+    let wanted = match uuid {
+        Some(u) => Some(
+            u.parse::<Uuid>()
+                .map_err(|_| CliError::Daemon(format!("{u:?} is not a UUID")))?,
+        ),
+        None => None,
+    };
+    let malformed = || CliError::Daemon("gpuvirtd sent a malformed definition".to_owned());
+    let mut configs: Vec<MdevctlConfig> = Vec::new();
+    let mut defs = definitions(ctx).await?;
+    // gpuvirt's own first, so it wins a UUID mdevctl also has a file for.
+    defs.sort_by_key(|d| d.owner != "gpuvirt");
+    for d in &defs {
+        let c = d.to_mdevctl().ok_or_else(malformed)?;
+        if !configs.iter().any(|k| k.uuid == c.uuid) {
+            configs.push(c);
+        }
+    }
+    let host = ctx.host().await?;
+    for m in &host.mdevs {
+        let Ok(u) = m.uuid.parse::<Uuid>() else {
+            continue;
+        };
+        if !configs.iter().any(|k| k.uuid == u) {
+            configs.push(MdevctlConfig {
+                uuid: u,
+                parent: m.parent.clone(),
+                mdev_type: m.type_id.clone(),
+                start: MdevStart::Manual,
+                attrs: Vec::new(),
+            });
+        }
+    }
+    if let Some(u) = wanted {
+        let c = configs.iter().find(|c| c.uuid == u).ok_or_else(|| {
+            CliError::Daemon(format!(
+                "no mdev {u} is defined or active; `gpuvirtctl mdev list --defined` lists definitions"
+            ))
+        })?;
+        println!("{}", c.to_json());
+        return Ok(());
+    }
+    println!("{}", mdevctl::dump_json(&configs));
+    Ok(())
+}
+
+/// Reads `file` and defines what it holds through the daemon, which validates each
+/// definition again; prints each UUID defined.
+async fn import(
+    ctx: &Ctx<'_>,
+    file: &str,
+    parent: Option<&str>,
+    uuid: Option<&str>,
+) -> Result<(), CliError> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| CliError::Daemon(format!("cannot read {file}: {e}")))?;
+    let path = std::path::Path::new(file);
+    // A file from mdevctl.d names its definition: <parent>/<uuid>.
+    let uuid = match uuid {
+        Some(u) => Some(u.to_owned()),
+        None => path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.parse::<Uuid>().is_ok())
+            .map(str::to_owned),
+    };
+    let parent = match parent {
+        Some(p) => Some(p.to_owned()),
+        None if uuid.is_some() => path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_owned),
+        None => None,
+    };
+    let parsed_uuid = match &uuid {
+        Some(u) => Some(
+            u.parse::<Uuid>()
+                .map_err(|_| CliError::Daemon(format!("{u:?} is not a UUID")))?,
+        ),
+        None => None,
+    };
+    let configs = mdevctl::parse_document(path, &text, parent.as_deref(), parsed_uuid)
+        .map_err(|e| CliError::Daemon(e.to_string()))?;
+    if configs.is_empty() {
+        return Err(CliError::Daemon(format!(
+            "{file} holds no definition{}",
+            if parent.is_some() || uuid.is_some() {
+                " for the given parent and UUID"
+            } else {
+                ""
+            }
+        )));
+    }
+    for c in configs {
+        let defined: String = ctx
+            .call(
+                api::MANAGER_PATH,
+                api::MANAGER_INTERFACE,
+                "ImportMdevDefinition",
+                &(
+                    c.parent.as_str(),
+                    c.uuid.hyphenated().to_string(),
+                    c.to_json(),
+                    options(&[]),
+                ),
+            )
+            .await?;
+        println!("{defined}");
+    }
+    Ok(())
 }
 
 async fn manager_unit(ctx: &Ctx<'_>, method: &str, uuid: &str) -> Result<(), CliError> {

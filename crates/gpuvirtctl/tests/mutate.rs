@@ -328,3 +328,127 @@ fn doctor_runbook_passes_nic_shared_group_fails() {
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["passthrough_possible"], false);
 }
+
+/// `mdev import --mdevctl` then `mdev export --mdevctl` gives back mdevctl's JSON unchanged:
+/// a file from `mdevctl.d` (parent and UUID from its path, ordered attrs, manual) and a
+/// `mdevctl list --dumpjson` document (auto); `mdev list --defined` shows start and owner.
+#[test]
+fn mdev_import_export_round_trips_mdevctl_json() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().join("0000:41:00.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    // As mdevctl writes it: keys in its order, two-space indent, no trailing newline.
+    let manual = "{\n  \"mdev_type\": \"nvidia-300\",\n  \"start\": \"manual\",\n  \"attrs\": [\n    {\n      \"z\": \"1\"\n    },\n    {\n      \"a\": \"2\"\n    },\n    {\n      \"z\": \"3\"\n    }\n  ]\n}";
+    let file = dir.join(UUID);
+    std::fs::write(&file, manual).unwrap();
+    let out = ok(
+        &bus,
+        &["mdev", "import", "--mdevctl", file.to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), UUID);
+    assert!(!mdev_exists(&host, UUID), "manual: defined, not started");
+    assert_eq!(
+        ok(&bus, &["mdev", "export", "--mdevctl", UUID]),
+        format!("{manual}\n")
+    );
+
+    // The dumpjson form names parent and UUID itself.
+    let dump = format!(
+        "[\n  {{\n    \"0000:41:00.0\": [\n      {{\n        \"{UUID2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]"
+    );
+    let dump_file = files.path().join("dump.json");
+    std::fs::write(&dump_file, &dump).unwrap();
+    let out = ok(
+        &bus,
+        &["mdev", "import", "--mdevctl", dump_file.to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), UUID2);
+    assert!(mdev_exists(&host, UUID2), "auto: started at once");
+    assert_eq!(
+        ok(&bus, &["mdev", "export", "--mdevctl", UUID2]),
+        "{\n  \"mdev_type\": \"nvidia-300\",\n  \"start\": \"auto\",\n  \"attrs\": []\n}\n"
+    );
+    // Everything at once, as `mdevctl list --dumpjson` prints it (UUID sorts before UUID2).
+    let all = ok(&bus, &["mdev", "export", "--mdevctl"]);
+    let indented: String = manual
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_owned()
+            } else {
+                format!("\n        {l}")
+            }
+        })
+        .collect();
+    assert_eq!(
+        all,
+        format!(
+            "[\n  {{\n    \"0000:41:00.0\": [\n      {{\n        \"{UUID}\": {indented}\n      }},\n      {{\n        \"{UUID2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]\n"
+        )
+    );
+
+    let table = ok(&bus, &["mdev", "list", "--defined"]);
+    let header = table.lines().next().unwrap();
+    for column in ["UUID", "PARENT", "TYPE", "START", "OWNER", "STATE"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let row = |u: &str| table.lines().find(|l| l.contains(u)).unwrap().to_owned();
+    let words = |l: String| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        words(row(UUID)),
+        [
+            UUID,
+            "0000:41:00.0",
+            "nvidia-300",
+            "manual",
+            "gpuvirt",
+            "inactive"
+        ]
+    );
+    assert_eq!(
+        words(row(UUID2)),
+        [
+            UUID2,
+            "0000:41:00.0",
+            "nvidia-300",
+            "auto",
+            "gpuvirt",
+            "active"
+        ]
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&bus, &["mdev", "list", "--defined", "--json"])).unwrap();
+    assert_eq!(
+        json[0],
+        serde_json::json!({"uuid": UUID, "parent": "0000:41:00.0", "type": "nvidia-300",
+            "owner": "gpuvirt", "start": "manual",
+            "attrs": [{"z": "1"}, {"a": "2"}, {"z": "3"}], "active": false})
+    );
+
+    // A malformed file is refused in plain words, naming it; nothing is defined.
+    let broken = dir.join("c0ffee00-3f1c-4b7a-9b4d-3f2f3a1e8c02");
+    std::fs::write(&broken, "{\"start\": \"auto\"}").unwrap();
+    let out = ctl(
+        &bus,
+        &["mdev", "import", "--mdevctl", broken.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("mdev_type is missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        ok(&bus, &["mdev", "list", "--defined", "--json"])
+            .matches("\"uuid\"")
+            .count(),
+        2
+    );
+}

@@ -28,6 +28,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("ShardParent.CreateMdev", ACTION_SHARD),
     ("Mdev.Remove", ACTION_SHARD),
     ("Manager.DefineMdev", ACTION_SHARD),
+    ("Manager.ImportMdevDefinition", ACTION_SHARD),
     ("Manager.UndefineMdev", ACTION_SHARD),
     ("Manager.StartMdev", ACTION_SHARD),
     ("Manager.StopMdev", ACTION_SHARD),

@@ -163,6 +163,31 @@ impl ManagerInterface {
         crate::mutate::undefine_mdev(uuid, &header, options).await
     }
 
+    /// Defines a persistent mdev from mdevctl's file format, as `mdevctl define` reads a JSON
+    /// file: (parent, uuid or empty, the JSON of `/etc/mdevctl.d/<parent>/<uuid>` with
+    /// `mdev_type`, `start` `auto`|`manual` and ordered `attrs`, options) → its UUID. The
+    /// definition is gpuvirt's from then on; an auto one starts now if its parent is present.
+    async fn import_mdev_definition(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        parent: &str,
+        uuid: &str,
+        config: &str,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<String, CallError> {
+        crate::mutate::import_mdev_definition(parent, uuid, config, &header, options).await
+    }
+
+    /// Every persistent mdev definition: gpuvirt's own and mdevctl's (`/etc/mdevctl.d`), each
+    /// (uuid, parent, type, owner `gpuvirt`|`mdevctl`, start `auto`|`manual`, attrs as ordered
+    /// (name, value) pairs, active), sorted by parent and UUID. No options are defined yet.
+    async fn list_mdev_definitions(
+        &self,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<api::MdevDefinitionWire>, CallError> {
+        crate::mutate::list_mdev_definitions(options).await
+    }
+
     /// Creates a defined mdev (mdevctl start) and returns its object.
     async fn start_mdev(
         &self,

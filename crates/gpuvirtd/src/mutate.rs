@@ -857,8 +857,120 @@ pub async fn define_mdev(
     header: &Header<'_>,
     options: HashMap<String, OwnedValue>,
 ) -> Result<String, CallError> {
-    let m = mutator()?;
     let opts = parse_options(&options, &["auto"])?;
+    let start = if opts.auto {
+        MdevStart::Auto
+    } else {
+        MdevStart::Manual
+    };
+    let definition = Definition {
+        type_spec,
+        start,
+        attrs: Vec::new(),
+        method: "Manager.DefineMdev",
+    };
+    define(parent, uuid, definition, header, opts).await
+}
+
+/// `Manager.ImportMdevDefinition(s parent, s uuid, s config, a{sv}) -> s uuid`: defines an
+/// mdev from mdevctl's file format (`mdev_type`, `start`, ordered `attrs`), as `mdevctl define
+/// --jsonfile` does; the definition is gpuvirt's from then on. An empty `uuid` is generated.
+pub async fn import_mdev_definition(
+    parent: &str,
+    uuid: &str,
+    config: &str,
+    header: &Header<'_>,
+    options: HashMap<String, OwnedValue>,
+) -> Result<String, CallError> {
+    let opts = parse_options(&options, &[])?;
+    if exec::names::mdev_parent(parent).is_err() {
+        return Err(CallError::invalid_arg(
+            "parent",
+            "not an mdev parent name (an mdev_bus entry such as 0000:41:00.0)",
+        ));
+    }
+    // The UUID only names the definition while it is checked.
+    let checked_uuid = if uuid.is_empty() {
+        Uuid::nil()
+    } else {
+        parse_uuid("uuid", uuid)?
+    };
+    let parsed = gpuvirt_core::mdevctl::parse_config(
+        std::path::Path::new("the config argument"),
+        parent,
+        checked_uuid,
+        config,
+    )
+    .map_err(|e| CallError::invalid_arg("config", e))?;
+    let definition = Definition {
+        type_spec: &parsed.mdev_type,
+        start: parsed.start,
+        attrs: parsed.attrs.clone(),
+        method: "Manager.ImportMdevDefinition",
+    };
+    define(parent, uuid, definition, header, opts).await
+}
+
+/// `Manager.ListMdevDefinitions(a{sv}) -> a(sssssa(ss)b)`: every persistent definition,
+/// gpuvirt's (its ledger) and mdevctl's (`/etc/mdevctl.d` under the root, read now), with
+/// owner, start mode, ordered attrs and whether the device is active. Reads only.
+pub async fn list_mdev_definitions(
+    options: HashMap<String, OwnedValue>,
+) -> Result<Vec<api::MdevDefinitionWire>, CallError> {
+    let m = mutator()?;
+    parse_options(&options, &[])?;
+    let ledger = m.ledger()?;
+    let root = m.root.clone();
+    let scan = tokio::task::spawn_blocking(move || gpuvirt_core::mdevctl::read_all(&root))
+        .await
+        .map_err(|e| OpError::failed(format!("reading mdevctl's definitions failed: {e}")))?;
+    for e in &scan.errors {
+        tracing::warn!(
+            "skipping an mdevctl definition: {}",
+            gpuvirt_core::error_chain(e as &dyn std::error::Error)
+        );
+    }
+    let active: BTreeSet<Uuid> = m.inspect(|inv| inv.mdevs.keys().copied().collect()).await?;
+    Ok(
+        gpuvirt_core::mdevctl::definitions(&ledger, &scan.configs, |u| active.contains(u))
+            .into_iter()
+            .map(|d| {
+                (
+                    d.config.uuid.hyphenated().to_string(),
+                    d.config.parent,
+                    d.config.mdev_type,
+                    d.owner.as_str().to_string(),
+                    match d.config.start {
+                        MdevStart::Auto => "auto",
+                        MdevStart::Manual => "manual",
+                    }
+                    .to_string(),
+                    d.config.attrs,
+                    d.active,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What DefineMdev and ImportMdevDefinition record.
+struct Definition<'a> {
+    type_spec: &'a str,
+    start: MdevStart,
+    attrs: Vec<(String, String)>,
+    /// The method, for authorization.
+    method: &'static str,
+}
+
+async fn define(
+    parent: &str,
+    uuid: &str,
+    definition: Definition<'_>,
+    header: &Header<'_>,
+    opts: Options,
+) -> Result<String, CallError> {
+    let m = mutator()?;
+    let type_spec = definition.type_spec;
     if exec::names::mdev_parent(parent).is_err() {
         return Err(CallError::invalid_arg(
             "parent",
@@ -916,17 +1028,14 @@ pub async fn define_mdev(
         }
     }
     m.bouncer
-        .authorize(header, "Manager.DefineMdev", opts.interactive)
+        .authorize(header, definition.method, opts.interactive)
         .await?;
+    let start = definition.start;
     let record = MdevRecord {
         parent: parent.to_string(),
         type_id,
-        start: if opts.auto {
-            MdevStart::Auto
-        } else {
-            MdevStart::Manual
-        },
-        attrs: Vec::new(),
+        start,
+        attrs: definition.attrs,
         rule: None,
         defined: true,
         // gpuvirt makes it (now or when the parent appears), so gpuvirt may remove it.
@@ -947,7 +1056,7 @@ pub async fn define_mdev(
     )
     .await?;
     // An auto definition on a present parent starts at once, as mdevctl's udev rule would.
-    if opts.auto {
+    if start == MdevStart::Auto {
         m.recreate(|u, _| *u == uuid).await;
     }
     Ok(uuid.hyphenated().to_string())

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use common::*;
 use gpuvirt_api as api;
+use gpuvirt_core::ledger::MdevStart;
+use gpuvirt_core::mdevctl::MdevctlConfig;
 use support::*;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
@@ -246,6 +248,326 @@ async fn definitions_survive_unplug_and_restart_with_the_same_uuids_once() {
         .await
         .unwrap_err();
     assert_eq!(name, "org.gpuvirt.GpuVirt1.Error.UnknownType", "{message}");
+}
+
+/// The runbook host with one mdevctl definition on the V100 (`/etc/mdevctl.d`, manual).
+fn runbook_with_mdevctl_file(uuid: &str) -> SimHost {
+    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("runbook").unwrap();
+    fixture.mdevctl.push(gpuvirt_sim::fixture::MdevctlSpec {
+        uuid: uuid.parse().unwrap(),
+        parent: V100.into(),
+        type_id: "nvidia-300".into(),
+        start: "manual".into(),
+        attrs: Vec::new(),
+    });
+    SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap())
+}
+
+fn mdevctl_json(start: MdevStart, attrs: &[(&str, &str)]) -> String {
+    MdevctlConfig {
+        uuid: uuid::Uuid::nil(),
+        parent: V100.into(),
+        mdev_type: "nvidia-300".into(),
+        start,
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+    .to_json()
+}
+
+async fn definitions(conn: &zbus::Connection) -> Vec<api::MdevDefinitionWire> {
+    manager(conn, "ListMdevDefinitions", &(no_opts(),))
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap()
+}
+
+fn definition(
+    uuid: &str,
+    owner: &str,
+    start: &str,
+    attrs: &[(&str, &str)],
+    active: bool,
+) -> api::MdevDefinitionWire {
+    (
+        uuid.into(),
+        V100.into(),
+        "nvidia-300".into(),
+        owner.into(),
+        start.into(),
+        attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        active,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_are_listed_with_owners_and_round_trip_mdevctl_json() {
+    if !fuse_available() {
+        return;
+    }
+    let host = runbook_with_mdevctl_file(U3);
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &[]).await;
+    let conn = bus.connect().await;
+    // mdevctl's own file is reported as mdevctl's; gpuvirt does not start it.
+    assert_eq!(
+        definitions(&conn).await,
+        vec![definition(U3, "mdevctl", "manual", &[], false)]
+    );
+
+    // Ordered attrs, a repeated name among them, and both start modes.
+    let attrs = [("b", "2"), ("a", "1"), ("b", "3")];
+    let manual = mdevctl_json(MdevStart::Manual, &attrs);
+    let auto = mdevctl_json(MdevStart::Auto, &[]);
+    for (uuid, json) in [(U1, &manual), (U2, &auto)] {
+        let r = manager(
+            &conn,
+            "ImportMdevDefinition",
+            &(V100, uuid, json.as_str(), no_opts()),
+        )
+        .await
+        .unwrap();
+        let defined: String = r.body().deserialize().unwrap();
+        assert_eq!(defined, uuid);
+    }
+    // auto starts at once on a present parent; manual waits for StartMdev.
+    eventually("the auto import is active", || active(&host, U2)).await;
+    assert!(!active(&host, U1));
+    let expected = vec![
+        definition(U1, "gpuvirt", "manual", &attrs, false),
+        definition(U2, "gpuvirt", "auto", &[], true),
+        definition(U3, "mdevctl", "manual", &[], false),
+    ];
+    assert_eq!(definitions(&conn).await, expected, "{}", d.log());
+    // Round trip: each listed definition in mdevctl's format is the text imported, byte for byte.
+    for (def, json) in definitions(&conn).await.into_iter().zip([&manual, &auto]) {
+        let config = api::MdevDefinition::from(def).to_mdevctl().unwrap();
+        assert_eq!(&config.to_json(), json);
+    }
+
+    // Refusals, each before anything is recorded.
+    let bad = [
+        (
+            r#"{"start": "auto"}"#,
+            api::INVALID_ARGS_ERROR,
+            "mdev_type is missing",
+        ),
+        (
+            r#"{"mdev_type": "nvidia-300", "start": "sometimes"}"#,
+            api::INVALID_ARGS_ERROR,
+            "expected \"auto\" or \"manual\"",
+        ),
+        (
+            r#"{"mdev_type": "nvidia-999", "start": "manual"}"#,
+            "org.gpuvirt.GpuVirt1.Error.UnknownType",
+            "nvidia-300 (GRID V100-8C)",
+        ),
+    ];
+    for (json, want, says) in bad {
+        let (name, message) = manager(&conn, "ImportMdevDefinition", &(V100, "", json, no_opts()))
+            .await
+            .unwrap_err();
+        assert_eq!(name, want, "{json}: {message}");
+        assert!(message.contains(says), "{json}: {message}");
+    }
+    let (name, _) = manager(
+        &conn,
+        "ImportMdevDefinition",
+        &(V100, U1, auto.as_str(), no_opts()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(name, "org.gpuvirt.GpuVirt1.Error.AlreadyExists");
+    let (name, _) = manager(
+        &conn,
+        "ListMdevDefinitions",
+        &(opts(&[("x", Value::Bool(true))]),),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(name, api::INVALID_ARGS_ERROR);
+
+    // The manual import starts on request; everything survives a restart unchanged, and
+    // the restart starts nothing (U2 is active, U1 manual).
+    manager(&conn, "StartMdev", &(U1, no_opts())).await.unwrap();
+    assert!(active(&host, U1));
+    drop(d);
+    let d2 = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &[]).await;
+    let conn = bus.connect().await;
+    let mut after = expected.clone();
+    after[0].6 = true;
+    assert_eq!(definitions(&conn).await, after, "{}", d2.log());
+    assert!(!d2.log().contains("recreated:"), "{}", d2.log());
+    assert!(!d2.log().contains("recreating:"), "{}", d2.log());
+}
+
+/// `available_instances` of every type of `parent` as the daemon serves them.
+async fn available(
+    conn: &zbus::Connection,
+    parent: &str,
+) -> std::collections::BTreeMap<String, u32> {
+    api::ShardParentProxy::builder(conn)
+        .path(gpu_path(parent))
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+        .types()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, t)| (id, t.3))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pool_types_lower_each_other_and_refuse_naming_the_capacity() {
+    if !fuse_available() {
+        return;
+    }
+    let (host, _bus, d, conn, _state) = runbook().await;
+    // The V100's types share its 16 GiB framebuffer and run one at a time.
+    let before = available(&conn, V100).await;
+    assert_eq!(before["nvidia-300"], 2);
+    assert_eq!(before["nvidia-217"], 2);
+    create(&conn, "nvidia-300", U1).await.unwrap();
+    let after = available(&conn, V100).await;
+    assert_eq!(after["nvidia-300"], 1, "{after:?}");
+    let others: Vec<(&String, &u32)> = after
+        .iter()
+        .filter(|(id, n)| *id != "nvidia-300" && **n != 0)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "every other type is used up: {others:?}\n{}",
+        d.log()
+    );
+    // Another type of the same pool: refused before anything is written, naming its capacity.
+    let (name, message) = create(&conn, "GRID V100-8Q", U2).await.unwrap_err();
+    assert_eq!(name, "org.gpuvirt.GpuVirt1.Error.NoCapacity", "{message}");
+    assert!(
+        message.contains("GRID V100-8Q on 0000:41:00.0 has 0 instances"),
+        "{message}"
+    );
+    assert!(!active(&host, U2));
+    // Freeing the pool gives the other types back.
+    remove(&conn, U1, false).await.unwrap();
+    assert_eq!(available(&conn, V100).await, before);
+    create(&conn, "nvidia-217", U2).await.unwrap();
+    assert!(active(&host, U2));
+    remove(&conn, U2, false).await.unwrap();
+}
+
+/// The 8-GPU mdev server: GPU 3 (0000:61:00.0) and GPU 4 (0000:81:00.0) carry no vGPUs.
+const GPU3: &str = "0000:61:00.0";
+const GPU4: &str = "0000:81:00.0";
+
+async fn parent_served(conn: &zbus::Connection, parent: &str) -> bool {
+    let Ok(p) = api::ShardParentProxy::builder(conn).path(gpu_path(parent)) else {
+        return false;
+    };
+    match p.build().await {
+        Ok(p) => p.types().await.is_ok_and(|t| !t.is_empty()),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_definition_waits_through_unrelated_hotplug_but_returns_with_its_parent() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("mdev-server-8gpu");
+    let foreign: Vec<String> =
+        host.with_kernel_mut(|k| k.mdevs().into_iter().map(|m| m.0.to_string()).collect());
+    assert!(!foreign.is_empty());
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let d = Gpuvirtd::start(
+        &bus.address,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        &state,
+        &[],
+    )
+    .await;
+    let conn = bus.connect().await;
+    // U1 auto on GPU 3, started then stopped; U2 auto on GPU 3 and left running.
+    for u in [U1, U2] {
+        manager(&conn, "DefineMdev", &(GPU3, "GRID V100-8Q", u, no_opts()))
+            .await
+            .unwrap();
+    }
+    eventually("both definitions active", || {
+        active(&host, U1) && active(&host, U2)
+    })
+    .await;
+    manager(&conn, "StopMdev", &(U1, no_opts())).await.unwrap();
+    assert!(!active(&host, U1));
+
+    // Unrelated arrivals: another parent (GPU 4) unplugged and back, and a device that is no
+    // parent at all. Each announces itself (add, bind, MDEV_STATE=registered for GPU 4).
+    let gpu4: gpuvirt_core::PciAddress = GPU4.parse().unwrap();
+    host.with_kernel_mut(|k| k.hot_remove(gpu4).unwrap());
+    let conn2 = conn.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while parent_served(&conn2, GPU4).await {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("GPU 4 left the tree");
+    host.with_kernel_mut(|k| k.replug(gpu4).unwrap());
+    let bridge: gpuvirt_core::PciAddress = "0000:80:00.2".parse().unwrap();
+    host.with_kernel_mut(|k| k.hot_remove(bridge).unwrap());
+    host.with_kernel_mut(|k| k.replug(bridge).unwrap());
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while !parent_served(&conn2, GPU4).await {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("GPU 4 back in the tree");
+    // Give a wrongly scoped recreate time to happen: it would run right after the events.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        !active(&host, U1),
+        "a stopped definition was restarted by another parent's event:\n{}",
+        d.log()
+    );
+    assert!(active(&host, U2));
+
+    // Its own parent unplugged and back: every auto definition on it returns, the stopped one
+    // too (as mdevctl's udev rule starts auto definitions on the parent's add).
+    let gpu3: gpuvirt_core::PciAddress = GPU3.parse().unwrap();
+    host.with_kernel_mut(|k| k.hot_remove(gpu3).unwrap());
+    eventually("GPU 3's mdevs gone", || !active(&host, U2)).await;
+    host.with_kernel_mut(|k| k.replug(gpu3).unwrap());
+    eventually("both recreated with their UUIDs", || {
+        active(&host, U1) && active(&host, U2)
+    })
+    .await;
+    // Foreign (mdevctl-defined) mdevs on the other GPUs were neither removed nor made twice.
+    let now: Vec<String> =
+        host.with_kernel_mut(|k| k.mdevs().into_iter().map(|m| m.0.to_string()).collect());
+    for f in &foreign {
+        assert!(now.contains(f), "{f} vanished");
+    }
+    assert_eq!(now.len(), foreign.len() + 2, "{now:?}");
+    assert!(
+        !d.log().contains("recreating:"),
+        "a create failed:\n{}",
+        d.log()
+    );
 }
 
 fn golden(name: &str, actual: &str) {
