@@ -570,6 +570,121 @@ async fn a_stopped_definition_waits_through_unrelated_hotplug_but_returns_with_i
     );
 }
 
+/// `(VF, current_vgpu_type)` of every VF of `pf` that carries a vGPU, read from the sim.
+fn vgpus_of(host: &SimHost, pf: &str) -> Vec<(String, String)> {
+    let prefix = &pf[..pf.len() - 4];
+    let mut out: Vec<(String, String)> = std::fs::read_dir(host.root().join("sys/bus/pci/devices"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|a| a.starts_with(prefix) && a != pf)
+        .filter_map(|a| {
+            let t = std::fs::read_to_string(
+                host.root()
+                    .join(format!("sys/bus/pci/devices/{a}/nvidia/current_vgpu_type")),
+            )
+            .ok()?;
+            let t = t.trim().to_string();
+            (t != "0").then_some((a, t))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The type by id: by name ("NVIDIA H100XM-40C") the policy turns invalid once the card is
+/// full, because NVIDIA's files name a type only while one more can be created (see the report
+/// of issue 5's audit).
+fn hopper_policy(count: &str) -> String {
+    format!(
+        "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"h100\"\nmatch = {{ address = \"0000:9a:00.0\" }}\nrole = \"shard\"\nshard = {{ type = \"1151\", count = {count} }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvidia_per_vf_policy_fills_to_capacity_once_and_leaves_foreign_vgpus() {
+    if !fuse_available() {
+        return;
+    }
+    const GPU0: &str = "0000:18:00.0";
+    const GPU1: &str = "0000:9a:00.0";
+    let host = SimHost::boot("hopper-sriov");
+    // GPU 0's two 40C vGPUs were made by another tool before gpuvirtd ran.
+    let foreign = vgpus_of(&host, GPU0);
+    assert_eq!(foreign.len(), 2, "{foreign:?}");
+    let policy = host.dir.path().join("policy.toml");
+    std::fs::write(&policy, hopper_policy("2")).unwrap();
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let extra = ["--policy", policy.to_str().unwrap()];
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let conn = bus.connect().await;
+    // Enabling the VFs comes first; their types can be read (and set) once they exist.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while vgpus_of(&host, GPU1).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}\n{}",
+            vgpus_of(&host, GPU1),
+            d.log()
+        );
+        let _ = manager(&conn, "Reconcile", &(no_opts(),)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let made = vgpus_of(&host, GPU1);
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(made.iter().all(|(_, t)| t == "1151"), "{made:?}");
+    assert_eq!(vgpus_of(&host, GPU0), foreign, "foreign vGPUs untouched");
+    // Manual creation is the policy's on this backend.
+    let (name, message) = call(
+        &conn,
+        &gpu_path(GPU1),
+        api::SHARD_PARENT_INTERFACE,
+        "CreateMdev",
+        &("1151", "", no_opts()),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        name.ends_with("NotSupported") || name.ends_with("PolicyViolation"),
+        "{name}: {message}"
+    );
+
+    // Restart on the same state: nothing written (no uevent), the same two vGPUs.
+    drop(d);
+    let seq = host.with_kernel_mut(|k| k.seqnum());
+    let d2 = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let conn = bus.connect().await;
+    let r = manager(&conn, "Reconcile", &(no_opts(),)).await.unwrap();
+    let (ok, report): (bool, String) = r.body().deserialize().unwrap();
+    assert!(ok, "{report}\n{}", d2.log());
+    assert_eq!(
+        host.with_kernel_mut(|k| k.seqnum()),
+        seq,
+        "{report}\n{}",
+        d2.log()
+    );
+    assert_eq!(vgpus_of(&host, GPU1), made);
+    assert_eq!(vgpus_of(&host, GPU0), foreign);
+
+    // Beyond capacity: refused naming it, nothing changes.
+    std::fs::write(&policy, hopper_policy("3")).unwrap();
+    let (name, message) = manager(&conn, "ReloadPolicy", &(no_opts(),))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        name, "org.gpuvirt.GpuVirt1.Error.PolicyInvalid",
+        "{message}"
+    );
+    assert!(
+        message.contains("count 3 is more than") && message.contains("can hold of 1151: 2"),
+        "{message}"
+    );
+    assert_eq!(vgpus_of(&host, GPU1), made);
+    assert_eq!(vgpus_of(&host, GPU0), foreign);
+}
+
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/shard_golden")

@@ -38,7 +38,12 @@ impl Gpuvirtd {
             .arg("--state-dir")
             .arg(state)
             .args(["--bus-address", address, "--events", events])
-            .args(["--policy", "/nonexistent/gpuvirt-test-policy.toml"])
+            // A test that brings its own policy names it in `extra`.
+            .args(if extra.contains(&"--policy") {
+                &[][..]
+            } else {
+                &["--policy", "/nonexistent/gpuvirt-test-policy.toml"][..]
+            })
             .args(["--log", "gpuvirtd=debug"])
             .args(extra)
             .stdout(Stdio::null())
