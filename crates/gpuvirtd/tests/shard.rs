@@ -685,6 +685,118 @@ async fn nvidia_per_vf_policy_fills_to_capacity_once_and_leaves_foreign_vgpus() 
     assert_eq!(vgpus_of(&host, GPU0), foreign);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
+    if !fuse_available() {
+        return;
+    }
+    const PF: &str = "0000:9a:00.0";
+    // The Hopper host's second card as a plain SR-IOV GPU (an AMD id, no NVIDIA vGPU files):
+    // 32 VFs possible, none enabled.
+    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
+    let spec = fixture
+        .devices
+        .iter_mut()
+        .find(|d| d.address.to_string() == PF)
+        .unwrap();
+    spec.id = "1002:74a1".into();
+    spec.nvidia_vgpu = None;
+    let host = SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap());
+    let numvfs = || {
+        std::fs::read_to_string(
+            host.root()
+                .join(format!("sys/bus/pci/devices/{PF}/sriov_numvfs")),
+        )
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    assert_eq!(numvfs(), "0");
+    let policy = host.dir.path().join("policy.toml");
+    let write_policy = |count: u32| {
+        std::fs::write(
+            &policy,
+            format!(
+                "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"vfs\"\nmatch = {{ address = \"{PF}\" }}\nrole = \"shard\"\nshard = {{ type = \"vf\", count = {count} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_policy(4);
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let extra = ["--policy", policy.to_str().unwrap()];
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let conn = bus.connect().await;
+    eventually("4 VFs enabled at start", || numvfs() == "4").await;
+    let vfs: Vec<String> = (4..8).map(|f| format!("0000:9a:00.{f}")).collect();
+    for vf in &vfs {
+        eventually("the VF in the tree", || {
+            host.root()
+                .join(format!("sys/bus/pci/devices/{vf}"))
+                .exists()
+        })
+        .await;
+    }
+    // The daemon serves the PF as an sriov parent whose children are the VFs.
+    let parent = api::ShardParentProxy::builder(&conn)
+        .path(gpu_path(PF))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(parent.backend().await.unwrap(), "sriov", "{}", d.log());
+    let conn2 = conn.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let p = api::ShardParentProxy::builder(&conn2)
+                .path(gpu_path(PF))
+                .unwrap()
+                .build()
+                .await
+                .unwrap();
+            if p.children().await.unwrap().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the 4 VFs served as the parent's children");
+
+    // Restart: nothing written (no uevent), still 4.
+    drop(d);
+    let seq = host.with_kernel_mut(|k| k.seqnum());
+    let d2 = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let conn = bus.connect().await;
+    let r = manager(&conn, "Reconcile", &(no_opts(),)).await.unwrap();
+    let (ok, report): (bool, String) = r.body().deserialize().unwrap();
+    assert!(ok, "{report}\n{}", d2.log());
+    assert_eq!(
+        host.with_kernel_mut(|k| k.seqnum()),
+        seq,
+        "{report}\n{}",
+        d2.log()
+    );
+    assert_eq!(numvfs(), "4");
+
+    // Beyond sriov_totalvfs: refused naming the capacity, nothing changes.
+    write_policy(33);
+    let (name, message) = manager(&conn, "ReloadPolicy", &(no_opts(),))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        name, "org.gpuvirt.GpuVirt1.Error.PolicyInvalid",
+        "{message}"
+    );
+    assert!(
+        message.contains("count 33 is more than") && message.contains(": 32"),
+        "{message}"
+    );
+    assert_eq!(numvfs(), "4");
+}
+
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/shard_golden")
