@@ -17,7 +17,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use action::{Action, SlotFunction, SlotReturn, Step};
-pub use boot::{boot_wants, read_boot_files, BOOT_FILES};
+pub use boot::{boot_wants, read_boot_files, InitramfsTool, InitramfsTooling, BOOT_FILES};
 
 use crate::iommu::assess_group_for_slot;
 use crate::model::{Inventory, PciAddress, PciFunction};
@@ -53,6 +53,8 @@ pub struct PlanState {
     /// Current contents of gpuvirt's boot files (see [`read_boot_files`]), by path relative
     /// to the root; a missing file is absent.
     pub boot_files: BTreeMap<PathBuf, String>,
+    /// The initramfs tool the executor will run ([`InitramfsTooling::detect`]).
+    pub initramfs_tool: InitramfsTooling,
 }
 
 /// An action with its reason and the rule behind it.
@@ -197,7 +199,9 @@ pub fn plan(policy: &Policy, inventory: &Inventory, state: &PlanState) -> Plan {
     }
     actions.append(&mut p.binds);
     actions.append(&mut p.creations);
-    actions.extend(boot_actions(policy, inventory, state, &p.early));
+    let (boot, boot_notes) = boot_actions(policy, inventory, state, &p.early);
+    actions.extend(boot);
+    p.notes.extend(boot_notes);
     Plan {
         actions,
         refusals: p.refusals,
@@ -924,13 +928,14 @@ impl<'a> Planner<'a> {
 }
 
 /// Writes and removals that bring gpuvirt's boot files to what the policy wants, and an
-/// initramfs rebuild when modprobe.d changes.
+/// initramfs rebuild when modprobe.d changes (naming the tool the executor will run), with a
+/// note when no tool is installed.
 fn boot_actions(
     policy: &Policy,
     inventory: &Inventory,
     state: &PlanState,
     early: &[EarlyCard],
-) -> Vec<PlannedAction> {
+) -> (Vec<PlannedAction>, Vec<String>) {
     let wanted = boot::wanted_boot_files(policy, inventory, early, &state.original_drivers);
     let mut actions = Vec::new();
     let mut initramfs = false;
@@ -966,13 +971,33 @@ fn boot_actions(
             ));
         }
     }
+    let mut notes = Vec::new();
     if initramfs {
-        actions.push(PlannedAction::new(
-            Action::RegenerateInitramfs,
-            "the initramfs carries a copy of modprobe.d".to_string(),
-            None,
-            None,
-        ));
+        let why = "the initramfs carries a copy of modprobe.d";
+        let mut planned = PlannedAction::new(Action::RegenerateInitramfs, why.into(), None, None);
+        match state.initramfs_tool {
+            InitramfsTooling::Unknown => {}
+            InitramfsTooling::Found(tool) => {
+                let argv = tool.argv();
+                planned.reason = format!("{why}; gpuvirt runs `{}`", argv.join(" "));
+                planned.steps = vec![Step::Run {
+                    argv: argv.iter().map(|a| a.to_string()).collect(),
+                }];
+            }
+            InitramfsTooling::Missing => {
+                // Still planned: the boot files are written either way, and the apply then
+                // stops at this step with the same advice instead of forgetting the rebuild.
+                planned.reason = format!("{why}; no tool to regenerate it is installed");
+                notes.push(
+                    "neither update-initramfs nor dracut is installed, so the initramfs cannot \
+                     be regenerated and the apply will fail at that step: install \
+                     initramfs-tools (then run `update-initramfs -u`) or dracut (then run \
+                     `dracut -f`)"
+                        .to_string(),
+                );
+            }
+        }
+        actions.push(planned);
     }
-    actions
+    (actions, notes)
 }

@@ -283,3 +283,72 @@ fn the_next_boot_wants_the_early_slots_on_vfio_and_the_blacklist_unloaded() {
     assert!(!wants.iommu && wants.early.is_empty(), "{wants:?}");
     assert_eq!(wants.blacklist, ["nouveau"]);
 }
+
+#[test]
+fn the_initramfs_step_names_the_tool_found_under_the_root() {
+    use gpuvirt_core::plan::{InitramfsTool, InitramfsTooling, Step};
+    use gpuvirt_core::Root;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    assert_eq!(InitramfsTooling::detect(&root), InitramfsTooling::Missing);
+    let install = |rel: &str| {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+    };
+    install("usr/bin/dracut");
+    assert_eq!(
+        InitramfsTooling::detect(&root),
+        InitramfsTooling::Found(InitramfsTool::Dracut)
+    );
+    // Both: update-initramfs first, as the executor does.
+    install("usr/sbin/update-initramfs");
+    assert_eq!(
+        InitramfsTooling::detect(&root),
+        InitramfsTooling::Found(InitramfsTool::UpdateInitramfs)
+    );
+
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/policy.toml"),
+    )
+    .unwrap();
+    let policy = parse(&text);
+    let inv = hosts::runbook();
+    let initramfs_step = |tooling: InitramfsTooling| {
+        let state = PlanState {
+            initramfs_tool: tooling,
+            ..PlanState::default()
+        };
+        let p = plan(&policy, &inv, &state);
+        let last = p.actions.last().unwrap().clone();
+        assert_eq!(last.action, Action::RegenerateInitramfs, "{p}");
+        (last, p.notes)
+    };
+    for (tool, argv) in [
+        (InitramfsTool::Dracut, ["dracut", "-f"]),
+        (InitramfsTool::UpdateInitramfs, ["update-initramfs", "-u"]),
+    ] {
+        let (step, notes) = initramfs_step(InitramfsTooling::Found(tool));
+        assert_eq!(
+            step.steps,
+            [Step::Run {
+                argv: argv.iter().map(|a| a.to_string()).collect()
+            }]
+        );
+        assert!(
+            step.reason.contains(&format!("`{}`", argv.join(" "))),
+            "{}",
+            step.reason
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+    let (step, notes) = initramfs_step(InitramfsTooling::Missing);
+    assert!(step.reason.contains("no tool"), "{}", step.reason);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("install initramfs-tools") && notes[0].contains("dracut -f"),
+        "{}",
+        notes[0]
+    );
+}

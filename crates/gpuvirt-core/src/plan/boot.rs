@@ -38,6 +38,52 @@ pub fn read_boot_files(root: &Root) -> io::Result<BTreeMap<PathBuf, String>> {
     Ok(files)
 }
 
+/// The distribution's tool that regenerates the initramfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitramfsTool {
+    /// Debian/Ubuntu's initramfs-tools.
+    UpdateInitramfs,
+    Dracut,
+}
+
+impl InitramfsTool {
+    /// The command the executor runs (found under the root, see [`crate::exec::Tools`]).
+    pub fn argv(self) -> [&'static str; 2] {
+        match self {
+            InitramfsTool::UpdateInitramfs => ["update-initramfs", "-u"],
+            InitramfsTool::Dracut => ["dracut", "-f"],
+        }
+    }
+}
+
+/// Which initramfs tool the host has, as the executor will find it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status", content = "tool")]
+pub enum InitramfsTooling {
+    /// Not looked for (a plan made without a host to look at).
+    #[default]
+    Unknown,
+    Found(InitramfsTool),
+    /// Neither `update-initramfs` nor `dracut` is installed.
+    Missing,
+}
+
+impl InitramfsTooling {
+    /// Looks for the tools where the executor does, in its order: `update-initramfs` first,
+    /// then `dracut`.
+    pub fn detect(root: &Root) -> Self {
+        let tools = crate::exec::Tools::default();
+        if root.join(&tools.update_initramfs).is_file() {
+            InitramfsTooling::Found(InitramfsTool::UpdateInitramfs)
+        } else if root.join(&tools.dracut).is_file() {
+            InitramfsTooling::Found(InitramfsTool::Dracut)
+        } else {
+            InitramfsTooling::Missing
+        }
+    }
+}
+
 /// A passthrough card to keep from host drivers from early boot.
 #[derive(Debug, Clone)]
 pub(super) struct EarlyCard {
