@@ -92,6 +92,16 @@ fn matrix() -> Vec<(&'static str, &'static str, &'static str, Vec<&'static str>)
         (
             "/org/gpuvirt/GpuVirt1/Manager",
             "Manager",
+            "ImportMdevDefinition",
+            vec![
+                V100,
+                "",
+                "{\"mdev_type\": \"nvidia-300\", \"start\": \"manual\", \"attrs\": []}",
+            ],
+        ),
+        (
+            "/org/gpuvirt/GpuVirt1/Manager",
+            "Manager",
             "UndefineMdev",
             vec![U2],
         ),
