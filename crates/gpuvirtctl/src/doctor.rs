@@ -48,6 +48,8 @@ pub struct HostFacts {
     pub mdev_available: bool,
     pub kernel_release: String,
     pub scan_warnings: Vec<String>,
+    pub reboot_required: bool,
+    pub reboot_reasons: Vec<String>,
 }
 
 impl HostFacts {
@@ -75,6 +77,8 @@ impl HostFacts {
             mdev_available: b("MdevAvailable"),
             kernel_release: s("KernelRelease"),
             scan_warnings: list("ScanWarnings"),
+            reboot_required: b("RebootRequired"),
+            reboot_reasons: list("RebootReasons"),
         }
     }
 }
@@ -142,6 +146,21 @@ pub fn diagnose(facts: &HostFacts, host: &Host) -> Vec<Finding> {
             "load the vendor's vGPU host driver if you want to share GPUs",
         )
     });
+    // Boot-time changes (blacklists, early vfio-pci binding) take hold only after a reboot;
+    // until then the running host differs from what the policy asked for.
+    if facts.reboot_required {
+        out.push(finding(
+            "reboot",
+            Verdict::Note,
+            if facts.reboot_reasons.is_empty() {
+                "a reboot is required".to_owned()
+            } else {
+                format!("a reboot is required: {}", facts.reboot_reasons.join("; "))
+            },
+            "reboot, then check `journalctl -b -u gpuvirtd`; the note stays while the running \
+             host still differs from the boot files",
+        ));
+    }
     for w in &facts.scan_warnings {
         out.push(finding("scan", Verdict::Note, w.clone(), ""));
     }
@@ -320,5 +339,27 @@ mod tests {
         let f = diagnose(&facts, &host);
         assert_eq!(blocking(&f), ["gpu 0000:02:00.0"]);
         assert!(f.iter().any(|x| x.detail.contains("a NIC shares it")));
+    }
+
+    #[test]
+    fn reboot_required_is_a_note_with_the_reasons() {
+        let quiet = diagnose(&HostFacts::default(), &Host::default());
+        assert!(quiet.iter().all(|f| f.check != "reboot"));
+        let facts = HostFacts {
+            reboot_required: true,
+            reboot_reasons: vec!["nouveau is still loaded".into()],
+            ..HostFacts::default()
+        };
+        let f = diagnose(&facts, &Host::default());
+        let reboot = f
+            .iter()
+            .find(|f| f.check == "reboot")
+            .expect("a reboot finding");
+        assert_eq!(reboot.verdict, Verdict::Note);
+        assert!(
+            reboot.detail.contains("nouveau is still loaded"),
+            "{reboot:?}"
+        );
+        assert!(reboot.todo.contains("reboot"));
     }
 }

@@ -216,10 +216,15 @@ impl Run<'_> {
             c
         };
         command
-            .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.path))
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.path),
+            )
             .env("SHELL", "/bin/sh")
             .env_remove("NO_COLOR");
-        command.output().expect("script (util-linux) and setpriv must be installed")
+        command
+            .output()
+            .expect("script (util-linux) and setpriv must be installed")
     }
 }
 
@@ -314,7 +319,11 @@ fn agent_on_a_terminal_only_and_the_call_allows_interaction() {
     agent.reset();
     let out = on_tty.ctl(&["--no-ask-password", "policy", "reload"]);
     assert_exit(&out, 3, "--no-ask-password");
-    assert_eq!(agent.read("agent.args"), None, "agent despite --no-ask-password");
+    assert_eq!(
+        agent.read("agent.args"),
+        None,
+        "agent despite --no-ask-password"
+    );
     assert_eq!(only_check(&polkit, "org.gpuvirt.GpuVirt1.policy").flags, 0);
 
     // No terminal: no agent, but the call still allows interaction (a desktop's agent may

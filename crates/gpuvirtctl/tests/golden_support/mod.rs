@@ -155,6 +155,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts gpuvirtd and waits until `gpuvirtctl version` gets an answer from it.
     pub fn start(bus: &Bus, host: &SimHost, follow_events: bool) -> Daemon {
+        Daemon::start_with_policy(bus, host, follow_events, None)
+    }
+
+    /// Like [`Daemon::start`] with the policy file `policy` (`None`: no policy at all).
+    pub fn start_with_policy(
+        bus: &Bus,
+        host: &SimHost,
+        follow_events: bool,
+        policy: Option<&Path>,
+    ) -> Daemon {
         let log = host.dir.path().join("gpuvirtd.log");
         let events = if follow_events {
             format!("sim:{}", host.socket.display())
@@ -168,8 +178,9 @@ impl Daemon {
             .args(["--bus-address", &bus.address, "--events", &events])
             .arg("--state-dir")
             .arg(&state)
-            // Never the real host's /etc/gpuvirt/policy.toml: no policy at all.
-            .args(["--policy", "/nonexistent/gpuvirt-test-policy.toml"])
+            // Never the real host's /etc/gpuvirt/policy.toml.
+            .arg("--policy")
+            .arg(policy.unwrap_or(Path::new("/nonexistent/gpuvirt-test-policy.toml")))
             .args(["--log", "gpuvirtd=debug"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -211,6 +222,17 @@ pub fn ctl(bus: &Bus, args: &[&str]) -> Output {
     Command::new(gpuvirtctl())
         .args(["--bus-address", &bus.address])
         .args(args)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap()
+}
+
+/// Like [`ctl`], run in `dir` (so relative file arguments print the same everywhere).
+pub fn ctl_in(bus: &Bus, dir: &Path, args: &[&str]) -> Output {
+    Command::new(gpuvirtctl())
+        .args(["--bus-address", &bus.address])
+        .args(args)
+        .current_dir(dir)
         .env_remove("NO_COLOR")
         .output()
         .unwrap()
