@@ -182,6 +182,29 @@ pub fn parse_options(
     Ok(parsed)
 }
 
+/// Longest mdev type id or name accepted: the path-component limit. A longer one can name no
+/// type, and refusing it here keeps a caller's megabyte out of the UnknownType error text.
+const MAX_TYPE_SPEC: usize = 128;
+
+fn check_type_spec(type_spec: &str) -> Result<(), CallError> {
+    if type_spec.trim().is_empty() {
+        return Err(CallError::invalid_arg(
+            "type",
+            "empty; give a type id or name",
+        ));
+    }
+    if type_spec.len() > MAX_TYPE_SPEC {
+        return Err(CallError::invalid_arg(
+            "type",
+            format!(
+                "{} bytes is longer than any mdev type id or name (at most {MAX_TYPE_SPEC})",
+                type_spec.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_uuid(argument: &str, text: &str) -> Result<Uuid, CallError> {
     text.parse().map_err(|_| {
         let shown: String = text.chars().take(64).collect();
@@ -721,12 +744,7 @@ pub async fn create_mdev(
 ) -> Result<OwnedObjectPath, CallError> {
     let m = mutator()?;
     let opts = parse_options(&options, &[])?;
-    if type_spec.trim().is_empty() {
-        return Err(CallError::invalid_arg(
-            "type",
-            "empty; give a type id or name",
-        ));
-    }
+    check_type_spec(type_spec)?;
     let uuid = if uuid.is_empty() {
         None
     } else {
@@ -977,6 +995,7 @@ async fn define(
             "not an mdev parent name (an mdev_bus entry such as 0000:41:00.0)",
         ));
     }
+    check_type_spec(type_spec)?;
     let uuid = if uuid.is_empty() {
         Uuid::new_v4()
     } else {

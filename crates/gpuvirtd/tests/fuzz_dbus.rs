@@ -4,17 +4,21 @@
 //! to every method the Manager serves. Every call gets a typed error (never a timeout), and
 //! afterwards the daemon is still running, still answers, and logged no panic.
 //!
-//! 256 generated strings per method by default; `PROPTEST_CASES=N` scales up. Skipped where
-//! FUSE is unavailable, like the other live tests.
+//! 256 generated strings per method by default; `GPUVIRT_FUZZ_CASES=N` (or `PROPTEST_CASES`)
+//! scales up, and the run reports its executions (see `fuzz_support`). Skipped where FUSE is
+//! unavailable, like the other live tests. The mutating methods are in `fuzz_mutators.rs`.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../../gpuvirt-core/tests/fuzz_support/mod.rs"]
+mod fuzz_support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fuzz_support::Fuzz;
 use gpuvirt_api as api;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
@@ -72,10 +76,8 @@ async fn hostile_method_arguments_get_typed_errors() {
     if !fuse_available() {
         return;
     }
-    let cases: usize = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
+    let fuzz = Fuzz::new(file!(), "hostile_method_arguments", 256);
+    let cases = fuzz.config().cases as usize;
     let host = SimHost::boot("runbook");
     let bus = Bus::start();
     let daemon = Daemon::start(
@@ -108,6 +110,7 @@ async fn hostile_method_arguments_get_typed_errors() {
             .await
             .unwrap_or_else(|_| panic!("{method}({:?}) timed out", &s[..s.len().min(40)]));
             calls += 1;
+            fuzz.hit();
             match reply {
                 // A string that happens to name the GPU (in any accepted spelling) is fine.
                 Ok(_) => assert!(
@@ -176,6 +179,7 @@ async fn hostile_method_arguments_get_typed_errors() {
         ];
         for r in replies {
             calls += 1;
+            fuzz.hit();
             let e = r.expect_err("a call with the wrong signature succeeded");
             // zbus 5 answers a body that does not deserialise with its own generic error name
             // before the handler runs; either name is a refusal, never a reply or a timeout.
@@ -198,6 +202,7 @@ async fn hostile_method_arguments_get_typed_errors() {
     );
     let log = daemon.log();
     assert!(!log.contains("panicked"), "{log}");
+    fuzz.report();
     eprintln!(
         "fuzz_dbus: {calls} calls in {:.1} s ({:.2} ms each)",
         elapsed.as_secs_f64(),
