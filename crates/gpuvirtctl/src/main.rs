@@ -288,7 +288,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Types { json } => {
-            let host = fetch(&connection).await.map_err(call_error)?;
+            let host = view::fetch_scoped(&connection, &[view::GPUS, view::OTHER_PARENTS])
+                .await
+                .map_err(call_error)?;
             let parents: Vec<&ShardView> = host
                 .gpus
                 .iter()
@@ -324,7 +326,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Mdevs { json } => {
-            let host = fetch(&connection).await.map_err(call_error)?;
+            let host = view::fetch_scoped(&connection, &[view::MDEVS])
+                .await
+                .map_err(call_error)?;
             if json {
                 return print_json(&host.mdevs);
             }
@@ -359,90 +363,18 @@ async fn fetch(connection: &zbus::Connection) -> zbus::Result<Host> {
 }
 
 /// Only the GPU objects: `list` needs nothing else, and on big hosts the mdevs and groups are
-/// most of the tree. Lists the children of the `gpus` node, then reads them all concurrently.
+/// most of the tree.
 async fn fetch_gpus(connection: &zbus::Connection) -> zbus::Result<Host> {
-    let introspectable = zbus::fdo::IntrospectableProxy::builder(connection)
-        .destination(api::BUS_NAME)?
-        .path(api::GPUS_PATH)?
-        .build()
-        .await;
-    let xml = match introspectable {
-        Ok(p) => match p.introspect().await {
-            Ok(xml) => xml,
-            // No GPUs at all: the node does not exist. Make sure the daemon does.
-            Err(zbus::fdo::Error::UnknownObject(_)) => String::new(),
-            Err(e) => return Err(e.into()),
-        },
-        Err(e) => return Err(e),
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    for name in view::child_nodes(&xml) {
-        let path = format!("{}/{name}", api::GPUS_PATH);
-        let connection = connection.clone();
-        tasks.spawn(async move {
-            // Plain calls: a proxy per object would add match rules and round trips.
-            let get_all = |iface: &'static str| {
-                let connection = &connection;
-                let path = path.as_str();
-                async move {
-                    let reply = connection
-                        .call_method(
-                            Some(api::BUS_NAME),
-                            path,
-                            Some("org.freedesktop.DBus.Properties"),
-                            "GetAll",
-                            &(iface,),
-                        )
-                        .await?;
-                    reply
-                        .body()
-                        .deserialize::<std::collections::HashMap<String, zbus::zvariant::OwnedValue>>()
-                }
-            };
-            let (gpu, shard) = tokio::join!(
-                get_all(api::GPU_INTERFACE),
-                get_all(api::SHARD_PARENT_INTERFACE)
-            );
-            let gpu = gpu?;
-            // Only some GPUs can be sharded; the others have no such interface.
-            let shard = shard.ok();
-            Ok::<_, zbus::Error>((path, gpu, shard))
-        });
-    }
-    let mut objects = zbus::fdo::ManagedObjects::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok(result) = joined else { continue };
-        let (path, gpu, shard) = match result {
-            Ok(r) => r,
-            // A GPU removed between the listing and the read is simply gone.
-            Err(zbus::Error::FDO(e)) if matches!(*e, zbus::fdo::Error::UnknownObject(_)) => {
-                continue
-            }
-            Err(e) => return Err(e),
-        };
-        let mut ifaces = std::collections::HashMap::new();
-        ifaces.insert(
-            zbus::names::OwnedInterfaceName::try_from(api::GPU_INTERFACE)?,
-            gpu,
-        );
-        if let Some(shard) = shard {
-            ifaces.insert(
-                zbus::names::OwnedInterfaceName::try_from(api::SHARD_PARENT_INTERFACE)?,
-                shard,
-            );
-        }
-        objects.insert(zbus::zvariant::OwnedObjectPath::try_from(path)?, ifaces);
-    }
-    if objects.is_empty() {
-        // An empty answer must still come from a running daemon.
-        api::ManagerProxy::new(connection).await?.version().await?;
-    }
-    Ok(Host::from_managed_objects(objects))
+    view::fetch_scoped(connection, &[view::GPUS]).await
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(CliError::Json)?;
-    println!("{text}");
+    use std::io::Write;
+    // Straight into a buffered stdout: no whole-document string, no line-by-line flushes.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value).map_err(CliError::Json)?;
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = writeln!(out).and_then(|()| out.flush());
     Ok(())
 }
 

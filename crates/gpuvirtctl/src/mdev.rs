@@ -160,7 +160,10 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             if defined {
                 return list_defined(ctx, json).await;
             }
-            let host = ctx.host().await?;
+            // Only the mdev objects, not the whole tree (see view::fetch_scoped).
+            let host = crate::view::fetch_scoped(ctx.connection, &[crate::view::MDEVS])
+                .await
+                .map_err(|e| ctx.error(e))?;
             let mut mdevs: Vec<&MdevView> = host.mdevs.iter().collect();
             mdevs.sort_by(|a, b| (&a.parent, &a.uuid).cmp(&(&b.parent, &b.uuid)));
             if json {

@@ -96,6 +96,23 @@ fn peak_rss_kib(command: &[&str]) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// Total syscalls of one run of `command` (`strace -f -c`), if strace is there.
+fn syscall_count(command: &[&str]) -> Option<u64> {
+    let out = tempfile::NamedTempFile::new().ok()?;
+    Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(out.path())
+        .args(command)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    let text = std::fs::read_to_string(out.path()).ok()?;
+    // The totals line: "100.00 <seconds> <usecs/call> <calls> [<errors>] total".
+    let total = text.lines().find(|l| l.trim_end().ends_with("total"))?;
+    total.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Waits for the PropertiesChanged of `path` announced after `sent`; its arrival time.
 async fn await_change(recorder: &SignalRecorder, path: &str, limit: Duration) -> Option<Instant> {
     let deadline = Instant::now() + limit;
@@ -252,9 +269,10 @@ async fn host() {
     for (label, args) in [
         ("gpuvirtctl list --json", "list --json"),
         ("gpuvirtctl list", "list"),
-        ("gpuvirtctl groups --json", "groups --json"),
-        ("gpuvirtctl types --json", "types --json"),
-        ("gpuvirtctl mdevs --json", "mdevs --json"),
+        ("gpuvirtctl tree", "tree"),
+        ("gpuvirtctl types", "types"),
+        ("gpuvirtctl mdev list", "mdev list"),
+        ("gpuvirtctl groups", "groups"),
     ] {
         let command = format!("{ctl} --bus-address {} {args}", bus.address);
         let median = hyperfine(
@@ -273,9 +291,10 @@ async fn host() {
         let mut argv = vec![ctl, "--bus-address", bus.address.as_str()];
         argv.extend(args.split(' '));
         let rss = peak_rss_kib(&argv);
+        let syscalls = syscall_count(&argv);
         cli.insert(
             label.to_owned(),
-            serde_json::json!({"median_ms": median, "peak_rss_kib": rss}),
+            serde_json::json!({"median_ms": median, "peak_rss_kib": rss, "syscalls": syscalls}),
         );
     }
 
@@ -304,4 +323,290 @@ async fn host() {
         std::fs::write(out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
     }
     drop(daemon);
+}
+
+/// One mdev to create: its parent (a `sys/class/mdev_bus` name), type and UUID.
+struct Planned {
+    parent: String,
+    type_id: String,
+    uuid: String,
+}
+
+/// `count` creations spread round-robin over every mdev parent of the mounted host, each parent
+/// with the type it has most room for (one type per parent, so shared-pool types never steal
+/// each other's room); `salt` keeps the UUIDs of different rounds apart.
+fn plan_creations(sys: &Path, count: usize, salt: u32) -> Vec<Planned> {
+    let mut parents: Vec<(String, String, usize)> = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(sys.join("class/mdev_bus"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let types = sys
+            .join("class/mdev_bus")
+            .join(&name)
+            .join("mdev_supported_types");
+        let best = std::fs::read_dir(&types)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let t = e.ok()?.file_name().to_string_lossy().into_owned();
+                let room: usize =
+                    std::fs::read_to_string(types.join(&t).join("available_instances"))
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                Some((room, t))
+            })
+            .max();
+        if let Some((room, t)) = best {
+            parents.push((name, t, room));
+        }
+    }
+    let mut plan = Vec::with_capacity(count);
+    let mut used = vec![0usize; parents.len()];
+    while plan.len() < count {
+        let before = plan.len();
+        for (i, (parent, type_id, room)) in parents.iter().enumerate() {
+            if plan.len() == count {
+                break;
+            }
+            if used[i] < *room {
+                used[i] += 1;
+                let n = plan.len() as u32;
+                plan.push(Planned {
+                    parent: parent.clone(),
+                    type_id: type_id.clone(),
+                    uuid: format!("b3e0{salt:04x}-0000-4000-8000-{n:012x}"),
+                });
+            }
+        }
+        assert!(
+            plan.len() > before,
+            "the host has room for only {} mdevs, {count} wanted",
+            plan.len()
+        );
+    }
+    plan
+}
+
+/// How many mdev objects gpuvirtd exports now (the children of the `mdevs` node).
+async fn exported_mdevs(conn: &zbus::Connection) -> usize {
+    let reply = conn
+        .call_method(
+            Some(gpuvirt_api::BUS_NAME),
+            gpuvirt_api::MDEVS_PATH,
+            Some("org.freedesktop.DBus.Introspectable"),
+            "Introspect",
+            &(),
+        )
+        .await;
+    match reply {
+        Ok(m) => m
+            .body()
+            .deserialize::<String>()
+            .unwrap()
+            .matches("<node name=\"")
+            .count(),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_for_mdevs(conn: &zbus::Connection, wanted: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while exported_mdevs(conn).await != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "gpuvirtd never showed {wanted} mdevs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn write_attr(path: &Path, value: &str) {
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Removes the planned mdevs by their `remove` files and waits until the daemon shows none.
+async fn remove_all(sys: &Path, plan: &[Planned], conn: &zbus::Connection) {
+    for p in plan {
+        write_attr(
+            &sys.join("bus/mdev/devices").join(&p.uuid).join("remove"),
+            "1",
+        );
+    }
+    wait_for_mdevs(conn, 0).await;
+}
+
+/// Creating N mdevs through gpuvirtd (`ShardParent.CreateMdev`, one D-Bus call each, as root
+/// without polkit: D-Bus round trip, plan, ledger record with fsync, the write, the check,
+/// the tree refresh) against writing the same UUIDs to the same `create` files directly, on
+/// the FUSE-mounted simulated kernel, gpuvirtd running in both cases. `BENCH_APPLY` is a list
+/// of counts (default `64`), `BENCH_APPLY_ROUNDS` the rounds for counts up to 256 (default
+/// 3; larger counts run once), the host shape `BENCH_SCALE` without its mdevs (medium or
+/// large), the ledger on disk under /var/tmp as it would be in /var/lib. `BENCH_APPLY_OUT`:
+/// JSON results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+async fn apply() {
+    use gpuvirt_sim::fuse::SimMount;
+    let scale = std::env::var("BENCH_SCALE").unwrap_or_else(|_| "medium".into());
+    let preset = match scale.as_str() {
+        "large" => Preset::Large,
+        _ => Preset::Medium,
+    };
+    let counts: Vec<usize> = std::env::var("BENCH_APPLY")
+        .unwrap_or_else(|_| "64".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let rounds: usize = std::env::var("BENCH_APPLY_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut params = GenParams::preset(preset);
+    params.mdevs = 0;
+    params.defined_inactive = 0;
+    let kernel = Kernel::from_fixture(&generate(&params).unwrap()).unwrap();
+    let functions = kernel.pci_addresses().len();
+    let dir = tempfile::Builder::new()
+        .prefix("gpuvirtd-apply-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("gpuvirtd-apply-state-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    let mount = SimMount::mount(Arc::new(std::sync::Mutex::new(kernel)), &root).unwrap();
+    let socket = dir.path().join("uevent.sock");
+    mount.listen_uevents(&socket).unwrap();
+    let sys = mount.sys();
+    let bus = Bus::start();
+    let started = Instant::now();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
+        .arg("--root")
+        .arg(mount.root())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--bus-address", &bus.address])
+        .arg("--events")
+        .arg(format!("sim:{}", socket.display()))
+        .args(["--policy", "/nonexistent/gpuvirt-bench-policy.toml"])
+        .args(["--log", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gpuvirtd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let conn = bus.connect().await;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+    loop {
+        let name = zbus::names::BusName::try_from(gpuvirt_api::BUS_NAME).unwrap();
+        if dbus.name_has_owner(name).await.unwrap() {
+            break;
+        }
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "gpuvirtd exited: {}",
+            std::fs::read_to_string(dir.path().join("gpuvirtd.log")).unwrap_or_default()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "gpuvirtd never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "apply on the {scale} shape ({functions} PCI functions, FUSE): gpuvirtd up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut results = Vec::new();
+    let mut salt = 0u32;
+    for &count in &counts {
+        let rounds = if count <= 256 { rounds.max(1) } else { 1 };
+        let mut direct = Vec::new();
+        let mut via_daemon = Vec::new();
+        for _ in 0..rounds {
+            salt += 1;
+            let plan = plan_creations(&sys, count, salt);
+            let t = Instant::now();
+            for p in &plan {
+                write_attr(
+                    &sys.join("class/mdev_bus")
+                        .join(&p.parent)
+                        .join("mdev_supported_types")
+                        .join(&p.type_id)
+                        .join("create"),
+                    &p.uuid,
+                );
+            }
+            direct.push(t.elapsed());
+            wait_for_mdevs(&conn, count).await;
+            remove_all(&sys, &plan, &conn).await;
+
+            salt += 1;
+            let plan = plan_creations(&sys, count, salt);
+            let t = Instant::now();
+            for p in &plan {
+                let path = match p.parent.parse() {
+                    Ok(address) => gpuvirt_api::gpu_path(&address),
+                    Err(_) => gpuvirt_api::parent_path(&p.parent),
+                };
+                let options = std::collections::HashMap::<String, zbus::zvariant::Value>::new();
+                conn.call_method(
+                    Some(gpuvirt_api::BUS_NAME),
+                    path.as_str(),
+                    Some(gpuvirt_api::SHARD_PARENT_INTERFACE),
+                    "CreateMdev",
+                    &(p.type_id.as_str(), p.uuid.as_str(), options),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("CreateMdev {} on {}: {e}", p.uuid, p.parent));
+            }
+            via_daemon.push(t.elapsed());
+            // CreateMdev returns once the tree shows the mdev: nothing left to wait for.
+            assert_eq!(exported_mdevs(&conn).await, count);
+            remove_all(&sys, &plan, &conn).await;
+        }
+        direct.sort();
+        via_daemon.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (d, g) = (
+            ms(direct[direct.len() / 2]),
+            ms(via_daemon[via_daemon.len() / 2]),
+        );
+        eprintln!(
+            "{count} mdevs: direct writes {d:.1} ms, gpuvirtd CreateMdev {g:.1} ms ({:.2}x), {rounds} round(s)",
+            g / d
+        );
+        results.push(serde_json::json!({
+            "mdevs": count,
+            "rounds": rounds,
+            "direct_ms": d,
+            "daemon_ms": g,
+            "ratio": g / d,
+            "direct_all_ms": direct.iter().map(|x| ms(*x)).collect::<Vec<_>>(),
+            "daemon_all_ms": via_daemon.iter().map(|x| ms(*x)).collect::<Vec<_>>(),
+        }));
+    }
+    let (rss, hwm) = rss_kib(daemon.id());
+    let result = serde_json::json!({
+        "scale": scale,
+        "functions": functions,
+        "ledger_dir": state.path().display().to_string(),
+        "daemon_rss_kib": rss,
+        "daemon_hwm_kib": hwm,
+        "apply": results,
+    });
+    println!("{}", serde_json::to_string_pretty(&result).unwrap());
+    if let Ok(out) = std::env::var("BENCH_APPLY_OUT") {
+        std::fs::write(out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(bus);
+    mount.unmount().unwrap();
 }
