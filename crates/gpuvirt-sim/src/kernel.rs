@@ -301,6 +301,11 @@ pub struct Kernel {
     unloading: Option<String>,
 }
 
+/// `/proc/sys/kernel/random/boot_id` of a freshly booted simulated host. A real kernel makes
+/// a random one per boot; a mount writes `proc` once as plain files, so a test stands for a
+/// reboot by rewriting that file under the root.
+pub const DEFAULT_BOOT_ID: &str = "6d1f8a4e-2b3c-4d5e-8f90-a1b2c3d4e5f6";
+
 fn parse_kver(release: &str) -> (u32, u32) {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())

@@ -158,6 +158,21 @@ impl Actor {
         &self.server
     }
 
+    /// Serves the device policy's verdict on each GPU (`Role`, `PolicyRule`), announcing
+    /// the objects whose verdict changed.
+    pub(crate) async fn set_policy_facts(
+        &mut self,
+        facts: std::collections::BTreeMap<gpuvirt_core::PciAddress, objects::PolicyFacts>,
+    ) {
+        let changes = objects::set_policy_facts(&mut self.tree, facts);
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = dbus::apply(&self.server, changes).await {
+            tracing::error!(error = %e, "updating the GPUs' policy properties failed");
+        }
+    }
+
     /// Re-reads everything and updates the tree (after applying changes).
     pub(crate) async fn rescan(&mut self) {
         self.update(BTreeSet::from([Target::All])).await;
@@ -187,7 +202,7 @@ impl Actor {
                     let touched = self.policy.is_some().then(|| targets.clone());
                     self.update_announced(targets, announced).await;
                     if let Some(touched) = touched {
-                        crate::policy_runtime::after_events(&mut self, &touched);
+                        crate::policy_runtime::after_events(&mut self, &touched).await;
                     }
                 }
                 _ = crate::policy_runtime::sleep_until(self.policy.as_ref().and_then(|p| p.due())) => {

@@ -106,6 +106,8 @@ read_only_interface! {
         iommu_group: OwnedObjectPath => "IommuGroup",
         companions: Vec<String> => "Companions",
         state: String => "State",
+        role: String => "Role",
+        policy_rule: String => "PolicyRule",
         physical_function: String => "PhysicalFunction",
         virtual_functions: Vec<String> => "VirtualFunctions",
         sriov_total_vfs: u32 => "SriovTotalVfs",
@@ -248,6 +250,64 @@ pub struct ObjectTree {
     pub objects: BTreeMap<String, ObjectSpec>,
     /// The IOMMU groups that have an object (see [`exported_groups`]).
     pub exported_groups: BTreeSet<u32>,
+    /// What the device policy says of each GPU (`Role`, `PolicyRule`). Kept here, not derived
+    /// from the inventory, so a rebuilt Gpu object keeps them instead of flickering to "".
+    pub policy_facts: BTreeMap<PciAddress, PolicyFacts>,
+}
+
+/// The device policy's verdict on one GPU, as the Gpu object serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyFacts {
+    /// `host`, `passthrough`, `shard` or `unmanaged`.
+    pub role: String,
+    /// The governing rule's name; "" when the policy's default role applies.
+    pub rule: String,
+}
+
+/// Puts `facts` (none: "") into a Gpu object's properties.
+fn with_policy_facts(spec: &mut ObjectSpec, facts: Option<&PolicyFacts>) {
+    let Some(gpu) = spec.gpu.as_mut() else {
+        return;
+    };
+    let (role, rule) = facts.map_or(("", ""), |f| (f.role.as_str(), f.rule.as_str()));
+    if gpu.role != role || gpu.policy_rule != rule {
+        let props = Arc::make_mut(gpu);
+        props.role = role.to_owned();
+        props.policy_rule = rule.to_owned();
+    }
+}
+
+/// Replaces the policy's verdicts (after a policy load or reload, or an inventory change that
+/// may change what matches) and returns the Gpu objects whose `Role`/`PolicyRule` changed.
+pub fn set_policy_facts(
+    tree: &mut ObjectTree,
+    facts: BTreeMap<PciAddress, PolicyFacts>,
+) -> Vec<Change> {
+    if tree.policy_facts == facts {
+        return Vec::new();
+    }
+    let mut changes = Vec::new();
+    for (path, spec) in &mut tree.objects {
+        let Some(old) = spec.gpu.clone() else {
+            continue;
+        };
+        let Ok(address) = old.pci_address.parse::<PciAddress>() else {
+            continue;
+        };
+        with_policy_facts(spec, facts.get(&address));
+        if let Some(new) = &spec.gpu {
+            let changed = old.changed(new);
+            if !changed.is_empty() {
+                changes.push(Change::Updated {
+                    path: path.clone(),
+                    iface: Iface::Gpu(new.clone()),
+                    changed,
+                });
+            }
+        }
+    }
+    tree.policy_facts = facts;
+    changes
 }
 
 /// One interface's properties, tagged with which interface it is.
@@ -556,6 +616,7 @@ pub fn build(inv: &Inventory) -> ObjectTree {
         manager: manager_props(inv),
         objects,
         exported_groups: exported,
+        policy_facts: BTreeMap::new(),
     }
 }
 
@@ -582,7 +643,10 @@ pub fn update(
     }
     for key in dirty {
         let path = key.path();
-        let new = spec_of(inv, &key, &tree.exported_groups);
+        let mut new = spec_of(inv, &key, &tree.exported_groups);
+        if let (ObjectKey::Gpu(address), Some(spec)) = (&key, new.as_mut()) {
+            with_policy_facts(spec, tree.policy_facts.get(address));
+        }
         changes.object(&path, tree.objects.get(&path), new.as_ref());
         match new {
             Some(spec) => {
@@ -806,6 +870,9 @@ fn gpu_props(f: &PciFunction, companions: &[PciAddress]) -> GpuProps {
         iommu_group: group_path(f.iommu_group),
         companions: companions.iter().map(ToString::to_string).collect(),
         state: observed_state(f.driver.as_deref()).to_owned(),
+        // The policy's verdict, filled in by `with_policy_facts`.
+        role: String::new(),
+        policy_rule: String::new(),
         physical_function: f.physfn.map(|a| a.to_string()).unwrap_or_default(),
         virtual_functions: f
             .sriov

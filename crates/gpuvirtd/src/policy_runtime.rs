@@ -12,7 +12,7 @@
 //! explicit `Reconcile` call is a user's decision and applies in either mode.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +20,9 @@ use std::time::Duration;
 use gpuvirt_api::{self as api, CallError};
 use gpuvirt_core::exec::{ApplyReport, Executor};
 use gpuvirt_core::ledger::LedgerStore;
-use gpuvirt_core::plan::{plan, read_boot_files, Plan, PlanState};
+use gpuvirt_core::plan::{boot_wants, plan, read_boot_files, InitramfsTooling, Plan, PlanState};
 use gpuvirt_core::policy::{render_diagnostics, Enforcement, Policy, PolicyDiagnostic, Role};
+use gpuvirt_core::reboot::{self, read_boot_id, BootChangeStore, BootChanges, BootWants, Running};
 use gpuvirt_core::{Inventory, PciAddress, Root};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -30,6 +31,7 @@ use zbus::zvariant::Value;
 use crate::actor::Actor;
 use crate::events::Target;
 use crate::mutate::ExecLock;
+use crate::objects::PolicyFacts;
 
 /// The file name diagnostics of `ValidatePolicy` carry (the caller knows the real one).
 pub const VALIDATE_FILE_NAME: &str = "policy.toml";
@@ -200,8 +202,6 @@ pub struct PolicyRuntime {
     due: Option<Instant>,
     /// The JSON of the last automatic plan that failed: not retried until something changes.
     failed_plan: Option<String>,
-    /// Boot-time changes applied since the daemon started.
-    boot_changes: Vec<String>,
     /// Whether the start-up reconcile has run.
     started: bool,
 }
@@ -231,7 +231,6 @@ impl PolicyRuntime {
             served: watch::channel(PolicyProps::default()).0,
             due: Some(Instant::now()),
             failed_plan: None,
-            boot_changes: Vec::new(),
             started: false,
         };
         match load(&rt.path, inventory) {
@@ -301,6 +300,7 @@ impl PolicyRuntime {
             state.owned_vgpu_vfs = ledger.vgpus.keys().copied().collect();
             state.owned_sriov = ledger.sriov.keys().copied().collect();
         }
+        state.initramfs_tool = InitramfsTooling::detect(&self.root);
         match read_boot_files(&self.root) {
             Ok(files) => state.boot_files = files,
             Err(e) => tracing::warn!(error = %e, "cannot read gpuvirt's boot files"),
@@ -530,9 +530,11 @@ pub async fn reload(actor: &mut Actor, rt: &mut PolicyRuntime) -> Result<(), Cal
 }
 
 /// Called by the actor after an event-driven update: schedules a debounced re-plan when the
-/// events touched a governed device.
-pub fn after_events(actor: &mut Actor, targets: &BTreeSet<Target>) {
+/// events touched a governed device, and serves the verdicts on the GPUs (a card that
+/// appeared, or one whose driver a `driver` match reads, gets its `Role` now).
+pub async fn after_events(actor: &mut Actor, targets: &BTreeSet<Target>) {
     let inv = actor.inventory();
+    let mut facts = None;
     if let Some(rt) = &actor.policy {
         if rt.concerns(inv, targets) {
             let due = Instant::now() + DEBOUNCE;
@@ -541,6 +543,36 @@ pub fn after_events(actor: &mut Actor, targets: &BTreeSet<Target>) {
             }
         }
     }
+    if let Some(rt) = &actor.policy {
+        if rt.policy.is_some() {
+            facts = Some(gpu_facts(rt, actor.inventory()));
+        }
+    }
+    if let Some(facts) = facts {
+        actor.set_policy_facts(facts).await;
+    }
+}
+
+/// The policy's verdict on every GPU of `inv` (a VF follows its PF); empty with no policy
+/// in force, so the GPUs' `Role` and `PolicyRule` read "".
+fn gpu_facts(rt: &PolicyRuntime, inv: &Inventory) -> BTreeMap<PciAddress, PolicyFacts> {
+    let Some(policy) = &rt.policy else {
+        return BTreeMap::new();
+    };
+    let originals = rt.original_drivers();
+    inv.gpus
+        .keys()
+        .filter_map(|&address| {
+            let a = policy.assignment_for(inv, &originals, address)?;
+            Some((
+                address,
+                PolicyFacts {
+                    role: a.role.as_str().to_owned(),
+                    rule: a.rule_name.unwrap_or_default(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Sleeps until `due`, forever when there is none (a `select!` branch).
@@ -625,7 +657,7 @@ async fn reconcile(
                 .iter()
                 .any(|p| p.action.takes_effect_at_boot() && p.action.to_string() == a.action)
             {
-                rt.boot_changes.push(a.action.clone());
+                record_boot_change(rt, a.action.clone());
             }
         }
         report_text.push_str(&report.to_string());
@@ -728,8 +760,12 @@ async fn execute(rt: &mut PolicyRuntime, p: &Plan) -> Result<ApplyReport, CallEr
     }
 }
 
-/// Recomputes the reboot reasons and serves the properties, emitting what changed.
-pub async fn publish(actor: &Actor, rt: &mut PolicyRuntime) {
+/// Recomputes the reboot reasons and serves the properties (the Manager's and the GPUs'
+/// `Role`/`PolicyRule`), emitting what changed.
+pub async fn publish(actor: &mut Actor, rt: &mut PolicyRuntime) {
+    actor
+        .set_policy_facts(gpu_facts(rt, actor.inventory()))
+        .await;
     let reasons = reboot_reasons(rt, actor.inventory());
     rt.props.reboot_required = !reasons.is_empty();
     rt.props.reboot_reasons = reasons;
@@ -763,40 +799,46 @@ pub async fn publish(actor: &Actor, rt: &mut PolicyRuntime) {
     }
 }
 
-/// Why the running system differs from what the policy wants at boot: boot files changed
-/// since start (they act at the next boot), blacklisted modules still loaded, cards the
-/// policy wants on vfio-pci from early boot, and an IOMMU the policy needs that is off.
+/// Why the running system differs from what the policy wants at boot (see
+/// [`gpuvirt_core::reboot`]): boot files changed during this boot (recorded in the state dir
+/// under the boot id, so a daemon restart keeps them and a reboot forgets them), blacklisted
+/// modules still loaded, early passthrough slots not on vfio-pci, and an IOMMU the policy
+/// needs that is off.
 fn reboot_reasons(rt: &PolicyRuntime, inv: &Inventory) -> Vec<String> {
-    let mut reasons: Vec<String> = rt
-        .boot_changes
-        .iter()
-        .map(|c| format!("applied since boot: {c}"))
-        .collect();
-    let Some(policy) = &rt.policy else {
-        return reasons;
+    let record = BootChangeStore::new(&rt.state_dir)
+        .load()
+        .unwrap_or_else(|e| {
+            tracing::warn!("{}", gpuvirt_core::error_chain(&e));
+            BootChanges::default()
+        });
+    let boot_id = read_boot_id(&rt.root);
+    let wants = match &rt.policy {
+        Some(policy) => boot_wants(policy, inv, &rt.original_drivers()),
+        None => BootWants::default(),
     };
-    for module in &policy.host.blacklist {
-        let sys = rt
-            .root
-            .join(format!("sys/module/{}", module.replace('-', "_")));
-        if sys.exists() {
-            reasons.push(format!(
-                "module {module} is blacklisted by the policy but loaded (it stays until the next boot)"
-            ));
-        }
+    reboot::reboot_reasons(
+        record.pending(boot_id.as_deref()),
+        &wants,
+        &Running::read(&rt.root, inv),
+    )
+}
+
+/// Records a boot-time change under the running boot's id, so it stays a reboot reason
+/// across daemon restarts until the host has rebooted.
+fn record_boot_change(rt: &PolicyRuntime, change: String) {
+    let store = BootChangeStore::new(&rt.state_dir);
+    let mut record = store.load().unwrap_or_else(|e| {
+        tracing::warn!(
+            "starting a new boot-change record: {}",
+            gpuvirt_core::error_chain(&e)
+        );
+        BootChanges::default()
+    });
+    // No boot id (an unusual kernel): recorded under "", which stays pending until one exists.
+    record.record(&read_boot_id(&rt.root).unwrap_or_default(), change);
+    if let Err(e) = store.save(&record) {
+        tracing::error!("{}", gpuvirt_core::error_chain(&e));
     }
-    let needs_iommu = policy.rules.iter().any(|r| r.role() == Role::Passthrough);
-    if needs_iommu && !inv.iommu.enabled {
-        let why = if inv.iommu.reasons.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", inv.iommu.reasons.join("; "))
-        };
-        reasons.push(format!(
-            "the policy passes cards through but the IOMMU is off (kernel command line){why}"
-        ));
-    }
-    reasons
 }
 
 /// The Manager methods' side: argument checks, then a request to the actor.

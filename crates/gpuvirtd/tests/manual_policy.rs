@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, Bus, SimHost};
+use common::{fuse_available, Bus, SignalRecorder, SimHost};
 use gpuvirt_api as api;
 use gpuvirt_sim::fuse::lock_backend;
 use support::{call, gpu_path, no_opts, opts, passthrough, CallErr};
@@ -140,6 +140,41 @@ where
     .map(|_| ())
 }
 
+/// The Gpu object's `Role` and `PolicyRule`, read now (uncached).
+async fn policy_facts(conn: &zbus::Connection) -> (String, String) {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(api::BUS_NAME)
+        .unwrap()
+        .path(gpu_path(V100))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let iface = zbus::names::InterfaceName::try_from(api::GPU_INTERFACE).unwrap();
+    let get = |v: zbus::zvariant::OwnedValue| String::try_from(v).unwrap();
+    (
+        get(props.get(iface.clone(), "Role").await.unwrap()),
+        get(props.get(iface, "PolicyRule").await.unwrap()),
+    )
+}
+
+/// Waits until the Gpu object serves `want` as (`Role`, `PolicyRule`).
+async fn wait_facts(conn: &zbus::Connection, want: (&str, &str), d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (role, rule) = policy_facts(conn).await;
+        if (role.as_str(), rule.as_str()) == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Role/PolicyRule are {role:?}/{rule:?}, want {want:?}: {}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A refusal by the policy: the rule, the file and the way out are named.
 fn assert_violation(what: &str, result: Result<impl std::fmt::Debug, CallErr>, policy: &Path) {
     let (name, message) = match result {
@@ -172,6 +207,7 @@ async fn manual_operations_follow_the_policy() {
     let bus = Bus::start();
     let d = Daemon::start(&bus, &host, &policy).await;
     let conn = bus.connect().await;
+    wait_facts(&conn, ("unmanaged", "vdi"), &d).await;
 
     // `unmanaged`: every manual method works.
     create_mdev(&conn, MINE)
@@ -206,6 +242,7 @@ async fn manual_operations_follow_the_policy() {
     // The rule becomes `shard`: the policy's apply creates its mdev (its own path is not a
     // manual operation)...
     std::fs::write(&policy, SHARDED).unwrap();
+    let signals = SignalRecorder::start(&conn).await;
     manager(&conn, "ReloadPolicy", &(no_opts(),))
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
@@ -215,6 +252,24 @@ async fn manual_operations_follow_the_policy() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let owned = mdevs(&host).remove(0);
+    // The reload announced the card's new role with PropertiesChanged.
+    let gpu = gpu_path(V100);
+    let lines = signals
+        .settle(
+            |l| {
+                l.iter().any(|s| {
+                    s.starts_with(&format!("PropertiesChanged {gpu} {}", api::GPU_INTERFACE))
+                        && s.contains("Role=\"shard\"")
+                })
+            },
+            Duration::from_millis(100),
+        )
+        .await;
+    assert!(
+        !lines.iter().any(|s| s.contains("Role=\"\"")),
+        "the role flickered: {lines:#?}"
+    );
+    assert_eq!(policy_facts(&conn).await, ("shard".into(), "vdi".into()));
     // ...and every manual one on the card is refused, before anything is written.
     assert_violation(
         "AssignPassthrough dry-run",
@@ -282,6 +337,7 @@ async fn manual_operations_follow_the_policy() {
     // Back to `unmanaged`: allowed again (the policy's mdev is the user's to remove now).
     std::fs::write(&policy, UNMANAGED).unwrap();
     manager(&conn, "ReloadPolicy", &(no_opts(),)).await.unwrap();
+    wait_facts(&conn, ("unmanaged", "vdi"), &d).await;
     manager(&conn, "UndefineMdev", &(DEFINED, no_opts()))
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
@@ -289,4 +345,28 @@ async fn manual_operations_follow_the_policy() {
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
     assert!(mdevs(&host).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_facts_are_empty_without_a_policy_and_follow_the_default_role() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let policy = host.dir.path().join("policy.toml");
+    let bus = Bus::start();
+    // No policy file: no policy in force, the properties are "".
+    let d = Daemon::start(&bus, &host, &policy).await;
+    let conn = bus.connect().await;
+    assert_eq!(policy_facts(&conn).await, (String::new(), String::new()));
+    // A policy whose default role governs the card: its role, no rule name; and manual
+    // operations refused, naming the default.
+    std::fs::write(&policy, "version = 1\ndefault_role = \"host\"\n").unwrap();
+    manager(&conn, "ReloadPolicy", &(no_opts(),))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    wait_facts(&conn, ("host", ""), &d).await;
+    let (name, message) = create_mdev(&conn, MINE).await.unwrap_err();
+    assert_eq!(name, VIOLATION, "{message}");
+    assert!(message.contains("default_role = \\\"host\\\""), "{message}");
 }

@@ -376,3 +376,53 @@ async fn restart_after_a_crash_mid_assignment_restores_the_original_drivers() {
     assert!(LedgerStore::new(&state).load().unwrap().slots.is_empty());
     assert!(d.log().contains("recovered"), "{}", d.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iommu_that_is_off_is_not_supported_and_names_the_kernel_parameter() {
+    if !fuse_available() {
+        return;
+    }
+    // The workstation booted with VT-d off: no IOMMU, no groups.
+    let text = include_str!("../../gpuvirt-sim/fixtures/workstation.toml")
+        .replace("intel_iommu=on", "intel_iommu=off")
+        .replace("iommu = \"intel\"", "iommu = \"none\"");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("iommu_group"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let fixture = gpuvirt_sim::fixture::Fixture::parse(&text, "workstation-iommu-off").unwrap();
+    let host = SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap());
+    assert!(!host.root().join("sys/kernel/iommu_groups/1").exists());
+    // The CPU vendor decides which parameter to name.
+    std::fs::write(
+        host.root().join("proc/cpuinfo"),
+        "processor\t: 0\nvendor_id\t: GenuineIntel\n",
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let d = Gpuvirtd::start(
+        &bus.address,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        &host.dir.path().join("state"),
+        &[],
+    )
+    .await;
+    let conn = bus.connect().await;
+    for options in [opts(&[("dry-run", Value::Bool(true))]), no_opts()] {
+        let (name, message) = passthrough(&conn, GPU, "AssignPassthrough", options)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            name,
+            "org.gpuvirt.GpuVirt1.Error.NotSupported",
+            "{message}\n{}",
+            d.log()
+        );
+        assert!(message.contains("IOMMU is disabled"), "{message}");
+        assert!(message.contains("intel_iommu=off"), "{message}");
+        assert!(message.contains("add intel_iommu=on"), "{message}");
+    }
+    assert_eq!(driver(host.root(), GPU).as_deref(), Some("nouveau"));
+}

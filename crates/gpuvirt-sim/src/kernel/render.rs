@@ -15,6 +15,11 @@ impl Kernel {
         let t = &mut self.tree;
         t.set_file("proc/cmdline", format!("{}\n", self.cmdline), 0o444);
         t.attr("proc/sys/kernel/osrelease", &self.release);
+        t.set_file(
+            "proc/sys/kernel/random/boot_id",
+            format!("{}\n", super::DEFAULT_BOOT_ID),
+            0o444,
+        );
         t.set_file("usr/share/misc/pci.ids", PCI_IDS, 0o644);
         for p in [
             "sys/bus/pci/devices",
