@@ -43,6 +43,14 @@ const EXEC_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long a burst of events may go quiet before the policy is re-planned.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// First wait before an automatic apply that failed is tried again (a transient EIO, a
+/// manual operation holding the ledger); it doubles with each failure of the same plan.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+
+/// Longest wait between two tries of a failing apply: a card that keeps failing is not
+/// hammered, yet the host still converges once the cause is gone.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// Most plan → apply → rescan passes of one reconcile (NVIDIA VFs must exist before their
 /// vGPU types can be planned).
 const MAX_PASSES: usize = 3;
@@ -179,6 +187,8 @@ enum Trigger {
     Reload,
     /// Events touched a governed device (hotplug, drift).
     Events,
+    /// The retry timer of an automatic apply that failed.
+    Retry,
     /// A user asked (`Reconcile`).
     User,
 }
@@ -200,8 +210,13 @@ pub struct PolicyRuntime {
     served: watch::Sender<PolicyProps>,
     /// When a debounced re-plan is due.
     due: Option<Instant>,
-    /// The JSON of the last automatic plan that failed: not retried until something changes.
+    /// The JSON of the last plan whose apply failed: events alone do not run it again (they
+    /// would hammer the device at every uevent); the retry timer does.
     failed_plan: Option<String>,
+    /// How many times in a row the apply failed, for the retry's backoff.
+    failures: u32,
+    /// When a failed apply is tried again (enforce mode only).
+    retry_at: Option<Instant>,
     /// Whether the start-up reconcile has run.
     started: bool,
 }
@@ -231,6 +246,8 @@ impl PolicyRuntime {
             served: watch::channel(PolicyProps::default()).0,
             due: Some(Instant::now()),
             failed_plan: None,
+            failures: 0,
+            retry_at: None,
             started: false,
         };
         match load(&rt.path, inventory) {
@@ -249,16 +266,47 @@ impl PolicyRuntime {
         self.served.subscribe()
     }
 
-    /// When the debounced re-plan is due (the actor sleeps until then).
+    /// When the debounced re-plan or the retry of a failed apply is due (the actor sleeps
+    /// until then).
     pub fn due(&self) -> Option<Instant> {
-        self.due
+        match (self.due, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Forgets a failed apply: the host matches, or a new policy replaced the one that failed.
+    fn clear_failure(&mut self) {
+        self.failed_plan = None;
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// Records that applying `json` failed and, in enforce mode, when to try again: after
+    /// [`RETRY_FIRST`], doubling while the same plan keeps failing, at most [`RETRY_MAX`].
+    fn record_failure(&mut self, json: String, enforce: bool) {
+        let same = self.failed_plan.as_deref() == Some(json.as_str());
+        self.failures = if same {
+            self.failures.saturating_add(1)
+        } else {
+            1
+        };
+        self.failed_plan = Some(json);
+        self.retry_at = enforce.then(|| Instant::now() + retry_delay(self.failures));
+        if let Some(at) = self.retry_at {
+            tracing::info!(
+                failures = self.failures,
+                "applying the policy failed; trying again in {:?}",
+                at.saturating_duration_since(Instant::now())
+            );
+        }
     }
 
     fn install(&mut self, policy: Policy) {
         self.props.enforcement_mode = policy.enforcement.as_str().to_owned();
         self.props.policy_error.clear();
         self.policy = Some(Arc::new(policy));
-        self.failed_plan = None;
+        self.clear_failure();
     }
 
     fn open_executor(&self) -> Option<Executor> {
@@ -588,11 +636,26 @@ pub async fn on_due(actor: &mut Actor) {
     let Some(mut rt) = actor.policy.take() else {
         return;
     };
-    rt.due = None;
-    let trigger = if rt.started {
-        Trigger::Events
-    } else {
+    let now = Instant::now();
+    let debounced = rt.due.is_some_and(|at| at <= now);
+    let retry = rt.retry_at.is_some_and(|at| at <= now);
+    if !debounced && !retry {
+        // Woken early: sleep again until whichever is due.
+        actor.policy = Some(rt);
+        return;
+    }
+    if debounced {
+        rt.due = None;
+    }
+    if retry {
+        rt.retry_at = None;
+    }
+    let trigger = if !rt.started {
         Trigger::Start
+    } else if retry {
+        Trigger::Retry
+    } else {
+        Trigger::Events
     };
     rt.started = true;
     if rt.policy.is_none() {
@@ -612,7 +675,8 @@ async fn reconcile(
     let Some(policy) = rt.policy.clone() else {
         return Err(no_policy(rt));
     };
-    let may_act = trigger == Trigger::User || policy.enforcement == Enforcement::Enforce;
+    let enforce = policy.enforcement == Enforcement::Enforce;
+    let may_act = trigger == Trigger::User || enforce;
     let mut report_text = String::new();
     let mut success = true;
     let mut applied_any = false;
@@ -624,6 +688,7 @@ async fn reconcile(
                 report_text.push_str(&planned.render());
             }
             rt.props.drift = refusal_lines(&planned);
+            rt.clear_failure();
             break;
         }
         let json = planned.to_json();
@@ -638,17 +703,28 @@ async fn reconcile(
             report_text.push_str(&planned.render());
             break;
         }
-        if trigger != Trigger::User && rt.failed_plan.as_deref() == Some(json.as_str()) {
-            // The same correction failed before: report, do not hammer the device.
+        if trigger == Trigger::Events && rt.failed_plan.as_deref() == Some(json.as_str()) {
+            // The same correction failed before: report it; the retry timer (not every
+            // uevent) runs it again.
             rt.props.drift = drift_lines(&planned);
             break;
         }
-        if trigger == Trigger::Events && pass == 0 {
+        if matches!(trigger, Trigger::Events | Trigger::Retry) && pass == 0 {
             for a in &planned.actions {
                 tracing::warn!(rule = ?a.rule, "drift: {} ({}); correcting", a.action, a.reason);
             }
         }
-        let report = execute(rt, &planned).await?;
+        let report = match execute(rt, &planned).await {
+            Ok(report) => report,
+            Err(e) => {
+                // Not run at all (the ledger busy or unreadable): the host still differs,
+                // and nothing but the retry timer would ask again.
+                rt.record_failure(json, enforce);
+                rt.props.drift = drift_lines(&planned);
+                publish(actor, rt).await;
+                return Err(e);
+            }
+        };
         applied_any = true;
         log_report(&report, trigger);
         for a in &report.done {
@@ -665,18 +741,30 @@ async fn reconcile(
         actor.rescan().await;
         if !report.succeeded() {
             success = false;
-            rt.failed_plan = Some(json);
+            rt.record_failure(json, enforce);
             let state = rt.plan_state();
             rt.props.drift = drift_lines(&plan(&policy, actor.inventory(), &state));
             break;
         }
-        rt.failed_plan = None;
+        rt.clear_failure();
         if !planned.refusals.is_empty() {
             rt.props.drift = refusal_lines(&planned);
         }
         if pass + 1 == MAX_PASSES {
             let state = rt.plan_state();
-            rt.props.drift = drift_lines(&plan(&policy, actor.inventory(), &state));
+            let left = plan(&policy, actor.inventory(), &state);
+            if !left.actions.is_empty() {
+                // Every action succeeded, yet the host does not match: applying again at
+                // each of the apply's own uevents would never end. Report it and leave it
+                // to the retry timer's backoff.
+                tracing::warn!(
+                    "the host still differs from the policy after {MAX_PASSES} applies; \
+                     trying again later"
+                );
+                success = false;
+                rt.record_failure(left.to_json(), enforce);
+            }
+            rt.props.drift = drift_lines(&left);
         }
     }
     if applied_any {
@@ -698,6 +786,12 @@ fn drift_lines(p: &Plan) -> Vec<String> {
         })
         .chain(refusal_lines(p))
         .collect()
+}
+
+/// How long to wait before the `failures`th retry of a failing apply.
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
 }
 
 fn refusal_lines(p: &Plan) -> Vec<String> {
