@@ -95,12 +95,15 @@ fn main() -> ExitCode {
     if args.stats {
         times.sort();
         let median = times[times.len() / 2];
-        let functions = inventory.functions.len().max(1) as f64;
+        // Every PCI function of the host, not only those read in full (the GPU scope).
+        let functions = inventory.pci_classes.len().max(1) as f64;
         let mdevs = inventory.mdevs.len();
         let report = serde_json::json!({
-            "functions": inventory.functions.len(),
+            "functions": inventory.pci_classes.len(),
+            "functions_read_in_full": inventory.functions.len(),
             "gpus": inventory.gpus.len(),
-            "iommu_groups": inventory.groups.len(),
+            "iommu_groups": inventory.iommu.group_count,
+            "iommu_groups_read": inventory.groups.len(),
             "mdev_parents": inventory.mdev_parents.len(),
             "mdev_types": inventory.mdev_parents.values().map(|p| p.types.len()).sum::<usize>(),
             "mdevs": mdevs,
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
 fn refresh_check(scanner: &Scanner, scanned: &gpuvirt_core::Inventory) -> ExitCode {
     use gpuvirt_core::{RefreshTarget, ScanStats};
     let mut targets: Vec<RefreshTarget> = scanned
-        .functions
+        .pci_classes
         .keys()
         .map(|a| RefreshTarget::Pci(*a))
         .collect();

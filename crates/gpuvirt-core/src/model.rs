@@ -3,7 +3,7 @@
 //! Values here are plain data (serde-serialisable, comparable) so that the daemon can diff two
 //! snapshots and tests can compare a scan with a fixture's description.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -316,13 +316,28 @@ pub struct ScanWarning {
 }
 
 /// Everything gpuvirt knows about a host at one moment.
+///
+/// The inventory is GPU-scoped: `functions` and `groups` hold full records only for what
+/// matters to GPUs (see [`crate::scan`]): display functions (and functions of unknown class),
+/// the other functions of their slots, their SR-IOV VFs, mdev parents' functions, and every
+/// member of those functions' (and mdevs') IOMMU groups. Every other PCI function is known only by address and class
+/// (`pci_classes`), every other group only by id (`group_ids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub kernel_release: Option<String>,
+    /// Full records of the PCI functions that matter to GPUs.
     pub functions: BTreeMap<PciAddress, PciFunction>,
+    /// Every PCI function of the host and its 24-bit class code, `None` when the class could
+    /// not be read (such a function is kept in `functions`: it may be a GPU).
+    #[serde(default)]
+    pub pci_classes: BTreeMap<PciAddress, Option<u32>>,
     pub gpus: BTreeMap<PciAddress, Gpu>,
     pub iommu: IommuStatus,
+    /// The IOMMU groups that matter to GPUs and mdevs, every member listed.
     pub groups: BTreeMap<u32, IommuGroup>,
+    /// Every IOMMU group of the host (`iommu.group_count` is its size).
+    #[serde(default)]
+    pub group_ids: BTreeSet<u32>,
     pub mdev_parents: BTreeMap<String, MdevParent>,
     pub mdevs: BTreeMap<Uuid, Mdev>,
     pub modules: ModuleState,

@@ -1,11 +1,20 @@
 //! The inventory scan: reads PCI functions, IOMMU groups, mdev parents and mdevs from a root,
 //! and refreshes single devices in place after a uevent.
 //!
-//! Cost model (issue 2): no more file operations per device than `lspci -D -nn -k` (≈ 40
-//! syscalls per function) or `mdevctl list` (≈ 43 per mdev). A function costs one `readlink`
-//! of its bus link, one listing of its directory (which says which optional attributes exist,
-//! so missing files are never opened), one `uevent` read instead of six id files, and one read
-//! per remaining attribute. Links are read once and resolved lexically, never canonicalised.
+//! The scan is GPU-scoped. Every PCI function costs one `uevent` read (its class); only the
+//! functions that matter to GPUs are read in full: display functions (and functions whose
+//! class the uevent does not tell), the other functions of display functions' slots, their
+//! SR-IOV VFs, mdev parents' functions ("core"), and every member of the
+//! IOMMU groups of core functions and of mdevs (so a group's members, drivers and what they
+//! back stay exact). Only those groups are read; the others are counted from one listing of
+//! `/sys/kernel/iommu_groups`. [`Scanner::refresh`] re-reads what an event touched and then
+//! settles the scope the same way, so it always gives what a fresh scan gives.
+//!
+//! Cost model (issue 2): a function read in full costs one `readlink` of its bus link, one
+//! listing of its directory (which says which optional attributes exist, so missing files are
+//! never opened), one `uevent` read instead of six id files, and one read per remaining
+//! attribute. Links are read once and resolved lexically, never canonicalised. All file calls
+//! are libc-level (`std::fs`), so an `LD_PRELOAD` redirection (umockdev) sees them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -128,6 +137,9 @@ impl Scanner {
             ..Inventory::default()
         };
 
+        // One uevent read classifies a function. Display functions, and functions whose class
+        // the uevent does not tell, are read in full now; the rest of the scope is settled
+        // below, once the GPUs, parents and mdevs are known.
         for name in list_sorted(&mut r, Path::new(PCI_DEVICES)) {
             let Ok(addr) = name.parse::<PciAddress>() else {
                 r.warn(
@@ -136,25 +148,23 @@ impl Scanner {
                 );
                 continue;
             };
-            if let Some(f) = self.read_function(&mut r, addr) {
-                inv.functions.insert(addr, f);
+            match classify(&mut r, addr) {
+                Some(class) if !is_display_class(class) => {
+                    inv.pci_classes.insert(addr, Some(class));
+                }
+                _ => self.load_function(&mut r, &mut inv, addr),
             }
-        }
-        for f in inv.functions.values().filter(|f| f.is_display()) {
-            inv.gpus
-                .insert(f.address, gpu_entry(&inv.functions, f.address));
         }
 
         for name in list_sorted(&mut r, Path::new(IOMMU_GROUPS)) {
-            let Ok(id) = name.parse::<u32>() else {
-                r.warn(
+            match name.parse::<u32>() {
+                Ok(id) => {
+                    inv.group_ids.insert(id);
+                }
+                Err(_) => r.warn(
                     &Path::new(IOMMU_GROUPS).join(&name),
                     "the entry is not an IOMMU group number and was skipped",
-                );
-                continue;
-            };
-            if let Some(g) = read_group(&mut r, id, &inv.functions) {
-                inv.groups.insert(id, g);
+                ),
             }
         }
         let units = list_sorted(&mut r, Path::new(IOMMU_CLASS));
@@ -166,7 +176,6 @@ impl Scanner {
                 String::new()
             }
         };
-        inv.iommu = iommu_status(units, iommu_cmdline_flags(&cmdline), inv.groups.len());
 
         for name in list_sorted(&mut r, Path::new(MDEV_BUS)) {
             if let Some(p) = read_parent(&mut r, &name) {
@@ -185,12 +194,137 @@ impl Scanner {
                 inv.mdevs.insert(uuid, m);
             }
         }
+        self.settle(&mut r, &mut inv);
+        inv.iommu = iommu_status(units, iommu_cmdline_flags(&cmdline), inv.group_ids.len());
         inv.modules = read_modules(&mut r);
 
-        inv.warnings = self.load_warnings.clone();
-        inv.warnings.append(&mut r.warnings);
+        let mut warnings = self.load_warnings.clone();
+        warnings.append(&mut inv.warnings);
+        warnings.append(&mut r.warnings);
+        inv.warnings = warnings;
         normalise_warnings(&mut inv.warnings);
         (inv, r.stats)
+    }
+
+    /// Reads one function in full into the inventory; a function that is gone leaves it.
+    fn load_function(&self, r: &mut Reader<'_>, inv: &mut Inventory, addr: PciAddress) {
+        match self.read_function(r, addr) {
+            Some((f, class)) => {
+                inv.pci_classes.insert(addr, class);
+                inv.functions.insert(addr, f);
+            }
+            None => {
+                inv.pci_classes.remove(&addr);
+                inv.functions.remove(&addr);
+            }
+        }
+    }
+
+    /// Brings `functions`, `groups` and `gpus` to the GPU scope the module documentation
+    /// describes: reads core functions and wanted groups that are missing, drops what fell out
+    /// of scope (and its warnings). Every display function must already be in `functions`.
+    fn settle(&self, r: &mut Reader<'_>, inv: &mut Inventory) {
+        let core = core_functions(inv);
+        for a in &core {
+            if !inv.functions.contains_key(a) {
+                self.load_function(r, inv, *a);
+            }
+        }
+        let wanted: BTreeSet<u32> = core
+            .iter()
+            .filter_map(|a| inv.functions.get(a))
+            .filter_map(|f| f.iommu_group)
+            .chain(inv.mdevs.values().filter_map(|m| m.iommu_group))
+            .collect();
+        let unwanted: Vec<u32> = inv
+            .groups
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .copied()
+            .collect();
+        for id in unwanted {
+            forget_group(inv, id);
+        }
+        for id in wanted {
+            if !inv.groups.contains_key(&id) {
+                if let Some(g) = self.read_group(r, inv, id) {
+                    inv.groups.insert(id, g);
+                }
+            }
+        }
+        inv.warnings.append(&mut r.warnings);
+
+        let mut keep = core;
+        for g in inv.groups.values() {
+            keep.extend(g.members.iter().filter_map(|m| m.pci_address));
+        }
+        let out_of_scope: Vec<PciAddress> = inv
+            .functions
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        for a in out_of_scope {
+            forget_function(inv, a);
+        }
+        inv.gpus = inv
+            .functions
+            .values()
+            .filter(|f| f.is_display())
+            .map(|f| (f.address, gpu_entry(&inv.functions, f.address)))
+            .collect();
+    }
+
+    /// [`Scanner::settle`] for a refresh that left the core as it was: only the groups and
+    /// functions the refresh touched can have entered or left the scope, so only they are
+    /// looked at (a full settle walks every mdev and group, too slow for every uevent).
+    fn settle_touched(
+        &self,
+        r: &mut Reader<'_>,
+        inv: &mut Inventory,
+        core: &BTreeSet<PciAddress>,
+        touched: &Touched,
+    ) {
+        let mut candidates = touched.addrs.clone();
+        for &id in &touched.groups {
+            let wanted = core
+                .iter()
+                .filter_map(|a| inv.functions.get(a))
+                .any(|f| f.iommu_group == Some(id))
+                || inv.mdevs.values().any(|m| m.iommu_group == Some(id));
+            if wanted && !inv.groups.contains_key(&id) {
+                if let Some(g) = self.read_group(r, inv, id) {
+                    inv.groups.insert(id, g);
+                }
+            } else if !wanted && inv.groups.contains_key(&id) {
+                forget_group(inv, id);
+            }
+            if let Some(g) = inv.groups.get(&id) {
+                candidates.extend(g.members.iter().filter_map(|m| m.pci_address));
+            }
+        }
+        inv.warnings.append(&mut r.warnings);
+        for a in candidates {
+            if !inv.functions.contains_key(&a) || core.contains(&a) {
+                continue;
+            }
+            let lists = |g: &IommuGroup| g.members.iter().any(|m| m.pci_address == Some(a));
+            let own = inv
+                .functions
+                .get(&a)
+                .and_then(|f| f.iommu_group)
+                .and_then(|id| inv.groups.get(&id));
+            let in_a_group = own.is_some_and(lists)
+                || touched
+                    .groups
+                    .iter()
+                    .filter_map(|id| inv.groups.get(id))
+                    .any(lists)
+                || touched.were_in_scope.contains(&a) && inv.groups.values().any(lists);
+            if !in_a_group {
+                forget_function(inv, a);
+            }
+        }
     }
 
     /// Re-reads only what `target` touches and recomputes the derived parts it affects, so that
@@ -202,17 +336,27 @@ impl Scanner {
     /// [`Scanner::refresh`], returning the file operations it took.
     pub fn refresh_with_stats(&self, inv: &mut Inventory, target: &RefreshTarget) -> ScanStats {
         let mut r = Reader::new(&self.root);
+        let core_before = core_functions(inv);
+        let mut touched = Touched::default();
         match target {
             RefreshTarget::All => {
                 let (fresh, stats) = self.scan_with_stats();
                 *inv = fresh;
                 return stats;
             }
-            RefreshTarget::Pci(addr) => self.refresh_pci(&mut r, inv, *addr),
-            RefreshTarget::Mdev(uuid) => refresh_mdev(&mut r, inv, *uuid),
+            RefreshTarget::Pci(addr) => self.refresh_pci(&mut r, inv, *addr, &mut touched),
+            RefreshTarget::Mdev(uuid) => self.refresh_mdev(&mut r, inv, *uuid, &mut touched),
             RefreshTarget::MdevParent(name) => reload_parent(&mut r, inv, name),
-            RefreshTarget::IommuGroup(id) => reload_group(&mut r, inv, *id),
+            RefreshTarget::IommuGroup(id) => self.reload_group(&mut r, inv, *id, &mut touched),
             RefreshTarget::Modules => inv.modules = read_modules(&mut r),
+        }
+        if *target != RefreshTarget::Modules {
+            inv.warnings.append(&mut r.warnings);
+            if core_functions(inv) == core_before {
+                self.settle_touched(&mut r, inv, &core_before, &touched);
+            } else {
+                self.settle(&mut r, inv);
+            }
         }
         recompute_iommu_status(inv);
         inv.warnings.append(&mut r.warnings);
@@ -220,9 +364,17 @@ impl Scanner {
         r.stats
     }
 
-    fn refresh_pci(&self, r: &mut Reader<'_>, inv: &mut Inventory, addr: PciAddress) {
+    fn refresh_pci(
+        &self,
+        r: &mut Reader<'_>,
+        inv: &mut Inventory,
+        addr: PciAddress,
+        touched: &mut Touched,
+    ) {
         // (old, new) records of every function re-read, to find the groups and slots they touch.
         let mut reloaded: Vec<(Option<PciFunction>, Option<PciFunction>)> = Vec::new();
+        // A function out of scope has no old record, but it existed: its appearance is no news.
+        let existed = inv.pci_classes.contains_key(&addr);
         reloaded.push(self.reload_function(r, inv, addr));
 
         // SR-IOV links live on both ends: a VF's arrival or departure changes its PF's virtfn
@@ -231,15 +383,22 @@ impl Scanner {
         // driver leaves its PF alone (re-reading a PF costs one readlink per VF).
         let mut extra: BTreeSet<PciAddress> = BTreeSet::new();
         let (old, new) = &reloaded[0];
-        let appeared_or_went = old.is_none() != new.is_none();
-        let nvidia_changed = old.as_ref().and_then(|f| f.nvidia_vgpu.as_ref())
-            != new.as_ref().and_then(|f| f.nvidia_vgpu.as_ref());
+        let appeared_or_went = existed != new.is_some();
+        // Without an old record (the function was out of scope) nothing is known to have
+        // changed but its presence; such a function is neither a GPU nor a GPU's VF, so its
+        // PF and VFs matter only when they are in scope themselves (then they have records).
+        let was_known = old.is_some() || !existed;
+        let nvidia_changed = was_known
+            && old.as_ref().and_then(|f| f.nvidia_vgpu.as_ref())
+                != new.as_ref().and_then(|f| f.nvidia_vgpu.as_ref());
         let physfn_changed =
-            old.as_ref().and_then(|f| f.physfn) != new.as_ref().and_then(|f| f.physfn);
+            was_known && old.as_ref().and_then(|f| f.physfn) != new.as_ref().and_then(|f| f.physfn);
         let mut nvidia_pfs = BTreeSet::new();
         for f in [old, new].into_iter().flatten() {
             if let Some(pf) = f.physfn {
-                if appeared_or_went || physfn_changed || nvidia_changed {
+                if (appeared_or_went || physfn_changed || nvidia_changed)
+                    && inv.functions.contains_key(&pf)
+                {
                     extra.insert(pf);
                 }
                 if nvidia_changed {
@@ -253,7 +412,12 @@ impl Scanner {
                 .map(|s| s.vfs.iter().copied().collect())
                 .unwrap_or_default()
         };
-        let (old_vfs, new_vfs) = (vfs_of(old), vfs_of(new));
+        let new_vfs = vfs_of(new);
+        let old_vfs = if was_known {
+            vfs_of(old)
+        } else {
+            new_vfs.clone()
+        };
         extra.extend(old_vfs.symmetric_difference(&new_vfs));
         extra.remove(&addr);
         for a in &extra {
@@ -275,20 +439,22 @@ impl Scanner {
             }
         }
 
-        let mut slots = BTreeSet::new();
+        // The slots' GPU entries are rebuilt by `settle`.
         let mut groups = BTreeSet::new();
         let mut addresses = BTreeSet::new();
         for f in reloaded.iter().flat_map(|(o, n)| [o, n]).flatten() {
-            slots.insert(f.address.slot());
             groups.extend(f.iommu_group);
             addresses.insert(f.address);
         }
         addresses.insert(addr);
-        for slot in slots {
-            recompute_slot_gpus(inv, slot);
-        }
+        touched.addrs.extend(&addresses);
+        touched.were_in_scope.extend(
+            reloaded
+                .iter()
+                .filter_map(|(o, _)| o.as_ref().map(|f| f.address)),
+        );
         for id in groups {
-            reload_group(r, inv, id);
+            self.reload_group(r, inv, id, touched);
         }
         // Binding a driver registers (or unregisters) the device as an mdev parent.
         for a in addresses {
@@ -306,11 +472,18 @@ impl Scanner {
     ) -> (Option<PciFunction>, Option<PciFunction>) {
         let mark = r.warnings.len();
         let new = self.read_function(r, addr);
-        let old = match &new {
-            Some(f) => inv.functions.insert(addr, f.clone()),
-            None => inv.functions.remove(&addr),
+        let old = match new {
+            Some((ref f, class)) => {
+                inv.pci_classes.insert(addr, class);
+                inv.functions.insert(addr, f.clone())
+            }
+            None => {
+                inv.pci_classes.remove(&addr);
+                inv.functions.remove(&addr)
+            }
         };
         let link = Path::new(PCI_DEVICES).join(addr.to_string());
+        let new = new.map(|(f, _)| f);
         let dirs: Vec<PathBuf> = [&old, &new]
             .into_iter()
             .flatten()
@@ -324,8 +497,13 @@ impl Scanner {
         (old, new)
     }
 
-    /// Reads one PCI function; `None` when it does not exist (or vanished mid-read).
-    fn read_function(&self, r: &mut Reader<'_>, addr: PciAddress) -> Option<PciFunction> {
+    /// Reads one PCI function and its class as far as it could be read (the record says 0
+    /// when it could not); `None` when it does not exist (or vanished mid-read).
+    fn read_function(
+        &self,
+        r: &mut Reader<'_>,
+        addr: PciAddress,
+    ) -> Option<(PciFunction, Option<u32>)> {
         let name = addr.to_string();
         let link = Path::new(PCI_DEVICES).join(&name);
         let sysfs_path = match r.read_link(&link) {
@@ -507,7 +685,7 @@ impl DeviceDir<'_, '_> {
         scanner: &Scanner,
         address: PciAddress,
         sysfs_path: PathBuf,
-    ) -> Result<PciFunction, Gone> {
+    ) -> Result<(PciFunction, Option<u32>), Gone> {
         let ue = self.uevent()?;
         // The uevent carries class, ids and modalias in one read; the separate attribute files
         // are the fallback for trees (or kernels) whose uevent lacks a key.
@@ -515,6 +693,7 @@ impl DeviceDir<'_, '_> {
             Some(c) => Some(c),
             None => self.parsed("class", "a hexadecimal class code", parse_hex)?,
         };
+        let known_class = class;
         let class = class.unwrap_or_else(|| {
             self.r
                 .warn(&self.dir, "the class code could not be read; 0 is reported");
@@ -611,7 +790,7 @@ impl DeviceDir<'_, '_> {
             subsystem_device,
         };
         let db = &scanner.pci_ids;
-        Ok(PciFunction {
+        let function = PciFunction {
             address,
             sysfs_path,
             class,
@@ -636,7 +815,8 @@ impl DeviceDir<'_, '_> {
             sriov,
             physfn,
             nvidia_vgpu,
-        })
+        };
+        Ok((function, known_class))
     }
 
     fn address_from_link(&mut self, link: &str, name: &str) -> Option<PciAddress> {
@@ -835,85 +1015,202 @@ fn gpu_entry(functions: &BTreeMap<PciAddress, PciFunction>, address: PciAddress)
     }
 }
 
-fn recompute_slot_gpus(inv: &mut Inventory, slot: PciSlot) {
-    let first = PciAddress::new(slot.domain, slot.bus, slot.device, 0);
-    let last = PciAddress::new(slot.domain, slot.bus, slot.device, 7);
-    let stale: Vec<PciAddress> = inv.gpus.range(first..=last).map(|(a, _)| *a).collect();
-    for a in stale {
-        inv.gpus.remove(&a);
-    }
-    let display: Vec<PciAddress> = slot_functions(&inv.functions, slot)
-        .filter(|f| f.is_display())
-        .map(|f| f.address)
-        .collect();
-    for a in display {
-        inv.gpus.insert(a, gpu_entry(&inv.functions, a));
-    }
+/// Display controllers (class 0x03xxxx) are GPUs.
+fn is_display_class(class: u32) -> bool {
+    class >> 16 == 0x03
 }
 
-/// Reads `iommu_groups/<id>/devices`; members' class and driver come from the functions
-/// already read (non-PCI members: their `driver` link).
-fn read_group(
-    r: &mut Reader<'_>,
-    id: u32,
-    functions: &BTreeMap<PciAddress, PciFunction>,
-) -> Option<IommuGroup> {
-    let devices = Path::new(IOMMU_GROUPS).join(id.to_string()).join("devices");
-    let mut names = match r.list(&devices) {
-        Ok(names) => names,
-        Err(e) if is_missing(&e) => return None,
-        Err(e) => {
-            r.warn(
-                &devices,
-                format!("the group's devices could not be listed: {e}"),
-            );
-            return None;
-        }
-    };
-    names.sort_unstable();
-    let mut members = Vec::with_capacity(names.len());
-    for name in names {
-        let pci_address = name.parse::<PciAddress>().ok();
-        let (class, driver) = match pci_address.and_then(|a| functions.get(&a)) {
-            Some(f) => (Some(f.class), f.driver.clone()),
-            None => {
-                let link = devices.join(&name).join("driver");
-                let driver = match r.read_link(&link) {
-                    Ok(target) => basename(&target).map(str::to_string),
-                    Err(e) if is_missing(&e) => None,
-                    Err(e) => {
-                        r.warn(&link, format!("the link could not be read: {e}"));
-                        None
-                    }
-                };
-                (None, driver)
-            }
-        };
-        members.push(GroupMember {
-            name,
-            pci_address,
-            class,
-            driver,
-        });
-    }
-    let verdict = assess_group(&members);
-    Some(IommuGroup {
-        id,
-        members,
-        viable: verdict.viable,
-        problems: verdict.problems,
-    })
+/// A function's class from its `uevent` (one open and read through the bus link); `None` when
+/// the uevent cannot tell, so the function is read in full instead.
+fn classify(r: &mut Reader<'_>, addr: PciAddress) -> Option<u32> {
+    let path = Path::new(PCI_DEVICES).join(addr.to_string()).join("uevent");
+    let text = r.read(&path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("PCI_CLASS="))
+        .and_then(|v| parse_hex(v.trim()))
 }
 
-fn reload_group(r: &mut Reader<'_>, inv: &mut Inventory, id: u32) {
+/// What a refresh re-read: the functions and groups whose scope may have changed.
+#[derive(Debug, Default)]
+struct Touched {
+    addrs: BTreeSet<PciAddress>,
+    groups: BTreeSet<u32>,
+    /// Touched functions that had a full record before the refresh: only they can be kept in
+    /// scope by a group the refresh did not touch.
+    were_in_scope: BTreeSet<PciAddress>,
+}
+
+/// Drops a group that left the scope, and its warnings.
+fn forget_group(inv: &mut Inventory, id: u32) {
+    inv.groups.remove(&id);
     let prefix = Path::new(IOMMU_GROUPS).join(id.to_string());
     inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    match read_group(r, id, &inv.functions) {
-        Some(g) => {
-            inv.groups.insert(id, g);
+}
+
+/// Drops a function's full record (it left the scope; its class stays known), and its warnings.
+fn forget_function(inv: &mut Inventory, addr: PciAddress) {
+    if let Some(f) = inv.functions.remove(&addr) {
+        let link = Path::new(PCI_DEVICES).join(addr.to_string());
+        let dir = Path::new("sys").join(&f.sysfs_path);
+        inv.warnings
+            .retain(|w| !(w.path == link || owned_by_function(&w.path, &dir)));
+    }
+}
+
+/// The functions read in full for their own sake: display functions, every function of their
+/// slots, their SR-IOV VFs, mdev parents' functions (all that exist on the host), and functions
+/// whose class could not be read (any of them may be a GPU).
+fn core_functions(inv: &Inventory) -> BTreeSet<PciAddress> {
+    let mut core: BTreeSet<PciAddress> = inv
+        .functions
+        .keys()
+        .filter(|a| inv.pci_classes.get(a) == Some(&None))
+        .copied()
+        .collect();
+    for f in inv.functions.values().filter(|f| f.is_display()) {
+        let slot = f.address.slot();
+        let first = PciAddress::new(slot.domain, slot.bus, slot.device, 0);
+        let last = PciAddress::new(slot.domain, slot.bus, slot.device, 7);
+        core.insert(f.address);
+        core.extend(inv.pci_classes.range(first..=last).map(|(a, _)| *a));
+        if let Some(sriov) = &f.sriov {
+            core.extend(sriov.vfs.iter().filter(|a| inv.pci_classes.contains_key(a)));
         }
-        None => {
-            inv.groups.remove(&id);
+    }
+    core.extend(
+        inv.mdev_parents
+            .values()
+            .filter_map(|p| p.pci_address)
+            .filter(|a| inv.pci_classes.contains_key(a)),
+    );
+    core
+}
+
+impl Scanner {
+    /// Reads `iommu_groups/<id>/devices`. PCI members not yet read are read in full (a group's
+    /// members are in scope); non-PCI members' driver comes from their `driver` link.
+    fn read_group(&self, r: &mut Reader<'_>, inv: &mut Inventory, id: u32) -> Option<IommuGroup> {
+        let devices = Path::new(IOMMU_GROUPS).join(id.to_string()).join("devices");
+        let mut names = match r.list(&devices) {
+            Ok(names) => names,
+            Err(e) if is_missing(&e) => return None,
+            Err(e) => {
+                r.warn(
+                    &devices,
+                    format!("the group's devices could not be listed: {e}"),
+                );
+                return None;
+            }
+        };
+        names.sort_unstable();
+        let mut members = Vec::with_capacity(names.len());
+        for name in names {
+            let pci_address = name.parse::<PciAddress>().ok();
+            if let Some(a) = pci_address {
+                if !inv.functions.contains_key(&a) {
+                    self.load_function(r, inv, a);
+                }
+            }
+            let (class, driver) = match pci_address.and_then(|a| inv.functions.get(&a)) {
+                Some(f) => (Some(f.class), f.driver.clone()),
+                None => {
+                    let link = devices.join(&name).join("driver");
+                    let driver = match r.read_link(&link) {
+                        Ok(target) => basename(&target).map(str::to_string),
+                        Err(e) if is_missing(&e) => None,
+                        Err(e) => {
+                            r.warn(&link, format!("the link could not be read: {e}"));
+                            None
+                        }
+                    };
+                    (None, driver)
+                }
+            };
+            members.push(GroupMember {
+                name,
+                pci_address,
+                class,
+                driver,
+            });
+        }
+        let verdict = assess_group(&members);
+        Some(IommuGroup {
+            id,
+            members,
+            viable: verdict.viable,
+            problems: verdict.problems,
+        })
+    }
+
+    /// Re-reads one group (whether it is in scope is settled afterwards) and whether it exists.
+    fn reload_group(
+        &self,
+        r: &mut Reader<'_>,
+        inv: &mut Inventory,
+        id: u32,
+        touched: &mut Touched,
+    ) {
+        touched.groups.insert(id);
+        if let Some(old) = inv.groups.get(&id) {
+            let members = old.members.iter().filter_map(|m| m.pci_address);
+            touched.addrs.extend(members.clone());
+            touched.were_in_scope.extend(members);
+        }
+        let prefix = Path::new(IOMMU_GROUPS).join(id.to_string());
+        inv.warnings.retain(|w| !w.path.starts_with(&prefix));
+        match self.read_group(r, inv, id) {
+            Some(g) => {
+                // Members read in full here may be out of scope: settling looks at them.
+                touched
+                    .addrs
+                    .extend(g.members.iter().filter_map(|m| m.pci_address));
+                inv.group_ids.insert(id);
+                inv.groups.insert(id, g);
+            }
+            None => {
+                inv.groups.remove(&id);
+                // The full scan counts every entry of the groups directory.
+                if r.exists(&prefix) {
+                    inv.group_ids.insert(id);
+                } else {
+                    inv.group_ids.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn refresh_mdev(
+        &self,
+        r: &mut Reader<'_>,
+        inv: &mut Inventory,
+        uuid: Uuid,
+        touched: &mut Touched,
+    ) {
+        let name = uuid.to_string();
+        let prefix = Path::new(MDEV_DEVICES).join(&name);
+        inv.warnings.retain(|w| !w.path.starts_with(&prefix));
+        let new = read_mdev(r, &name);
+        let old = match &new {
+            Some(m) => inv.mdevs.insert(uuid, m.clone()),
+            None => inv.mdevs.remove(&uuid),
+        };
+        // Creating or removing an mdev changes its parent's available_instances (a bind or
+        // unbind does not) and its group.
+        let appeared_or_went = old.is_none() != new.is_none();
+        let mut parents = BTreeSet::new();
+        let mut groups = BTreeSet::new();
+        for m in [&old, &new].into_iter().flatten() {
+            parents.insert(m.parent.clone());
+            groups.extend(m.iommu_group);
+        }
+        let parent_changed = old.as_ref().map(|m| &m.parent) != new.as_ref().map(|m| &m.parent);
+        if appeared_or_went || parent_changed {
+            for p in parents {
+                reload_parent(r, inv, &p);
+            }
+        }
+        for g in groups {
+            self.reload_group(r, inv, g, touched);
         }
     }
 }
@@ -921,7 +1218,7 @@ fn reload_group(r: &mut Reader<'_>, inv: &mut Inventory, id: u32) {
 fn recompute_iommu_status(inv: &mut Inventory) {
     let units = std::mem::take(&mut inv.iommu.units);
     let flags = std::mem::take(&mut inv.iommu.cmdline_flags);
-    inv.iommu = iommu_status(units, flags, inv.groups.len());
+    inv.iommu = iommu_status(units, flags, inv.group_ids.len());
 }
 
 /// Reads `/sys/class/mdev_bus/<name>` and its types (through the class link, so every
@@ -1108,35 +1405,6 @@ fn optional_link_name(r: &mut Reader<'_>, path: &Path) -> Option<String> {
             r.warn(path, format!("the link could not be read: {e}"));
             None
         }
-    }
-}
-
-fn refresh_mdev(r: &mut Reader<'_>, inv: &mut Inventory, uuid: Uuid) {
-    let name = uuid.to_string();
-    let prefix = Path::new(MDEV_DEVICES).join(&name);
-    inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    let new = read_mdev(r, &name);
-    let old = match &new {
-        Some(m) => inv.mdevs.insert(uuid, m.clone()),
-        None => inv.mdevs.remove(&uuid),
-    };
-    // Creating or removing an mdev changes its parent's available_instances (a bind or
-    // unbind does not) and its group.
-    let appeared_or_went = old.is_none() != new.is_none();
-    let mut parents = BTreeSet::new();
-    let mut groups = BTreeSet::new();
-    for m in [&old, &new].into_iter().flatten() {
-        parents.insert(m.parent.clone());
-        groups.extend(m.iommu_group);
-    }
-    let parent_changed = old.as_ref().map(|m| &m.parent) != new.as_ref().map(|m| &m.parent);
-    if appeared_or_went || parent_changed {
-        for p in parents {
-            reload_parent(r, inv, &p);
-        }
-    }
-    for g in groups {
-        reload_group(r, inv, g);
     }
 }
 

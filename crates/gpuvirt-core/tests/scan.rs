@@ -159,12 +159,12 @@ fn runbook_v100_host() {
         .contains("max_instance=2"));
 
     assert!(inv.modules.vfio && inv.modules.vfio_pci && inv.modules.mdev);
-    let bridge = &inv.functions[&addr("0000:40:03.1")];
-    assert_eq!(bridge.kernel_modules, ["shpchp"]);
-    assert_eq!(
-        bridge.device_name.as_deref(),
-        Some("Starship/Matisse GPP Bridge")
-    );
+    // The bridge shares nothing with the GPU: known by its class only, its group by its id.
+    assert!(!inv.functions.contains_key(&addr("0000:40:03.1")));
+    assert_eq!(inv.pci_classes[&addr("0000:40:03.1")], Some(0x060400));
+    assert_eq!(inv.pci_classes[&addr("0000:41:00.0")], Some(0x030200));
+    assert!(!inv.groups.contains_key(&65));
+    assert_eq!(inv.group_ids.iter().copied().collect::<Vec<_>>(), [65, 66]);
 }
 
 #[test]
@@ -836,12 +836,172 @@ fn refresh_cost_does_not_grow_with_the_host() {
     }
     let s = scanner(dir.path());
     let (mut inv, full) = s.scan_with_stats();
-    let per_function = full.total() as f64 / inv.functions.len() as f64;
-    // One link, one listing, uevent + five attributes, group link and the group's listing.
+    assert_eq!(inv.pci_classes.len(), 401);
+    // For the GPU: one link, one listing, uevent + five attributes, group link and the group's
+    // listing; the host's directories, cmdline and module probes; one uevent read per NIC
+    // (which shares nothing with it).
     assert!(
-        per_function <= 12.0,
-        "{per_function} file operations per function: {full:?}"
+        full.total() <= 400 + 20,
+        "{} file operations for 401 functions: {full:?}",
+        full.total()
     );
     let one = s.refresh_with_stats(&mut inv, &RefreshTarget::Pci(addr("0000:41:00.0")));
     assert!(one.total() <= 16, "{one:?}");
+    let nic = s.refresh_with_stats(&mut inv, &RefreshTarget::Pci(addr("0000:80:00.0")));
+    assert!(nic.total() <= 16, "{nic:?}");
+    assert_eq!(inv, s.scan());
+}
+
+/// A function out of scope costs exactly one file operation (its uevent), whatever it is.
+#[test]
+fn out_of_scope_functions_cost_one_uevent_read_each() {
+    let build = |dir: &Path, nics: u32| {
+        let t = TreeBuilder::new(dir);
+        runbook_host(&t);
+        for i in 0..nics {
+            let nic = PciDev::new(
+                &format!("0000:{:02x}:{:02x}.{}", 0x80 + i / 256, (i / 8) % 32, i % 8),
+                "pci0000:80",
+                0x020000,
+                0x15b3,
+                0x101d,
+            )
+            .driver("mlx5_core")
+            .group(1000 + i);
+            t.pci(&nic);
+        }
+    };
+    let small = tempfile::tempdir().unwrap();
+    let large = tempfile::tempdir().unwrap();
+    build(small.path(), 10);
+    build(large.path(), 250);
+    let (a, sa) = scanner(small.path()).scan_with_stats();
+    let (b, sb) = scanner(large.path()).scan_with_stats();
+    assert_eq!(sb.files_read - sa.files_read, 240);
+    assert_eq!(
+        (sb.links_read, sb.dirs_listed, sb.probes),
+        (sa.links_read, sa.dirs_listed, sa.probes)
+    );
+    assert_eq!(a.functions, b.functions);
+    assert_eq!(a.groups, b.groups);
+    assert_eq!(b.iommu.group_count, 2 + 250);
+    assert_eq!(b.pci_classes.len(), 2 + 250);
+}
+
+/// The scope: GPUs, their slots, VFs, mdev parents and every member of their groups are read
+/// in full; the rest is known by class. Refreshes that move a function in or out of scope
+/// (a NIC hot-added into a GPU's group, a GPU hot-added beside a known function, a GPU
+/// removed) give what a fresh scan gives.
+#[test]
+fn scope_follows_gpus_and_their_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TreeBuilder::new(dir.path());
+    runbook_host(&t);
+    let nvme = |a: &str, g: u32| {
+        PciDev::new(a, "pci0000:90", 0x010802, 0x144d, 0xa824)
+            .driver("nvme")
+            .group(g)
+    };
+    let lone = nvme("0000:90:00.0", 300);
+    t.pci(&lone);
+    // A function in a slot that has no GPU yet.
+    let audio = PciDev::new(
+        "0000:43:00.1",
+        "pci0000:40/0000:40:03.1",
+        0x040300,
+        0x10de,
+        0x10f8,
+    )
+    .driver("snd_hda_intel")
+    .group(68);
+    t.pci(&audio);
+    let s = scanner(dir.path());
+    let mut inv = s.scan();
+    assert_eq!(
+        inv.functions.keys().copied().collect::<Vec<_>>(),
+        [addr("0000:41:00.0")]
+    );
+    assert_eq!(inv.groups.keys().copied().collect::<Vec<_>>(), [66]);
+    assert_eq!(inv.iommu.group_count, 4);
+
+    // An NVMe drive is hot-added into the GPU's group: it is read in full and blamed.
+    let shared = nvme("0000:90:01.0", 66);
+    t.pci(&shared);
+    refresh_matches_scan(&s, &mut inv, &[RefreshTarget::Pci(shared.address)]);
+    assert_eq!(
+        inv.functions[&shared.address].driver.as_deref(),
+        Some("nvme")
+    );
+    assert!(!inv.groups[&66].viable);
+    assert_eq!(inv.iommu.group_count, 4);
+
+    // Announced only as a group change, a second one is read in full too.
+    let shared2 = nvme("0000:90:02.0", 66);
+    t.pci(&shared2);
+    refresh_matches_scan(&s, &mut inv, &[RefreshTarget::IommuGroup(66)]);
+    assert!(inv.functions.contains_key(&shared2.address));
+    assert_eq!(inv.groups[&66].members.len(), 3);
+
+    // A GPU is hot-added beside the audio function: the audio function comes into scope.
+    let gpu2 = PciDev::new(
+        "0000:43:00.0",
+        "pci0000:40/0000:40:03.1",
+        0x030000,
+        0x10de,
+        0x1e84,
+    )
+    .driver("nouveau")
+    .group(67);
+    t.pci(&gpu2);
+    refresh_matches_scan(&s, &mut inv, &[RefreshTarget::Pci(gpu2.address)]);
+    assert_eq!(inv.gpus[&gpu2.address].companions, [audio.address]);
+    assert!(inv.groups.contains_key(&67) && inv.groups.contains_key(&68));
+    assert_eq!(inv.iommu.group_count, 5);
+
+    // An unrelated drive comes and goes: counted, never read in full.
+    let other = nvme("0000:90:03.0", 301);
+    t.pci(&other);
+    refresh_matches_scan(&s, &mut inv, &[RefreshTarget::Pci(other.address)]);
+    assert!(!inv.functions.contains_key(&other.address));
+    assert_eq!(inv.pci_classes[&other.address], Some(0x010802));
+    assert_eq!(inv.iommu.group_count, 6);
+    t.remove_pci(&other);
+    refresh_matches_scan(
+        &s,
+        &mut inv,
+        &[
+            RefreshTarget::Pci(other.address),
+            RefreshTarget::IommuGroup(301),
+        ],
+    );
+    assert!(!inv.pci_classes.contains_key(&other.address));
+    assert_eq!(inv.iommu.group_count, 5);
+
+    // The new GPU goes: its slot and groups leave the scope with it.
+    t.remove_pci(&gpu2);
+    refresh_matches_scan(
+        &s,
+        &mut inv,
+        &[
+            RefreshTarget::Pci(gpu2.address),
+            RefreshTarget::IommuGroup(67),
+        ],
+    );
+    assert!(!inv.functions.contains_key(&audio.address));
+    assert!(!inv.groups.contains_key(&68));
+    assert_eq!(inv.pci_classes[&audio.address], Some(0x040300));
+
+    // The V100 goes: the drives in its group leave the scope.
+    t.remove("sys/class/mdev_bus/0000:41:00.0");
+    t.remove_pci(&v100());
+    refresh_matches_scan(
+        &s,
+        &mut inv,
+        &[
+            RefreshTarget::Pci(addr("0000:41:00.0")),
+            RefreshTarget::IommuGroup(66),
+        ],
+    );
+    assert!(inv.functions.is_empty(), "{:?}", inv.functions.keys());
+    assert!(inv.groups.is_empty());
 }
