@@ -682,7 +682,14 @@ async fn reconcile(
     let mut applied_any = false;
     for pass in 0..MAX_PASSES {
         let state = rt.plan_state();
-        let planned = plan(&policy, actor.inventory(), &state);
+        let mut planned = plan(&policy, actor.inventory(), &state);
+        if pass == 0 && matches!(trigger, Trigger::Events | Trigger::Retry) && !planned.is_empty() {
+            // Events patch the inventory one device at a time: mid-burst it can hold an mdev's
+            // removal but not its parent's freed instance. Act on (or report) drift only as a
+            // full read of the host shows it, never on a view that is half updated.
+            actor.rescan().await;
+            planned = plan(&policy, actor.inventory(), &state);
+        }
         if planned.actions.is_empty() {
             if pass == 0 {
                 report_text.push_str(&planned.render());
