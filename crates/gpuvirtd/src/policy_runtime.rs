@@ -1021,6 +1021,11 @@ pub mod dbus {
         ask(commands, |reply| Request::Reload { reply }).await?
     }
 
+    /// `Manager.Reconcile`: synchronous on purpose, unlike AssignPassthrough's Job. Its
+    /// reply is the apply's report (done / failed / not attempted), which a Job's `Finished`
+    /// would only repeat; the apply already serialises with every mutator on the ledger lock
+    /// (waiting at most 10 s, then `Busy`); and `gpuvirtctl policy apply` and the unit's
+    /// `ExecReload` read the (success, report) pair directly.
     pub async fn reconcile(
         commands: &mpsc::Sender<Command>,
         options: HashMap<String, OwnedValue>,
