@@ -1024,8 +1024,8 @@ pub mod dbus {
     /// `Manager.Reconcile`: synchronous on purpose, unlike AssignPassthrough's Job. Its
     /// reply is the apply's report (done / failed / not attempted), which a Job's `Finished`
     /// would only repeat; the apply already serialises with every mutator on the ledger lock
-    /// (waiting at most 10 s, then `Busy`); and `gpuvirtctl policy apply` and the unit's
-    /// `ExecReload` read the (success, report) pair directly.
+    /// (waiting at most 10 s, then `Busy`); and `gpuvirtctl policy apply` prints the
+    /// (success, report) pair it returns.
     pub async fn reconcile(
         commands: &mpsc::Sender<Command>,
         options: HashMap<String, OwnedValue>,
