@@ -89,11 +89,12 @@ const MAX_BATCH: usize = 4096;
 /// The actor's state.
 pub struct Actor {
     source: Arc<dyn InventorySource>,
-    /// What the served tree shows.
-    current: Inventory,
-    /// Refreshed in place by the scanner, then compared with `current`: the entries that
-    /// differ say which objects to rebuild, so an event costs O(changed), not O(host).
-    shadow: Inventory,
+    /// The complete inventory, refreshed in place by the scanner.
+    inventory: Inventory,
+    /// What the served tree was built from ([`objects::served_part`]: the inventory less the
+    /// functions and groups no object shows), compared with `inventory` after each refresh:
+    /// the entries that differ say which objects to rebuild.
+    served: Inventory,
     tree: ObjectTree,
     server: zbus::ObjectServer,
     lookup: watch::Sender<Arc<Lookup>>,
@@ -117,7 +118,7 @@ impl Actor {
     /// `inventory` and `tree` are what is already served.
     pub fn new(
         source: Arc<dyn InventorySource>,
-        inventory: Inventory,
+        mut inventory: Inventory,
         tree: ObjectTree,
         server: zbus::ObjectServer,
         lookup: watch::Sender<Arc<Lookup>>,
@@ -126,8 +127,8 @@ impl Actor {
         counts.send_replace(Counts::of(&inventory));
         Actor {
             source,
-            shadow: inventory.clone(),
-            current: inventory,
+            served: objects::served_part(&mut inventory),
+            inventory,
             tree,
             server,
             lookup,
@@ -151,7 +152,7 @@ impl Actor {
 
     /// The inventory the served tree shows.
     pub(crate) fn inventory(&self) -> &Inventory {
-        &self.current
+        &self.inventory
     }
 
     pub(crate) fn server(&self) -> &zbus::ObjectServer {
@@ -216,10 +217,33 @@ impl Actor {
                     Some(Command::Ping(reply)) => {
                         let _ = reply.send(());
                     }
-                    Some(Command::Inspect(Inspector(f))) => f(&self.current),
+                    Some(Command::Inspect(Inspector(f))) => f(&self.inventory),
                     Some(Command::Refresh(targets, reply)) => {
-                        self.update(targets.into_iter().collect()).await;
+                        // A mutation asks right after its sysfs writes, whose uevents may
+                        // still be in the socket: let the event source run (yield_now resumes
+                        // after the I/O driver was polled), then fold what it queued into this
+                        // pass, rather than a second pass for them that finds nothing left to
+                        // change. (Events handled before this request still leave one such
+                        // pass: this one, the price of replying once the tree shows the change.)
+                        tokio::task::yield_now().await;
+                        let mut targets: BTreeSet<Target> = targets.into_iter().collect();
+                        let mut announced = BTreeSet::new();
+                        let mut folded = false;
+                        while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
+                            match events.try_recv() {
+                                Ok(msg) => {
+                                    add_targets(&mut targets, &mut announced, &msg);
+                                    folded = true;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let touched = (folded && self.policy.is_some()).then(|| targets.clone());
+                        self.update_announced(targets, announced).await;
                         let _ = reply.send(());
+                        if let Some(touched) = touched {
+                            crate::policy_runtime::after_events(&mut self, &touched).await;
+                        }
                     }
                     Some(Command::Policy(request)) => {
                         crate::policy_runtime::handle(&mut self, request).await;
@@ -242,7 +266,7 @@ impl Actor {
             // A full scan takes long on big hosts: off the runtime thread.
             let source = self.source.clone();
             match tokio::task::spawn_blocking(move || source.scan()).await {
-                Ok(inv) => self.shadow = inv,
+                Ok(inv) => self.inventory = inv,
                 Err(e) => {
                     tracing::error!(error = %e, "rescan failed");
                     return;
@@ -251,11 +275,11 @@ impl Actor {
         } else {
             // A targeted refresh reads a handful of files: cheaper inline than a thread hop.
             for target in &targets {
-                self.source.refresh(&mut self.shadow, target);
+                self.source.refresh(&mut self.inventory, target);
             }
         }
-        let dirty = objects::sync_inventory(&mut self.current, &self.shadow);
-        let changes = objects::update(&mut self.tree, &self.current, dirty);
+        let dirty = objects::sync_inventory(&mut self.served, &mut self.inventory);
+        let changes = objects::update(&mut self.tree, &self.inventory, dirty);
         // Publish first: a client reacting to a signal must find the object by lookup.
         if changes.iter().any(|c| match c {
             Change::Added { iface, .. } => matches!(iface, Iface::Gpu(_) | Iface::Mdev(_)),
@@ -263,10 +287,10 @@ impl Actor {
             Change::Updated { .. } => false,
         }) {
             self.lookup
-                .send_replace(Arc::new(Lookup::of(&self.current)));
+                .send_replace(Arc::new(Lookup::of(&self.inventory)));
         }
         let n = changes.len();
-        let appeared = appeared_parents(&changes, announced, &self.current);
+        let appeared = appeared_parents(&changes, announced, &self.inventory);
         if let Err(e) = dbus::apply(&self.server, changes).await {
             tracing::error!(error = %e, "updating the D-Bus objects failed");
         }
@@ -275,7 +299,7 @@ impl Actor {
                 let _ = tx.send(appeared);
             }
         }
-        let counts = Counts::of(&self.current);
+        let counts = Counts::of(&self.inventory);
         self.counts.send_if_modified(|c| {
             let changed = *c != counts;
             *c = counts;

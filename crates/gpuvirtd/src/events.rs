@@ -105,10 +105,14 @@ pub fn targets(ev: &KernelEvent) -> Vec<Target> {
             Err(_) => vec![Target::All],
         },
         "mdev" => match name.parse::<Uuid>() {
-            // The parent's available_instances change with every create/remove.
+            // The parent's available_instances change with every create/remove. A bind or
+            // unbind changes only the mdev: re-reading every type of the parent then is the
+            // most expensive part of the pass (one `add` is followed by a `bind`).
             Ok(uuid) => {
                 let mut out = vec![Target::Mdev(uuid)];
-                out.extend(parent_name.map(Target::MdevParent));
+                if matches!(ev.action.as_str(), "add" | "remove") {
+                    out.extend(parent_name.map(Target::MdevParent));
+                }
                 out
             }
             Err(_) => vec![Target::All],
@@ -464,6 +468,13 @@ mod tests {
                 Target::MdevParent("0000:41:00.0".into())
             ]
         );
+        // Binding changes the mdev alone; its parent's types stay as they were.
+        let bind = ev(
+            "bind",
+            &format!("/devices/pci0000:40/0000:40:01.1/0000:41:00.0/{uuid}"),
+            "mdev",
+        );
+        assert_eq!(targets(&bind), [Target::Mdev(uuid.parse().unwrap())]);
         let mut parent = ev("change", "/devices/virtual/mbochs/mbochs", "mbochs");
         parent.mdev_state = Some("registered".into());
         assert_eq!(targets(&parent), [Target::MdevParent("mbochs".into())]);

@@ -632,7 +632,14 @@ pub fn update(
     let manager = manager_props(inv);
     changes.manager(&tree.manager, &manager);
     tree.manager = manager;
-    let exported = exported_groups(inv);
+    // Which groups are exported follows from GPUs, functions, parents and mdevs, and any
+    // change to those leaves a dirty key: with none, the set cannot have changed (and
+    // recomputing it walks every mdev).
+    let exported = if dirty.is_empty() {
+        tree.exported_groups.clone()
+    } else {
+        exported_groups(inv)
+    };
     if exported != tree.exported_groups {
         dirty.extend(
             exported
@@ -687,6 +694,15 @@ pub fn changed_keys<K: Ord + Clone, V: PartialEq>(
     a: &BTreeMap<K, V>,
     b: &BTreeMap<K, V>,
 ) -> Vec<K> {
+    changed_keys_by(a, b, |x, y| x == y)
+}
+
+/// [`changed_keys`] with `same` deciding whether two entries are equal.
+fn changed_keys_by<K: Ord + Clone, V>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+    same: impl Fn(&V, &V) -> bool,
+) -> Vec<K> {
     let mut out = Vec::new();
     let mut ia = a.iter().peekable();
     let mut ib = b.iter().peekable();
@@ -711,7 +727,7 @@ pub fn changed_keys<K: Ord + Clone, V: PartialEq>(
                     ib.next();
                 }
                 std::cmp::Ordering::Equal => {
-                    if va != vb {
+                    if !same(va, vb) {
                         out.push((*ka).clone());
                     }
                     ia.next();
@@ -723,24 +739,138 @@ pub fn changed_keys<K: Ord + Clone, V: PartialEq>(
     out
 }
 
-/// Makes `old` equal to `new` by copying only the entries that differ, and returns the object
-/// keys whose objects may have changed with them.
-pub fn sync_inventory(old: &mut Inventory, new: &Inventory) -> BTreeSet<ObjectKey> {
+/// Whether two records of one function are equal, as `==` says, but fast: every event
+/// compares every function of the host, and the derived `==` compares `sysfs_path`
+/// component by component (parsing both paths each time). Here the path is compared as bytes
+/// (stricter: a path spelt differently counts as changed, which costs a rebuild, never a
+/// missed change) and the scalars go first, so that a differing record stops early.
+/// The pattern names every field: a field added to the model does not compile until it is
+/// compared here.
+fn same_function(a: &PciFunction, b: &PciFunction) -> bool {
+    let PciFunction {
+        address,
+        sysfs_path,
+        class,
+        revision,
+        ids,
+        vendor_name,
+        device_name,
+        subsystem_name,
+        driver,
+        driver_override,
+        boot_vga,
+        numa_node,
+        reset_methods,
+        modalias,
+        kernel_modules,
+        iommu_group,
+        sriov,
+        physfn,
+        nvidia_vgpu,
+    } = a;
+    *address == b.address
+        && *class == b.class
+        && *revision == b.revision
+        && *ids == b.ids
+        && *boot_vga == b.boot_vga
+        && *numa_node == b.numa_node
+        && *iommu_group == b.iommu_group
+        && *physfn == b.physfn
+        && *driver == b.driver
+        && *driver_override == b.driver_override
+        && sysfs_path.as_os_str() == b.sysfs_path.as_os_str()
+        && *sriov == b.sriov
+        && *nvidia_vgpu == b.nvidia_vgpu
+        && *reset_methods == b.reset_methods
+        && *kernel_modules == b.kernel_modules
+        && *modalias == b.modalias
+        && *vendor_name == b.vendor_name
+        && *device_name == b.device_name
+        && *subsystem_name == b.subsystem_name
+}
+
+/// The functions some object shows: GPUs, their slot companions and VFs, and PCI mdev
+/// parents. No object reads any other function (see [`spec_of`] and [`exported_groups`]).
+pub fn shown_functions(inv: &Inventory) -> BTreeSet<PciAddress> {
+    let mut out = BTreeSet::new();
+    for gpu in inv.gpus.values() {
+        out.insert(gpu.address);
+        out.extend(gpu.companions.iter().copied());
+        if let Some(sriov) = inv
+            .functions
+            .get(&gpu.address)
+            .and_then(|f| f.sriov.as_ref())
+        {
+            out.extend(sriov.vfs.iter().copied());
+        }
+    }
+    out.extend(inv.mdev_parents.values().filter_map(|p| p.pci_address));
+    out
+}
+
+/// What the served tree is built from: `inv` without the functions and IOMMU groups no object
+/// shows (on a large host, most of them). The actor keeps this beside the complete inventory
+/// to see what an event changed, so that second copy stays small.
+///
+/// `inv` is borrowed mutably only to copy everything but its per-device maps in one step (the
+/// maps are set aside meanwhile and put back).
+pub fn served_part(inv: &mut Inventory) -> Inventory {
+    let shown = shown_functions(inv);
+    let exported = exported_groups(inv);
+    let maps = DeviceMaps::take(inv);
+    let mut served = inv.clone();
+    served.functions = maps
+        .functions
+        .iter()
+        .filter(|(a, _)| shown.contains(a))
+        .map(|(a, f)| (*a, f.clone()))
+        .collect();
+    served.groups = maps
+        .groups
+        .iter()
+        .filter(|(g, _)| exported.contains(g))
+        .map(|(g, v)| (*g, v.clone()))
+        .collect();
+    served.gpus = maps.gpus.clone();
+    served.mdev_parents = maps.mdev_parents.clone();
+    served.mdevs = maps.mdevs.clone();
+    maps.put_back(inv);
+    served
+}
+
+/// Brings `served` (a [`served_part`]) up to date with the complete inventory `inv`, copying
+/// only the entries that differ, and returns the object keys whose objects may have changed
+/// with them. Only the functions and groups that objects show are compared: an event costs
+/// O(GPUs + mdevs), not O(every PCI function and group of the host).
+///
+/// `inv` is borrowed mutably only to compare what is not a per-device map in one step (its
+/// maps are set aside meanwhile and put back before returning): host-wide facts and any field
+/// the model gains are then synced without being named here.
+pub fn sync_inventory(old: &mut Inventory, new: &mut Inventory) -> BTreeSet<ObjectKey> {
     let mut dirty = BTreeSet::new();
     let mut parents_touched: BTreeSet<String> = BTreeSet::new();
 
-    for a in changed_keys(&old.functions, &new.functions) {
+    let shown = shown_functions(new);
+    let candidates: BTreeSet<PciAddress> =
+        shown.iter().chain(old.functions.keys()).copied().collect();
+    for a in candidates {
+        let now = new.functions.get(&a).filter(|_| shown.contains(&a));
+        let same = match (old.functions.get(&a), now) {
+            (Some(x), Some(y)) => same_function(x, y),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
         dirty.insert(ObjectKey::Gpu(a));
         // A VF's state shows in its PF's ShardParent (nvidia-vf, sriov backends).
-        for f in [old.functions.get(&a), new.functions.get(&a)]
-            .into_iter()
-            .flatten()
-        {
+        for f in [old.functions.get(&a), now].into_iter().flatten() {
             if let Some(pf) = f.physfn {
                 dirty.insert(ObjectKey::Gpu(pf));
             }
         }
-        sync_entry(&mut old.functions, new.functions.get(&a), a);
+        sync_entry(&mut old.functions, now, a);
     }
     for a in changed_keys(&old.gpus, &new.gpus) {
         dirty.insert(ObjectKey::Gpu(a));
@@ -752,9 +882,14 @@ pub fn sync_inventory(old: &mut Inventory, new: &Inventory) -> BTreeSet<ObjectKe
         }
         sync_entry(&mut old.gpus, new.gpus.get(&a), a);
     }
-    for g in changed_keys(&old.groups, &new.groups) {
-        dirty.insert(ObjectKey::Group(g));
-        sync_entry(&mut old.groups, new.groups.get(&g), g);
+    let exported = exported_groups(new);
+    let candidates: BTreeSet<u32> = exported.iter().chain(old.groups.keys()).copied().collect();
+    for g in candidates {
+        let now = new.groups.get(&g).filter(|_| exported.contains(&g));
+        if old.groups.get(&g) != now {
+            dirty.insert(ObjectKey::Group(g));
+            sync_entry(&mut old.groups, now, g);
+        }
     }
     for u in changed_keys(&old.mdevs, &new.mdevs) {
         dirty.insert(ObjectKey::Mdev(u));
@@ -788,17 +923,50 @@ pub fn sync_inventory(old: &mut Inventory, new: &Inventory) -> BTreeSet<ObjectKe
             }
         }
     }
-    if old.kernel_release != new.kernel_release {
-        old.kernel_release.clone_from(&new.kernel_release);
-    }
-    if old.iommu != new.iommu {
-        old.iommu.clone_from(&new.iommu);
-    }
-    old.modules = new.modules;
-    if old.warnings != new.warnings {
-        old.warnings.clone_from(&new.warnings);
-    }
+    sync_remainder(old, new);
     dirty
+}
+
+/// The per-device maps [`sync_inventory`] syncs entry by entry.
+#[derive(Default)]
+struct DeviceMaps {
+    functions: BTreeMap<PciAddress, PciFunction>,
+    gpus: BTreeMap<PciAddress, gpuvirt_core::Gpu>,
+    groups: BTreeMap<u32, gpuvirt_core::IommuGroup>,
+    mdev_parents: BTreeMap<String, MdevParent>,
+    mdevs: BTreeMap<Uuid, gpuvirt_core::Mdev>,
+}
+
+impl DeviceMaps {
+    fn take(inv: &mut Inventory) -> Self {
+        DeviceMaps {
+            functions: std::mem::take(&mut inv.functions),
+            gpus: std::mem::take(&mut inv.gpus),
+            groups: std::mem::take(&mut inv.groups),
+            mdev_parents: std::mem::take(&mut inv.mdev_parents),
+            mdevs: std::mem::take(&mut inv.mdevs),
+        }
+    }
+
+    fn put_back(self, inv: &mut Inventory) {
+        inv.functions = self.functions;
+        inv.gpus = self.gpus;
+        inv.groups = self.groups;
+        inv.mdev_parents = self.mdev_parents;
+        inv.mdevs = self.mdevs;
+    }
+}
+
+/// Copies everything but the per-device maps when it differs: with those maps set aside,
+/// comparing and cloning the rest is cheap.
+fn sync_remainder(old: &mut Inventory, new: &mut Inventory) {
+    let old_maps = DeviceMaps::take(old);
+    let new_maps = DeviceMaps::take(new);
+    if *old != *new {
+        old.clone_from(new);
+    }
+    old_maps.put_back(old);
+    new_maps.put_back(new);
 }
 
 fn sync_entry<K: Ord, V: Clone>(map: &mut BTreeMap<K, V>, new: Option<&V>, key: K) {
@@ -1309,19 +1477,109 @@ pub(crate) mod tests {
                     inv.modules.vfio_pci = false;
                 }),
             ),
+            (
+                "driver override",
+                Box::new(move |inv: &mut Inventory| {
+                    inv.functions.get_mut(&gpu).unwrap().driver_override = Some("vfio-pci".into());
+                }),
+            ),
+            (
+                "kernel release and a warning",
+                Box::new(|inv: &mut Inventory| {
+                    inv.kernel_release = Some("6.2.0-test".into());
+                    inv.warnings.push(gpuvirt_core::ScanWarning {
+                        path: "sys/bus/pci/devices/0000:41:00.0/numa_node".into(),
+                        message: "the file is empty".into(),
+                    });
+                }),
+            ),
+            (
+                "a function no object shows rebinds",
+                Box::new(|inv: &mut Inventory| {
+                    let nic: PciAddress = "0000:01:00.0".parse().unwrap();
+                    inv.functions.get_mut(&nic).unwrap().driver = Some("vfio-pci".into());
+                    inv.groups.get_mut(&12).unwrap().members[0].driver = Some("vfio-pci".into());
+                }),
+            ),
             ("nothing", Box::new(|_: &mut Inventory| {})),
         ];
         for (name, mutate) in &mutations {
             let mut new = base.clone();
             mutate(&mut new);
             let expected_changes = diff(&build(&base), &build(&new));
-            let mut current = base.clone();
-            let mut tree = build(&current);
-            let dirty = sync_inventory(&mut current, &new);
-            assert_eq!(current, new, "{name}: inventories synced");
-            let changes = update(&mut tree, &current, dirty);
+            let mut current = served_part(&mut base.clone());
+            let mut tree = build(&base);
+            let dirty = sync_inventory(&mut current, &mut new);
+            assert_eq!(current, served_part(&mut new), "{name}: inventories synced");
+            let changes = update(&mut tree, &new, dirty);
             assert_eq!(tree, build(&new), "{name}: tree");
             assert_eq!(changes, expected_changes, "{name}: changes");
+        }
+    }
+
+    /// The actor's second copy holds only what objects show: not the NIC, nor its group.
+    #[test]
+    fn served_part_leaves_out_what_no_object_shows() {
+        let mut inv = runbook_inventory();
+        let served = served_part(&mut inv);
+        assert_eq!(inv, runbook_inventory(), "the inventory is put back whole");
+        let nic: PciAddress = "0000:01:00.0".parse().unwrap();
+        assert!(!served.functions.contains_key(&nic));
+        assert!(!served.groups.contains_key(&12));
+        assert_eq!(served.groups.keys().copied().collect::<Vec<_>>(), [66, 67]);
+        assert_eq!(served.mdevs, inv.mdevs);
+        assert_eq!(served.kernel_release, inv.kernel_release);
+        assert_eq!(build(&served), build(&inv));
+    }
+
+    /// The fast comparison says "same" exactly when `==` does, field by field.
+    #[test]
+    fn same_function_agrees_with_eq() {
+        let base = function("0000:41:00.0", 0x030200, Some("nvidia"), 66);
+        type Edit = fn(&mut PciFunction);
+        let edits: [(&str, Edit); 19] = [
+            ("address", |f| f.address = "0000:42:00.0".parse().unwrap()),
+            ("sysfs_path", |f| f.sysfs_path = "devices/x".into()),
+            ("class", |f| f.class = 0x030000),
+            ("revision", |f| f.revision = None),
+            ("ids", |f| f.ids.subsystem_device = 1),
+            ("vendor_name", |f| f.vendor_name = None),
+            ("device_name", |f| f.device_name = Some("x".into())),
+            ("subsystem_name", |f| f.subsystem_name = Some("x".into())),
+            ("driver", |f| f.driver = None),
+            ("driver_override", |f| {
+                f.driver_override = Some("vfio-pci".into())
+            }),
+            ("boot_vga", |f| f.boot_vga = Some(true)),
+            ("numa_node", |f| f.numa_node = Some(1)),
+            ("reset_methods", |f| f.reset_methods.pop().map_or((), drop)),
+            ("modalias", |f| f.modalias = Some("pci:v000010DE".into())),
+            ("kernel_modules", |f| f.kernel_modules.push("x".into())),
+            ("iommu_group", |f| f.iommu_group = Some(1)),
+            ("sriov", |f| {
+                f.sriov = Some(Sriov {
+                    total_vfs: 4,
+                    num_vfs: 0,
+                    vfs: vec![],
+                })
+            }),
+            ("physfn", |f| {
+                f.physfn = Some("0000:40:00.0".parse().unwrap())
+            }),
+            ("nvidia_vgpu", |f| {
+                f.nvidia_vgpu = Some(NvidiaVfVgpu {
+                    creatable_types: vec![],
+                    current_type: None,
+                })
+            }),
+        ];
+        assert!(same_function(&base, &base.clone()));
+        for (field, edit) in edits {
+            let mut other = base.clone();
+            edit(&mut other);
+            assert_ne!(base, other, "{field}: the edit changes the record");
+            assert!(!same_function(&base, &other), "{field}");
+            assert!(!same_function(&other, &base), "{field}");
         }
     }
 
