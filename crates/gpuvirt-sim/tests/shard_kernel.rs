@@ -423,11 +423,13 @@ fn nvidia_per_vf_capacity_create_and_remove() {
         .pci_addresses()
         .into_iter()
         .find(|a| {
-            inv.functions[a].physfn == Some(gpu0.parse().unwrap())
-                && inv.functions[a]
-                    .nvidia_vgpu
-                    .as_ref()
-                    .is_some_and(|v| v.current_type == Some(1151))
+            // The scan holds GPU-related functions only; the VFs of a GPU are among them.
+            inv.functions.get(a).is_some_and(|f| {
+                f.physfn == Some(gpu0.parse().unwrap())
+                    && f.nvidia_vgpu
+                        .as_ref()
+                        .is_some_and(|v| v.current_type == Some(1151))
+            })
         })
         .unwrap();
     let mut ledger = Ledger::default();
