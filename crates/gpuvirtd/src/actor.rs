@@ -179,16 +179,21 @@ impl Actor {
         self.update(BTreeSet::from([Target::All])).await;
     }
 
-    /// Runs until both channels close.
+    /// Runs until the command channel closes. A closed event channel (`--events none`, or a
+    /// source that ended) stops only the event branch: methods and the policy keep working.
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<SourceMessage>,
         mut commands: mpsc::Receiver<Command>,
     ) {
+        let mut events_open = true;
         loop {
             tokio::select! {
-                msg = events.recv() => {
-                    let Some(first) = msg else { break };
+                msg = events.recv(), if events_open => {
+                    let Some(first) = msg else {
+                        events_open = false;
+                        continue;
+                    };
                     let mut targets = BTreeSet::new();
                     let mut announced = BTreeSet::new();
                     add_targets(&mut targets, &mut announced, &first);

@@ -94,6 +94,12 @@ async fn commands_show_the_runbook_host() {
     assert_eq!(mdevs[0]["type"], "nvidia-300");
     assert_eq!(mdevs[0]["parent"], "0000:41:00.0");
 
+    // Without an event source the actor still answers: RenderHostdev goes through it (the
+    // actor used to stop when the event channel closed, and callers read "shutting down").
+    let (ok, xml, stderr) = ctl(&bus, &["xml", UUID]);
+    assert!(ok, "{stderr}");
+    assert!(xml.contains(UUID), "{xml}");
+
     // Errors come back typed, in words.
     let (ok, _, stderr) = ctl(&bus, &["show", "0000:99:00.0"]);
     assert!(!ok);
