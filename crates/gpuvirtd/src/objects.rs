@@ -1131,7 +1131,20 @@ fn shard_parent_of(inv: &Inventory, f: &PciFunction) -> Option<ShardParentProps>
     Some(ShardParentProps {
         name: f.address.to_string(),
         backend: api::backend::SRIOV.to_owned(),
-        types: HashMap::new(),
+        // One type, the VF itself (the id the policy's `type = "vf"` names); what is left to
+        // enable is its available count.
+        types: HashMap::from([(
+            gpuvirt_core::policy::shard::SRIOV_VF_TYPE.to_owned(),
+            (
+                "SR-IOV VF".to_owned(),
+                format!(
+                    "virtual function, {} of {} enabled",
+                    sriov.num_vfs, sriov.total_vfs
+                ),
+                "vfio-pci".to_owned(),
+                sriov.total_vfs.saturating_sub(sriov.num_vfs),
+            ),
+        )]),
         children: vfs.iter().filter_map(|vf| vf_path(vf)).collect(),
     })
 }

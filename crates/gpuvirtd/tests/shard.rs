@@ -764,6 +764,19 @@ async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
     })
     .await
     .expect("the 4 VFs served as the parent's children");
+    // Its one type is the VF, with what is left to enable as the available count.
+    let p = api::ShardParentProxy::builder(&conn)
+        .path(gpu_path(PF))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let types = p.types().await.unwrap();
+    let (name, _, api_name, available) = types.get("vf").cloned().expect("a vf type");
+    assert_eq!(
+        (name.as_str(), api_name.as_str(), available),
+        ("SR-IOV VF", "vfio-pci", 28)
+    );
 
     // Restart: nothing written (no uevent), still 4.
     drop(d);
