@@ -1,8 +1,9 @@
 //! Faults around the daemon's own state and a parent that vanishes mid-create, on the runbook's
 //! V100 in the FUSE-simulated kernel: the state directory turned read-only while serving, the
 //! state directory full (ENOSPC on the ledger's temporary file), and the parent hot-removed from
-//! inside the sysfs `create` write of a definition. After each the daemon keeps serving, sysfs
-//! holds no mdev the ledger does not record, and once the fault is gone the same call succeeds.
+//! inside the sysfs `create` write (of a definition, a CreateMdev and the policy's start-up
+//! apply). After each the daemon keeps serving, sysfs holds no mdev the ledger does not record,
+//! and once the fault is gone the same call succeeds or the same UUIDs come back.
 //!
 //! The mounts (bind read-only, tmpfs) are made on this test's temp dir only; run as root in a
 //! private mount namespace (`unshare -m --propagation private cargo test ...`). Needs
@@ -628,4 +629,121 @@ async fn still_serving_without_v100(d: &Gpuvirtd, conn: &zbus::Connection) {
     )
     .await;
     assert!(r.is_ok(), "manager not served: {r:?}\n{}", d.log());
+}
+
+const EXAMPLE_POLICY: &str = include_str!("../../../config/policy.toml");
+
+/// The Manager's `LastApply`.
+async fn last_apply(d: &Gpuvirtd, conn: &zbus::Connection) -> String {
+    let r = bounded(
+        d,
+        "LastApply",
+        call(
+            conn,
+            api::MANAGER_PATH,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            &(api::MANAGER_INTERFACE, "LastApply"),
+        ),
+    )
+    .await
+    .unwrap();
+    let v: zbus::zvariant::OwnedValue = r.body().deserialize().unwrap();
+    String::try_from(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_vanishing_during_policy_apply_then_replug_converges() {
+    if !fuse_available() {
+        return;
+    }
+    let host = Host::boot();
+    // The start-up apply creates the policy's two vGPUs; the card drops off at the second.
+    host.creates_left.store(1, Ordering::SeqCst);
+    let policy = host.dir.path().join("policy.toml");
+    std::fs::write(&policy, EXAMPLE_POLICY).unwrap();
+    let bus = Bus::start();
+    let d = Gpuvirtd::start(
+        &bus.address,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        &host.state(),
+        &["--policy", policy.to_str().unwrap()],
+    )
+    .await;
+    let conn = bus.connect().await;
+    let want: Vec<uuid::Uuid> = {
+        let mut v: Vec<uuid::Uuid> = (0..2)
+            .map(|i| gpuvirt_core::plan::mdev_uuid("vdi", V100, i))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for(&d, "the trap to fire", || {
+        host.creates_left.load(Ordering::SeqCst) == usize::MAX
+    })
+    .await;
+    let device = host.root().join(format!("sys/bus/pci/devices/{V100}"));
+    assert!(!device.exists(), "the card is still there\n{}", d.log());
+    wait_for(&d, "the apply reported", || {
+        d.log().contains("ENODEV") || d.log().contains("is gone")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let report = loop {
+        let r = last_apply(&d, &conn).await;
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no LastApply\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("faults: policy apply as the parent vanishes -> LastApply:\n{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("failed: ") && l.contains("ENODEV")),
+        "the failure is not reported: {report}"
+    );
+    wait_for(&d, "mdevs gone with their parent", || {
+        host.sysfs_mdevs().is_empty()
+    })
+    .await;
+    // Whatever the ledger keeps for the vanished card names only the policy's UUIDs.
+    let ledger = host.ledger();
+    for u in ledger.mdevs.keys() {
+        assert!(want.contains(u), "unexpected ledger mdev {u}: {ledger:#?}");
+    }
+    still_serving_without_v100(&d, &conn).await;
+
+    host.with_kernel_mut(|k| k.replug(V100.parse().unwrap()).unwrap());
+    wait_for(&d, "the policy's two vGPUs back with their UUIDs", || {
+        host.sysfs_mdevs() == want
+    })
+    .await;
+    wait_for(&d, "the ledger records both", || {
+        let l = host.ledger();
+        want.iter().all(|u| l.mdevs.contains_key(u))
+    })
+    .await;
+    check_consistent(&host, &d);
+    still_serving(&d, &conn).await;
+    // The steps the failure left unattempted are done too: a later apply converged and
+    // LastApply says so (the runbook fixture has no initramfs tool, so that step may fail).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let r = last_apply(&d, &conn).await;
+        if r.contains("done: write /etc/modprobe.d/gpuvirt.conf") {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no converging apply; LastApply: {r}\n--- log ---\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("faults: LastApply after replug:\n{after}");
+    assert!(!after.contains("failed: create mdev"), "{after}");
+    assert!(host.root().join("etc/modprobe.d/gpuvirt.conf").exists());
 }
