@@ -1264,7 +1264,13 @@ impl Executor {
                     what: format!("creating mdev {uuid} of type {type_id} on {parent} (the parent rejected it)"),
                     source: e,
                 },
-                _ => self.write_error(None, format!("creating mdev {uuid} on {parent}"), e),
+                // A PCI parent that vanished mid-create is DeviceGone (NoSuchDevice on D-Bus);
+                // a virtual parent has no address to check, so its errno stays as it is.
+                _ => self.write_error(
+                    parent.parse().ok(),
+                    format!("creating mdev {uuid} on {parent}"),
+                    e,
+                ),
             };
             undo(self, steps);
             return Err(err);
