@@ -550,28 +550,38 @@ fn slot_targets(card: &Card) -> Vec<Target> {
     targets
 }
 
+/// The slot of `address` as the inventory shows it.
+fn card_of(inv: &Inventory, address: PciAddress) -> Result<Card, OpError> {
+    let functions = render::card_functions(inv, address)
+        .map_err(|e| OpError::new("NoSuchDevice", e.to_string()))?;
+    let mut groups: Vec<u32> = functions.iter().filter_map(|f| f.iommu_group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(Card {
+        functions: functions
+            .into_iter()
+            .map(|f| (f.address, f.driver.clone()))
+            .collect(),
+        groups,
+        vfio_pci_loaded: inv.modules.vfio_pci,
+    })
+}
+
 /// Reads the card and the interlock facts; the facts read /proc, so off the actor's task.
 async fn card_and_facts(
     m: &Mutator,
     address: PciAddress,
 ) -> Result<(Card, Facts, Arc<Inventory>), OpError> {
+    // Plan against what sysfs says now, not what the last processed uevent said: a rebind
+    // whose uevents are still queued would otherwise be planned from the old driver.
+    let stale = m
+        .inspect(move |inv| card_of(inv, address).ok().map(|c| slot_targets(&c)))
+        .await?;
+    if let Some(targets) = stale {
+        m.refresh(targets).await;
+    }
     let inv = m.inspect(|inv| Arc::new(inv.clone())).await?;
-    let card = Card {
-        functions: render::card_functions(&inv, address)
-            .map_err(|e| OpError::new("NoSuchDevice", e.to_string()))?
-            .into_iter()
-            .map(|f| (f.address, f.driver.clone()))
-            .collect(),
-        groups: {
-            let mut g: Vec<u32> = render::card_functions(&inv, address)
-                .map(|fs| fs.iter().filter_map(|f| f.iommu_group).collect())
-                .unwrap_or_default();
-            g.sort_unstable();
-            g.dedup();
-            g
-        },
-        vfio_pci_loaded: inv.modules.vfio_pci,
-    };
+    let card = card_of(&inv, address)?;
     let root = m.root.clone();
     let inv2 = inv.clone();
     let facts = tokio::task::spawn_blocking(move || Facts::gather(&root, &inv2, address.slot()))
