@@ -178,7 +178,7 @@ impl Scanner {
         };
 
         for name in list_sorted(&mut r, Path::new(MDEV_BUS)) {
-            if let Some(p) = read_parent(&mut r, &name, None) {
+            if let Some(p) = read_parent(&mut r, &name) {
                 inv.mdev_parents.insert(name, p);
             }
         }
@@ -1203,15 +1203,10 @@ impl Scanner {
             parents.insert(m.parent.clone());
             groups.extend(m.iommu_group);
         }
-        // Moved between parents (a uuid reused elsewhere): both are read in full.
-        let parent_changed = matches!((&old, &new), (Some(o), Some(n)) if o.parent != n.parent);
-        if parent_changed {
+        let parent_changed = old.as_ref().map(|m| &m.parent) != new.as_ref().map(|m| &m.parent);
+        if appeared_or_went || parent_changed {
             for p in parents {
                 reload_parent(r, inv, &p);
-            }
-        } else if appeared_or_went {
-            for p in parents {
-                reload_instances(r, inv, &p);
             }
         }
         for g in groups {
@@ -1228,12 +1223,7 @@ fn recompute_iommu_status(inv: &mut Inventory) {
 
 /// Reads `/sys/class/mdev_bus/<name>` and its types (through the class link, so every
 /// warning about a parent lies under its class entry).
-///
-/// `known` is the parent as last read: a type it already lists keeps its name, description
-/// and device_api (fixed by the driver for a type id while the parent is registered) and only
-/// `available_instances` is re-read, so the refresh after each create or remove reads one file
-/// per type instead of four. A type that appeared is read in full.
-fn read_parent(r: &mut Reader<'_>, name: &str, known: Option<&MdevParent>) -> Option<MdevParent> {
+fn read_parent(r: &mut Reader<'_>, name: &str) -> Option<MdevParent> {
     let link = Path::new(MDEV_BUS).join(name);
     let sysfs_path = match r.read_link(&link) {
         Ok(target) => match resolve_link(Path::new("class/mdev_bus"), &target) {
@@ -1272,21 +1262,10 @@ fn read_parent(r: &mut Reader<'_>, name: &str, known: Option<&MdevParent>) -> Op
     let mut types = Vec::with_capacity(ids.len());
     for id in ids {
         let dir = types_dir.join(&id);
-        let (name, description, device_api) =
-            // A type read with a warning (a required attribute missing or empty) is read again:
-            // the warnings under the parent were cleared for this pass.
-            match known
-                .and_then(|k| k.types.iter().find(|t| t.id == id))
-                .filter(|t| t.name.is_some() && t.device_api.is_some())
-            {
-                Some(t) => (t.name.clone(), t.description.clone(), t.device_api.clone()),
-                None => (
-                    type_attr(r, &dir.join("name"), true),
-                    // mtty and other sample drivers have no description.
-                    type_attr(r, &dir.join("description"), false),
-                    type_attr(r, &dir.join("device_api"), true),
-                ),
-            };
+        let name = type_attr(r, &dir.join("name"), true);
+        // mtty and other sample drivers have no description.
+        let description = type_attr(r, &dir.join("description"), false);
+        let device_api = type_attr(r, &dir.join("device_api"), true);
         let available_path = dir.join("available_instances");
         let available_instances =
             type_attr(r, &available_path, true).and_then(|v| match v.parse::<u32>() {
@@ -1342,29 +1321,6 @@ fn type_attr(r: &mut Reader<'_>, path: &Path, required: bool) -> Option<String> 
     }
 }
 
-/// What an mdev's creation or removal changes on its parent: the instance counts. Re-reads
-/// `available_instances` of each type (and the type list, the link) but keeps what the
-/// driver fixes per type id; a parent not read before is read in full. An explicit
-/// [`RefreshTarget::MdevParent`] still reads everything.
-fn reload_instances(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return;
-    }
-    let Some(known) = inv.mdev_parents.get(name).cloned() else {
-        return reload_parent(r, inv, name);
-    };
-    let prefix = Path::new(MDEV_BUS).join(name);
-    inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    match read_parent(r, name, Some(&known)) {
-        Some(p) => {
-            inv.mdev_parents.insert(name.to_string(), p);
-        }
-        None => {
-            inv.mdev_parents.remove(name);
-        }
-    }
-}
-
 fn reload_parent(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
     let prefix = Path::new(MDEV_BUS).join(name);
     // A name with a path separator cannot be an mdev_bus entry (and must not escape it).
@@ -1372,7 +1328,7 @@ fn reload_parent(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
         return;
     }
     inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    match read_parent(r, name, None) {
+    match read_parent(r, name) {
         Some(p) => {
             inv.mdev_parents.insert(name.to_string(), p);
         }

@@ -82,6 +82,12 @@ pub fn parse_wire(buf: &[u8]) -> Option<KernelEvent> {
 /// What an event makes stale. Anything not understood maps to [`Target::All`].
 pub fn targets(ev: &KernelEvent) -> Vec<Target> {
     let name = ev.devpath.rsplit('/').next().unwrap_or_default();
+    let parent_name = ev
+        .devpath
+        .rsplit('/')
+        .nth(1)
+        .filter(|p| is_safe_component(p))
+        .map(str::to_owned);
     if ev.mdev_state.is_some() {
         // The name becomes `/sys/class/mdev_bus/<name>`: one that is not a plain component
         // (`..`, empty) is not a parent the kernel announced, so read everything instead.
@@ -99,10 +105,16 @@ pub fn targets(ev: &KernelEvent) -> Vec<Target> {
             Err(_) => vec![Target::All],
         },
         "mdev" => match name.parse::<Uuid>() {
-            // The parent's available_instances change with every create/remove: refreshing
-            // the mdev re-reads them when it finds the mdev appeared or went (and only them,
-            // not every type attribute). A bind or unbind changes only the mdev.
-            Ok(uuid) => vec![Target::Mdev(uuid)],
+            // The parent's available_instances change with every create/remove. A bind or
+            // unbind changes only the mdev: re-reading every type of the parent then is the
+            // most expensive part of the pass (one `add` is followed by a `bind`).
+            Ok(uuid) => {
+                let mut out = vec![Target::Mdev(uuid)];
+                if matches!(ev.action.as_str(), "add" | "remove") {
+                    out.extend(parent_name.map(Target::MdevParent));
+                }
+                out
+            }
             Err(_) => vec![Target::All],
         },
         "vfio" => match name.parse::<u32>() {
@@ -449,7 +461,13 @@ mod tests {
             &format!("/devices/pci0000:40/0000:40:01.1/0000:41:00.0/{uuid}"),
             "mdev",
         );
-        assert_eq!(targets(&mdev), [Target::Mdev(uuid.parse().unwrap())]);
+        assert_eq!(
+            targets(&mdev),
+            [
+                Target::Mdev(uuid.parse().unwrap()),
+                Target::MdevParent("0000:41:00.0".into())
+            ]
+        );
         // Binding changes the mdev alone; its parent's types stay as they were.
         let bind = ev(
             "bind",

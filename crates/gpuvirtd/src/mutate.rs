@@ -740,12 +740,8 @@ pub async fn return_to_host(
 // Sharding
 // ---------------------------------------------------------------------------------------
 
-/// What a create, start or removal of `uuid` changes. Refreshing the mdev alone is enough:
-/// when it appeared or went (or moved parent), the refresh re-reads its parents' instance
-/// counts itself; when the uevents already brought the tree up to date, it reads just the
-/// mdev's links instead of every type of the parent again.
-fn mdev_targets(_parent: &str, uuid: Uuid) -> Vec<Target> {
-    vec![Target::Mdev(uuid)]
+fn mdev_targets(parent: &str, uuid: Uuid) -> Vec<Target> {
+    vec![Target::MdevParent(parent.to_string()), Target::Mdev(uuid)]
 }
 
 /// `ShardParent.CreateMdev(s type, s uuid, a{sv}) -> o mdev`: an empty `uuid` is generated.
