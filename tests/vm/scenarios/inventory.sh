@@ -77,8 +77,10 @@ elif run_inventory "$INV"; then
     krel=$(jqv "$INV" .kernel_release)
     [ "$krel" = "$(uname -r)" ] && pass "kernel_release $krel" || fail "kernel_release: inventory '$krel', uname '$(uname -r)'"
 
-    # Every PCI function with its class, driver, group and boot_vga: one line per function from
-    # sysfs (shell reads) and from the inventory (one jq call), compared as sorted lists.
+    # The scan is GPU-scoped: every PCI function is known by its class; GPUs, their slot
+    # companions and every member of their IOMMU groups are read in full. Lines compared as
+    # "address class driver group boot_vga", one per function, from sysfs (shell reads) and
+    # from the inventory (one jq call).
     for d in /sys/bus/pci/devices/*; do
         a=${d##*/}
         drv=$(pci_driver "$a"); [ "$drv" = - ] && drv=null
@@ -86,13 +88,28 @@ elif run_inventory "$INV"; then
         case $(attr "$d/boot_vga") in 1) bv=true ;; 0) bv=false ;; *) bv=null ;; esac
         echo "$a $(( $(attr "$d/class") )) $drv $grp $bv"
     done | sort > "$SCENARIO_OUT/functions.sysfs"
+    awk '{print $1" "$2}' "$SCENARIO_OUT/functions.sysfs" > "$SCENARIO_OUT/classes.sysfs"
+    jq -r '.pci_classes | to_entries[] | "\(.key) \(.value)"' "$INV" | sort > "$SCENARIO_OUT/classes.inventory"
+    if diff -u "$SCENARIO_OUT/classes.sysfs" "$SCENARIO_OUT/classes.inventory" > "$SCENARIO_OUT/classes.diff"; then
+        pass "all $(wc -l < "$SCENARIO_OUT/classes.sysfs") PCI functions known with their class"
+    else
+        fail "PCI classes differ (- sysfs, + inventory): $(grep '^[-+][0-9]' "$SCENARIO_OUT/classes.diff" | tr '\n' ';')"
+    fi
     jq -r '.functions | to_entries[] | .value | "\(.address) \(.class) \(.driver) \(.iommu_group) \(.boot_vga)"' "$INV" \
         | sort > "$SCENARIO_OUT/functions.inventory"
-    if diff -u "$SCENARIO_OUT/functions.sysfs" "$SCENARIO_OUT/functions.inventory" > "$SCENARIO_OUT/functions.diff"; then
-        pass "all $(wc -l < "$SCENARIO_OUT/functions.sysfs") PCI functions: address, class, driver, group, boot_vga match sysfs"
-    else
-        fail "PCI functions differ (- sysfs, + inventory): $(grep '^[-+][0-9]' "$SCENARIO_OUT/functions.diff" | tr '\n' ';')"
-    fi
+    wrong=$(comm -13 "$SCENARIO_OUT/functions.sysfs" "$SCENARIO_OUT/functions.inventory" | tr '\n' ';')
+    [ -z "$wrong" ] && pass "all $(wc -l < "$SCENARIO_OUT/functions.inventory") functions read in full: address, class, driver, group, boot_vga match sysfs" \
+        || fail "functions read in full differ from sysfs: $wrong"
+    # Scope: every display adapter and every member of its IOMMU group is read in full.
+    missing=
+    for a in "${DISPLAYS[@]}"; do
+        g=$(pci_group "$a"); [ "$g" = - ] && continue
+        for m in $(ls "/sys/kernel/iommu_groups/$g/devices"); do
+            grep -q "^$m " "$SCENARIO_OUT/functions.inventory" || missing="$missing $m(group $g of $a)"
+        done
+    done
+    [ -z "$missing" ] && pass "every display adapter's group members are in the inventory" \
+        || fail "group members of display adapters missing from the inventory:$missing"
 
     # Display adapters: the GPUs, each bound to its real driver and in a group; one boot VGA.
     inv_gpus=$(jqv "$INV" '.gpus | keys[]' | sort | tr '\n' ' ')
@@ -114,17 +131,24 @@ elif run_inventory "$INV"; then
     done
     [ "${#boot_vgas[@]}" = 1 ] && pass "exactly one boot VGA: ${boot_vgas[*]}" || fail "boot VGA devices: '${boot_vgas[*]}'"
 
-    # Groups and their members.
+    # Groups and their members: every group the inventory holds matches sysfs exactly, the
+    # display adapters' groups are among them, and every group of the host is counted.
     for g in /sys/kernel/iommu_groups/*; do
         echo "${g##*/}: $(ls "$g/devices" | sort | tr '\n' ' ')"
     done | sort > "$SCENARIO_OUT/groups.sysfs"
     jq -r '.groups | to_entries[] | "\(.key): \([.value.members[].name] | sort | join(" ")) "' "$INV" \
         | sort > "$SCENARIO_OUT/groups.inventory"
-    if diff -u "$SCENARIO_OUT/groups.sysfs" "$SCENARIO_OUT/groups.inventory" > "$SCENARIO_OUT/groups.diff"; then
-        pass "all $ngroups IOMMU groups and their members match sysfs"
-    else
-        fail "IOMMU groups differ (- sysfs, + inventory): $(grep '^[-+][0-9]' "$SCENARIO_OUT/groups.diff" | tr '\n' ';')"
-    fi
+    wrong=$(comm -13 "$SCENARIO_OUT/groups.sysfs" "$SCENARIO_OUT/groups.inventory" | tr '\n' ';')
+    [ -z "$wrong" ] && pass "all $(wc -l < "$SCENARIO_OUT/groups.inventory") IOMMU groups read match sysfs with every member" \
+        || fail "IOMMU groups differ from sysfs: $wrong"
+    for a in "${DISPLAYS[@]}"; do
+        g=$(pci_group "$a"); [ "$g" = - ] && continue
+        grep -q "^$g: " "$SCENARIO_OUT/groups.inventory" || fail "group $g of display $a missing from the inventory"
+    done
+    ids_sysfs=$(ls /sys/kernel/iommu_groups | sort -n | tr '\n' ' ')
+    ids_inv=$(jqv "$INV" '.group_ids[]' | sort -n | tr '\n' ' ')
+    [ "$ids_inv" = "$ids_sysfs" ] && pass "all $ngroups IOMMU group ids known" \
+        || fail "group ids: inventory '$ids_inv', sysfs '$ids_sysfs'"
 fi
 
 # ------------------------------------------------------------- facts: driver_override and vfio rebind
