@@ -12,14 +12,13 @@ mod common;
 #[path = "shard_support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{fuse_available, Bus, SignalRecorder, SimHost};
 use gpuvirt_api as api;
 use gpuvirt_sim::fuse::lock_backend;
-use support::{call, gpu_path, no_opts, opts, passthrough, CallErr};
+use support::{call, gpu_path, no_opts, opts, passthrough, CallErr, Gpuvirtd as Daemon};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 const V100: &str = "0000:41:00.0";
@@ -42,52 +41,16 @@ role = "shard"
 shard = { type = "nvidia-300", count = 1 }
 "#;
 
-/// gpuvirtd with `--policy` and a state dir, killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    async fn start(bus: &Bus, host: &SimHost, policy: &Path) -> Daemon {
-        let log = host.dir.path().join("gpuvirtd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
-            .arg("--root")
-            .arg(host.root())
-            .args(["--bus-address", &bus.address])
-            .arg("--events")
-            .arg(format!("sim:{}", host.socket.display()))
-            .arg("--policy")
-            .arg(policy)
-            .arg("--state-dir")
-            .arg(host.dir.path().join("state"))
-            .args(["--log", "gpuvirtd=debug"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, log };
-        let conn = bus.connect().await;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let name = zbus::names::BusName::try_from(api::BUS_NAME).unwrap();
-        while !dbus.name_has_owner(name.clone()).await.unwrap() {
-            assert!(Instant::now() < deadline, "no name: {}", d.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// gpuvirtd with `--policy` and the host's state dir (shard_support's daemon, killed on drop).
+async fn start_daemon(bus: &Bus, host: &SimHost, policy: &Path) -> Daemon {
+    Daemon::start(
+        &bus.address,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        &host.dir.path().join("state"),
+        &["--policy", policy.to_str().unwrap()],
+    )
+    .await
 }
 
 fn mdevs(host: &SimHost) -> Vec<String> {
@@ -205,7 +168,7 @@ async fn manual_operations_follow_the_policy() {
     let policy = host.dir.path().join("policy.toml");
     std::fs::write(&policy, UNMANAGED).unwrap();
     let bus = Bus::start();
-    let d = Daemon::start(&bus, &host, &policy).await;
+    let d = start_daemon(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     wait_facts(&conn, ("unmanaged", "vdi"), &d).await;
 
@@ -356,7 +319,7 @@ async fn policy_facts_are_empty_without_a_policy_and_follow_the_default_role() {
     let policy = host.dir.path().join("policy.toml");
     let bus = Bus::start();
     // No policy file: no policy in force, the properties are "".
-    let d = Daemon::start(&bus, &host, &policy).await;
+    let d = start_daemon(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     assert_eq!(policy_facts(&conn).await, (String::new(), String::new()));
     // A policy whose default role governs the card: its role, no rule name; and manual

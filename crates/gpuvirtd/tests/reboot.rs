@@ -9,77 +9,42 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "shard_support/mod.rs"]
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{fuse_available, Bus, SimHost};
 use gpuvirt_api as api;
+use support::Gpuvirtd as Daemon;
 use zbus::zvariant::OwnedValue;
 
 const EXAMPLE: &str = include_str!("../../../config/policy.toml");
 
-/// gpuvirtd with `--policy` and a state dir, killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
+/// gpuvirtd with `--policy` and the host's state dir (shard_support's daemon, killed on drop).
+async fn start_daemon(bus: &Bus, host: &SimHost, policy: &Path) -> Daemon {
+    Daemon::start(
+        &bus.address,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        &host.dir.path().join("state"),
+        &["--policy", policy.to_str().unwrap()],
+    )
+    .await
 }
 
-impl Daemon {
-    async fn start(bus: &Bus, host: &SimHost, policy: &Path, run: u32) -> Daemon {
-        let log = host.dir.path().join(format!("gpuvirtd-{run}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
-            .arg("--root")
-            .arg(host.root())
-            .args(["--bus-address", &bus.address])
-            .arg("--events")
-            .arg(format!("sim:{}", host.socket.display()))
-            .arg("--policy")
-            .arg(policy)
-            .arg("--state-dir")
-            .arg(host.dir.path().join("state"))
-            .args(["--log", "gpuvirtd=debug"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, log };
-        let conn = bus.connect().await;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let name = zbus::names::BusName::try_from(api::BUS_NAME).unwrap();
-        while !dbus.name_has_owner(name.clone()).await.unwrap() {
-            assert!(Instant::now() < deadline, "no name: {}", d.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Stops the daemon and waits until its bus name is gone.
-    async fn stop(mut self, bus: &Bus) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let conn = bus.connect().await;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
-        let name = zbus::names::BusName::try_from(api::BUS_NAME).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while dbus.name_has_owner(name.clone()).await.unwrap() {
-            assert!(Instant::now() < deadline, "the old daemon kept its name");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Stops the daemon and waits until its bus name is gone.
+async fn stop(mut d: Daemon, bus: &Bus) {
+    d.kill();
+    let conn = bus.connect().await;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+    let name = zbus::names::BusName::try_from(api::BUS_NAME).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dbus.name_has_owner(name.clone()).await.unwrap() {
+        assert!(Instant::now() < deadline, "the old daemon kept its name");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -173,7 +138,7 @@ async fn reboot_required_survives_a_restart_and_clears_after_a_reboot() {
     assert_eq!(boot_id.len(), 36, "{boot_id:?}");
 
     // The apply writes the blacklist and regenerates the initramfs: a reboot is needed.
-    let d = Daemon::start(&bus, &host, &policy, 1).await;
+    let d = start_daemon(&bus, &host, &policy).await;
     let (required, reasons) = reboot_state(&conn, &d).await;
     assert!(required, "{reasons:?}\n{}", d.log());
     let has = |reasons: &[String], needle: &str| reasons.iter().any(|r| r.contains(needle));
@@ -189,26 +154,26 @@ async fn reboot_required_survives_a_restart_and_clears_after_a_reboot() {
     assert!(saved.contains(&boot_id), "{saved}");
 
     // Restarted in the same boot: nothing to apply, and still a reboot to do.
-    d.stop(&bus).await;
-    let d = Daemon::start(&bus, &host, &policy, 2).await;
+    stop(d, &bus).await;
+    let d = start_daemon(&bus, &host, &policy).await;
     let (required, after_restart) = reboot_state(&conn, &d).await;
     assert!(required, "{}", d.log());
     assert_eq!(after_restart, reasons);
 
     // A reboot that took effect: new boot id, nouveau not loaded (the runbook host runs the
     // nvidia driver), the file in place → no reboot required.
-    d.stop(&bus).await;
+    stop(d, &bus).await;
     reboot(&host, "0b5e3c2a-9d8f-4e7a-b6c5-d4e3f2a1b0c9");
-    let d = Daemon::start(&bus, &host, &policy, 3).await;
+    let d = start_daemon(&bus, &host, &policy).await;
     let (required, reasons) = reboot_state(&conn, &d).await;
     assert!(!required, "{reasons:#?}\n{}", d.log());
     assert!(reasons.is_empty(), "{reasons:#?}");
 
     // A boot in which the blacklist did not take (nouveau loaded): required, naming it.
-    d.stop(&bus).await;
+    stop(d, &bus).await;
     reboot(&host, "1c6f4d3b-ae90-4f8b-87d6-e5f4a3b2c1d0");
     host.with_kernel_mut(|k| k.load_module("nouveau").unwrap());
-    let d = Daemon::start(&bus, &host, &policy, 4).await;
+    let d = start_daemon(&bus, &host, &policy).await;
     let (required, reasons) = reboot_state(&conn, &d).await;
     assert!(required, "{}", d.log());
     assert_eq!(reasons.len(), 1, "{reasons:#?}");
