@@ -13,6 +13,7 @@
 
 pub mod names;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -28,7 +29,7 @@ use crate::ledger::{
 };
 use crate::model::{PciAddress, PciSlot};
 use crate::plan::action::VFIO_PCI;
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, Plan, PlannedAction};
 use crate::root::Root;
 pub use names::NameError;
 
@@ -518,17 +519,47 @@ impl Executor {
     /// Runs a plan's actions in order, stopping at the first failure.
     pub fn execute(&mut self, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let mut actions = plan.actions.iter();
-        for planned in actions.by_ref() {
-            let r = self.run(&planned.action, planned.rule.as_deref());
-            if r.succeeded() {
-                report.done.push(r);
+        let actions = &plan.actions;
+        let mut next = 0;
+        while next < actions.len() {
+            // Consecutive mdev creations run as one batch (one ledger save for all).
+            let creations = actions[next..]
+                .iter()
+                .take_while(|a| matches!(a.action, Action::CreateMdev { .. }))
+                .count();
+            let reports = if creations > 1 {
+                let batch = &actions[next..next + creations];
+                next += creations;
+                self.create_mdevs(batch)
             } else {
-                report.failed = Some(r);
+                let planned = &actions[next];
+                next += 1;
+                vec![self.run(&planned.action, planned.rule.as_deref())]
+            };
+            let attempted = reports.len();
+            // A batch reports at most one failure.
+            for r in reports {
+                if r.succeeded() {
+                    report.done.push(r);
+                } else {
+                    report.failed = Some(r);
+                }
+            }
+            if report.failed.is_some() {
+                // Within a batch, what follows the failure was not attempted either.
+                let skipped_in_batch = if creations > 1 {
+                    creations - attempted
+                } else {
+                    0
+                };
+                next -= skipped_in_batch;
                 break;
             }
         }
-        report.not_attempted = actions.map(|a| a.action.to_string()).collect();
+        report.not_attempted = actions[next..]
+            .iter()
+            .map(|a| a.action.to_string())
+            .collect();
         report
     }
 
@@ -1184,6 +1215,133 @@ impl Executor {
         target.file_name()?.to_str().map(str::to_string)
     }
 
+    /// Checks that `parent` and its `type_id` exist; `seen` remembers the directories found in
+    /// this batch, so a batch of creations on one parent stats them once.
+    fn check_create_target(
+        &self,
+        parent: &str,
+        type_id: &str,
+        seen: &mut BTreeSet<PathBuf>,
+    ) -> Result<PathBuf, ExecError> {
+        names::mdev_parent(parent)?;
+        names::mdev_type(type_id)?;
+        let parent_dir = PathBuf::from(format!("sys/class/mdev_bus/{parent}"));
+        let type_dir = parent_dir.join("mdev_supported_types").join(type_id);
+        if seen.contains(&type_dir) {
+            return Ok(type_dir);
+        }
+        if !seen.contains(&parent_dir) {
+            if !self.exists(&parent_dir) {
+                return Err(ExecError::NoSuchParent {
+                    parent: parent.to_string(),
+                });
+            }
+            seen.insert(parent_dir);
+        }
+        if !self.exists(&type_dir) {
+            return Err(ExecError::UnknownType {
+                parent: parent.to_string(),
+                type_id: type_id.to_string(),
+            });
+        }
+        seen.insert(type_dir.clone());
+        Ok(type_dir)
+    }
+
+    /// The ledger record a creation of `uuid` writes (keeping what a definition of the same
+    /// UUID already says: start mode, attributes, defined).
+    fn create_record(
+        &self,
+        parent: &str,
+        type_id: &str,
+        uuid: Uuid,
+        rule: Option<&str>,
+    ) -> MdevRecord {
+        let previous = self.ledger.mdevs.get(&uuid);
+        MdevRecord {
+            parent: parent.to_string(),
+            type_id: type_id.to_string(),
+            start: previous.map_or(MdevStart::Auto, |p| p.start),
+            attrs: previous.map(|p| p.attrs.clone()).unwrap_or_default(),
+            rule: rule.map(str::to_string),
+            defined: previous.is_some_and(|p| p.defined),
+            created_by_gpuvirt: true,
+        }
+    }
+
+    /// Writes `uuid` to the type's `create` file. `Ok(true)`: created; `Ok(false)`: it
+    /// already existed, gpuvirt made it (`was_ours`) and it has the wanted type.
+    fn write_create(
+        &self,
+        type_dir: &Path,
+        parent: &str,
+        type_id: &str,
+        uuid: Uuid,
+        was_ours: bool,
+        steps: &mut Steps,
+    ) -> Result<bool, ExecError> {
+        let Err(e) = self.write(steps, &type_dir.join("create"), &uuid.to_string()) else {
+            return Ok(true);
+        };
+        Err(match e.errno {
+            ENOSPC | EUSERS => ExecError::NoCapacity {
+                parent: parent.to_string(),
+                type_id: type_id.to_string(),
+            },
+            EEXIST => {
+                let existing = self.mdev_type_of(uuid);
+                if was_ours && existing.as_deref() == Some(type_id) {
+                    steps.skipped(
+                        format!("create mdev {uuid}"),
+                        "it already exists, gpuvirt made it and it has the wanted type",
+                    );
+                    return Ok(false);
+                }
+                ExecError::AlreadyExists {
+                    uuid,
+                    existing_type: existing,
+                }
+            }
+            EINVAL => ExecError::Write {
+                what: format!(
+                    "creating mdev {uuid} of type {type_id} on {parent} (the parent rejected it)"
+                ),
+                source: e,
+            },
+            // A PCI parent that vanished mid-create is DeviceGone (NoSuchDevice on D-Bus);
+            // a virtual parent has no address to check, so its errno stays as it is.
+            _ => self.write_error(
+                parent.parse().ok(),
+                format!("creating mdev {uuid} on {parent}"),
+                e,
+            ),
+        })
+    }
+
+    /// Puts the ledger records of `uuids` back to what they were before their creation
+    /// was recorded (`previous`), in one save.
+    fn undo_create_records(&mut self, steps: &mut Steps, undo: Vec<(Uuid, Option<MdevRecord>)>) {
+        if undo.is_empty() {
+            return;
+        }
+        let why = match undo.as_slice() {
+            [(uuid, _)] => format!("mdev {uuid} not created"),
+            many => format!("{} mdevs not created", many.len()),
+        };
+        let _ = self.commit(steps, &why, |l| {
+            for (uuid, previous) in undo {
+                match previous {
+                    Some(p) => {
+                        l.mdevs.insert(uuid, p);
+                    }
+                    None => {
+                        l.mdevs.remove(&uuid);
+                    }
+                }
+            }
+        });
+    }
+
     fn create_mdev(
         &mut self,
         parent: &str,
@@ -1192,88 +1350,21 @@ impl Executor {
         rule: Option<&str>,
         steps: &mut Steps,
     ) -> Result<(), ExecError> {
-        names::mdev_parent(parent)?;
-        names::mdev_type(type_id)?;
-        let parent_dir = PathBuf::from(format!("sys/class/mdev_bus/{parent}"));
-        if !self.exists(&parent_dir) {
-            return Err(ExecError::NoSuchParent {
-                parent: parent.to_string(),
-            });
-        }
-        let type_dir = parent_dir.join("mdev_supported_types").join(type_id);
-        if !self.exists(&type_dir) {
-            return Err(ExecError::UnknownType {
-                parent: parent.to_string(),
-                type_id: type_id.to_string(),
-            });
-        }
+        let type_dir = self.check_create_target(parent, type_id, &mut BTreeSet::new())?;
         let was_ours = self.ledger.owns_mdev(&uuid);
         let previous = self.ledger.mdevs.get(&uuid).cloned();
-        let record = MdevRecord {
-            parent: parent.to_string(),
-            type_id: type_id.to_string(),
-            start: previous.as_ref().map_or(MdevStart::Auto, |p| p.start),
-            attrs: previous
-                .as_ref()
-                .map(|p| p.attrs.clone())
-                .unwrap_or_default(),
-            rule: rule.map(str::to_string),
-            defined: previous.as_ref().is_some_and(|p| p.defined),
-            created_by_gpuvirt: true,
-        };
+        let record = self.create_record(parent, type_id, uuid, rule);
         // Recorded before the write: a crash after it still knows the mdev is gpuvirt's.
         self.commit(steps, &format!("mdev {uuid} being created"), |l| {
             l.mdevs.insert(uuid, record);
         })?;
-        let undo = |this: &mut Self, steps: &mut Steps| {
-            let _ = this.commit(
-                steps,
-                &format!("mdev {uuid} not created"),
-                |l| match previous {
-                    Some(p) => {
-                        l.mdevs.insert(uuid, p);
-                    }
-                    None => {
-                        l.mdevs.remove(&uuid);
-                    }
-                },
-            );
-        };
-        let create = type_dir.join("create");
-        if let Err(e) = self.write(steps, &create, &uuid.to_string()) {
-            let err = match e.errno {
-                ENOSPC | EUSERS => ExecError::NoCapacity {
-                    parent: parent.to_string(),
-                    type_id: type_id.to_string(),
-                },
-                EEXIST => {
-                    let existing = self.mdev_type_of(uuid);
-                    if was_ours && existing.as_deref() == Some(type_id) {
-                        steps.skipped(
-                            format!("create mdev {uuid}"),
-                            "it already exists, gpuvirt made it and it has the wanted type",
-                        );
-                        return Ok(());
-                    }
-                    ExecError::AlreadyExists {
-                        uuid,
-                        existing_type: existing,
-                    }
-                }
-                EINVAL => ExecError::Write {
-                    what: format!("creating mdev {uuid} of type {type_id} on {parent} (the parent rejected it)"),
-                    source: e,
-                },
-                // A PCI parent that vanished mid-create is DeviceGone (NoSuchDevice on D-Bus);
-                // a virtual parent has no address to check, so its errno stays as it is.
-                _ => self.write_error(
-                    parent.parse().ok(),
-                    format!("creating mdev {uuid} on {parent}"),
-                    e,
-                ),
-            };
-            undo(self, steps);
-            return Err(err);
+        match self.write_create(&type_dir, parent, type_id, uuid, was_ours, steps) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) => {
+                self.undo_create_records(steps, vec![(uuid, previous)]);
+                return Err(err);
+            }
         }
         let t = Instant::now();
         let actual = self.mdev_type_of(uuid);
@@ -1295,6 +1386,180 @@ impl Executor {
             t,
         );
         Ok(())
+    }
+
+    /// A run of mdev creations as one batch: every record in the ledger with one save before
+    /// the first write (not one save per mdev), each parent and type checked once, the writes
+    /// in order, then one listing of `/sys/bus/mdev/devices` to check that each one is there.
+    /// (The type of each is checked by the read-back that follows an apply, not by one
+    /// `readlink` per mdev.) Returns a report per action attempted; the first failure ends
+    /// the batch, and the records of the mdevs not created are put back in one more save.
+    fn create_mdevs(&mut self, batch: &[PlannedAction]) -> Vec<ActionReport> {
+        struct Item<'a> {
+            planned: &'a PlannedAction,
+            type_dir: PathBuf,
+            uuid: Uuid,
+            previous: Option<MdevRecord>,
+            was_ours: bool,
+            steps: Steps,
+        }
+        let report =
+            |planned: &PlannedAction, steps: Steps, error: Option<ExecError>| ActionReport {
+                action: planned.action.to_string(),
+                rule: planned.rule.clone(),
+                steps: steps.steps,
+                error,
+                rolled_back: None,
+            };
+        // Checks first: the batch ends before the first action whose parent or type is
+        // missing; that action is reported failed, the ones before it run.
+        let mut seen = BTreeSet::new();
+        let mut items = Vec::new();
+        let mut check_failure = None;
+        for planned in batch {
+            let Action::CreateMdev {
+                parent,
+                type_id,
+                uuid,
+                ..
+            } = &planned.action
+            else {
+                break;
+            };
+            match self.check_create_target(parent, type_id, &mut seen) {
+                Ok(type_dir) => items.push(Item {
+                    planned,
+                    type_dir,
+                    uuid: *uuid,
+                    previous: self.ledger.mdevs.get(uuid).cloned(),
+                    was_ours: self.ledger.owns_mdev(uuid),
+                    steps: Steps::new(),
+                }),
+                Err(e) => {
+                    let mut steps = Steps::new();
+                    steps.push(
+                        format!("check {parent} and its type {type_id}"),
+                        None,
+                        failed(&e),
+                        Instant::now(),
+                    );
+                    check_failure = Some(report(planned, steps, Some(e)));
+                    break;
+                }
+            }
+        }
+        let mut reports = Vec::new();
+        if !items.is_empty() {
+            let records: Vec<(Uuid, MdevRecord)> = items
+                .iter()
+                .map(|i| {
+                    let Action::CreateMdev {
+                        parent, type_id, ..
+                    } = &i.planned.action
+                    else {
+                        unreachable!("only creations are batched")
+                    };
+                    (
+                        i.uuid,
+                        self.create_record(parent, type_id, i.uuid, i.planned.rule.as_deref()),
+                    )
+                })
+                .collect();
+            let why = format!("{} mdevs being created", records.len());
+            let mut steps = Steps::new();
+            let saved = self.commit(&mut steps, &why, |l| l.mdevs.extend(records));
+            items[0].steps = steps;
+            if let Err(e) = saved {
+                let first = items.swap_remove(0);
+                reports.push(report(first.planned, first.steps, Some(e)));
+                return reports;
+            }
+        }
+        // (item, whether this call created it): an mdev that already existed as ours is
+        // not checked again.
+        let mut written = Vec::new();
+        let mut failure = None;
+        let mut items = items.into_iter();
+        for mut item in items.by_ref() {
+            let Action::CreateMdev {
+                parent, type_id, ..
+            } = &item.planned.action
+            else {
+                unreachable!("only creations are batched")
+            };
+            match self.write_create(
+                &item.type_dir,
+                parent,
+                type_id,
+                item.uuid,
+                item.was_ours,
+                &mut item.steps,
+            ) {
+                Ok(created) => written.push((item, created)),
+                Err(e) => {
+                    failure = Some((item, e));
+                    break;
+                }
+            }
+        }
+        if let Some((mut item, e)) = failure {
+            // The failed one and those never written go back to what the ledger had. The ones
+            // written before it succeeded as writes; the failure is the batch's one error
+            // (what follows, such as a parent gone, is the next read-back's to find).
+            let mut undo = vec![(item.uuid, item.previous.take())];
+            undo.extend(items.map(|i| (i.uuid, i.previous)));
+            self.undo_create_records(&mut item.steps, undo);
+            reports.extend(
+                written
+                    .into_iter()
+                    .map(|(i, _)| report(i.planned, i.steps, None)),
+            );
+            reports.push(report(item.planned, item.steps, Some(e)));
+            return reports;
+        }
+        // One listing checks every creation that returned success. The first one missing
+        // carries the error (naming every missing one); the others are reported as they are.
+        let t = Instant::now();
+        let listed: BTreeSet<String> = fs::read_dir(self.abs(Path::new("sys/bus/mdev/devices")))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing: Vec<String> = written
+            .iter()
+            .filter(|(i, created)| *created && !listed.contains(&i.uuid.to_string()))
+            .map(|(i, _)| i.uuid.to_string())
+            .collect();
+        let mut blamed = false;
+        for (mut item, created) in written {
+            let mut error = None;
+            if created {
+                let there = listed.contains(&item.uuid.to_string());
+                if !there && !blamed {
+                    blamed = true;
+                    error = Some(ExecError::Verify {
+                        what: format!("mdev {} after its create write", item.uuid),
+                        wanted: "listed in /sys/bus/mdev/devices".to_string(),
+                        actual: format!("not listed (missing: {})", missing.join(", ")),
+                    });
+                }
+                item.steps.push(
+                    format!("check that mdev {} is listed", item.uuid),
+                    Some(PathBuf::from("sys/bus/mdev/devices")),
+                    error.as_ref().map_or(StepOutcome::Done, failed),
+                    t,
+                );
+            }
+            reports.push(report(item.planned, item.steps, error));
+        }
+        // One failure per batch: a missing mdev outranks a later check that stopped the
+        // batch, whose action is then reported as not attempted.
+        if !blamed {
+            reports.extend(check_failure);
+        }
+        reports
     }
 
     fn remove_mdev(&mut self, uuid: Uuid, steps: &mut Steps) -> Result<(), ExecError> {

@@ -181,3 +181,101 @@ fn full_parents_are_no_capacity_for_eusers_and_enospc() {
     }
     assert_eq!(active(&mnt).len(), 8);
 }
+
+/// A plan of consecutive creations runs as one batch: one ledger save records them all before
+/// the first write; a refusal mid-batch (the parent full) ends it, the created ones stay
+/// recorded, the refused and unattempted ones leave the ledger, and what follows is reported
+/// as not attempted. A missing type ends the batch the same way before anything is written.
+#[test]
+fn batched_creations_save_the_ledger_once_and_stop_at_the_first_refusal() {
+    use gpuvirt_core::plan::{Plan, PlannedAction};
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::from_fixture(&Fixture::bundled("vm-reference").unwrap()).unwrap();
+    let mnt = SimMount::mount(Arc::new(Mutex::new(kernel)), &dir.path().join("root")).unwrap();
+    let store = LedgerStore::new(dir.path().join("state"));
+    let (mut exec, _) = Executor::open(Root::new(mnt.root()), store.clone()).unwrap();
+    let uuid = |n: u128| Uuid::from_u128(0x6a1c_7f5e_0000_4000_8000_0000_0000_0000 | n);
+    let plan = |actions: Vec<(&str, &str, u128)>| Plan {
+        actions: actions
+            .into_iter()
+            .map(|(parent, type_id, n)| PlannedAction {
+                action: Action::CreateMdev {
+                    parent: parent.into(),
+                    type_id: type_id.into(),
+                    type_name: None,
+                    uuid: uuid(n),
+                },
+                reason: "test".into(),
+                rule: Some("vdi".into()),
+                gpu: None,
+                steps: Vec::new(),
+            })
+            .collect(),
+        refusals: Vec::new(),
+        notes: Vec::new(),
+    };
+    let ledger_saves = |r: &gpuvirt_core::exec::ApplyReport| {
+        r.done
+            .iter()
+            .chain(&r.failed)
+            .flat_map(|a| &a.steps)
+            .filter(|s| s.description.starts_with("record in the ledger"))
+            .count()
+    };
+
+    // Four fit (mdpy-vga: 4 instances); the fifth is refused; the sixth is not attempted.
+    let report = exec.execute(&plan((0..6).map(|n| ("mdpy", "mdpy-vga", n)).collect()));
+    assert_eq!(report.done.len(), 4, "{report}");
+    let failed = report.failed.as_ref().expect("the fifth is refused");
+    assert_eq!(failed.error.as_ref().unwrap().kind().name(), "NoCapacity");
+    assert!(failed.action.contains(&uuid(4).to_string()), "{report}");
+    assert_eq!(report.not_attempted.len(), 1, "{report}");
+    assert!(report.not_attempted[0].contains(&uuid(5).to_string()));
+    // One save for the six records, one to take back the two not created.
+    assert_eq!(ledger_saves(&report), 2, "{report}");
+    let mut on_disk: Vec<Uuid> = store.load().unwrap().mdevs.keys().copied().collect();
+    on_disk.sort();
+    assert_eq!(on_disk, (0..4).map(uuid).collect::<Vec<_>>());
+    assert_eq!(active(&mnt), (0..4).map(uuid).collect::<Vec<_>>());
+
+    // A type the parent lacks, second in the batch: the first is created, nothing after.
+    let report = exec.execute(&plan(vec![
+        ("mbochs", "mbochs-small", 10),
+        ("mbochs", "mbochs-nonesuch", 11),
+        ("mbochs", "mbochs-small", 12),
+    ]));
+    assert_eq!(report.done.len(), 1, "{report}");
+    let failed = report.failed.as_ref().unwrap();
+    assert_eq!(failed.error.as_ref().unwrap().kind().name(), "UnknownType");
+    assert_eq!(report.not_attempted.len(), 1, "{report}");
+    assert_eq!(ledger_saves(&report), 1, "{report}");
+    assert!(store.load().unwrap().mdevs.contains_key(&uuid(10)));
+    assert!(!store.load().unwrap().mdevs.contains_key(&uuid(12)));
+    assert_eq!(active(&mnt).len(), 5);
+
+    // A batch that succeeds checks each new mdev against one listing of the bus.
+    let report = exec.execute(&plan(vec![
+        ("mbochs", "mbochs-small", 13),
+        ("mbochs", "mbochs-small", 14),
+    ]));
+    assert!(report.succeeded(), "{report}");
+    assert_eq!(ledger_saves(&report), 1, "{report}");
+    for done in &report.done {
+        assert!(
+            done.steps
+                .iter()
+                .any(|s| s.description.starts_with("check that mdev")),
+            "each creation is checked: {done}"
+        );
+    }
+    assert_eq!(active(&mnt).len(), 7);
+
+    // Running the same successful batch again: gpuvirt's own mdevs are there already.
+    let report = exec.execute(&plan((0..4).map(|n| ("mdpy", "mdpy-vga", n)).collect()));
+    assert!(report.succeeded(), "{report}");
+    assert_eq!(report.done.len(), 4);
+    assert_eq!(active(&mnt).len(), 7);
+}

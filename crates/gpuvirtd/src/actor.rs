@@ -104,6 +104,8 @@ pub struct Actor {
     parent_added: Option<mpsc::UnboundedSender<BTreeSet<String>>>,
     /// The device policy in force and the executor that applies it.
     pub(crate) policy: Option<crate::policy_runtime::PolicyRuntime>,
+    /// Read right after the command being handled has replied (see [`Actor::defer_refresh`]).
+    deferred: BTreeSet<Target>,
 }
 
 impl std::fmt::Debug for Actor {
@@ -135,6 +137,7 @@ impl Actor {
             counts,
             parent_added: None,
             policy: None,
+            deferred: BTreeSet::new(),
         }
     }
 
@@ -174,6 +177,13 @@ impl Actor {
         }
     }
 
+    /// Reads `targets` once the command being handled has replied, before the next one:
+    /// an apply whose every write the kernel confirmed replies without waiting for the
+    /// read-back of what it changed (the tree follows, with its signals, right after).
+    pub(crate) fn defer_refresh(&mut self, targets: impl IntoIterator<Item = Target>) {
+        self.deferred.extend(targets);
+    }
+
     /// Re-reads everything and updates the tree (after applying changes).
     pub(crate) async fn rescan(&mut self) {
         self.update(BTreeSet::from([Target::All])).await;
@@ -188,6 +198,26 @@ impl Actor {
     ) {
         let mut events_open = true;
         loop {
+            if !self.deferred.is_empty() {
+                // The reply's task was woken on this worker: let it run (and send the reply)
+                // before this pass's blocking reads, not after them.
+                tokio::task::yield_now().await;
+                let mut targets = std::mem::take(&mut self.deferred);
+                let mut announced = BTreeSet::new();
+                // The applied writes' own uevents are likely queued: one pass for both.
+                while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
+                    match events.try_recv() {
+                        Ok(msg) => add_targets(&mut targets, &mut announced, &msg),
+                        Err(_) => break,
+                    }
+                }
+                let touched = self.policy.is_some().then(|| targets.clone());
+                self.update_announced(targets, announced).await;
+                if let Some(touched) = touched {
+                    crate::policy_runtime::after_events(&mut self, &touched).await;
+                }
+                continue;
+            }
             tokio::select! {
                 msg = events.recv(), if events_open => {
                     let Some(first) = msg else {

@@ -20,7 +20,9 @@ use std::time::Duration;
 use gpuvirt_api::{self as api, CallError};
 use gpuvirt_core::exec::{ApplyReport, Executor};
 use gpuvirt_core::ledger::LedgerStore;
-use gpuvirt_core::plan::{boot_wants, plan, read_boot_files, InitramfsTooling, Plan, PlanState};
+use gpuvirt_core::plan::{
+    boot_wants, plan, read_boot_files, Action, InitramfsTooling, Plan, PlanState,
+};
 use gpuvirt_core::policy::{render_diagnostics, Enforcement, Policy, PolicyDiagnostic, Role};
 use gpuvirt_core::reboot::{self, read_boot_id, BootChangeStore, BootChanges, BootWants, Running};
 use gpuvirt_core::{Inventory, PciAddress, Root};
@@ -744,6 +746,15 @@ async fn reconcile(
             }
         }
         report_text.push_str(&report.to_string());
+        if report.succeeded() && creations_only(&planned) {
+            // Every creation was written and listed by the kernel, and creating mdevs
+            // enables no further action: the apply converged. The read-back of the parents
+            // and the new mdevs runs right after this reply, not before it.
+            rt.clear_failure();
+            rt.props.drift.clear();
+            actor.defer_refresh(creation_targets(&planned));
+            break;
+        }
         // Read back what the kernel did before planning again or reporting.
         actor.rescan().await;
         if !report.succeeded() {
@@ -779,6 +790,28 @@ async fn reconcile(
     }
     publish(actor, rt).await;
     Ok((success, report_text))
+}
+
+/// A plan of mdev creations only, with nothing refused and nothing left to plan later.
+fn creations_only(p: &Plan) -> bool {
+    p.refusals.is_empty()
+        && p.notes.is_empty()
+        && p.actions
+            .iter()
+            .all(|a| matches!(a.action, Action::CreateMdev { .. }))
+}
+
+/// What a plan of creations changed: each parent's instance counts and each new mdev.
+fn creation_targets(p: &Plan) -> BTreeSet<Target> {
+    p.actions
+        .iter()
+        .flat_map(|a| match &a.action {
+            Action::CreateMdev { parent, uuid, .. } => {
+                vec![Target::MdevParent(parent.clone()), Target::Mdev(*uuid)]
+            }
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 fn drift_lines(p: &Plan) -> Vec<String> {

@@ -392,6 +392,50 @@ fn plan_creations(sys: &Path, count: usize, salt: u32) -> Vec<Planned> {
     plan
 }
 
+/// A monitor-mode device policy with one shard rule per parent of `plan` (its type, as many
+/// vGPUs as the plan puts there); no rules for an empty plan.
+fn policy_text(plan: &[Planned]) -> String {
+    let mut per_parent: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for p in plan {
+        *per_parent.entry((&p.parent, &p.type_id)).or_default() += 1;
+    }
+    let mut text =
+        String::from("version = 1\ndefault_role = \"unmanaged\"\nenforcement = \"monitor\"\n");
+    for (i, ((parent, type_id), count)) in per_parent.into_iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[gpu]]\nname = \"bench{i}\"\nmatch = {{ address = \"{parent}\" }}\n\
+             role = \"shard\"\nshard = {{ type = \"{type_id}\", count = {count} }}\n"
+        ));
+    }
+    text
+}
+
+/// The UUIDs of the mdevs the simulated kernel has now.
+fn mdevs_in_sysfs(sys: &Path) -> Vec<String> {
+    std::fs::read_dir(sys.join("bus/mdev/devices"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+async fn call_manager<R>(conn: &zbus::Connection, method: &str) -> R
+where
+    R: zbus::export::serde::de::DeserializeOwned + zbus::zvariant::Type,
+{
+    let options = std::collections::HashMap::<String, zbus::zvariant::Value>::new();
+    let reply = conn
+        .call_method(
+            Some(gpuvirt_api::BUS_NAME),
+            gpuvirt_api::MANAGER_PATH,
+            Some(gpuvirt_api::MANAGER_INTERFACE),
+            method,
+            &(options,),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+    reply.body().deserialize::<R>().unwrap()
+}
+
 /// How many mdev objects gpuvirtd exports now (the children of the `mdevs` node).
 async fn exported_mdevs(conn: &zbus::Connection) -> usize {
     let reply = conn
@@ -480,6 +524,9 @@ async fn apply() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let root = dir.path().join("root");
+    // Monitor mode: the daemon acts on the policy only when Reconcile asks it to.
+    let policy_path = state.path().join("policy.toml");
+    std::fs::write(&policy_path, policy_text(&[])).unwrap();
     let mount = SimMount::mount(Arc::new(std::sync::Mutex::new(kernel)), &root).unwrap();
     let socket = dir.path().join("uevent.sock");
     mount.listen_uevents(&socket).unwrap();
@@ -494,7 +541,8 @@ async fn apply() {
         .args(["--bus-address", &bus.address])
         .arg("--events")
         .arg(format!("sim:{}", socket.display()))
-        .args(["--policy", "/nonexistent/gpuvirt-bench-policy.toml"])
+        .arg("--policy")
+        .arg(&policy_path)
         .args(["--log", "info"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("gpuvirtd.log")).unwrap())
@@ -529,6 +577,8 @@ async fn apply() {
         let rounds = if count <= 256 { rounds.max(1) } else { 1 };
         let mut direct = Vec::new();
         let mut via_daemon = Vec::new();
+        let mut via_policy = Vec::new();
+        let mut policy_tree = Vec::new();
         for _ in 0..rounds {
             salt += 1;
             let plan = plan_creations(&sys, count, salt);
@@ -570,17 +620,49 @@ async fn apply() {
             // CreateMdev returns once the tree shows the mdev: nothing left to wait for.
             assert_eq!(exported_mdevs(&conn).await, count);
             remove_all(&sys, &plan, &conn).await;
+
+            // The same shape as a device policy (one shard rule per parent, its UUIDs derived
+            // from rule, card and index), applied by one Reconcile: plan, ledger, writes.
+            std::fs::write(&policy_path, policy_text(&plan)).unwrap();
+            call_manager::<()>(&conn, "ReloadPolicy").await;
+            let t = Instant::now();
+            let (ok, report): (bool, String) = call_manager(&conn, "Reconcile").await;
+            via_policy.push(t.elapsed());
+            assert!(ok, "Reconcile failed: {report}");
+            assert_eq!(mdevs_in_sysfs(&sys).len(), count, "{report}");
+            // Until the daemon's tree shows all of them (the uevents' read-back).
+            wait_for_mdevs(&conn, count).await;
+            policy_tree.push(t.elapsed());
+            std::fs::write(&policy_path, policy_text(&[])).unwrap();
+            call_manager::<()>(&conn, "ReloadPolicy").await;
+            let made: Vec<Planned> = mdevs_in_sysfs(&sys)
+                .into_iter()
+                .map(|uuid| Planned {
+                    parent: String::new(),
+                    type_id: String::new(),
+                    uuid,
+                })
+                .collect();
+            remove_all(&sys, &made, &conn).await;
         }
         direct.sort();
         via_daemon.sort();
+        via_policy.sort();
+        policy_tree.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let (d, g) = (
             ms(direct[direct.len() / 2]),
             ms(via_daemon[via_daemon.len() / 2]),
         );
+        let (pa, pt) = (
+            ms(via_policy[via_policy.len() / 2]),
+            ms(policy_tree[policy_tree.len() / 2]),
+        );
         eprintln!(
-            "{count} mdevs: direct writes {d:.1} ms, gpuvirtd CreateMdev {g:.1} ms ({:.2}x), {rounds} round(s)",
-            g / d
+            "{count} mdevs: direct writes {d:.1} ms, gpuvirtd CreateMdev {g:.1} ms ({:.2}x), \
+             policy Reconcile {pa:.1} ms ({:.2}x; tree complete {pt:.1} ms), {rounds} round(s)",
+            g / d,
+            pa / d
         );
         results.push(serde_json::json!({
             "mdevs": count,
@@ -588,6 +670,10 @@ async fn apply() {
             "direct_ms": d,
             "daemon_ms": g,
             "ratio": g / d,
+            "policy_ms": pa,
+            "policy_ratio": pa / d,
+            "policy_tree_ms": pt,
+            "policy_all_ms": via_policy.iter().map(|x| ms(*x)).collect::<Vec<_>>(),
             "direct_all_ms": direct.iter().map(|x| ms(*x)).collect::<Vec<_>>(),
             "daemon_all_ms": via_daemon.iter().map(|x| ms(*x)).collect::<Vec<_>>(),
         }));

@@ -333,3 +333,90 @@ async fn policy_facts_are_empty_without_a_policy_and_follow_the_default_role() {
     assert_eq!(name, VIOLATION, "{message}");
     assert!(message.contains("default_role = \\\"host\\\""), "{message}");
 }
+
+/// A Reconcile of creations only replies once the kernel listed every new mdev; the read-back
+/// of the parent and the new mdevs runs right after the reply. It needs no uevent: with
+/// `--events none` the objects still appear, with the parent's lowered instance count, and a
+/// second Reconcile finds nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_of_creations_reads_back_after_replying_even_without_uevents() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let policy = host.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        SHARDED
+            .replacen(
+                "version = 1\n",
+                "version = 1\nenforcement = \"monitor\"\n",
+                1,
+            )
+            .replace("count = 1", "count = 2"),
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let d = Daemon::start(
+        &bus.address,
+        host.root(),
+        "none",
+        &host.dir.path().join("state"),
+        &["--policy", policy.to_str().unwrap()],
+    )
+    .await;
+    let conn = bus.connect().await;
+    assert!(
+        mdevs(&host).is_empty(),
+        "monitor mode acts only on Reconcile"
+    );
+    let reply = call(
+        &conn,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+        "Reconcile",
+        &(no_opts(),),
+    )
+    .await
+    .unwrap();
+    let (ok, report): (bool, String) = reply.body().deserialize().unwrap();
+    assert!(ok, "{report}\n{}", d.log());
+    let made = mdevs(&host);
+    assert_eq!(made.len(), 2, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for uuid in &made {
+        let path = api::mdev_path(&uuid.parse().unwrap());
+        loop {
+            let found = call(
+                &conn,
+                path.as_str(),
+                "org.freedesktop.DBus.Properties",
+                "Get",
+                &(api::MDEV_INTERFACE, "Parent"),
+            )
+            .await
+            .is_ok();
+            if found {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mdev {uuid} never appeared without uevents\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let reply = call(
+        &conn,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+        "Reconcile",
+        &(no_opts(),),
+    )
+    .await
+    .unwrap();
+    let (ok, report): (bool, String) = reply.body().deserialize().unwrap();
+    assert!(ok && report.starts_with("Nothing to do"), "{report}");
+    assert_eq!(mdevs(&host), made);
+}
