@@ -49,6 +49,9 @@ pub enum RefreshTarget {
     Mdev(Uuid),
     /// An mdev parent registered, unregistered or changed its types (`/sys/class/mdev_bus/<name>`).
     MdevParent(String),
+    /// An mdev of this parent was created or removed: its types' instance counts changed, not
+    /// their names, descriptions or device APIs (see [`Scanner::refresh`]).
+    MdevInstances(String),
     /// An IOMMU group's membership changed.
     IommuGroup(u32),
     /// `vfio`, `vfio_pci` or `mdev` was loaded or unloaded.
@@ -178,7 +181,7 @@ impl Scanner {
         };
 
         for name in list_sorted(&mut r, Path::new(MDEV_BUS)) {
-            if let Some(p) = read_parent(&mut r, &name) {
+            if let Some(p) = read_parent(&mut r, &name, None) {
                 inv.mdev_parents.insert(name, p);
             }
         }
@@ -347,6 +350,7 @@ impl Scanner {
             RefreshTarget::Pci(addr) => self.refresh_pci(&mut r, inv, *addr, &mut touched),
             RefreshTarget::Mdev(uuid) => self.refresh_mdev(&mut r, inv, *uuid, &mut touched),
             RefreshTarget::MdevParent(name) => reload_parent(&mut r, inv, name),
+            RefreshTarget::MdevInstances(name) => reload_instances(&mut r, inv, name),
             RefreshTarget::IommuGroup(id) => self.reload_group(&mut r, inv, *id, &mut touched),
             RefreshTarget::Modules => inv.modules = read_modules(&mut r),
         }
@@ -1203,10 +1207,15 @@ impl Scanner {
             parents.insert(m.parent.clone());
             groups.extend(m.iommu_group);
         }
-        let parent_changed = old.as_ref().map(|m| &m.parent) != new.as_ref().map(|m| &m.parent);
-        if appeared_or_went || parent_changed {
+        // Moved between parents (a UUID reused elsewhere): both are read in full.
+        let parent_changed = matches!((&old, &new), (Some(o), Some(n)) if o.parent != n.parent);
+        if parent_changed {
             for p in parents {
                 reload_parent(r, inv, &p);
+            }
+        } else if appeared_or_went {
+            for p in parents {
+                reload_instances(r, inv, &p);
             }
         }
         for g in groups {
@@ -1223,7 +1232,12 @@ fn recompute_iommu_status(inv: &mut Inventory) {
 
 /// Reads `/sys/class/mdev_bus/<name>` and its types (through the class link, so every
 /// warning about a parent lies under its class entry).
-fn read_parent(r: &mut Reader<'_>, name: &str) -> Option<MdevParent> {
+///
+/// `known` is the parent as last read: a type it lists (read without a warning) keeps its
+/// name, description and device_api, which the driver fixes per type id while the parent is
+/// registered, and only `available_instances` is read again; a type that appeared is read in
+/// full. The refresh after each create or remove then reads one file per type, not four.
+fn read_parent(r: &mut Reader<'_>, name: &str, known: Option<&MdevParent>) -> Option<MdevParent> {
     let link = Path::new(MDEV_BUS).join(name);
     let sysfs_path = match r.read_link(&link) {
         Ok(target) => match resolve_link(Path::new("class/mdev_bus"), &target) {
@@ -1262,10 +1276,20 @@ fn read_parent(r: &mut Reader<'_>, name: &str) -> Option<MdevParent> {
     let mut types = Vec::with_capacity(ids.len());
     for id in ids {
         let dir = types_dir.join(&id);
-        let name = type_attr(r, &dir.join("name"), true);
-        // mtty and other sample drivers have no description.
-        let description = type_attr(r, &dir.join("description"), false);
-        let device_api = type_attr(r, &dir.join("device_api"), true);
+        let (name, description, device_api) = match known
+            .and_then(|k| k.types.iter().find(|t| t.id == id))
+            // A type read with a warning (a required attribute missing or empty) is read
+            // again: the parent's warnings were cleared for this pass.
+            .filter(|t| t.name.is_some() && t.device_api.is_some())
+        {
+            Some(t) => (t.name.clone(), t.description.clone(), t.device_api.clone()),
+            None => (
+                type_attr(r, &dir.join("name"), true),
+                // mtty and other sample drivers have no description.
+                type_attr(r, &dir.join("description"), false),
+                type_attr(r, &dir.join("device_api"), true),
+            ),
+        };
         let available_path = dir.join("available_instances");
         let available_instances =
             type_attr(r, &available_path, true).and_then(|v| match v.parse::<u32>() {
@@ -1321,6 +1345,28 @@ fn type_attr(r: &mut Reader<'_>, path: &Path, required: bool) -> Option<String> 
     }
 }
 
+/// What an mdev's creation or removal changes on its parent: the instance counts (and, as
+/// every read of a parent does, its link and type list). A parent not read before is read in
+/// full.
+fn reload_instances(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return;
+    }
+    let Some(known) = inv.mdev_parents.get(name).cloned() else {
+        return reload_parent(r, inv, name);
+    };
+    let prefix = Path::new(MDEV_BUS).join(name);
+    inv.warnings.retain(|w| !w.path.starts_with(&prefix));
+    match read_parent(r, name, Some(&known)) {
+        Some(p) => {
+            inv.mdev_parents.insert(name.to_string(), p);
+        }
+        None => {
+            inv.mdev_parents.remove(name);
+        }
+    }
+}
+
 fn reload_parent(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
     let prefix = Path::new(MDEV_BUS).join(name);
     // A name with a path separator cannot be an mdev_bus entry (and must not escape it).
@@ -1328,7 +1374,7 @@ fn reload_parent(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
         return;
     }
     inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    match read_parent(r, name) {
+    match read_parent(r, name, None) {
         Some(p) => {
             inv.mdev_parents.insert(name.to_string(), p);
         }

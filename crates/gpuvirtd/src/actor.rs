@@ -31,6 +31,7 @@ impl InventorySource for gpuvirt_core::Scanner {
             Target::Pci(a) => R::Pci(*a),
             Target::Mdev(u) => R::Mdev(*u),
             Target::MdevParent(n) => R::MdevParent(n.clone()),
+            Target::MdevInstances(n) => R::MdevInstances(n.clone()),
             Target::IommuGroup(g) => R::IommuGroup(*g),
             Target::Modules => R::Modules,
             Target::All => R::All,

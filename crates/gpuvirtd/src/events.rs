@@ -42,6 +42,8 @@ pub enum Target {
     Pci(PciAddress),
     Mdev(Uuid),
     MdevParent(String),
+    /// An mdev of this parent was created or removed: only its instance counts changed.
+    MdevInstances(String),
     IommuGroup(u32),
     Modules,
     All,
@@ -105,13 +107,14 @@ pub fn targets(ev: &KernelEvent) -> Vec<Target> {
             Err(_) => vec![Target::All],
         },
         "mdev" => match name.parse::<Uuid>() {
-            // The parent's available_instances change with every create/remove. A bind or
-            // unbind changes only the mdev: re-reading every type of the parent then is the
-            // most expensive part of the pass (one `add` is followed by a `bind`).
+            // The parent's available_instances change with every create/remove (only they:
+            // its types' names and APIs stay). A bind or unbind changes only the mdev:
+            // re-reading the parent then is the most expensive part of the pass (one `add`
+            // is followed by a `bind`).
             Ok(uuid) => {
                 let mut out = vec![Target::Mdev(uuid)];
                 if matches!(ev.action.as_str(), "add" | "remove") {
-                    out.extend(parent_name.map(Target::MdevParent));
+                    out.extend(parent_name.map(Target::MdevInstances));
                 }
                 out
             }
@@ -465,7 +468,7 @@ mod tests {
             targets(&mdev),
             [
                 Target::Mdev(uuid.parse().unwrap()),
-                Target::MdevParent("0000:41:00.0".into())
+                Target::MdevInstances("0000:41:00.0".into())
             ]
         );
         // Binding changes the mdev alone; its parent's types stay as they were.

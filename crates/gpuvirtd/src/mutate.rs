@@ -741,7 +741,10 @@ pub async fn return_to_host(
 // ---------------------------------------------------------------------------------------
 
 fn mdev_targets(parent: &str, uuid: Uuid) -> Vec<Target> {
-    vec![Target::MdevParent(parent.to_string()), Target::Mdev(uuid)]
+    vec![
+        Target::MdevInstances(parent.to_string()),
+        Target::Mdev(uuid),
+    ]
 }
 
 /// `ShardParent.CreateMdev(s type, s uuid, a{sv}) -> o mdev`: an empty `uuid` is generated.

@@ -372,7 +372,7 @@ impl PolicyRuntime {
         targets.iter().any(|t| match t {
             Target::All | Target::Modules => true,
             Target::Pci(a) => governed(*a),
-            Target::MdevParent(name) => inv
+            Target::MdevParent(name) | Target::MdevInstances(name) => inv
                 .mdev_parents
                 .get(name)
                 .and_then(|p| p.pci_address)
@@ -807,7 +807,7 @@ fn creation_targets(p: &Plan) -> BTreeSet<Target> {
         .iter()
         .flat_map(|a| match &a.action {
             Action::CreateMdev { parent, uuid, .. } => {
-                vec![Target::MdevParent(parent.clone()), Target::Mdev(*uuid)]
+                vec![Target::MdevInstances(parent.clone()), Target::Mdev(*uuid)]
             }
             _ => Vec::new(),
         })
