@@ -182,11 +182,18 @@ def daemon_table(scale, d, hf, apply):
         row(scale, [f"gpuvirtctl peak RSS (largest: `{label}`)", f"{top / 1024:.1f} MiB", "", ""])
     for a in (apply or {}).get("apply", []):
         n = a["mdevs"]
-        row(scale, [f"create {n} mdevs: gpuvirtd `CreateMdev` × {n} (sequential calls) vs writing the {n} "
-                    f"`create` files (FUSE sim, {apply['functions']} functions, median of {a['rounds']})",
-                    f"{fmt(a['daemon_ms'])} ({a['daemon_ms'] * 1e3 / n:.0f} µs/mdev)",
-                    f"direct {fmt(a['direct_ms'])} ({a['direct_ms'] * 1e3 / n:.0f} µs/mdev)",
-                    fmt(a["ratio"], "×", 2)], "≤ 1.2×", a["ratio"] <= 1.2)
+        direct = f"direct {fmt(a['direct_ms'])} ({a['direct_ms'] * 1e3 / n:.0f} µs/mdev)"
+        if "policy_ms" in a:
+            row(scale, [f"policy apply of {n} mdevs (one `Reconcile`: plan, one ledger save, the writes, "
+                        f"one listing) vs writing the {n} `create` files (FUSE sim, {apply['functions']} "
+                        f"functions, median of {a['rounds']}); the daemon's tree shows all {n} after "
+                        f"{fmt(a['policy_tree_ms'])}",
+                        f"{fmt(a['policy_ms'])} ({a['policy_ms'] * 1e3 / n:.0f} µs/mdev)", direct,
+                        fmt(a["policy_ratio"], "×", 2)], "≤ 1.2×", a["policy_ratio"] <= 1.2)
+        row(scale, [f"manual creation of {n} mdevs: `CreateMdev` × {n} (sequential calls, each replying "
+                    f"once the tree shows its mdev) vs the same writes",
+                    f"{fmt(a['daemon_ms'])} ({a['daemon_ms'] * 1e3 / n:.0f} µs/mdev)", direct,
+                    fmt(a["ratio"], "×", 2)])
     if not apply:
         row(scale, ["create 64 / 2048 mdevs vs direct `create` writes",
                     "not measured for this host (small has no room; or it did not finish, see results/*-apply.log)",

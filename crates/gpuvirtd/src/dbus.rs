@@ -94,7 +94,9 @@ impl ManagerInterface {
     }
 
     /// Plans and applies the policy now (in `monitor` mode too): (success, report of what
-    /// was done, what failed and what was not attempted).
+    /// was done, what failed and what was not attempted). A plan of mdev creations only
+    /// replies once the kernel lists every new mdev; their objects follow right after
+    /// (InterfacesAdded), as the parents' new instance counts do.
     async fn reconcile(
         &self,
         #[zbus(header)] header: zbus::message::Header<'_>,
