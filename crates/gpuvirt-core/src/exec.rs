@@ -1215,36 +1215,24 @@ impl Executor {
         target.file_name()?.to_str().map(str::to_string)
     }
 
-    /// Checks that `parent` and its `type_id` exist; `seen` remembers the directories found in
-    /// this batch, so a batch of creations on one parent stats them once.
-    fn check_create_target(
-        &self,
-        parent: &str,
-        type_id: &str,
-        seen: &mut BTreeSet<PathBuf>,
-    ) -> Result<PathBuf, ExecError> {
+    /// Checks that `parent` and its `type_id` exist (a single creation checks before it
+    /// records anything; a batch lets the write find them missing).
+    fn check_create_target(&self, parent: &str, type_id: &str) -> Result<PathBuf, ExecError> {
         names::mdev_parent(parent)?;
         names::mdev_type(type_id)?;
         let parent_dir = PathBuf::from(format!("sys/class/mdev_bus/{parent}"));
+        if !self.exists(&parent_dir) {
+            return Err(ExecError::NoSuchParent {
+                parent: parent.to_string(),
+            });
+        }
         let type_dir = parent_dir.join("mdev_supported_types").join(type_id);
-        if seen.contains(&type_dir) {
-            return Ok(type_dir);
-        }
-        if !seen.contains(&parent_dir) {
-            if !self.exists(&parent_dir) {
-                return Err(ExecError::NoSuchParent {
-                    parent: parent.to_string(),
-                });
-            }
-            seen.insert(parent_dir);
-        }
         if !self.exists(&type_dir) {
             return Err(ExecError::UnknownType {
                 parent: parent.to_string(),
                 type_id: type_id.to_string(),
             });
         }
-        seen.insert(type_dir.clone());
         Ok(type_dir)
     }
 
@@ -1308,6 +1296,25 @@ impl Executor {
                 ),
                 source: e,
             },
+            // A batch does not stat the parent and type before writing (each stat walks the
+            // whole path again): a missing one is told apart here, on failure.
+            ENOENT if !self.exists(type_dir) => {
+                let parent_dir = Path::new("sys/class/mdev_bus").join(parent);
+                match parent.parse::<PciAddress>() {
+                    _ if self.exists(&parent_dir) => ExecError::UnknownType {
+                        parent: parent.to_string(),
+                        type_id: type_id.to_string(),
+                    },
+                    Ok(address) => self.write_error(
+                        Some(address),
+                        format!("creating mdev {uuid} on {parent}"),
+                        e,
+                    ),
+                    Err(_) => ExecError::NoSuchParent {
+                        parent: parent.to_string(),
+                    },
+                }
+            }
             // A PCI parent that vanished mid-create is DeviceGone (NoSuchDevice on D-Bus);
             // a virtual parent has no address to check, so its errno stays as it is.
             _ => self.write_error(
@@ -1350,7 +1357,7 @@ impl Executor {
         rule: Option<&str>,
         steps: &mut Steps,
     ) -> Result<(), ExecError> {
-        let type_dir = self.check_create_target(parent, type_id, &mut BTreeSet::new())?;
+        let type_dir = self.check_create_target(parent, type_id)?;
         let was_ours = self.ledger.owns_mdev(&uuid);
         let previous = self.ledger.mdevs.get(&uuid).cloned();
         let record = self.create_record(parent, type_id, uuid, rule);
@@ -1389,8 +1396,9 @@ impl Executor {
     }
 
     /// A run of mdev creations as one batch: every record in the ledger with one save before
-    /// the first write (not one save per mdev), each parent and type checked once, the writes
-    /// in order, then one listing of `/sys/bus/mdev/devices` to check that each one is there.
+    /// the first write (not one save per mdev), the writes in order (a missing parent or type
+    /// is found by its write, not by a stat of each beforehand, which on sysfs walks the same
+    /// path again), then one listing of `/sys/bus/mdev/devices` to check that each one is there.
     /// (The type of each is checked by the read-back that follows an apply, not by one
     /// `readlink` per mdev.) Returns a report per action attempted; the first failure ends
     /// the batch, and the records of the mdevs not created are put back in one more save.
@@ -1413,7 +1421,6 @@ impl Executor {
             };
         // Checks first: the batch ends before the first action whose parent or type is
         // missing; that action is reported failed, the ones before it run.
-        let mut seen = BTreeSet::new();
         let mut items = Vec::new();
         let mut check_failure = None;
         for planned in batch {
@@ -1426,7 +1433,16 @@ impl Executor {
             else {
                 break;
             };
-            match self.check_create_target(parent, type_id, &mut seen) {
+            // Names only: the parent and type are found missing by the write itself.
+            let checked = names::mdev_parent(parent)
+                .and_then(|_| names::mdev_type(type_id))
+                .map(|_| {
+                    PathBuf::from(format!(
+                        "sys/class/mdev_bus/{parent}/mdev_supported_types/{type_id}"
+                    ))
+                })
+                .map_err(ExecError::from);
+            match checked {
                 Ok(type_dir) => items.push(Item {
                     planned,
                     type_dir,

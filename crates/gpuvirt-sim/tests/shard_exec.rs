@@ -241,7 +241,8 @@ fn batched_creations_save_the_ledger_once_and_stop_at_the_first_refusal() {
     assert_eq!(on_disk, (0..4).map(uuid).collect::<Vec<_>>());
     assert_eq!(active(&mnt), (0..4).map(uuid).collect::<Vec<_>>());
 
-    // A type the parent lacks, second in the batch: the first is created, nothing after.
+    // A type the parent lacks, second in the batch: the first is created, nothing after; its
+    // write finds the type missing, and the records of the two not created are taken back.
     let report = exec.execute(&plan(vec![
         ("mbochs", "mbochs-small", 10),
         ("mbochs", "mbochs-nonesuch", 11),
@@ -251,10 +252,22 @@ fn batched_creations_save_the_ledger_once_and_stop_at_the_first_refusal() {
     let failed = report.failed.as_ref().unwrap();
     assert_eq!(failed.error.as_ref().unwrap().kind().name(), "UnknownType");
     assert_eq!(report.not_attempted.len(), 1, "{report}");
-    assert_eq!(ledger_saves(&report), 1, "{report}");
+    assert_eq!(ledger_saves(&report), 2, "{report}");
     assert!(store.load().unwrap().mdevs.contains_key(&uuid(10)));
+    assert!(!store.load().unwrap().mdevs.contains_key(&uuid(11)));
     assert!(!store.load().unwrap().mdevs.contains_key(&uuid(12)));
     assert_eq!(active(&mnt).len(), 5);
+
+    // A parent that is not there at all: NoSuchDevice naming it, nothing recorded.
+    let report = exec.execute(&plan(vec![("mnothere", "t1", 15), ("mnothere", "t1", 16)]));
+    let failed = report.failed.as_ref().unwrap();
+    let e = failed.error.as_ref().unwrap();
+    assert!(
+        matches!(e, gpuvirt_core::exec::ExecError::NoSuchParent { parent } if parent == "mnothere"),
+        "{e:?}"
+    );
+    assert_eq!(e.kind().name(), "NoSuchDevice");
+    assert!(!store.load().unwrap().mdevs.contains_key(&uuid(15)));
 
     // A batch that succeeds checks each new mdev against one listing of the bus.
     let report = exec.execute(&plan(vec![
