@@ -392,22 +392,12 @@ fn plan_creations(sys: &Path, count: usize, salt: u32) -> Vec<Planned> {
     plan
 }
 
-/// Waits until the daemon has used no CPU for 200 ms (at most a minute): the read-back of
-/// the previous phase's uevents (thousands on the large host) must not run into the next
-/// measurement, in either column.
+/// Waits until neither the daemon nor this process (whose FUSE threads serve the daemon's
+/// sysfs reads: a daemon blocked on FUSE uses no CPU of its own) has used CPU for 200 ms, at
+/// most a minute: the read-back of the previous phase's uevents (thousands on the large host,
+/// or a full rescan) must not run into the next measurement, in either column.
 async fn settle(pid: u32) {
-    let cpu = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-        let rest = stat.rsplit(')').next().unwrap_or_default();
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        f.iter().sum::<u64>()
-    };
+    let cpu = || cpu_ticks(&pid.to_string()) + cpu_ticks("self");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = cpu();
     while Instant::now() < deadline {
@@ -419,6 +409,18 @@ async fn settle(pid: u32) {
         last = now;
     }
     eprintln!("gpuvirtd still busy after a minute; measuring anyway");
+}
+
+/// User + system CPU ticks of `/proc/<proc>/stat` (every thread of the process).
+fn cpu_ticks(proc: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{proc}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    rest.split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
 }
 
 /// A monitor-mode device policy with one shard rule per parent of `plan` (its type, as many
