@@ -87,6 +87,26 @@ impl Counts {
 /// Most events folded into one refresh pass; bounds latency under a never-ending burst.
 const MAX_BATCH: usize = 4096;
 
+/// Adds the events already queued to `targets` (up to [`MAX_BATCH`], or until one asks for
+/// everything); true when there were any.
+fn fold_queued(
+    events: &mut mpsc::Receiver<SourceMessage>,
+    targets: &mut BTreeSet<Target>,
+    announced: &mut BTreeSet<String>,
+) -> bool {
+    let mut folded = false;
+    while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
+        match events.try_recv() {
+            Ok(msg) => {
+                add_targets(targets, announced, &msg);
+                folded = true;
+            }
+            Err(_) => break,
+        }
+    }
+    folded
+}
+
 /// The actor's state.
 pub struct Actor {
     source: Arc<dyn InventorySource>,
@@ -206,17 +226,8 @@ impl Actor {
                 let mut targets = std::mem::take(&mut self.deferred);
                 let mut announced = BTreeSet::new();
                 // The applied writes' own uevents are likely queued: one pass for both.
-                while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
-                    match events.try_recv() {
-                        Ok(msg) => add_targets(&mut targets, &mut announced, &msg),
-                        Err(_) => break,
-                    }
-                }
-                let touched = self.policy.is_some().then(|| targets.clone());
-                self.update_announced(targets, announced).await;
-                if let Some(touched) = touched {
-                    crate::policy_runtime::after_events(&mut self, &touched).await;
-                }
+                fold_queued(&mut events, &mut targets, &mut announced);
+                self.update_and_react(targets, announced).await;
                 continue;
             }
             tokio::select! {
@@ -230,17 +241,8 @@ impl Actor {
                     add_targets(&mut targets, &mut announced, &first);
                     // Fold whatever else is queued into the same pass: a burst costs one
                     // refresh per distinct device, not one per event.
-                    while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
-                        match events.try_recv() {
-                            Ok(msg) => add_targets(&mut targets, &mut announced, &msg),
-                            Err(_) => break,
-                        }
-                    }
-                    let touched = self.policy.is_some().then(|| targets.clone());
-                    self.update_announced(targets, announced).await;
-                    if let Some(touched) = touched {
-                        crate::policy_runtime::after_events(&mut self, &touched).await;
-                    }
+                    fold_queued(&mut events, &mut targets, &mut announced);
+                    self.update_and_react(targets, announced).await;
                 }
                 _ = crate::policy_runtime::sleep_until(self.policy.as_ref().and_then(|p| p.due())) => {
                     crate::policy_runtime::on_due(&mut self).await;
@@ -264,16 +266,7 @@ impl Actor {
                         tokio::task::yield_now().await;
                         let mut targets: BTreeSet<Target> = targets.into_iter().collect();
                         let mut announced = BTreeSet::new();
-                        let mut folded = false;
-                        while targets.len() < MAX_BATCH && !targets.contains(&Target::All) {
-                            match events.try_recv() {
-                                Ok(msg) => {
-                                    add_targets(&mut targets, &mut announced, &msg);
-                                    folded = true;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        let folded = fold_queued(&mut events, &mut targets, &mut announced);
                         let touched = (folded && self.policy.is_some()).then(|| targets.clone());
                         self.update_announced(targets, announced).await;
                         let _ = reply.send(());
@@ -287,6 +280,16 @@ impl Actor {
                     None => break,
                 },
             }
+        }
+    }
+
+    /// Refreshes `targets` from events (see [`Actor::update_announced`]), then lets the
+    /// device policy react to what they touched.
+    async fn update_and_react(&mut self, targets: BTreeSet<Target>, announced: BTreeSet<String>) {
+        let touched = self.policy.is_some().then(|| targets.clone());
+        self.update_announced(targets, announced).await;
+        if let Some(touched) = touched {
+            crate::policy_runtime::after_events(self, &touched).await;
         }
     }
 

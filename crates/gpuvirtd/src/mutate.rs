@@ -740,7 +740,8 @@ pub async fn return_to_host(
 // Sharding
 // ---------------------------------------------------------------------------------------
 
-fn mdev_targets(parent: &str, uuid: Uuid) -> Vec<Target> {
+/// What creating, starting or removing `uuid` on `parent` changes.
+pub(crate) fn mdev_targets(parent: &str, uuid: Uuid) -> Vec<Target> {
     vec![
         Target::MdevInstances(parent.to_string()),
         Target::Mdev(uuid),

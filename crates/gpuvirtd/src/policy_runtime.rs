@@ -806,9 +806,7 @@ fn creation_targets(p: &Plan) -> BTreeSet<Target> {
     p.actions
         .iter()
         .flat_map(|a| match &a.action {
-            Action::CreateMdev { parent, uuid, .. } => {
-                vec![Target::MdevInstances(parent.clone()), Target::Mdev(*uuid)]
-            }
+            Action::CreateMdev { parent, uuid, .. } => crate::mutate::mdev_targets(parent, *uuid),
             _ => Vec::new(),
         })
         .collect()

@@ -103,6 +103,20 @@ where
     .map(|_| ())
 }
 
+/// `Manager.Reconcile`'s (success, report).
+async fn reconcile(conn: &zbus::Connection) -> (bool, String) {
+    let reply = call(
+        conn,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+        "Reconcile",
+        &(no_opts(),),
+    )
+    .await
+    .unwrap();
+    reply.body().deserialize().unwrap()
+}
+
 /// The Gpu object's `Role` and `PolicyRule`, read now (uncached).
 async fn policy_facts(conn: &zbus::Connection) -> (String, String) {
     let props = zbus::fdo::PropertiesProxy::builder(conn)
@@ -370,16 +384,7 @@ async fn reconcile_of_creations_reads_back_after_replying_even_without_uevents()
         mdevs(&host).is_empty(),
         "monitor mode acts only on Reconcile"
     );
-    let reply = call(
-        &conn,
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-        "Reconcile",
-        &(no_opts(),),
-    )
-    .await
-    .unwrap();
-    let (ok, report): (bool, String) = reply.body().deserialize().unwrap();
+    let (ok, report) = reconcile(&conn).await;
     assert!(ok, "{report}\n{}", d.log());
     let made = mdevs(&host);
     assert_eq!(made.len(), 2, "{report}");
@@ -407,16 +412,7 @@ async fn reconcile_of_creations_reads_back_after_replying_even_without_uevents()
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let reply = call(
-        &conn,
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-        "Reconcile",
-        &(no_opts(),),
-    )
-    .await
-    .unwrap();
-    let (ok, report): (bool, String) = reply.body().deserialize().unwrap();
+    let (ok, report) = reconcile(&conn).await;
     assert!(ok && report.starts_with("Nothing to do"), "{report}");
     assert_eq!(mdevs(&host), made);
 }
