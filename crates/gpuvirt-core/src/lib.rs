@@ -26,7 +26,7 @@ pub mod testing;
 
 pub use model::*;
 pub use root::Root;
-pub use scan::{scan, RefreshTarget, Scanner};
+pub use scan::{scan, RefreshScope, RefreshTarget, Scanner};
 pub use sysfs::ScanStats;
 
 /// An error and its sources as one line, `outer: inner: innermost`.

@@ -281,13 +281,15 @@ impl Scanner {
     /// [`Scanner::settle`] for a refresh that left the core as it was: only the groups and
     /// functions the refresh touched can have entered or left the scope, so only they are
     /// looked at (a full settle walks every mdev and group, too slow for every uevent).
+    ///
+    /// Returns the functions the refresh and the settling may have read, added or dropped.
     fn settle_touched(
         &self,
         r: &mut Reader<'_>,
         inv: &mut Inventory,
         core: &BTreeSet<PciAddress>,
         touched: &Touched,
-    ) {
+    ) -> BTreeSet<PciAddress> {
         let mut candidates = touched.addrs.clone();
         for &id in &touched.groups {
             let wanted = core
@@ -307,7 +309,7 @@ impl Scanner {
             }
         }
         inv.warnings.append(&mut r.warnings);
-        for a in candidates {
+        for &a in &candidates {
             if !inv.functions.contains_key(&a) || core.contains(&a) {
                 continue;
             }
@@ -328,16 +330,28 @@ impl Scanner {
                 forget_function(inv, a);
             }
         }
+        candidates
     }
 
     /// Re-reads only what `target` touches and recomputes the derived parts it affects, so that
     /// refreshing every touched target yields what a fresh [`Scanner::scan`] would.
-    pub fn refresh(&self, inv: &mut Inventory, target: &RefreshTarget) {
-        self.refresh_with_stats(inv, target);
+    ///
+    /// Returns the entries it may have changed.
+    pub fn refresh(&self, inv: &mut Inventory, target: &RefreshTarget) -> RefreshScope {
+        self.refresh_scoped(inv, target).1
     }
 
     /// [`Scanner::refresh`], returning the file operations it took.
     pub fn refresh_with_stats(&self, inv: &mut Inventory, target: &RefreshTarget) -> ScanStats {
+        self.refresh_scoped(inv, target).0
+    }
+
+    /// [`Scanner::refresh`], returning the file operations it took and its scope.
+    pub fn refresh_scoped(
+        &self,
+        inv: &mut Inventory,
+        target: &RefreshTarget,
+    ) -> (ScanStats, RefreshScope) {
         let mut r = Reader::new(&self.root);
         let core_before = core_functions(inv);
         let mut touched = Touched::default();
@@ -345,27 +359,40 @@ impl Scanner {
             RefreshTarget::All => {
                 let (fresh, stats) = self.scan_with_stats();
                 *inv = fresh;
-                return stats;
+                return (stats, RefreshScope::everything());
             }
             RefreshTarget::Pci(addr) => self.refresh_pci(&mut r, inv, *addr, &mut touched),
             RefreshTarget::Mdev(uuid) => self.refresh_mdev(&mut r, inv, *uuid, &mut touched),
-            RefreshTarget::MdevParent(name) => reload_parent(&mut r, inv, name),
-            RefreshTarget::MdevInstances(name) => reload_instances(&mut r, inv, name),
+            RefreshTarget::MdevParent(name) => {
+                touched.parents.insert(name.clone());
+                reload_parent(&mut r, inv, name);
+            }
+            RefreshTarget::MdevInstances(name) => {
+                touched.parents.insert(name.clone());
+                reload_instances(&mut r, inv, name);
+            }
             RefreshTarget::IommuGroup(id) => self.reload_group(&mut r, inv, *id, &mut touched),
             RefreshTarget::Modules => inv.modules = read_modules(&mut r),
         }
+        let mut scope = RefreshScope::default();
         if *target != RefreshTarget::Modules {
             inv.warnings.append(&mut r.warnings);
             if core_functions(inv) == core_before {
-                self.settle_touched(&mut r, inv, &core_before, &touched);
+                scope.functions = self.settle_touched(&mut r, inv, &core_before, &touched);
             } else {
                 self.settle(&mut r, inv);
+                scope = RefreshScope::everything();
             }
         }
         recompute_iommu_status(inv);
         inv.warnings.append(&mut r.warnings);
         normalise_warnings(&mut inv.warnings);
-        r.stats
+        if !scope.everything {
+            scope.groups = touched.groups;
+            scope.mdevs = touched.mdevs;
+            scope.parents = touched.parents;
+        }
+        (r.stats, scope)
     }
 
     fn refresh_pci(
@@ -462,7 +489,9 @@ impl Scanner {
         }
         // Binding a driver registers (or unregisters) the device as an mdev parent.
         for a in addresses {
-            reload_parent(r, inv, &a.to_string());
+            let name = a.to_string();
+            reload_parent(r, inv, &name);
+            touched.parents.insert(name);
         }
     }
 
@@ -1034,7 +1063,8 @@ fn classify(r: &mut Reader<'_>, addr: PciAddress) -> Option<u32> {
         .and_then(|v| parse_hex(v.trim()))
 }
 
-/// What a refresh re-read: the functions and groups whose scope may have changed.
+/// What a refresh re-read: the functions and groups whose scope may have changed, and the
+/// mdevs and parents it re-read.
 #[derive(Debug, Default)]
 struct Touched {
     addrs: BTreeSet<PciAddress>,
@@ -1042,6 +1072,83 @@ struct Touched {
     /// Touched functions that had a full record before the refresh: only they can be kept in
     /// scope by a group the refresh did not touch.
     were_in_scope: BTreeSet<PciAddress>,
+    mdevs: BTreeSet<Uuid>,
+    parents: BTreeSet<String>,
+}
+
+/// The per-device entries a [`Scanner::refresh`] may have changed: every entry of
+/// `functions`, `groups`, `mdevs` and `mdev_parents` outside it is as it was before. `gpus`
+/// and the host-wide fields are not covered (they are small; compare them whole).
+///
+/// A consumer that mirrors the inventory (gpuvirtd's served tree) compares only these
+/// entries after an event instead of the whole host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshScope {
+    /// Anything may have changed: a full scan, or a refresh that moved the set of functions
+    /// the scan reads for their own sake.
+    pub everything: bool,
+    pub functions: BTreeSet<PciAddress>,
+    pub groups: BTreeSet<u32>,
+    pub mdevs: BTreeSet<Uuid>,
+    pub parents: BTreeSet<String>,
+}
+
+impl RefreshScope {
+    /// The scope of a full scan.
+    pub fn everything() -> Self {
+        RefreshScope {
+            everything: true,
+            ..RefreshScope::default()
+        }
+    }
+
+    /// The first per-device entry that differs between `before` and `after` outside this
+    /// scope, described; `None` when the scope covers every difference. For checks: a scope
+    /// that misses a change would leave a mirror of the inventory stale.
+    pub fn first_uncovered(&self, before: &Inventory, after: &Inventory) -> Option<String> {
+        fn changed<'m, K: Ord, V: PartialEq>(
+            a: &'m BTreeMap<K, V>,
+            b: &'m BTreeMap<K, V>,
+        ) -> impl Iterator<Item = &'m K> {
+            a.keys()
+                .chain(b.keys())
+                .filter(move |k| a.get(*k) != b.get(*k))
+        }
+        if self.everything {
+            return None;
+        }
+        let functions = changed(&before.functions, &after.functions)
+            .find(|a| !self.functions.contains(a))
+            .map(|a| format!("function {a}"));
+        let groups = || {
+            changed(&before.groups, &after.groups)
+                .find(|g| !self.groups.contains(g))
+                .map(|g| format!("IOMMU group {g}"))
+        };
+        let mdevs = || {
+            changed(&before.mdevs, &after.mdevs)
+                .find(|u| !self.mdevs.contains(u))
+                .map(|u| format!("mdev {u}"))
+        };
+        let parents = || {
+            changed(&before.mdev_parents, &after.mdev_parents)
+                .find(|p| !self.parents.contains(*p))
+                .map(|p| format!("mdev parent {p}"))
+        };
+        functions.or_else(groups).or_else(mdevs).or_else(parents)
+    }
+
+    /// Widens `self` to cover `other` as well.
+    pub fn merge(&mut self, other: RefreshScope) {
+        if self.everything || other.everything {
+            *self = RefreshScope::everything();
+            return;
+        }
+        self.functions.extend(other.functions);
+        self.groups.extend(other.groups);
+        self.mdevs.extend(other.mdevs);
+        self.parents.extend(other.parents);
+    }
 }
 
 /// Drops a group that left the scope, and its warnings.
@@ -1193,6 +1300,7 @@ impl Scanner {
         let name = uuid.to_string();
         let prefix = Path::new(MDEV_DEVICES).join(&name);
         inv.warnings.retain(|w| !w.path.starts_with(&prefix));
+        touched.mdevs.insert(uuid);
         let new = read_mdev(r, &name);
         let old = match &new {
             Some(m) => inv.mdevs.insert(uuid, m.clone()),
@@ -1209,6 +1317,7 @@ impl Scanner {
         }
         // Moved between parents (a UUID reused elsewhere): both are read in full.
         let parent_changed = matches!((&old, &new), (Some(o), Some(n)) if o.parent != n.parent);
+        touched.parents.extend(parents.iter().cloned());
         if parent_changed {
             for p in parents {
                 reload_parent(r, inv, &p);

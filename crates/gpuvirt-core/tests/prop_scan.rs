@@ -306,7 +306,10 @@ fn damaged_trees_scan_with_warnings() {
             RefreshTarget::IommuGroup(100),
             RefreshTarget::Modules,
         ] {
-            scanner.refresh(&mut before, &target);
+            let previous = before.clone();
+            let scope = scanner.refresh(&mut before, &target);
+            let outside = scope.first_uncovered(&previous, &before);
+            prop_assert!(outside.is_none(), "refresh of {:?} changed {:?} outside {:?}", target, outside, scope);
         }
         check_inventory(&before);
         let mut fresh = scanner.scan();

@@ -578,13 +578,28 @@ fn a_vanished_device_is_skipped_silently() {
 /// Refreshes `target` and checks the inventory equals a fresh scan.
 fn refresh_matches_scan(s: &Scanner, inv: &mut Inventory, targets: &[RefreshTarget]) {
     for target in targets {
-        let stats = s.refresh_with_stats(inv, target);
+        let before = inv.clone();
+        let (stats, scope) = s.refresh_scoped(inv, target);
         assert!(
             stats.total() < 80,
             "refresh of {target:?} took {stats:?}: not O(affected devices)"
         );
+        assert_scope_covers(&before, inv, &scope, target);
     }
     assert_same(inv, &s.scan(), &format!("refresh of {targets:?}"));
+}
+
+/// Every per-device entry that a refresh changed lies inside the scope it reported (a
+/// consumer compares only those).
+fn assert_scope_covers(
+    before: &Inventory,
+    after: &Inventory,
+    scope: &gpuvirt_core::RefreshScope,
+    target: &RefreshTarget,
+) {
+    if let Some(outside) = scope.first_uncovered(before, after) {
+        panic!("refresh of {target:?} changed {outside} outside its scope {scope:?}");
+    }
 }
 
 /// Equality with a readable first difference (the Debug form of a whole host is unreadable).

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use gpuvirt_core::Inventory;
+use gpuvirt_core::{Inventory, RefreshScope};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dbus;
@@ -16,8 +16,8 @@ use crate::objects::{self, Change, Iface, Kind, Lookup, ObjectTree};
 /// Reads the host. The daemon uses the core scanner; tests can substitute a fake.
 pub trait InventorySource: Send + Sync + 'static {
     fn scan(&self) -> Inventory;
-    /// Re-reads what `target` touches in `inv`.
-    fn refresh(&self, inv: &mut Inventory, target: &Target);
+    /// Re-reads what `target` touches in `inv`; returns the entries it may have changed.
+    fn refresh(&self, inv: &mut Inventory, target: &Target) -> RefreshScope;
 }
 
 impl InventorySource for gpuvirt_core::Scanner {
@@ -25,7 +25,7 @@ impl InventorySource for gpuvirt_core::Scanner {
         gpuvirt_core::Scanner::scan(self)
     }
 
-    fn refresh(&self, inv: &mut Inventory, target: &Target) {
+    fn refresh(&self, inv: &mut Inventory, target: &Target) -> RefreshScope {
         use gpuvirt_core::RefreshTarget as R;
         let target = match target {
             Target::Pci(a) => R::Pci(*a),
@@ -36,7 +36,7 @@ impl InventorySource for gpuvirt_core::Scanner {
             Target::Modules => R::Modules,
             Target::All => R::All,
         };
-        gpuvirt_core::Scanner::refresh(self, inv, &target);
+        gpuvirt_core::Scanner::refresh(self, inv, &target)
     }
 }
 
@@ -301,6 +301,7 @@ impl Actor {
     /// became ready (see [`appeared_parents`]).
     async fn update_announced(&mut self, targets: BTreeSet<Target>, announced: BTreeSet<String>) {
         let started = std::time::Instant::now();
+        let mut scope = RefreshScope::default();
         if targets.contains(&Target::All) {
             // A full scan takes long on big hosts: off the runtime thread.
             let source = self.source.clone();
@@ -311,14 +312,15 @@ impl Actor {
                     return;
                 }
             }
+            scope = RefreshScope::everything();
         } else {
             // A targeted refresh reads a handful of files: cheaper inline than a thread hop.
             for target in &targets {
-                self.source.refresh(&mut self.inventory, target);
+                scope.merge(self.source.refresh(&mut self.inventory, target));
             }
         }
-        let dirty = objects::sync_inventory(&mut self.served, &mut self.inventory);
-        let changes = objects::update(&mut self.tree, &self.inventory, dirty);
+        let synced = objects::sync_inventory(&mut self.served, &mut self.inventory, &scope);
+        let changes = objects::update(&mut self.tree, &self.inventory, synced);
         // Publish first: a client reacting to a signal must find the object by lookup.
         if changes.iter().any(|c| match c {
             Change::Added { iface, .. } => matches!(iface, Iface::Gpu(_) | Iface::Mdev(_)),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use gpuvirt_api as api;
 use gpuvirt_api::{GroupMemberWire, TypeInfoWire};
-use gpuvirt_core::{Inventory, MdevParent, PciAddress, PciFunction};
+use gpuvirt_core::{Inventory, MdevParent, PciAddress, PciFunction, RefreshScope};
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
@@ -496,7 +496,9 @@ impl ObjectKey {
 /// a PCI mdev parent or an mdev.
 pub fn exported_groups(inv: &Inventory) -> BTreeSet<u32> {
     let group_of = |a: &PciAddress| inv.functions.get(a).and_then(|f| f.iommu_group);
-    let mut out = BTreeSet::new();
+    // Gathered in a Vec and built in one go (sorted bulk load): inserting one by one costs
+    // a tree search per mdev, and this runs on every event.
+    let mut out = Vec::with_capacity(inv.gpus.len() + inv.mdev_parents.len() + inv.mdevs.len());
     for gpu in inv.gpus.values() {
         out.extend(group_of(&gpu.address));
         out.extend(gpu.companions.iter().filter_map(group_of));
@@ -512,7 +514,7 @@ pub fn exported_groups(inv: &Inventory) -> BTreeSet<u32> {
         out.extend(parent.pci_address.as_ref().and_then(group_of));
     }
     out.extend(inv.mdevs.values().filter_map(|m| m.iommu_group));
-    out
+    out.into_iter().collect()
 }
 
 /// The object `key` names in `inv`, `None` when it has none.
@@ -620,26 +622,18 @@ pub fn build(inv: &Inventory) -> ObjectTree {
     }
 }
 
-/// Brings `tree` up to date with `inv` for the objects in `dirty` (plus the Manager and any
-/// group whose export changed) and returns exactly what changed. Objects not named in `dirty`
-/// must not depend on anything that changed; [`dirty_keys`] computes such a set.
-pub fn update(
-    tree: &mut ObjectTree,
-    inv: &Inventory,
-    mut dirty: BTreeSet<ObjectKey>,
-) -> Vec<Change> {
+/// Brings `tree` up to date with `inv` for the objects in `synced.dirty` (plus the Manager and
+/// any group whose export changed) and returns exactly what changed. Objects not named there
+/// must not depend on anything that changed; [`sync_inventory`] computes such a set.
+pub fn update(tree: &mut ObjectTree, inv: &Inventory, synced: Synced) -> Vec<Change> {
+    let Synced {
+        mut dirty,
+        exported,
+    } = synced;
     let mut changes = Changes::default();
     let manager = manager_props(inv);
     changes.manager(&tree.manager, &manager);
     tree.manager = manager;
-    // Which groups are exported follows from GPUs, functions, parents and mdevs, and any
-    // change to those leaves a dirty key: with none, the set cannot have changed (and
-    // recomputing it walks every mdev).
-    let exported = if dirty.is_empty() {
-        tree.exported_groups.clone()
-    } else {
-        exported_groups(inv)
-    };
     if exported != tree.exported_groups {
         dirty.extend(
             exported
@@ -792,9 +786,9 @@ fn same_function(a: &PciFunction, b: &PciFunction) -> bool {
 /// The functions some object shows: GPUs, their slot companions and VFs, and PCI mdev
 /// parents. No object reads any other function (see [`spec_of`] and [`exported_groups`]).
 pub fn shown_functions(inv: &Inventory) -> BTreeSet<PciAddress> {
-    let mut out = BTreeSet::new();
+    let mut out = Vec::with_capacity(inv.gpus.len() * 2 + inv.mdev_parents.len());
     for gpu in inv.gpus.values() {
-        out.insert(gpu.address);
+        out.push(gpu.address);
         out.extend(gpu.companions.iter().copied());
         if let Some(sriov) = inv
             .functions
@@ -805,7 +799,7 @@ pub fn shown_functions(inv: &Inventory) -> BTreeSet<PciAddress> {
         }
     }
     out.extend(inv.mdev_parents.values().filter_map(|p| p.pci_address));
-    out
+    out.into_iter().collect()
 }
 
 /// What the served tree is built from: `inv` without the functions and IOMMU groups no object
@@ -840,20 +834,23 @@ pub fn served_part(inv: &mut Inventory) -> Inventory {
 
 /// Brings `served` (a [`served_part`]) up to date with the complete inventory `inv`, copying
 /// only the entries that differ, and returns the object keys whose objects may have changed
-/// with them. Only the functions and groups that objects show are compared: an event costs
-/// O(GPUs + mdevs), not O(every PCI function and group of the host).
+/// with them. `scope` is what the refresh since the last sync may have changed (see
+/// [`RefreshScope`]): only those entries, and those that entered or left what objects show,
+/// are compared, so an event costs O(what it touched + GPUs + parents), not O(every function,
+/// group and mdev of the host). Debug builds check that nothing outside the scope changed.
 ///
 /// `inv` is borrowed mutably only to compare what is not a per-device map in one step (its
 /// maps are set aside meanwhile and put back before returning): host-wide facts and any field
 /// the model gains are then synced without being named here.
-pub fn sync_inventory(old: &mut Inventory, new: &mut Inventory) -> BTreeSet<ObjectKey> {
+pub fn sync_inventory(old: &mut Inventory, new: &mut Inventory, scope: &RefreshScope) -> Synced {
     let mut dirty = BTreeSet::new();
     let mut parents_touched: BTreeSet<String> = BTreeSet::new();
 
     let shown = shown_functions(new);
-    let candidates: BTreeSet<PciAddress> =
-        shown.iter().chain(old.functions.keys()).copied().collect();
-    for a in candidates {
+    let exported = exported_groups(new);
+    #[cfg(debug_assertions)]
+    check_scope(old, new, &shown, &exported, scope);
+    for a in candidates(&shown, &old.functions, &scope.functions, scope.everything) {
         let now = new.functions.get(&a).filter(|_| shown.contains(&a));
         let same = match (old.functions.get(&a), now) {
             (Some(x), Some(y)) => same_function(x, y),
@@ -882,23 +879,30 @@ pub fn sync_inventory(old: &mut Inventory, new: &mut Inventory) -> BTreeSet<Obje
         }
         sync_entry(&mut old.gpus, new.gpus.get(&a), a);
     }
-    let exported = exported_groups(new);
-    let candidates: BTreeSet<u32> = exported.iter().chain(old.groups.keys()).copied().collect();
-    for g in candidates {
+    for g in candidates(&exported, &old.groups, &scope.groups, scope.everything) {
         let now = new.groups.get(&g).filter(|_| exported.contains(&g));
         if old.groups.get(&g) != now {
             dirty.insert(ObjectKey::Group(g));
             sync_entry(&mut old.groups, now, g);
         }
     }
-    for u in changed_keys(&old.mdevs, &new.mdevs) {
+    let mdevs = if scope.everything {
+        changed_keys(&old.mdevs, &new.mdevs)
+    } else {
+        changed_among(&old.mdevs, &new.mdevs, &scope.mdevs)
+    };
+    for u in mdevs {
         dirty.insert(ObjectKey::Mdev(u));
         for m in [old.mdevs.get(&u), new.mdevs.get(&u)].into_iter().flatten() {
             parents_touched.insert(m.parent.clone());
         }
         sync_entry(&mut old.mdevs, new.mdevs.get(&u), u);
     }
-    parents_touched.extend(changed_keys(&old.mdev_parents, &new.mdev_parents));
+    parents_touched.extend(if scope.everything {
+        changed_keys(&old.mdev_parents, &new.mdev_parents)
+    } else {
+        changed_among(&old.mdev_parents, &new.mdev_parents, &scope.parents)
+    });
     for name in &parents_touched {
         for p in [old.mdev_parents.get(name), new.mdev_parents.get(name)]
             .into_iter()
@@ -924,10 +928,119 @@ pub fn sync_inventory(old: &mut Inventory, new: &mut Inventory) -> BTreeSet<Obje
         }
     }
     sync_remainder(old, new);
-    dirty
+    Synced { dirty, exported }
 }
 
-/// The per-device maps [`sync_inventory`] syncs entry by entry.
+/// What [`sync_inventory`] found, for [`update`].
+#[derive(Debug)]
+pub struct Synced {
+    /// The objects that may have changed.
+    pub dirty: BTreeSet<ObjectKey>,
+    /// The IOMMU groups that get an object now ([`exported_groups`] of the new inventory).
+    pub exported: BTreeSet<u32>,
+}
+
+/// The keys to compare for one map of the served part: with `everything`, every key either
+/// side has; otherwise those that entered or left `wanted` (what objects show now) and those
+/// in `scope` (what the refresh may have changed).
+fn candidates<K: Ord + Copy, V>(
+    wanted: &BTreeSet<K>,
+    served: &BTreeMap<K, V>,
+    scope: &BTreeSet<K>,
+    everything: bool,
+) -> BTreeSet<K> {
+    if everything {
+        return wanted.iter().chain(served.keys()).copied().collect();
+    }
+    // One walk over both sorted key sequences (no lookup per key).
+    let mut out: Vec<K> = Vec::new();
+    let mut w = wanted.iter().peekable();
+    let mut s = served.keys().peekable();
+    loop {
+        match (w.peek(), s.peek()) {
+            (Some(a), Some(b)) => match a.cmp(b) {
+                std::cmp::Ordering::Less => out.extend(w.next().copied()),
+                std::cmp::Ordering::Greater => out.extend(s.next().copied()),
+                std::cmp::Ordering::Equal => {
+                    w.next();
+                    s.next();
+                }
+            },
+            (Some(_), None) => out.extend(w.next().copied()),
+            (None, Some(_)) => out.extend(s.next().copied()),
+            (None, None) => break,
+        }
+    }
+    out.extend(
+        scope
+            .iter()
+            .filter(|k| wanted.contains(k) || served.contains_key(k)),
+    );
+    out.into_iter().collect()
+}
+
+/// The keys of `keys` whose entries differ between `a` and `b`.
+fn changed_among<K: Ord + Clone, V: PartialEq>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+    keys: &BTreeSet<K>,
+) -> Vec<K> {
+    keys.iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Panics when an entry the objects show changed outside `scope`: the scanner's scope
+/// missed a change, and the served tree would keep the stale entry.
+#[cfg(debug_assertions)]
+fn check_scope(
+    old: &Inventory,
+    new: &Inventory,
+    shown: &BTreeSet<PciAddress>,
+    exported: &BTreeSet<u32>,
+    scope: &RefreshScope,
+) {
+    if scope.everything {
+        return;
+    }
+    for a in shown.iter().filter(|a| !scope.functions.contains(a)) {
+        if let (Some(x), Some(y)) = (old.functions.get(a), new.functions.get(a)) {
+            assert!(
+                same_function(x, y),
+                "function {a} changed outside {scope:?}"
+            );
+        }
+    }
+    for g in exported.iter().filter(|g| !scope.groups.contains(g)) {
+        if let (Some(x), Some(y)) = (old.groups.get(g), new.groups.get(g)) {
+            assert!(x == y, "IOMMU group {g} changed outside {scope:?}");
+        }
+    }
+    for (u, m) in old.mdevs.iter().filter(|(u, _)| !scope.mdevs.contains(u)) {
+        assert!(
+            new.mdevs.get(u) == Some(m),
+            "mdev {u} changed outside {scope:?}"
+        );
+    }
+    for u in new.mdevs.keys().filter(|u| !scope.mdevs.contains(u)) {
+        assert!(
+            old.mdevs.contains_key(u),
+            "mdev {u} appeared outside {scope:?}"
+        );
+    }
+    let parents = old.mdev_parents.keys().chain(new.mdev_parents.keys());
+    for p in parents.filter(|p| !scope.parents.contains(*p)) {
+        assert!(
+            old.mdev_parents.get(p) == new.mdev_parents.get(p),
+            "mdev parent {p} changed outside {scope:?}"
+        );
+    }
+}
+
+/// The per-device maps [`sync_inventory`] syncs entry by entry, and the scanner's per-device
+/// bookkeeping no object shows (every function's class, every group's number: on a large
+/// host, thousands of entries), which the served part does not hold at all.
 #[derive(Default)]
 struct DeviceMaps {
     functions: BTreeMap<PciAddress, PciFunction>,
@@ -935,6 +1048,8 @@ struct DeviceMaps {
     groups: BTreeMap<u32, gpuvirt_core::IommuGroup>,
     mdev_parents: BTreeMap<String, MdevParent>,
     mdevs: BTreeMap<Uuid, gpuvirt_core::Mdev>,
+    pci_classes: BTreeMap<PciAddress, Option<u32>>,
+    group_ids: BTreeSet<u32>,
 }
 
 impl DeviceMaps {
@@ -945,6 +1060,8 @@ impl DeviceMaps {
             groups: std::mem::take(&mut inv.groups),
             mdev_parents: std::mem::take(&mut inv.mdev_parents),
             mdevs: std::mem::take(&mut inv.mdevs),
+            pci_classes: std::mem::take(&mut inv.pci_classes),
+            group_ids: std::mem::take(&mut inv.group_ids),
         }
     }
 
@@ -954,6 +1071,8 @@ impl DeviceMaps {
         inv.groups = self.groups;
         inv.mdev_parents = self.mdev_parents;
         inv.mdevs = self.mdevs;
+        inv.pci_classes = self.pci_classes;
+        inv.group_ids = self.group_ids;
     }
 }
 
@@ -1520,14 +1639,52 @@ pub(crate) mod tests {
             let mut new = base.clone();
             mutate(&mut new);
             let expected_changes = diff(&build(&base), &build(&new));
-            let mut current = served_part(&mut base.clone());
-            let mut tree = build(&base);
-            let dirty = sync_inventory(&mut current, &mut new);
-            assert_eq!(current, served_part(&mut new), "{name}: inventories synced");
-            let changes = update(&mut tree, &new, dirty);
-            assert_eq!(tree, build(&new), "{name}: tree");
-            assert_eq!(changes, expected_changes, "{name}: changes");
+            // After a full scan, and after a refresh that names exactly what it changed.
+            for scope in [RefreshScope::everything(), exact_scope(&base, &new)] {
+                let mut current = served_part(&mut base.clone());
+                let mut tree = build(&base);
+                let synced = sync_inventory(&mut current, &mut new, &scope);
+                assert_eq!(current, served_part(&mut new), "{name}: inventories synced");
+                let changes = update(&mut tree, &new, synced);
+                assert_eq!(tree, build(&new), "{name}: tree ({scope:?})");
+                assert_eq!(changes, expected_changes, "{name}: changes ({scope:?})");
+            }
         }
+    }
+
+    /// The narrowest scope that covers every per-device difference between `a` and `b`.
+    fn exact_scope(a: &Inventory, b: &Inventory) -> RefreshScope {
+        fn differ<K: Ord + Clone, V: PartialEq>(
+            a: &BTreeMap<K, V>,
+            b: &BTreeMap<K, V>,
+        ) -> BTreeSet<K> {
+            a.keys()
+                .chain(b.keys())
+                .filter(|k| a.get(*k) != b.get(*k))
+                .cloned()
+                .collect()
+        }
+        RefreshScope {
+            everything: false,
+            functions: differ(&a.functions, &b.functions),
+            groups: differ(&a.groups, &b.groups),
+            mdevs: differ(&a.mdevs, &b.mdevs),
+            parents: differ(&a.mdev_parents, &b.mdev_parents),
+        }
+    }
+
+    /// A scope that misses a change is a scanner bug the served tree would hide (it keeps
+    /// the stale entry): debug builds stop on it.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "changed outside")]
+    fn a_change_outside_the_scope_is_caught() {
+        let base = runbook_inventory();
+        let mut new = base.clone();
+        let gpu: PciAddress = "0000:41:00.0".parse().unwrap();
+        new.functions.get_mut(&gpu).unwrap().driver = Some("vfio-pci".into());
+        let mut current = served_part(&mut base.clone());
+        sync_inventory(&mut current, &mut new, &RefreshScope::default());
     }
 
     /// The actor's second copy holds only what objects show: not the NIC, nor its group.

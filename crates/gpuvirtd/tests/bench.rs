@@ -213,15 +213,16 @@ async fn host() {
     let dev = std::fs::canonicalize(tree.join("sys/bus/pci/devices").join(&address)).unwrap();
     let devpath = format!("/{}", dev.strip_prefix(tree.join("sys")).unwrap().display());
     let recorder = SignalRecorder::start(&conn).await;
-    let mut toggle = 0usize;
-    let mut flip = |dev: &Path| {
-        toggle += 1;
-        let value = if toggle % 2 == 1 {
-            "vfio-pci\n"
-        } else {
+    // Toggles from what the file holds: a tree reused from an earlier run may hold either.
+    let flip = |dev: &Path| {
+        let path = dev.join("driver_override");
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        let value = if now.trim() == "vfio-pci" {
             "(null)\n"
+        } else {
+            "vfio-pci\n"
         };
-        std::fs::write(dev.join("driver_override"), value).unwrap();
+        std::fs::write(path, value).unwrap();
     };
     let mut latencies = Vec::with_capacity(events);
     for i in 0..events {
