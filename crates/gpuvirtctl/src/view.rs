@@ -3,6 +3,7 @@
 //! the tables share them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use gpuvirt_api::{self as api, GroupMemberWire, TypeInfo, TypeInfoWire};
 use serde::Serialize;
@@ -116,6 +117,10 @@ pub const MDEVS: Scope = Scope {
     optional: None,
 };
 
+/// Most `GetAll` calls [`fetch_scoped`] keeps in flight: well under the 128 pending replies a
+/// stock system bus allows one connection.
+const MAX_CALLS_IN_FLIGHT: u32 = 64;
+
 /// Reads only the objects under `scopes`: the children of each node (one `Introspect`), then
 /// their properties with pipelined `GetAll` calls on the one connection. `GetManagedObjects`
 /// would make gpuvirtd gather every object of the host (on a 5000-function host most of them
@@ -164,13 +169,25 @@ pub async fn fetch_scoped(connection: &zbus::Connection, scopes: &[Scope]) -> zb
             reply.body().deserialize::<Props>()
         }
     };
-    // All calls in flight at once: the bus and gpuvirtd answer them in order, so the cost is
-    // one round trip plus the work, not one round trip per object.
+    // Many calls in flight at once: the bus and gpuvirtd answer them in order, so the cost is
+    // one round trip plus the work, not one round trip per object. Bounded, because the bus
+    // caps the replies one connection may await (dbus-daemon's max_replies_per_connection:
+    // 128 on a system bus whose configuration does not raise it); past the cap every further
+    // call fails with LimitsExceeded.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for (path, scope) in paths {
         let main = get_all(&path, scope.interface);
         let extra = scope.optional.map(|i| (i, get_all(&path, i)));
+        // One permit per call this task makes.
+        let calls = if extra.is_some() { 2 } else { 1 };
+        let permit = in_flight
+            .clone()
+            .acquire_many_owned(calls)
+            .await
+            .map_err(|_| zbus::Error::Failure("the call limiter closed".into()))?;
         tasks.spawn(async move {
+            let _permit = permit;
             let (main, extra) = match extra {
                 Some((name, call)) => {
                     let (main, extra) = tokio::join!(main, call);

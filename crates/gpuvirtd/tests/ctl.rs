@@ -128,3 +128,30 @@ fn absent_daemon_is_reported_plainly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot connect to the bus at"), "{stderr}");
 }
+
+/// A stock system bus lets one connection await at most 128 replies; a read command on a
+/// host with hundreds of objects must stay under that, not fail with LimitsExceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_under_the_system_bus_reply_limit() {
+    use gpuvirt_sim::generate::{generate, GenParams, GpuModel};
+    use gpuvirt_sim::Backend;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let params = GenParams {
+        gpus: 10,
+        mdevs: 300,
+        pci_total: 40,
+        models: vec![GpuModel::A40],
+        defined_inactive: 0,
+        seed: 7,
+    };
+    let kernel = gpuvirt_sim::kernel::Kernel::from_fixture(&generate(&params).unwrap()).unwrap();
+    gpuvirt_sim::materialize::materialize(kernel.tree(), &root).unwrap();
+    let bus = Bus::start_with_reply_limit(128, dir.path());
+    let _daemon = Daemon::start(&bus, &root, "none", dir.path()).await;
+
+    let mdevs = json(&bus, &["mdev", "list", "--json"]);
+    assert_eq!(mdevs.as_array().unwrap().len(), 300, "{mdevs}");
+    let (ok, _, stderr) = ctl(&bus, &["types"]);
+    assert!(ok, "{stderr}");
+}

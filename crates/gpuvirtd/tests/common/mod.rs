@@ -36,8 +36,39 @@ pub struct Bus {
 
 impl Bus {
     pub fn start() -> Bus {
+        Self::spawn(&["--session"])
+    }
+
+    /// A bus whose connections may await at most `limit` replies each, as a stock system
+    /// bus does (dbus-daemon's built-in `max_replies_per_connection` is 128; the session
+    /// configuration raises it). `config_dir` holds the configuration file.
+    pub fn start_with_reply_limit(limit: u32, config_dir: &Path) -> Bus {
+        let config = config_dir.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=/tmp</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+  <limit name="max_replies_per_connection">{limit}</limit>
+</busconfig>
+"#
+            ),
+        )
+        .unwrap();
+        Self::spawn(&[&format!("--config-file={}", config.display())])
+    }
+
+    fn spawn(config: &[&str]) -> Bus {
         let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+            .args(config)
+            .args(["--nofork", "--nopidfile", "--print-address=1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
