@@ -55,6 +55,7 @@ async fn start_daemon(bus: &Bus, host: &SimHost, policy: &Path) -> Daemon {
 
 fn mdevs(host: &SimHost) -> Vec<String> {
     let mut v: Vec<String> = lock_backend(host.mount.backend())
+        .inner()
         .mdevs()
         .into_iter()
         .map(|(u, _, _)| u.to_string())

@@ -100,6 +100,7 @@ fn no_options() -> HashMap<String, OwnedValue> {
 
 fn mdevs(host: &SimHost) -> Vec<String> {
     let mut v: Vec<String> = lock_backend(host.mount.backend())
+        .inner()
         .mdevs()
         .into_iter()
         .map(|(u, _, _)| u.to_string())

@@ -1,8 +1,10 @@
 //! Sharding through the daemon on a private bus against the FUSE-simulated kernel: the
 //! runbook's V100 to capacity and past it, duplicate UUIDs, unknown types listing the choices,
 //! EBUSY on remove, another tool's mdev left alone, mdevctl-style definitions recreated with
-//! the same UUIDs after a hot-unplug and once only across a restart, and the render method
-//! against golden files (`GPUVIRT_BLESS=1` rewrites them).
+//! the same UUIDs after a hot-unplug and once only across a restart, NVIDIA per-VF vGPUs and
+//! plain SR-IOV VFs brought back by the policy after their card's removal and return and left
+//! alone when the driver refuses (EBUSY), and the render method against golden files
+//! (`GPUVIRT_BLESS=1` rewrites them).
 
 #![allow(clippy::unwrap_used)]
 
@@ -850,4 +852,162 @@ async fn render_hostdev_matches_golden_files() {
         .await
         .unwrap_err();
     assert_eq!(name, api::INVALID_ARGS_ERROR);
+}
+
+/// Polls `Reconcile` until `done` holds (a per-VF apply takes passes: the VFs first, their
+/// types once the VFs exist).
+async fn reconcile_until(conn: &zbus::Connection, what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            last_apply(conn).await
+        );
+        let _ = manager(conn, "Reconcile", &(no_opts(),)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// NVIDIA per-VF: the card's surprise removal and return bring the policy's vGPUs back on
+/// their own (enforce mode); lowering the count while a VM holds the vGPU to go (its
+/// `current_vgpu_type` write fails with EBUSY) is reported and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvidia_per_vf_vgpus_return_with_their_card_and_a_held_one_is_not_taken() {
+    if !fuse_available() {
+        return;
+    }
+    const GPU1: &str = "0000:9a:00.0";
+    let host = SimHost::boot("hopper-sriov");
+    let policy = host.dir.path().join("policy.toml");
+    std::fs::write(&policy, hopper_policy("2")).unwrap();
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let extra = ["--policy", policy.to_str().unwrap()];
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let conn = bus.connect().await;
+    reconcile_until(&conn, "two vGPUs", || vgpus_of(&host, GPU1).len() == 2).await;
+    let made = vgpus_of(&host, GPU1);
+
+    // Surprise removal: the VFs go with their PF. The return re-enumerates the PF with no
+    // VFs; the policy enables them and sets the types again without being asked.
+    let gpu: gpuvirt_core::PciAddress = GPU1.parse().unwrap();
+    host.with_kernel_mut(|k| k.hot_remove(gpu).unwrap());
+    eventually("the vGPUs gone with their card", || {
+        vgpus_of(&host, GPU1).is_empty()
+    })
+    .await;
+    host.with_kernel_mut(|k| k.replug(gpu).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while vgpus_of(&host, GPU1) != made {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?} after the card returned, want {made:?}\n{}",
+            vgpus_of(&host, GPU1),
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // One vGPU fewer, but a VM holds them: the driver refuses to clear the type.
+    for (vf, _) in &made {
+        host.fail_next_write(
+            &format!("sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type"),
+            libc::EBUSY,
+        );
+    }
+    std::fs::write(&policy, hopper_policy("1")).unwrap();
+    manager(&conn, "ReloadPolicy", &(no_opts(),)).await.unwrap();
+    let report = last_apply(&conn).await;
+    assert!(
+        report.contains("EBUSY") || report.to_lowercase().contains("busy"),
+        "{report}\n{}",
+        d.log()
+    );
+    assert_eq!(vgpus_of(&host, GPU1), made, "nothing taken: {report}");
+    // Once released (the fault was one write), an explicit Reconcile takes it.
+    reconcile_until(&conn, "one vGPU", || vgpus_of(&host, GPU1).len() == 1).await;
+}
+
+/// Plain SR-IOV: the VFs come back after the card's surprise removal and return; lowering
+/// the count while the VFs are held (`sriov_numvfs` refuses with EBUSY) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sriov_vfs_return_with_their_card_and_held_vfs_are_not_disabled() {
+    if !fuse_available() {
+        return;
+    }
+    const PF: &str = "0000:9a:00.0";
+    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
+    let spec = fixture
+        .devices
+        .iter_mut()
+        .find(|d| d.address.to_string() == PF)
+        .unwrap();
+    spec.id = "1002:74a1".into();
+    spec.nvidia_vgpu = None;
+    // Its own SR-IOV-capable driver, which probes it again when the card returns.
+    spec.driver = Some("amdgpu".into());
+    fixture.drivers.push(gpuvirt_sim::fixture::DriverSpec {
+        name: "amdgpu".into(),
+        module: None,
+        builtin: true,
+        ids: vec!["1002:*".into()],
+        override_only: false,
+        modules_alias: true,
+        sriov: true,
+    });
+    let host = SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap());
+    let numvfs_path = format!("sys/bus/pci/devices/{PF}/sriov_numvfs");
+    let numvfs = || {
+        std::fs::read_to_string(host.root().join(&numvfs_path))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let policy = host.dir.path().join("policy.toml");
+    let write_policy = |count: u32| {
+        std::fs::write(
+            &policy,
+            format!(
+                "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"vfs\"\nmatch = {{ address = \"{PF}\" }}\nrole = \"shard\"\nshard = {{ type = \"vf\", count = {count} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_policy(4);
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let extra = ["--policy", policy.to_str().unwrap()];
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let conn = bus.connect().await;
+    eventually("4 VFs enabled at start", || numvfs() == "4").await;
+
+    let pf: gpuvirt_core::PciAddress = PF.parse().unwrap();
+    host.with_kernel_mut(|k| k.hot_remove(pf).unwrap());
+    eventually("the card gone", || numvfs().is_empty()).await;
+    host.with_kernel_mut(|k| k.replug(pf).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while numvfs() != "4" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sriov_numvfs {} after the card returned\n{}",
+            numvfs(),
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Two VFs fewer while a VM holds them: the driver refuses the change.
+    host.fail_next_write(&numvfs_path, libc::EBUSY);
+    write_policy(2);
+    manager(&conn, "ReloadPolicy", &(no_opts(),)).await.unwrap();
+    let report = last_apply(&conn).await;
+    assert!(
+        report.contains("EBUSY") || report.to_lowercase().contains("busy"),
+        "{report}\n{}",
+        d.log()
+    );
+    assert_eq!(numvfs(), "4", "nothing disabled: {report}");
+    reconcile_until(&conn, "2 VFs", || numvfs() == "2").await;
 }

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use gpuvirt_api as api;
 use gpuvirt_sim::fixture::Fixture;
 use gpuvirt_sim::fuse::{lock_backend, SimMount};
+use gpuvirt_sim::host::Faults;
 use gpuvirt_sim::kernel::Kernel;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
@@ -98,9 +99,10 @@ impl Drop for Bus {
     }
 }
 
-/// A simulated host mounted in a temp dir with its uevent socket.
+/// A simulated host mounted in a temp dir with its uevent socket. The kernel sits behind
+/// [`Faults`], so a test can make one write fail ([`SimHost::fail_next_write`]).
 pub struct SimHost {
-    pub mount: SimMount<Kernel>,
+    pub mount: SimMount<Faults<Kernel>>,
     pub socket: PathBuf,
     // Declared last: dropped after the mount.
     pub dir: tempfile::TempDir,
@@ -116,10 +118,19 @@ impl SimHost {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
-        let mount = SimMount::mount(Arc::new(Mutex::new(kernel)), &root).unwrap();
+        let mount = SimMount::mount(Arc::new(Mutex::new(Faults::new(kernel))), &root).unwrap();
         let socket = dir.path().join("uevent.sock");
         mount.listen_uevents(&socket).unwrap();
         SimHost { mount, socket, dir }
+    }
+
+    /// Makes the next write to `rel` (a path below the root; links are followed) fail with
+    /// `errno`, as a driver refusing it would (EBUSY: a VM holds the device).
+    pub fn fail_next_write(&self, rel: &str, errno: i32) {
+        use gpuvirt_sim::host::HostHooks;
+        lock_backend(self.mount.backend())
+            .fail_next_write(rel, errno)
+            .unwrap();
     }
 
     pub fn root(&self) -> &Path {
@@ -138,7 +149,7 @@ impl SimHost {
 
     /// Runs `f` on the kernel, then publishes the uevents it produced.
     pub fn with_kernel_mut<R>(&self, f: impl FnOnce(&mut Kernel) -> R) -> R {
-        let r = f(&mut lock_backend(self.mount.backend()));
+        let r = f(lock_backend(self.mount.backend()).inner_mut());
         self.mount.publish_pending();
         r
     }

@@ -193,3 +193,17 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The Manager's `LastApply` (the last policy apply's report).
+pub async fn last_apply(conn: &zbus::Connection) -> String {
+    let reply = call(
+        conn,
+        api::MANAGER_PATH,
+        "org.freedesktop.DBus.Properties",
+        "Get",
+        &(api::MANAGER_INTERFACE, "LastApply"),
+    )
+    .await
+    .unwrap();
+    String::try_from(reply.body().deserialize::<OwnedValue>().unwrap()).unwrap()
+}
