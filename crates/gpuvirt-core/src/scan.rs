@@ -71,6 +71,8 @@ pub struct Scanner {
     /// Problems met while loading the databases, repeated in every scan's warnings.
     load_warnings: Vec<ScanWarning>,
     load_stats: ScanStats,
+    /// Most threads a scan splits its per-device reads over (see [`read_parallel`]).
+    threads: usize,
 }
 
 /// A scan of the whole host under `root` (loads the databases each time; keep a [`Scanner`]
@@ -102,7 +104,17 @@ impl Scanner {
             aliases,
             load_warnings,
             load_stats,
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(PARALLEL_MAX_THREADS),
         }
+    }
+
+    /// Splits a scan's per-device reads over at most `threads` threads (1: all on the calling
+    /// thread). The default is the CPUs, at most four.
+    pub fn with_threads(mut self, threads: usize) -> Scanner {
+        self.threads = threads.max(1);
+        self
     }
 
     pub fn root(&self) -> &Root {
@@ -143,15 +155,26 @@ impl Scanner {
         // One uevent read classifies a function. Display functions, and functions whose class
         // the uevent does not tell, are read in full now; the rest of the scope is settled
         // below, once the GPUs, parents and mdevs are known.
+        let mut addresses = Vec::new();
         for name in list_sorted(&mut r, Path::new(PCI_DEVICES)) {
-            let Ok(addr) = name.parse::<PciAddress>() else {
-                r.warn(
+            match name.parse::<PciAddress>() {
+                Ok(addr) => addresses.push(addr),
+                Err(_) => r.warn(
                     &Path::new(PCI_DEVICES).join(&name),
                     "the entry is not a PCI address and was skipped",
-                );
-                continue;
-            };
-            match classify(&mut r, addr) {
+                ),
+            }
+        }
+        let classes = read_parallel(
+            &self.root,
+            self.threads,
+            &mut r,
+            &addresses,
+            DEVICES_PER_THREAD,
+            |r, a| classify(r, *a),
+        );
+        for (addr, class) in addresses.into_iter().zip(classes) {
+            match class {
                 Some(class) if !is_display_class(class) => {
                     inv.pci_classes.insert(addr, Some(class));
                 }
@@ -180,20 +203,40 @@ impl Scanner {
             }
         };
 
-        for name in list_sorted(&mut r, Path::new(MDEV_BUS)) {
-            if let Some(p) = read_parent(&mut r, &name, None) {
+        let parent_names = list_sorted(&mut r, Path::new(MDEV_BUS));
+        let parents = read_parallel(
+            &self.root,
+            self.threads,
+            &mut r,
+            &parent_names,
+            PARENTS_PER_THREAD,
+            |r, n| read_parent(r, n, None),
+        );
+        for (name, p) in parent_names.into_iter().zip(parents) {
+            if let Some(p) = p {
                 inv.mdev_parents.insert(name, p);
             }
         }
+        let mut mdev_names = Vec::new();
         for name in list_sorted(&mut r, Path::new(MDEV_DEVICES)) {
-            let Ok(uuid) = Uuid::parse_str(&name) else {
-                r.warn(
+            match Uuid::parse_str(&name) {
+                Ok(uuid) => mdev_names.push((uuid, name)),
+                Err(_) => r.warn(
                     &Path::new(MDEV_DEVICES).join(&name),
                     "the entry is not a UUID and was skipped",
-                );
-                continue;
-            };
-            if let Some(m) = read_mdev(&mut r, &name) {
+                ),
+            }
+        }
+        let mdevs = read_parallel(
+            &self.root,
+            self.threads,
+            &mut r,
+            &mdev_names,
+            DEVICES_PER_THREAD,
+            |r, (_, name)| read_mdev(r, name),
+        );
+        for ((uuid, _), m) in mdev_names.into_iter().zip(mdevs) {
+            if let Some(m) = m {
                 inv.mdevs.insert(uuid, m);
             }
         }
@@ -980,6 +1023,61 @@ fn parse_id_pair(v: &str) -> Option<(u16, u16)> {
 
 /// Lists a directory sorted; a missing directory is empty (mdev and IOMMU directories exist
 /// only while their kernel parts are active), other errors are warned.
+/// Fewest devices (a few syscalls each) worth a thread of their own: below it, starting the
+/// thread costs more than the reads.
+const DEVICES_PER_THREAD: usize = 256;
+
+/// Fewest mdev parents worth a thread (each is a hundred reads or more: its types).
+const PARENTS_PER_THREAD: usize = 4;
+
+/// Most threads a scan uses by default (the reads are syscalls; beyond a few cores they
+/// contend in the kernel's path lookup).
+const PARALLEL_MAX_THREADS: usize = 4;
+
+/// `read` of every item, in `items`' order: on large hosts split over the CPUs (each thread
+/// with its own [`Reader`], whose counts and warnings then join `r`'s). A cold start is
+/// mostly such independent per-device reads (a function's class, an mdev's links).
+fn read_parallel<T: Sync, R: Send>(
+    root: &Root,
+    threads: usize,
+    r: &mut Reader<'_>,
+    items: &[T],
+    per_thread: usize,
+    read: impl Fn(&mut Reader<'_>, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(items.len() / per_thread.max(1));
+    if threads < 2 {
+        return items.iter().map(|item| read(r, item)).collect();
+    }
+    let read = &read;
+    let parts: Vec<(Vec<R>, Reader<'_>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut own = Reader::new(root);
+                    let out: Vec<R> = chunk.iter().map(|item| read(&mut own, item)).collect();
+                    (out, own)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for (part, mut own) in parts {
+        out.extend(part);
+        r.stats.add(&own.stats);
+        r.warnings.append(&mut own.warnings);
+    }
+    out
+}
+
 fn list_sorted(r: &mut Reader<'_>, rel: &Path) -> Vec<String> {
     match r.list(rel) {
         Ok(mut names) => {

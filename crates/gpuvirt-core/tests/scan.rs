@@ -1020,3 +1020,53 @@ fn scope_follows_gpus_and_their_groups() {
     assert!(inv.functions.is_empty(), "{:?}", inv.functions.keys());
     assert!(inv.groups.is_empty());
 }
+
+/// A host large enough for the scan to split its per-device reads over threads gives what
+/// one thread reads, file operations and warnings included.
+#[test]
+fn a_scan_split_over_threads_reads_what_one_thread_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TreeBuilder::new(dir.path());
+    runbook_host(&t);
+    // 600 NICs (one class read each), 600 mdevs on the V100 with their own groups, and
+    // eight more mdev parents (their types are read per parent).
+    for i in 0..600u32 {
+        let address = format!("0000:{:02x}:{:02x}.{}", 0x80 + i / 64, (i / 8) % 8, i % 8);
+        t.pci(&PciDev::new(&address, "pci0000:80", 0x020000, 0x8086, 0x1572).group(1000 + i));
+    }
+    for i in 0..600u32 {
+        let uuid = format!("00000000-0000-4000-8000-{i:012x}");
+        t.mdev(
+            &uuid,
+            v100().sysfs_path(),
+            "nvidia-299",
+            Some("vfio_mdev"),
+            Some(2000 + i),
+        );
+    }
+    for i in 0..8u32 {
+        let gpu = PciDev::new(
+            &format!("0000:{:02x}:00.0", 0x10 + i),
+            "pci0000:00",
+            0x030200,
+            0x10de,
+            0x1db4,
+        )
+        .driver("nvidia")
+        .group(300 + i);
+        t.pci(&gpu);
+        t.mdev_parent(&gpu.address.to_string(), gpu.sysfs_path(), &v100_types());
+    }
+    // A damaged entry, so warnings are compared too.
+    t.file("sys/bus/pci/devices/not-an-address", "");
+    let (one, one_stats) = scanner(dir.path()).with_threads(1).scan_with_stats();
+    for threads in [2, 4] {
+        let (many, many_stats) = scanner(dir.path()).with_threads(threads).scan_with_stats();
+        assert_same(&many, &one, &format!("a scan on {threads} threads"));
+        assert_eq!(many_stats, one_stats, "{threads} threads");
+    }
+    assert_eq!(one.mdevs.len(), 600);
+    assert_eq!(one.mdev_parents.len(), 9);
+    assert!(one.pci_classes.len() > 600);
+    assert!(!one.warnings.is_empty());
+}
