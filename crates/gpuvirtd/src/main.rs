@@ -175,8 +175,9 @@ async fn run(args: Args) -> Result<(), StartError> {
     // 2. Scan.
     let scanner: Arc<dyn InventorySource> = Arc::new(Scanner::new(root.clone()));
     let started = std::time::Instant::now();
-    // On this thread, not a blocking-pool one: nothing is served yet, and the scan's
-    // allocations then stay in the one malloc arena the daemon uses afterwards.
+    // On this thread, not a blocking-pool one: nothing is served yet. (On a large host the
+    // scan splits its per-device reads over short-lived threads of its own; what they read
+    // lives on in their malloc arenas, about 1 MiB more RSS on the 5000-function bench host.)
     let inventory = scanner.scan();
     let tree = objects::build(&inventory);
     tracing::info!(
