@@ -406,6 +406,13 @@ pub trait Manager {
     fn get_gpu_by_pci_address(&self, address: &str) -> Result<OwnedObjectPath, Error>;
     /// The object of the mdev `uuid`.
     fn get_mdev_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, Error>;
+    /// The objects carrying any of `interfaces` (all when empty) with every interface's
+    /// properties, in the form of `GetManagedObjects`; no options are defined yet.
+    fn get_objects(
+        &self,
+        interfaces: &[&str],
+        options: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>,
+    ) -> Result<zbus::fdo::ManagedObjects, Error>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

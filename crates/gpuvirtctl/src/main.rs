@@ -352,14 +352,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Every object (one `Manager.GetObjects` call; see [`view::fetch_scoped`]).
 async fn fetch(connection: &zbus::Connection) -> zbus::Result<Host> {
-    let manager = zbus::fdo::ObjectManagerProxy::builder(connection)
-        .destination(api::BUS_NAME)?
-        .path(api::ROOT_PATH)?
-        .build()
-        .await?;
-    let objects = manager.get_managed_objects().await?;
-    Ok(Host::from_managed_objects(objects))
+    view::fetch_objects(connection, &[]).await
 }
 
 /// Only the GPU objects: `list` needs nothing else, and on big hosts the mdevs and groups are

@@ -1,9 +1,8 @@
-//! What the CLI shows, read from a `GetManagedObjects` reply or from only the objects a
-//! command needs ([`fetch_scoped`]); the views are plain serialisable values so `--json` and
-//! the tables share them.
+//! What the CLI shows, read with `Manager.GetObjects` (every object, or only those a command
+//! needs: [`fetch_scoped`]) in the `GetManagedObjects` form; the views are plain serialisable
+//! values so `--json` and the tables share them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use gpuvirt_api::{self as api, GroupMemberWire, TypeInfo, TypeInfoWire};
 use serde::Serialize;
@@ -88,167 +87,53 @@ pub struct Host {
 
 type Props = HashMap<String, OwnedValue>;
 
-/// Which objects a read command needs: every child of `node`, read with `GetAll` of
-/// `interface` (a child without it is skipped: it went away meanwhile) and of `optional` (some
-/// children lack it, such as a GPU that cannot be sharded).
+/// Which objects a read command needs: those carrying `interface` (with all their
+/// interfaces: a GPU's ShardParent comes with it).
 #[derive(Debug, Clone, Copy)]
 pub struct Scope {
-    pub node: &'static str,
     pub interface: &'static str,
-    pub optional: Option<&'static str>,
 }
 
 /// GPUs with their sharding.
 pub const GPUS: Scope = Scope {
-    node: api::GPUS_PATH,
     interface: api::GPU_INTERFACE,
-    optional: Some(api::SHARD_PARENT_INTERFACE),
 };
-/// mdev parents that are not GPUs.
+/// mdev parents (the GPUs among them are GPUs too).
 pub const OTHER_PARENTS: Scope = Scope {
-    node: api::PARENTS_PATH,
     interface: api::SHARD_PARENT_INTERFACE,
-    optional: None,
 };
 /// Mediated devices.
 pub const MDEVS: Scope = Scope {
-    node: api::MDEVS_PATH,
     interface: api::MDEV_INTERFACE,
-    optional: None,
 };
 
-/// Most `GetAll` calls [`fetch_scoped`] keeps in flight: well under the 128 pending replies a
-/// stock system bus allows one connection.
-const MAX_CALLS_IN_FLIGHT: u32 = 64;
-
-/// Reads only the objects under `scopes`: the children of each node (one `Introspect`), then
-/// their properties with pipelined `GetAll` calls on the one connection. `GetManagedObjects`
-/// would make gpuvirtd gather every object of the host (on a 5000-function host most of them
-/// IOMMU groups nobody asked for) and is the bulk of a read command's time there.
+/// Reads only the objects under `scopes`, with one `Manager.GetObjects` call: gpuvirtd answers
+/// from its own tree. `GetManagedObjects` would make it gather every object of the host (on a
+/// 5000-function host most of them IOMMU groups nobody asked for) and a `GetAll` per object
+/// costs a bus round trip each (and a stock system bus lets one connection await only 128).
 pub async fn fetch_scoped(connection: &zbus::Connection, scopes: &[Scope]) -> zbus::Result<Host> {
-    let mut paths: Vec<(String, Scope)> = Vec::new();
-    for scope in scopes {
-        let reply = connection
-            .call_method(
-                Some(api::BUS_NAME),
-                scope.node,
-                Some("org.freedesktop.DBus.Introspectable"),
-                "Introspect",
-                &(),
-            )
-            .await;
-        let xml: String = match reply {
-            Ok(m) => m.body().deserialize()?,
-            // The node exists only while it has children (no GPUs, no mdevs...).
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" =>
-            {
-                String::new()
-            }
-            Err(e) => return Err(e),
-        };
-        paths.extend(
-            child_nodes(&xml)
-                .into_iter()
-                .map(|name| (format!("{}/{name}", scope.node), *scope)),
-        );
-    }
-    let get_all = |path: &str, interface: &'static str| {
-        let connection = connection.clone();
-        let path = path.to_owned();
-        async move {
-            let reply = connection
-                .call_method(
-                    Some(api::BUS_NAME),
-                    path.as_str(),
-                    Some("org.freedesktop.DBus.Properties"),
-                    "GetAll",
-                    &(interface,),
-                )
-                .await?;
-            reply.body().deserialize::<Props>()
-        }
-    };
-    // Many calls in flight at once: the bus and gpuvirtd answer them in order, so the cost is
-    // one round trip plus the work, not one round trip per object. Bounded, because the bus
-    // caps the replies one connection may await (dbus-daemon's max_replies_per_connection:
-    // 128 on a system bus whose configuration does not raise it); past the cap every further
-    // call fails with LimitsExceeded.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT as usize));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (path, scope) in paths {
-        let main = get_all(&path, scope.interface);
-        let extra = scope.optional.map(|i| (i, get_all(&path, i)));
-        // One permit per call this task makes.
-        let calls = if extra.is_some() { 2 } else { 1 };
-        let permit = in_flight
-            .clone()
-            .acquire_many_owned(calls)
-            .await
-            .map_err(|_| zbus::Error::Failure("the call limiter closed".into()))?;
-        tasks.spawn(async move {
-            let _permit = permit;
-            let (main, extra) = match extra {
-                Some((name, call)) => {
-                    let (main, extra) = tokio::join!(main, call);
-                    // Only some objects have the optional interface.
-                    (main, extra.ok().map(|props| (name, props)))
-                }
-                None => (main.await, None),
-            };
-            (path, scope.interface, main, extra)
-        });
-    }
-    let mut objects = ManagedObjects::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((path, interface, main, extra)) = joined else {
-            continue;
-        };
-        let props = match main {
-            Ok(p) => p,
-            // Removed between the listing and the read: simply gone.
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject"
-                    || name.as_str() == "org.freedesktop.DBus.Error.UnknownInterface" =>
-            {
-                continue
-            }
-            Err(zbus::Error::FDO(e))
-                if matches!(
-                    *e,
-                    zbus::fdo::Error::UnknownObject(_) | zbus::fdo::Error::UnknownInterface(_)
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
-        };
-        let mut interfaces = HashMap::new();
-        interfaces.insert(zbus::names::OwnedInterfaceName::try_from(interface)?, props);
-        if let Some((name, props)) = extra {
-            interfaces.insert(zbus::names::OwnedInterfaceName::try_from(name)?, props);
-        }
-        objects.insert(OwnedObjectPath::try_from(path)?, interfaces);
-    }
-    if objects.is_empty() {
-        // An empty answer must still come from a running daemon.
-        api::ManagerProxy::new(connection).await?.version().await?;
-    }
-    Ok(Host::from_managed_objects(objects))
+    let interfaces: Vec<&str> = scopes.iter().map(|s| s.interface).collect();
+    fetch_objects(connection, &interfaces).await
 }
 
-/// The names of the `<node name="..."/>` children in an introspection document.
-pub fn child_nodes(xml: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(i) = rest.find("<node name=\"") {
-        rest = &rest[i + "<node name=\"".len()..];
-        if let Some(end) = rest.find('"') {
-            out.push(rest[..end].to_owned());
-            rest = &rest[end..];
-        }
-    }
-    out
+/// The objects carrying any of `interfaces` (every object when empty), as one
+/// `Manager.GetObjects` call returns them.
+pub async fn fetch_objects(
+    connection: &zbus::Connection,
+    interfaces: &[&str],
+) -> zbus::Result<Host> {
+    let options: HashMap<&str, zbus::zvariant::Value<'_>> = HashMap::new();
+    let reply = connection
+        .call_method(
+            Some(api::BUS_NAME),
+            api::MANAGER_PATH,
+            Some(api::MANAGER_INTERFACE),
+            "GetObjects",
+            &(interfaces, options),
+        )
+        .await?;
+    let objects: ManagedObjects = reply.body().deserialize()?;
+    Ok(Host::from_managed_objects(objects))
 }
 
 fn get<T: TryFrom<OwnedValue>>(props: &Props, name: &str) -> Option<T> {
@@ -368,17 +253,5 @@ impl Host {
         host.mdevs
             .sort_by(|a, b| (&a.parent, &a.uuid).cmp(&(&b.parent, &b.uuid)));
         host
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_child_nodes() {
-        let xml = "<node>\n <interface name=\"x\"/>\n <node name=\"0000_41_00_0\"/>\n <node name=\"0000_42_00_0\"/>\n</node>";
-        assert_eq!(child_nodes(xml), ["0000_41_00_0", "0000_42_00_0"]);
-        assert!(child_nodes("<node/>").is_empty());
     }
 }

@@ -55,6 +55,12 @@ pub enum Command {
     /// Re-reads `targets` now (after a mutation, without waiting for its uevents); replies
     /// when the tree is updated.
     Refresh(Vec<Target>, oneshot::Sender<()>),
+    /// The served objects that carry any of these interfaces (all objects when empty), as
+    /// the tree holds them (the properties are shared, not copied).
+    Objects(
+        Vec<String>,
+        oneshot::Sender<Vec<(String, objects::ObjectSpec)>>,
+    ),
 }
 
 /// A closure for [`Command::Inspect`].
@@ -256,6 +262,18 @@ impl Actor {
                         let _ = reply.send(());
                     }
                     Some(Command::Inspect(Inspector(f))) => f(&self.inventory),
+                    Some(Command::Objects(interfaces, reply)) => {
+                        let objects = self
+                            .tree
+                            .objects
+                            .iter()
+                            .filter(|(_, spec)| {
+                                interfaces.is_empty() || interfaces.iter().any(|i| spec.has(i))
+                            })
+                            .map(|(path, spec)| (path.clone(), spec.clone()))
+                            .collect();
+                        let _ = reply.send(objects);
+                    }
                     Some(Command::Refresh(targets, reply)) => {
                         // A mutation asks right after its sysfs writes, whose uevents may
                         // still be in the socket: let the event source run (yield_now resumes

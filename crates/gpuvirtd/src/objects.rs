@@ -34,6 +34,15 @@ macro_rules! read_only_interface {
         }
 
         impl $props {
+            /// Every property as `GetAll` serves it: D-Bus name and value.
+            pub fn to_dict(&self) -> HashMap<&'static str, Value<'static>> {
+                let mut out = HashMap::new();
+                $(
+                    out.insert($dbus, Value::from(self.$field.clone()));
+                )*
+                out
+            }
+
             /// Properties whose value differs in `new`, with their new values.
             pub fn changed(&self, new: &Self) -> ChangedProperties {
                 let mut out = ChangedProperties::new();
@@ -241,6 +250,40 @@ pub struct ObjectSpec {
     pub shard_parent: Option<Arc<ShardParentProps>>,
     pub iommu_group: Option<Arc<IommuGroupProps>>,
     pub mdev: Option<Arc<MdevProps>>,
+}
+
+/// One object's interfaces and their properties, as `GetManagedObjects` serves them.
+pub type ObjectDict = HashMap<&'static str, HashMap<&'static str, Value<'static>>>;
+
+impl ObjectSpec {
+    /// Whether the object carries `interface`.
+    pub fn has(&self, interface: &str) -> bool {
+        match interface {
+            api::GPU_INTERFACE => self.gpu.is_some(),
+            api::SHARD_PARENT_INTERFACE => self.shard_parent.is_some(),
+            api::IOMMU_GROUP_INTERFACE => self.iommu_group.is_some(),
+            api::MDEV_INTERFACE => self.mdev.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Every interface of the object with its properties.
+    pub fn to_dict(&self) -> ObjectDict {
+        let mut out = HashMap::new();
+        if let Some(p) = &self.gpu {
+            out.insert(api::GPU_INTERFACE, p.to_dict());
+        }
+        if let Some(p) = &self.shard_parent {
+            out.insert(api::SHARD_PARENT_INTERFACE, p.to_dict());
+        }
+        if let Some(p) = &self.iommu_group {
+            out.insert(api::IOMMU_GROUP_INTERFACE, p.to_dict());
+        }
+        if let Some(p) = &self.mdev {
+            out.insert(api::MDEV_INTERFACE, p.to_dict());
+        }
+        out
+    }
 }
 
 /// Everything gpuvirtd exports for one inventory.

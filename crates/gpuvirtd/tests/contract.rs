@@ -115,6 +115,90 @@ async fn introspection_matches_the_contract_file() {
     );
 }
 
+/// `Manager.GetObjects` serves exactly what `GetManagedObjects` does (the CLI reads with
+/// it), filtered by interface, and names a bad argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_objects_matches_get_managed_objects() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    host.write(
+        "sys/bus/pci/devices/0000:41:00.0/mdev_supported_types/nvidia-300/create",
+        "aa618089-8b16-4d01-a136-25a0f3c73123",
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, host.root(), "none", host.dir.path()).await;
+    let conn = bus.connect().await;
+    let all = zbus::fdo::ObjectManagerProxy::builder(&conn)
+        .destination(api::BUS_NAME)
+        .unwrap()
+        .path(api::ROOT_PATH)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+        .get_managed_objects()
+        .await
+        .unwrap();
+    let manager = api::ManagerProxy::new(&conn).await.unwrap();
+    let none = std::collections::HashMap::new;
+    let object_interfaces = [
+        api::GPU_INTERFACE,
+        api::SHARD_PARENT_INTERFACE,
+        api::IOMMU_GROUP_INTERFACE,
+        api::MDEV_INTERFACE,
+    ];
+    // Every object but the Manager (and the bare nodes above the objects).
+    let mut objects = all.clone();
+    objects.retain(|_, ifaces| {
+        ifaces
+            .keys()
+            .any(|i| object_interfaces.contains(&i.as_str()))
+    });
+    assert_eq!(objects.len(), all.len() - 4, "{all:?}");
+    assert_eq!(manager.get_objects(&[], none()).await.unwrap(), objects);
+    for interface in object_interfaces {
+        let mut expected = all.clone();
+        expected.retain(|_, ifaces| ifaces.keys().any(|i| i.as_str() == interface));
+        assert!(!expected.is_empty(), "{interface} is served somewhere");
+        let got = manager.get_objects(&[interface], none()).await.unwrap();
+        assert_eq!(got, expected, "{interface}");
+    }
+    // Bad arguments: InvalidArgs naming the argument (on the wire, not as the proxy shows it).
+    let mut bogus = none();
+    bogus.insert("bogus", zbus::zvariant::Value::from(true));
+    for (args, argument) in [
+        ((vec!["org.example.Nope"], none()), "interfaces"),
+        ((vec![], bogus), "options"),
+    ] {
+        let err = conn
+            .call_method(
+                Some(api::BUS_NAME),
+                api::MANAGER_PATH,
+                Some(api::MANAGER_INTERFACE),
+                "GetObjects",
+                &args,
+            )
+            .await
+            .unwrap_err();
+        let zbus::Error::MethodError(name, message, _) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.InvalidArgs",
+            "{err:?}"
+        );
+        let message = message.clone().unwrap_or_default();
+        assert!(
+            message.contains(&format!("argument '{argument}'")),
+            "{message}"
+        );
+    }
+}
+
 #[test]
 fn systemd_unit_verifies_and_keeps_sys_writable() {
     let unit = std::fs::read_to_string(repo().join("systemd/gpuvirtd.service")).unwrap();

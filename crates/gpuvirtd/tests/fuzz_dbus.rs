@@ -128,6 +128,30 @@ async fn hostile_method_arguments_get_typed_errors() {
                 }
             }
         }
+        // GetObjects: the string as an interface name, and as an option's name.
+        let mut option: HashMap<&str, Value<'_>> = HashMap::new();
+        option.insert(s.as_str(), Value::from(true));
+        for args in [(vec![s.as_str()], HashMap::new()), (Vec::new(), option)] {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                conn.call_method(
+                    Some(api::BUS_NAME),
+                    api::MANAGER_PATH,
+                    Some(api::MANAGER_INTERFACE),
+                    "GetObjects",
+                    &args,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("GetObjects({:?}) timed out", &s[..s.len().min(40)]));
+            calls += 1;
+            fuzz.hit();
+            let e = reply.expect_err("a hostile string is no interface and no option");
+            assert_eq!(error_name(&e), api::INVALID_ARGS_ERROR, "GetObjects: {s:?}");
+            if let zbus::Error::MethodError(_, Some(msg), _) = &e {
+                assert!(msg.len() < 512, "the error echoes the whole argument");
+            }
+        }
     }
 
     // Wrong argument types: zbus refuses them before the handler runs.
