@@ -254,7 +254,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Groups { json } => {
-            let host = fetch(&connection).await.map_err(call_error)?;
+            let host = view::fetch_scoped(&connection, &[view::GROUPS])
+                .await
+                .map_err(call_error)?;
             if json {
                 return print_json(&host.groups);
             }

@@ -1,9 +1,11 @@
 //! `gpuvirtctl tree`: the host as `virsh nodedev-list --tree` would draw it for GPU work, one
 //! branch per IOMMU group with its members' drivers, and the vGPUs under the device they live on.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::Serialize;
 
-use crate::view::{Host, MdevView};
+use crate::view::{GpuView, Host, MdevView};
 
 /// One IOMMU group (or, with `group: null`, the devices outside any group).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -37,11 +39,13 @@ pub struct TreeVgpu {
     pub iommu_group: Option<u32>,
 }
 
-fn vgpus_of(host: &Host, parent: &str) -> Vec<TreeVgpu> {
-    host.mdevs
-        .iter()
-        .filter(|m| m.parent == parent)
-        .map(|m: &MdevView| TreeVgpu {
+/// The vGPUs of `parent`, from the mdevs indexed by parent name.
+fn vgpus_of(by_parent: &HashMap<&str, Vec<&MdevView>>, parent: &str) -> Vec<TreeVgpu> {
+    by_parent
+        .get(parent)
+        .into_iter()
+        .flatten()
+        .map(|m| TreeVgpu {
             uuid: m.uuid.clone(),
             type_id: m.type_id.clone(),
             type_name: m.type_name.clone(),
@@ -54,30 +58,43 @@ fn vgpus_of(host: &Host, parent: &str) -> Vec<TreeVgpu> {
 
 /// Groups in id order with their members in the daemon's order; GPUs, mdev parents and
 /// vGPUs outside every group (no IOMMU, or virtual parents such as mbochs) come last.
+///
+/// Lookups go through indexes built once: on a host with thousands of groups and mdevs a
+/// scan of every mdev per group member was most of the command's time.
 pub fn build(host: &Host) -> Vec<TreeGroup> {
-    let mut placed: Vec<&str> = Vec::new();
+    let mut placed: HashSet<&str> = HashSet::new();
     let mut out: Vec<TreeGroup> = Vec::new();
+    let mut by_parent: HashMap<&str, Vec<&MdevView>> = HashMap::new();
+    for m in &host.mdevs {
+        by_parent.entry(m.parent.as_str()).or_default().push(m);
+    }
+    let gpus: HashMap<&str, &GpuView> = host
+        .gpus
+        .iter()
+        .map(|g| (g.pci_address.as_str(), g))
+        .collect();
+    let mdev_uuids: HashSet<&str> = host.mdevs.iter().map(|m| m.uuid.as_str()).collect();
     // A vGPU's own group holds only the vGPU: it is shown under its parent instead.
-    let vgpu_groups: Vec<u32> = host.mdevs.iter().filter_map(|m| m.iommu_group).collect();
+    let vgpu_groups: HashSet<u32> = host.mdevs.iter().filter_map(|m| m.iommu_group).collect();
     for g in host.groups.iter().filter(|g| {
         !(vgpu_groups.contains(&g.id)
             && g.members
                 .iter()
-                .all(|m| host.mdevs.iter().any(|v| v.uuid == m.name)))
+                .all(|m| mdev_uuids.contains(m.name.as_str())))
     }) {
         let devices = g
             .members
             .iter()
             .map(|m| {
-                let gpu = host.gpus.iter().find(|x| x.pci_address == m.name);
-                placed.push(&m.name);
+                let gpu = gpus.get(m.name.as_str());
+                placed.insert(&m.name);
                 TreeDevice {
                     name: m.name.clone(),
                     class: m.class.clone(),
                     driver: m.driver.clone(),
                     product: gpu.map(|x| x.product_name.clone()),
                     state: gpu.map(|x| x.state.clone()),
-                    vgpus: vgpus_of(host, &m.name),
+                    vgpus: vgpus_of(&by_parent, &m.name),
                 }
             })
             .collect();
@@ -92,7 +109,7 @@ pub fn build(host: &Host) -> Vec<TreeGroup> {
     for gpu in host
         .gpus
         .iter()
-        .filter(|x| !placed.contains(&x.pci_address.as_str()))
+        .filter(|x| !placed.contains(x.pci_address.as_str()))
     {
         loose.push(TreeDevice {
             name: gpu.pci_address.clone(),
@@ -100,14 +117,14 @@ pub fn build(host: &Host) -> Vec<TreeGroup> {
             driver: gpu.driver.clone(),
             product: Some(gpu.product_name.clone()),
             state: Some(gpu.state.clone()),
-            vgpus: vgpus_of(host, &gpu.pci_address),
+            vgpus: vgpus_of(&by_parent, &gpu.pci_address),
         });
     }
-    let loose_names: Vec<String> = loose.iter().map(|d| d.name.clone()).collect();
+    let loose_names: HashSet<String> = loose.iter().map(|d| d.name.clone()).collect();
     for p in host
         .other_parents
         .iter()
-        .filter(|p| !placed.contains(&p.name.as_str()) && !loose_names.contains(&p.name))
+        .filter(|p| !placed.contains(p.name.as_str()) && !loose_names.contains(&p.name))
     {
         loose.push(TreeDevice {
             name: p.name.clone(),
@@ -115,7 +132,7 @@ pub fn build(host: &Host) -> Vec<TreeGroup> {
             driver: String::new(),
             product: None,
             state: None,
-            vgpus: vgpus_of(host, &p.name),
+            vgpus: vgpus_of(&by_parent, &p.name),
         });
     }
     if !loose.is_empty() {

@@ -102,6 +102,10 @@ pub const GPUS: Scope = Scope {
 pub const OTHER_PARENTS: Scope = Scope {
     interface: api::SHARD_PARENT_INTERFACE,
 };
+/// IOMMU groups.
+pub const GROUPS: Scope = Scope {
+    interface: api::IOMMU_GROUP_INTERFACE,
+};
 /// Mediated devices.
 pub const MDEVS: Scope = Scope {
     interface: api::MDEV_INTERFACE,
