@@ -12,7 +12,7 @@ use zbus::zvariant::OwnedObjectPath;
 
 use crate::objects::{
     Change, ChangedProperties, GpuInterface, Iface, IommuGroupInterface, Kind, Lookup,
-    ManagerProps, MdevInterface, ObjectDict, ShardParentInterface,
+    ManagerProps, MdevInterface, ObjectsReply, ShardParentInterface,
 };
 
 /// `org.gpuvirt.GpuVirt1.Manager`.
@@ -77,7 +77,7 @@ impl ManagerInterface {
         &self,
         interfaces: Vec<String>,
         options: HashMap<String, zbus::zvariant::OwnedValue>,
-    ) -> Result<HashMap<OwnedObjectPath, ObjectDict>, CallError> {
+    ) -> Result<ObjectsReply, CallError> {
         const OBJECT_INTERFACES: [&str; 4] = [
             api::GPU_INTERFACE,
             api::SHARD_PARENT_INTERFACE,
@@ -111,14 +111,13 @@ impl ManagerInterface {
             .await
             .map_err(|_| gone())?;
         let objects = rx.await.map_err(|_| gone())?;
-        objects
-            .into_iter()
-            .map(|(path, spec)| {
-                let path = OwnedObjectPath::try_from(path)
-                    .map_err(|e| CallError::Fdo(zbus::fdo::Error::Failed(e.to_string())))?;
-                Ok((path, spec.to_dict()))
-            })
-            .collect()
+        // The tree's paths were made by api's path functions: always valid object paths.
+        Ok(ObjectsReply(
+            objects
+                .into_iter()
+                .filter_map(|(path, spec)| Some((OwnedObjectPath::try_from(path).ok()?, spec)))
+                .collect(),
+        ))
     }
 
     /// Parses and validates `toml` against the live inventory: every diagnostic, rendered

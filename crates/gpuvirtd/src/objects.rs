@@ -28,21 +28,19 @@ macro_rules! read_only_interface {
         $( methods { $($methods:tt)* } )?
     ) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Default)]
+        ///
+        /// Serialises as the `a{sv}` that `GetAll` returns, straight from the fields (no
+        /// variant values built first).
+        #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, zbus::zvariant::Type)]
+        #[zvariant(signature = "a{sv}")]
         pub struct $props {
-            $( pub $field: $ty, )*
+            $(
+                #[serde(rename = $dbus, serialize_with = "zbus::zvariant::as_value::serialize")]
+                pub $field: $ty,
+            )*
         }
 
         impl $props {
-            /// Every property as `GetAll` serves it: D-Bus name and value.
-            pub fn to_dict(&self) -> HashMap<&'static str, Value<'static>> {
-                let mut out = HashMap::new();
-                $(
-                    out.insert($dbus, Value::from(self.$field.clone()));
-                )*
-                out
-            }
-
             /// Properties whose value differs in `new`, with their new values.
             pub fn changed(&self, new: &Self) -> ChangedProperties {
                 let mut out = ChangedProperties::new();
@@ -252,9 +250,6 @@ pub struct ObjectSpec {
     pub mdev: Option<Arc<MdevProps>>,
 }
 
-/// One object's interfaces and their properties, as `GetManagedObjects` serves them.
-pub type ObjectDict = HashMap<&'static str, HashMap<&'static str, Value<'static>>>;
-
 impl ObjectSpec {
     /// Whether the object carries `interface`.
     pub fn has(&self, interface: &str) -> bool {
@@ -266,23 +261,60 @@ impl ObjectSpec {
             _ => false,
         }
     }
+}
 
-    /// Every interface of the object with its properties.
-    pub fn to_dict(&self) -> ObjectDict {
-        let mut out = HashMap::new();
-        if let Some(p) = &self.gpu {
-            out.insert(api::GPU_INTERFACE, p.to_dict());
+/// Served objects as `GetManagedObjects` returns them (`a{oa{sa{sv}}}`: path, interface,
+/// property), serialised straight from the tree's properties: no variant maps are built, so
+/// a reply for thousands of objects costs its message and little more.
+#[derive(Debug)]
+pub struct ObjectsReply(pub Vec<(OwnedObjectPath, ObjectSpec)>);
+
+impl zbus::zvariant::Type for ObjectsReply {
+    const SIGNATURE: &'static zbus::zvariant::Signature =
+        <HashMap<OwnedObjectPath, HashMap<String, GpuProps>> as zbus::zvariant::Type>::SIGNATURE;
+}
+
+impl serde::Serialize for ObjectsReply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (path, spec) in &self.0 {
+            map.serialize_entry(path, &InterfacesOf(spec))?;
         }
-        if let Some(p) = &self.shard_parent {
-            out.insert(api::SHARD_PARENT_INTERFACE, p.to_dict());
+        map.end()
+    }
+}
+
+/// One object's interfaces (`a{sa{sv}}`) for [`ObjectsReply`].
+struct InterfacesOf<'a>(&'a ObjectSpec);
+
+impl serde::Serialize for InterfacesOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let spec = self.0;
+        let count = [
+            spec.gpu.is_some(),
+            spec.shard_parent.is_some(),
+            spec.iommu_group.is_some(),
+            spec.mdev.is_some(),
+        ]
+        .iter()
+        .filter(|p| **p)
+        .count();
+        let mut map = serializer.serialize_map(Some(count))?;
+        if let Some(p) = &spec.gpu {
+            map.serialize_entry(api::GPU_INTERFACE, &**p)?;
         }
-        if let Some(p) = &self.iommu_group {
-            out.insert(api::IOMMU_GROUP_INTERFACE, p.to_dict());
+        if let Some(p) = &spec.shard_parent {
+            map.serialize_entry(api::SHARD_PARENT_INTERFACE, &**p)?;
         }
-        if let Some(p) = &self.mdev {
-            out.insert(api::MDEV_INTERFACE, p.to_dict());
+        if let Some(p) = &spec.iommu_group {
+            map.serialize_entry(api::IOMMU_GROUP_INTERFACE, &**p)?;
         }
-        out
+        if let Some(p) = &spec.mdev {
+            map.serialize_entry(api::MDEV_INTERFACE, &**p)?;
+        }
+        map.end()
     }
 }
 
