@@ -270,6 +270,7 @@ impl ObjectSpec {
 pub struct ObjectsReply(pub Vec<(OwnedObjectPath, ObjectSpec)>);
 
 impl zbus::zvariant::Type for ObjectsReply {
+    // `a{oa{sa{sv}}}`, spelled through types that have it (every props struct is `a{sv}`).
     const SIGNATURE: &'static zbus::zvariant::Signature =
         <HashMap<OwnedObjectPath, HashMap<String, GpuProps>> as zbus::zvariant::Type>::SIGNATURE;
 }
