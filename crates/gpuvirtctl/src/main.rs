@@ -254,7 +254,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Groups { json } => {
-            let host = view::fetch_scoped(&connection, &[view::GROUPS])
+            let host = view::fetch_objects(&connection, &[api::IOMMU_GROUP_INTERFACE])
                 .await
                 .map_err(call_error)?;
             if json {
@@ -290,9 +290,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Types { json } => {
-            let host = view::fetch_scoped(&connection, &[view::GPUS, view::OTHER_PARENTS])
-                .await
-                .map_err(call_error)?;
+            let host = view::fetch_objects(
+                &connection,
+                &[api::GPU_INTERFACE, api::SHARD_PARENT_INTERFACE],
+            )
+            .await
+            .map_err(call_error)?;
             let parents: Vec<&ShardView> = host
                 .gpus
                 .iter()
@@ -328,7 +331,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Mdevs { json } => {
-            let host = view::fetch_scoped(&connection, &[view::MDEVS])
+            let host = view::fetch_objects(&connection, &[api::MDEV_INTERFACE])
                 .await
                 .map_err(call_error)?;
             if json {
@@ -354,7 +357,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Every object (one `Manager.GetObjects` call; see [`view::fetch_scoped`]).
+/// Every object (one `Manager.GetObjects` call; see [`view::fetch_objects`]).
 async fn fetch(connection: &zbus::Connection) -> zbus::Result<Host> {
     view::fetch_objects(connection, &[]).await
 }
@@ -362,7 +365,7 @@ async fn fetch(connection: &zbus::Connection) -> zbus::Result<Host> {
 /// Only the GPU objects: `list` needs nothing else, and on big hosts the mdevs and groups are
 /// most of the tree.
 async fn fetch_gpus(connection: &zbus::Connection) -> zbus::Result<Host> {
-    view::fetch_scoped(connection, &[view::GPUS]).await
+    view::fetch_objects(connection, &[api::GPU_INTERFACE]).await
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {

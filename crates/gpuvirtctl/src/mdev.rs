@@ -160,8 +160,8 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             if defined {
                 return list_defined(ctx, json).await;
             }
-            // Only the mdev objects, not the whole tree (see view::fetch_scoped).
-            let host = crate::view::fetch_scoped(ctx.connection, &[crate::view::MDEVS])
+            // Only the mdev objects, not the whole tree (see view::fetch_objects).
+            let host = crate::view::fetch_objects(ctx.connection, &[api::MDEV_INTERFACE])
                 .await
                 .map_err(|e| ctx.error(e))?;
             let mut mdevs: Vec<&MdevView> = host.mdevs.iter().collect();

@@ -1,5 +1,5 @@
 //! What the CLI shows, read with `Manager.GetObjects` (every object, or only those a command
-//! needs: [`fetch_scoped`]) in the `GetManagedObjects` form; the views are plain serialisable
+//! needs: [`fetch_objects`]) in the `GetManagedObjects` form; the views are plain serialisable
 //! values so `--json` and the tables share them.
 
 use std::collections::HashMap;
@@ -87,41 +87,12 @@ pub struct Host {
 
 type Props = HashMap<String, OwnedValue>;
 
-/// Which objects a read command needs: those carrying `interface` (with all their
-/// interfaces: a GPU's ShardParent comes with it).
-#[derive(Debug, Clone, Copy)]
-pub struct Scope {
-    pub interface: &'static str,
-}
-
-/// GPUs with their sharding.
-pub const GPUS: Scope = Scope {
-    interface: api::GPU_INTERFACE,
-};
-/// mdev parents (the GPUs among them are GPUs too).
-pub const OTHER_PARENTS: Scope = Scope {
-    interface: api::SHARD_PARENT_INTERFACE,
-};
-/// IOMMU groups.
-pub const GROUPS: Scope = Scope {
-    interface: api::IOMMU_GROUP_INTERFACE,
-};
-/// Mediated devices.
-pub const MDEVS: Scope = Scope {
-    interface: api::MDEV_INTERFACE,
-};
-
-/// Reads only the objects under `scopes`, with one `Manager.GetObjects` call: gpuvirtd answers
-/// from its own tree. `GetManagedObjects` would make it gather every object of the host (on a
-/// 5000-function host most of them IOMMU groups nobody asked for) and a `GetAll` per object
-/// costs a bus round trip each (and a stock system bus lets one connection await only 128).
-pub async fn fetch_scoped(connection: &zbus::Connection, scopes: &[Scope]) -> zbus::Result<Host> {
-    let interfaces: Vec<&str> = scopes.iter().map(|s| s.interface).collect();
-    fetch_objects(connection, &interfaces).await
-}
-
-/// The objects carrying any of `interfaces` (every object when empty), as one
-/// `Manager.GetObjects` call returns them.
+/// The objects carrying any of `interfaces` (every object when empty), with all their
+/// interfaces (a GPU's ShardParent comes with it), read with one `Manager.GetObjects` call:
+/// gpuvirtd answers from its own tree. `GetManagedObjects` would make it gather every object
+/// of the host (on a 5000-function host most of them IOMMU groups nobody asked for), and a
+/// `GetAll` per object costs a bus round trip each (a stock system bus lets one connection
+/// await only 128 replies).
 pub async fn fetch_objects(
     connection: &zbus::Connection,
     interfaces: &[&str],

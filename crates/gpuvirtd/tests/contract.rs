@@ -55,20 +55,26 @@ fn gpuvirt_interfaces(xml: &str) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn introspection_matches_the_contract_file() {
-    if !fuse_available() {
-        return;
-    }
+/// The runbook host with one mdev (so that every interface is served somewhere), a bus and
+/// gpuvirtd on it.
+async fn runbook_with_an_mdev() -> (SimHost, Bus, Daemon) {
     let host = SimHost::boot("runbook");
-    // An mdev, so that every interface is served somewhere.
     host.write(
         "sys/bus/pci/devices/0000:41:00.0/mdev_supported_types/nvidia-300/create",
         "aa618089-8b16-4d01-a136-25a0f3c73123",
     )
     .unwrap();
     let bus = Bus::start();
-    let _daemon = Daemon::start(&bus, host.root(), "none", host.dir.path()).await;
+    let daemon = Daemon::start(&bus, host.root(), "none", host.dir.path()).await;
+    (host, bus, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_matches_the_contract_file() {
+    if !fuse_available() {
+        return;
+    }
+    let (_host, bus, _daemon) = runbook_with_an_mdev().await;
     let mut interfaces = std::collections::BTreeMap::new();
     for path in [
         api::MANAGER_PATH,
@@ -122,26 +128,9 @@ async fn get_objects_matches_get_managed_objects() {
     if !fuse_available() {
         return;
     }
-    let host = SimHost::boot("runbook");
-    host.write(
-        "sys/bus/pci/devices/0000:41:00.0/mdev_supported_types/nvidia-300/create",
-        "aa618089-8b16-4d01-a136-25a0f3c73123",
-    )
-    .unwrap();
-    let bus = Bus::start();
-    let _daemon = Daemon::start(&bus, host.root(), "none", host.dir.path()).await;
+    let (_host, bus, _daemon) = runbook_with_an_mdev().await;
     let conn = bus.connect().await;
-    let all = zbus::fdo::ObjectManagerProxy::builder(&conn)
-        .destination(api::BUS_NAME)
-        .unwrap()
-        .path(api::ROOT_PATH)
-        .unwrap()
-        .build()
-        .await
-        .unwrap()
-        .get_managed_objects()
-        .await
-        .unwrap();
+    let all = managed_objects(&conn).await;
     let manager = api::ManagerProxy::new(&conn).await.unwrap();
     let none = std::collections::HashMap::new;
     let object_interfaces = [
@@ -173,16 +162,7 @@ async fn get_objects_matches_get_managed_objects() {
         ((vec!["org.example.Nope"], none()), "interfaces"),
         ((vec![], bogus), "options"),
     ] {
-        let err = conn
-            .call_method(
-                Some(api::BUS_NAME),
-                api::MANAGER_PATH,
-                Some(api::MANAGER_INTERFACE),
-                "GetObjects",
-                &args,
-            )
-            .await
-            .unwrap_err();
+        let err = call_manager(&conn, "GetObjects", &args).await.unwrap_err();
         let zbus::Error::MethodError(name, message, _) = &err else {
             panic!("{err:?}");
         };

@@ -99,13 +99,7 @@ async fn hostile_method_arguments_get_typed_errors() {
         for method in METHODS {
             let reply = tokio::time::timeout(
                 Duration::from_secs(10),
-                conn.call_method(
-                    Some(api::BUS_NAME),
-                    api::MANAGER_PATH,
-                    Some(api::MANAGER_INTERFACE),
-                    *method,
-                    &(s.as_str(),),
-                ),
+                call_manager(&conn, method, &(s.as_str(),)),
             )
             .await
             .unwrap_or_else(|_| panic!("{method}({:?}) timed out", &s[..s.len().min(40)]));
@@ -134,13 +128,7 @@ async fn hostile_method_arguments_get_typed_errors() {
         for args in [(vec![s.as_str()], HashMap::new()), (Vec::new(), option)] {
             let reply = tokio::time::timeout(
                 Duration::from_secs(10),
-                conn.call_method(
-                    Some(api::BUS_NAME),
-                    api::MANAGER_PATH,
-                    Some(api::MANAGER_INTERFACE),
-                    "GetObjects",
-                    &args,
-                ),
+                call_manager(&conn, "GetObjects", &args),
             )
             .await
             .unwrap_or_else(|_| panic!("GetObjects({:?}) timed out", &s[..s.len().min(40)]));

@@ -617,10 +617,7 @@ async fn nvidia_per_vf_policy_fills_to_capacity_once_and_leaves_foreign_vgpus() 
     let policy = host.dir.path().join("policy.toml");
     std::fs::write(&policy, hopper_policy("2")).unwrap();
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let events = format!("sim:{}", host.socket.display());
-    let extra = ["--policy", policy.to_str().unwrap()];
-    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     // Enabling the VFs comes first; their types can be read (and set) once they exist.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -656,7 +653,7 @@ async fn nvidia_per_vf_policy_fills_to_capacity_once_and_leaves_foreign_vgpus() 
     // Restart on the same state: nothing written (no uevent), the same two vGPUs.
     drop(d);
     let seq = host.with_kernel_mut(|k| k.seqnum());
-    let d2 = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let d2 = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     let r = manager(&conn, "Reconcile", &(no_opts(),)).await.unwrap();
     let (ok, report): (bool, String) = r.body().deserialize().unwrap();
@@ -687,49 +684,73 @@ async fn nvidia_per_vf_policy_fills_to_capacity_once_and_leaves_foreign_vgpus() 
     assert_eq!(vgpus_of(&host, GPU0), foreign);
 }
 
+/// gpuvirtd on `host`'s uevents with the policy file `policy`, its state under the host's
+/// directory (the same on a restart).
+async fn gpuvirtd_with_policy(bus: &Bus, host: &SimHost, policy: &std::path::Path) -> Gpuvirtd {
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let extra = ["--policy", policy.to_str().unwrap()];
+    Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await
+}
+
+/// The plain SR-IOV GPU of [`sriov_host`].
+const SRIOV_PF: &str = "0000:9a:00.0";
+
+/// The Hopper host's second card as a plain SR-IOV GPU (an AMD id, no NVIDIA vGPU files):
+/// 32 VFs possible, none enabled, on an SR-IOV-capable driver of its own (which probes it
+/// again when the card returns from a hot-unplug).
+fn sriov_host() -> SimHost {
+    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
+    let spec = fixture
+        .devices
+        .iter_mut()
+        .find(|d| d.address.to_string() == SRIOV_PF)
+        .unwrap();
+    spec.id = "1002:74a1".into();
+    spec.nvidia_vgpu = None;
+    spec.driver = Some("amdgpu".into());
+    fixture.drivers.push(gpuvirt_sim::fixture::DriverSpec {
+        name: "amdgpu".into(),
+        module: None,
+        builtin: true,
+        ids: vec!["1002:*".into()],
+        override_only: false,
+        modules_alias: true,
+        sriov: true,
+    });
+    SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap())
+}
+
+/// The [`SRIOV_PF`]'s `sriov_numvfs`, "" while the card is gone.
+fn numvfs(host: &SimHost) -> String {
+    std::fs::read_to_string(
+        host.root()
+            .join(format!("sys/bus/pci/devices/{SRIOV_PF}/sriov_numvfs")),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_default()
+}
+
+/// A policy that wants `count` VFs on [`SRIOV_PF`].
+fn sriov_policy(count: u32) -> String {
+    format!(
+        "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"vfs\"\nmatch = {{ address = \"{SRIOV_PF}\" }}\nrole = \"shard\"\nshard = {{ type = \"vf\", count = {count} }}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
     if !fuse_available() {
         return;
     }
-    const PF: &str = "0000:9a:00.0";
-    // The Hopper host's second card as a plain SR-IOV GPU (an AMD id, no NVIDIA vGPU files):
-    // 32 VFs possible, none enabled.
-    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
-    let spec = fixture
-        .devices
-        .iter_mut()
-        .find(|d| d.address.to_string() == PF)
-        .unwrap();
-    spec.id = "1002:74a1".into();
-    spec.nvidia_vgpu = None;
-    let host = SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap());
-    let numvfs = || {
-        std::fs::read_to_string(
-            host.root()
-                .join(format!("sys/bus/pci/devices/{PF}/sriov_numvfs")),
-        )
-        .unwrap()
-        .trim()
-        .to_string()
-    };
+    let host = sriov_host();
+    let numvfs = || numvfs(&host);
     assert_eq!(numvfs(), "0");
     let policy = host.dir.path().join("policy.toml");
-    let write_policy = |count: u32| {
-        std::fs::write(
-            &policy,
-            format!(
-                "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"vfs\"\nmatch = {{ address = \"{PF}\" }}\nrole = \"shard\"\nshard = {{ type = \"vf\", count = {count} }}\n"
-            ),
-        )
-        .unwrap();
-    };
+    let write_policy = |count: u32| std::fs::write(&policy, sriov_policy(count)).unwrap();
     write_policy(4);
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let events = format!("sim:{}", host.socket.display());
-    let extra = ["--policy", policy.to_str().unwrap()];
-    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     eventually("4 VFs enabled at start", || numvfs() == "4").await;
     let vfs: Vec<String> = (4..8).map(|f| format!("0000:9a:00.{f}")).collect();
@@ -743,7 +764,7 @@ async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
     }
     // The daemon serves the PF as an sriov parent whose children are the VFs.
     let parent = api::ShardParentProxy::builder(&conn)
-        .path(gpu_path(PF))
+        .path(gpu_path(SRIOV_PF))
         .unwrap()
         .build()
         .await
@@ -753,7 +774,7 @@ async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
     tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
             let p = api::ShardParentProxy::builder(&conn2)
-                .path(gpu_path(PF))
+                .path(gpu_path(SRIOV_PF))
                 .unwrap()
                 .build()
                 .await
@@ -768,7 +789,7 @@ async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
     .expect("the 4 VFs served as the parent's children");
     // Its one type is the VF, with what is left to enable as the available count.
     let p = api::ShardParentProxy::builder(&conn)
-        .path(gpu_path(PF))
+        .path(gpu_path(SRIOV_PF))
         .unwrap()
         .build()
         .await
@@ -783,7 +804,7 @@ async fn plain_sriov_policy_enables_vfs_once_and_refuses_beyond_totalvfs() {
     // Restart: nothing written (no uevent), still 4.
     drop(d);
     let seq = host.with_kernel_mut(|k| k.seqnum());
-    let d2 = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let d2 = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     let r = manager(&conn, "Reconcile", &(no_opts(),)).await.unwrap();
     let (ok, report): (bool, String) = r.body().deserialize().unwrap();
@@ -882,10 +903,7 @@ async fn nvidia_per_vf_vgpus_return_with_their_card_and_a_held_one_is_not_taken(
     let policy = host.dir.path().join("policy.toml");
     std::fs::write(&policy, hopper_policy("2")).unwrap();
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let events = format!("sim:{}", host.socket.display());
-    let extra = ["--policy", policy.to_str().unwrap()];
-    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     reconcile_until(&conn, "two vGPUs", || vgpus_of(&host, GPU1).len() == 2).await;
     let made = vgpus_of(&host, GPU1);
@@ -937,53 +955,18 @@ async fn sriov_vfs_return_with_their_card_and_held_vfs_are_not_disabled() {
     if !fuse_available() {
         return;
     }
-    const PF: &str = "0000:9a:00.0";
-    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
-    let spec = fixture
-        .devices
-        .iter_mut()
-        .find(|d| d.address.to_string() == PF)
-        .unwrap();
-    spec.id = "1002:74a1".into();
-    spec.nvidia_vgpu = None;
-    // Its own SR-IOV-capable driver, which probes it again when the card returns.
-    spec.driver = Some("amdgpu".into());
-    fixture.drivers.push(gpuvirt_sim::fixture::DriverSpec {
-        name: "amdgpu".into(),
-        module: None,
-        builtin: true,
-        ids: vec!["1002:*".into()],
-        override_only: false,
-        modules_alias: true,
-        sriov: true,
-    });
-    let host = SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap());
-    let numvfs_path = format!("sys/bus/pci/devices/{PF}/sriov_numvfs");
-    let numvfs = || {
-        std::fs::read_to_string(host.root().join(&numvfs_path))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
+    let host = sriov_host();
+    let numvfs_path = format!("sys/bus/pci/devices/{SRIOV_PF}/sriov_numvfs");
+    let numvfs = || numvfs(&host);
     let policy = host.dir.path().join("policy.toml");
-    let write_policy = |count: u32| {
-        std::fs::write(
-            &policy,
-            format!(
-                "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"vfs\"\nmatch = {{ address = \"{PF}\" }}\nrole = \"shard\"\nshard = {{ type = \"vf\", count = {count} }}\n"
-            ),
-        )
-        .unwrap();
-    };
+    let write_policy = |count: u32| std::fs::write(&policy, sriov_policy(count)).unwrap();
     write_policy(4);
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let events = format!("sim:{}", host.socket.display());
-    let extra = ["--policy", policy.to_str().unwrap()];
-    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await;
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
     eventually("4 VFs enabled at start", || numvfs() == "4").await;
 
-    let pf: gpuvirt_core::PciAddress = PF.parse().unwrap();
+    let pf: gpuvirt_core::PciAddress = SRIOV_PF.parse().unwrap();
     host.with_kernel_mut(|k| k.hot_remove(pf).unwrap());
     eventually("the card gone", || numvfs().is_empty()).await;
     host.with_kernel_mut(|k| k.replug(pf).unwrap());

@@ -250,16 +250,42 @@ impl Drop for Daemon {
 /// Everything the daemon exports, as comparable text: path → interface → property → value.
 pub type Exported = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
 
-pub async fn exported(conn: &zbus::Connection) -> Exported {
-    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
+/// Calls a method of the Manager: its reply, or its error as it came over the bus.
+pub async fn call_manager<B>(
+    conn: &zbus::Connection,
+    method: &str,
+    body: &B,
+) -> zbus::Result<zbus::Message>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    conn.call_method(
+        Some(api::BUS_NAME),
+        api::MANAGER_PATH,
+        Some(api::MANAGER_INTERFACE),
+        method,
+        body,
+    )
+    .await
+}
+
+/// The root ObjectManager's `GetManagedObjects`.
+pub async fn managed_objects(conn: &zbus::Connection) -> zbus::fdo::ManagedObjects {
+    zbus::fdo::ObjectManagerProxy::builder(conn)
         .destination(api::BUS_NAME)
         .unwrap()
         .path(api::ROOT_PATH)
         .unwrap()
         .build()
         .await
-        .unwrap();
-    let objects = om.get_managed_objects().await.unwrap();
+        .unwrap()
+        .get_managed_objects()
+        .await
+        .unwrap()
+}
+
+pub async fn exported(conn: &zbus::Connection) -> Exported {
+    let objects = managed_objects(conn).await;
     let mut out = Exported::new();
     for (path, ifaces) in objects {
         let entry = out.entry(path.to_string()).or_default();
