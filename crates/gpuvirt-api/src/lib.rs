@@ -24,6 +24,9 @@ use std::collections::HashMap;
 use gpuvirt_core::PciAddress;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
+mod props;
+pub use props::*;
+
 /// The well-known bus name gpuvirtd owns.
 pub const BUS_NAME: &str = "org.gpuvirt.GpuVirt1";
 /// The ObjectManager root; every other object lives below it.

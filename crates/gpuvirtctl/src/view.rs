@@ -4,10 +4,9 @@
 
 use std::collections::HashMap;
 
-use gpuvirt_api::{self as api, GroupMemberWire, TypeInfo, TypeInfoWire};
+use gpuvirt_api::{self as api, ShardParentProps, TypeInfo};
 use serde::Serialize;
-use zbus::fdo::ManagedObjects;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::zvariant::OwnedObjectPath;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GpuView {
@@ -85,14 +84,13 @@ pub struct Host {
     pub mdevs: Vec<MdevView>,
 }
 
-type Props = HashMap<String, OwnedValue>;
-
 /// The objects carrying any of `interfaces` (every object when empty), with all their
 /// interfaces (a GPU's ShardParent comes with it), read with one `Manager.GetObjects` call:
 /// gpuvirtd answers from its own tree. `GetManagedObjects` would make it gather every object
 /// of the host (on a 5000-function host most of them IOMMU groups nobody asked for), and a
 /// `GetAll` per object costs a bus round trip each (a stock system bus lets one connection
-/// await only 128 replies).
+/// await only 128 replies). The reply is decoded straight into gpuvirt-api's property structs
+/// (no variant map per object).
 pub async fn fetch_objects(
     connection: &zbus::Connection,
     interfaces: &[&str],
@@ -107,94 +105,72 @@ pub async fn fetch_objects(
             &(interfaces, options),
         )
         .await?;
-    let objects: ManagedObjects = reply.body().deserialize()?;
-    Ok(Host::from_managed_objects(objects))
+    let objects: api::Objects = reply.body().deserialize()?;
+    Ok(Host::from_objects(objects))
 }
 
-fn get<T: TryFrom<OwnedValue>>(props: &Props, name: &str) -> Option<T> {
-    props
-        .get(name)
-        .and_then(|v| v.try_clone().ok())
-        .and_then(|v| T::try_from(v).ok())
+fn hex4(value: u16) -> String {
+    format!("{value:04x}")
 }
 
-fn string(props: &Props, name: &str) -> String {
-    get(props, name).unwrap_or_default()
+fn group_id(path: &OwnedObjectPath) -> Option<u32> {
+    api::group_id_from_path(path.as_str())
 }
 
-fn hex4(props: &Props, name: &str) -> String {
-    format!("{:04x}", get::<u16>(props, name).unwrap_or(0))
-}
-
-fn group_id(props: &Props, name: &str) -> Option<u32> {
-    get::<OwnedObjectPath>(props, name).and_then(|p| api::group_id_from_path(p.as_str()))
-}
-
-fn shard(path: &str, props: &Props) -> ShardView {
-    let types: HashMap<String, TypeInfoWire> = get(props, "Types").unwrap_or_default();
-    let mut children: Vec<String> = get::<Vec<OwnedObjectPath>>(props, "Children")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| p.to_string())
-        .collect();
+fn shard(path: &str, props: ShardParentProps) -> ShardView {
+    let mut children: Vec<String> = props.children.into_iter().map(|p| p.to_string()).collect();
     children.sort();
     ShardView {
         path: path.to_owned(),
-        name: string(props, "Name"),
-        backend: string(props, "Backend"),
-        types: TypeInfo::from_wire(types),
+        name: props.name,
+        backend: props.backend,
+        types: TypeInfo::from_wire(props.types),
         children,
     }
 }
 
 impl Host {
-    pub fn from_managed_objects(objects: ManagedObjects) -> Host {
+    pub fn from_objects(objects: api::Objects) -> Host {
         let mut host = Host::default();
         for (path, interfaces) in objects {
             let path = path.as_str();
-            let iface = |name: &str| {
-                interfaces
-                    .iter()
-                    .find(|(n, _)| n.as_str() == name)
-                    .map(|(_, p)| p)
-            };
-            if let Some(p) = iface(api::GPU_INTERFACE) {
+            if let Some(p) = interfaces.gpu {
                 host.gpus.push(GpuView {
                     path: path.to_owned(),
-                    pci_address: string(p, "PciAddress"),
-                    vendor_id: hex4(p, "VendorId"),
-                    device_id: hex4(p, "DeviceId"),
-                    subsystem_vendor_id: hex4(p, "SubsystemVendorId"),
-                    subsystem_device_id: hex4(p, "SubsystemDeviceId"),
-                    vendor_name: string(p, "VendorName"),
-                    product_name: string(p, "ProductName"),
-                    subsystem_name: string(p, "SubsystemName"),
-                    class_code: format!("{:06x}", get::<u32>(p, "ClassCode").unwrap_or(0)),
-                    driver: string(p, "Driver"),
-                    driver_override: string(p, "DriverOverride"),
-                    kernel_modules: get(p, "KernelModules").unwrap_or_default(),
-                    boot_vga: get(p, "BootVga").unwrap_or(false),
-                    numa_node: get(p, "NumaNode").unwrap_or(-1),
-                    reset_methods: get(p, "ResetMethods").unwrap_or_default(),
-                    iommu_group: group_id(p, "IommuGroup"),
-                    companions: get(p, "Companions").unwrap_or_default(),
-                    state: string(p, "State"),
-                    physical_function: string(p, "PhysicalFunction"),
-                    virtual_functions: get(p, "VirtualFunctions").unwrap_or_default(),
-                    sriov_total_vfs: get(p, "SriovTotalVfs").unwrap_or(0),
-                    sriov_num_vfs: get(p, "SriovNumVfs").unwrap_or(0),
-                    shard: iface(api::SHARD_PARENT_INTERFACE).map(|s| shard(path, s)),
+                    vendor_id: hex4(p.vendor_id),
+                    device_id: hex4(p.device_id),
+                    subsystem_vendor_id: hex4(p.subsystem_vendor_id),
+                    subsystem_device_id: hex4(p.subsystem_device_id),
+                    class_code: format!("{:06x}", p.class_code),
+                    iommu_group: group_id(&p.iommu_group),
+                    pci_address: p.pci_address,
+                    vendor_name: p.vendor_name,
+                    product_name: p.product_name,
+                    subsystem_name: p.subsystem_name,
+                    driver: p.driver,
+                    driver_override: p.driver_override,
+                    kernel_modules: p.kernel_modules,
+                    boot_vga: p.boot_vga,
+                    numa_node: p.numa_node,
+                    reset_methods: p.reset_methods,
+                    companions: p.companions,
+                    state: p.state,
+                    physical_function: p.physical_function,
+                    virtual_functions: p.virtual_functions,
+                    sriov_total_vfs: p.sriov_total_vfs,
+                    sriov_num_vfs: p.sriov_num_vfs,
+                    shard: interfaces.shard_parent.map(|s| shard(path, s)),
                 });
-            } else if let Some(p) = iface(api::SHARD_PARENT_INTERFACE) {
+            } else if let Some(p) = interfaces.shard_parent {
                 host.other_parents.push(shard(path, p));
             }
-            if let Some(p) = iface(api::IOMMU_GROUP_INTERFACE) {
-                let members: Vec<GroupMemberWire> = get(p, "Members").unwrap_or_default();
+            if let Some(p) = interfaces.iommu_group {
                 host.groups.push(GroupView {
                     path: path.to_owned(),
-                    id: get(p, "Id").unwrap_or(0),
-                    viable: get(p, "Viable").unwrap_or(false),
-                    members: members
+                    id: p.id,
+                    viable: p.viable,
+                    members: p
+                        .members
                         .into_iter()
                         .map(|(name, class, driver)| MemberView {
                             name,
@@ -206,19 +182,19 @@ impl Host {
                             driver,
                         })
                         .collect(),
-                    viability_problems: get(p, "ViabilityProblems").unwrap_or_default(),
+                    viability_problems: p.viability_problems,
                 });
             }
-            if let Some(p) = iface(api::MDEV_INTERFACE) {
+            if let Some(p) = interfaces.mdev {
                 host.mdevs.push(MdevView {
                     path: path.to_owned(),
-                    uuid: string(p, "Uuid"),
-                    parent: string(p, "ParentName"),
-                    type_id: string(p, "Type"),
-                    type_name: string(p, "TypeName"),
-                    active: get(p, "Active").unwrap_or(false),
-                    driver: string(p, "Driver"),
-                    iommu_group: group_id(p, "IommuGroup"),
+                    iommu_group: group_id(&p.iommu_group),
+                    uuid: p.uuid,
+                    parent: p.parent_name,
+                    type_id: p.type_id,
+                    type_name: p.type_name,
+                    active: p.active,
+                    driver: p.driver,
                 });
             }
         }

@@ -14,45 +14,22 @@ use gpuvirt_core::{Inventory, MdevParent, PciAddress, PciFunction, RefreshScope}
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-/// Properties that changed: D-Bus name and new value.
-pub type ChangedProperties = Vec<(&'static str, Value<'static>)>;
+pub use api::{ChangedProperties, GpuProps, IommuGroupProps, MdevProps, ShardParentProps};
 
-/// Defines one read-only interface: a plain properties struct (compared field by field) and
-/// the zbus interface serving it, so the property list exists exactly once.
+/// Defines the zbus interface serving one of gpuvirt-api's properties structs, from the
+/// property list that defines the struct (`api::gpu_properties!` and its siblings), so the
+/// list exists exactly once for the daemon and the CLI.
 macro_rules! read_only_interface {
     (
-        $(#[$doc:meta])*
-        $iface:ident, $props:ident, $name:tt {
+        $props:ident, $name:tt {
             $( $field:ident : $ty:ty => $dbus:tt ),* $(,)?
         }
+        $(#[$doc:meta])*
+        $iface:ident
         $( methods { $($methods:tt)* } )?
     ) => {
         $(#[$doc])*
         ///
-        /// Serialises as the `a{sv}` that `GetAll` returns, straight from the fields (no
-        /// variant values built first).
-        #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, zbus::zvariant::Type)]
-        #[zvariant(signature = "a{sv}")]
-        pub struct $props {
-            $(
-                #[serde(rename = $dbus, serialize_with = "zbus::zvariant::as_value::serialize")]
-                pub $field: $ty,
-            )*
-        }
-
-        impl $props {
-            /// Properties whose value differs in `new`, with their new values.
-            pub fn changed(&self, new: &Self) -> ChangedProperties {
-                let mut out = ChangedProperties::new();
-                $(
-                    if self.$field != new.$field {
-                        out.push(($dbus, Value::from(new.$field.clone())));
-                    }
-                )*
-                out
-            }
-        }
-
         /// The served object; the actor replaces the properties and then emits
         /// PropertiesChanged. The properties are shared with the actor's tree, not copied.
         /// They sit behind their own lock so that replacing them needs only zbus's shared
@@ -92,34 +69,9 @@ macro_rules! read_only_interface {
     };
 }
 
-read_only_interface! {
+api::gpu_properties!(read_only_interface {
     /// `org.gpuvirt.GpuVirt1.Gpu`: a display function and its slot.
-    GpuInterface, GpuProps, "org.gpuvirt.GpuVirt1.Gpu" {
-        pci_address: String => "PciAddress",
-        vendor_id: u16 => "VendorId",
-        device_id: u16 => "DeviceId",
-        subsystem_vendor_id: u16 => "SubsystemVendorId",
-        subsystem_device_id: u16 => "SubsystemDeviceId",
-        vendor_name: String => "VendorName",
-        product_name: String => "ProductName",
-        subsystem_name: String => "SubsystemName",
-        class_code: u32 => "ClassCode",
-        driver: String => "Driver",
-        driver_override: String => "DriverOverride",
-        kernel_modules: Vec<String> => "KernelModules",
-        boot_vga: bool => "BootVga",
-        numa_node: i32 => "NumaNode",
-        reset_methods: Vec<String> => "ResetMethods",
-        iommu_group: OwnedObjectPath => "IommuGroup",
-        companions: Vec<String> => "Companions",
-        state: String => "State",
-        role: String => "Role",
-        policy_rule: String => "PolicyRule",
-        physical_function: String => "PhysicalFunction",
-        virtual_functions: Vec<String> => "VirtualFunctions",
-        sriov_total_vfs: u32 => "SriovTotalVfs",
-        sriov_num_vfs: u32 => "SriovNumVfs",
-    }
+    GpuInterface
     methods {
         /// Gives every function of the card's slot to vfio-pci, as a job: returns (job, plan).
         /// Option `dry-run`: only the plan, job `/`. A card already assigned also answers job
@@ -144,16 +96,11 @@ read_only_interface! {
             crate::mutate::return_to_host(&address, &header, options).await
         }
     }
-}
+});
 
-read_only_interface! {
+api::shard_parent_properties!(read_only_interface {
     /// `org.gpuvirt.GpuVirt1.ShardParent`: what a card can be split into and its children.
-    ShardParentInterface, ShardParentProps, "org.gpuvirt.GpuVirt1.ShardParent" {
-        name: String => "Name",
-        backend: String => "Backend",
-        types: HashMap<String, TypeInfoWire> => "Types",
-        children: Vec<OwnedObjectPath> => "Children",
-    }
+    ShardParentInterface
     methods {
         /// Creates an mdev of `type` (id or name) with `uuid` (empty: generated) and returns
         /// its object path.
@@ -168,30 +115,16 @@ read_only_interface! {
             crate::mutate::create_mdev(&parent, mdev_type, uuid, &header, options).await
         }
     }
-}
+});
 
-read_only_interface! {
+api::iommu_group_properties!(read_only_interface {
     /// `org.gpuvirt.GpuVirt1.IommuGroup`.
-    IommuGroupInterface, IommuGroupProps, "org.gpuvirt.GpuVirt1.IommuGroup" {
-        id: u32 => "Id",
-        members: Vec<GroupMemberWire> => "Members",
-        viable: bool => "Viable",
-        viability_problems: Vec<String> => "ViabilityProblems",
-    }
-}
+    IommuGroupInterface
+});
 
-read_only_interface! {
+api::mdev_properties!(read_only_interface {
     /// `org.gpuvirt.GpuVirt1.Mdev`.
-    MdevInterface, MdevProps, "org.gpuvirt.GpuVirt1.Mdev" {
-        uuid: String => "Uuid",
-        parent: OwnedObjectPath => "Parent",
-        parent_name: String => "ParentName",
-        type_id: String => "Type",
-        type_name: String => "TypeName",
-        active: bool => "Active",
-        driver: String => "Driver",
-        iommu_group: OwnedObjectPath => "IommuGroup",
-    }
+    MdevInterface
     methods {
         /// Removes the mdev. Option `force`: also one gpuvirt did not create.
         async fn remove(
@@ -203,7 +136,7 @@ read_only_interface! {
             crate::mutate::remove_mdev(&uuid, &header, options).await
         }
     }
-}
+});
 
 /// `org.gpuvirt.GpuVirt1.Manager`'s properties (the interface itself, with its methods, lives
 /// in the `manager` module).

@@ -1,0 +1,277 @@
+//! The object interfaces' properties as plain structs, listed once for both sides: gpuvirtd
+//! serves them (its zbus interfaces are generated from the same lists) and gpuvirtctl decodes
+//! `Manager.GetObjects` replies straight into them, without a variant map per object.
+
+use std::collections::HashMap;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use zbus::zvariant::{OwnedObjectPath, Signature, Type, Value};
+
+use crate::{GroupMemberWire, TypeInfoWire};
+
+/// Properties that changed: D-Bus name and new value.
+pub type ChangedProperties = Vec<(&'static str, Value<'static>)>;
+
+/// Calls `$callback! { GpuProps, "org.gpuvirt.GpuVirt1.Gpu" { field: Type => "DBusName", ... }
+/// $rest }`: the Gpu interface's property list, for gpuvirtd to build its zbus interface from.
+#[macro_export]
+macro_rules! gpu_properties {
+    ($callback:ident { $($rest:tt)* }) => {
+        $callback! {
+            GpuProps, "org.gpuvirt.GpuVirt1.Gpu" {
+                pci_address: String => "PciAddress",
+                vendor_id: u16 => "VendorId",
+                device_id: u16 => "DeviceId",
+                subsystem_vendor_id: u16 => "SubsystemVendorId",
+                subsystem_device_id: u16 => "SubsystemDeviceId",
+                vendor_name: String => "VendorName",
+                product_name: String => "ProductName",
+                subsystem_name: String => "SubsystemName",
+                class_code: u32 => "ClassCode",
+                driver: String => "Driver",
+                driver_override: String => "DriverOverride",
+                kernel_modules: Vec<String> => "KernelModules",
+                boot_vga: bool => "BootVga",
+                numa_node: i32 => "NumaNode",
+                reset_methods: Vec<String> => "ResetMethods",
+                iommu_group: OwnedObjectPath => "IommuGroup",
+                companions: Vec<String> => "Companions",
+                state: String => "State",
+                role: String => "Role",
+                policy_rule: String => "PolicyRule",
+                physical_function: String => "PhysicalFunction",
+                virtual_functions: Vec<String> => "VirtualFunctions",
+                sriov_total_vfs: u32 => "SriovTotalVfs",
+                sriov_num_vfs: u32 => "SriovNumVfs",
+            }
+            $($rest)*
+        }
+    };
+}
+
+/// The ShardParent interface's property list; see [`gpu_properties!`].
+#[macro_export]
+macro_rules! shard_parent_properties {
+    ($callback:ident { $($rest:tt)* }) => {
+        $callback! {
+            ShardParentProps, "org.gpuvirt.GpuVirt1.ShardParent" {
+                name: String => "Name",
+                backend: String => "Backend",
+                types: HashMap<String, TypeInfoWire> => "Types",
+                children: Vec<OwnedObjectPath> => "Children",
+            }
+            $($rest)*
+        }
+    };
+}
+
+/// The IommuGroup interface's property list; see [`gpu_properties!`].
+#[macro_export]
+macro_rules! iommu_group_properties {
+    ($callback:ident { $($rest:tt)* }) => {
+        $callback! {
+            IommuGroupProps, "org.gpuvirt.GpuVirt1.IommuGroup" {
+                id: u32 => "Id",
+                members: Vec<GroupMemberWire> => "Members",
+                viable: bool => "Viable",
+                viability_problems: Vec<String> => "ViabilityProblems",
+            }
+            $($rest)*
+        }
+    };
+}
+
+/// The Mdev interface's property list; see [`gpu_properties!`].
+#[macro_export]
+macro_rules! mdev_properties {
+    ($callback:ident { $($rest:tt)* }) => {
+        $callback! {
+            MdevProps, "org.gpuvirt.GpuVirt1.Mdev" {
+                uuid: String => "Uuid",
+                parent: OwnedObjectPath => "Parent",
+                parent_name: String => "ParentName",
+                type_id: String => "Type",
+                type_name: String => "TypeName",
+                active: bool => "Active",
+                driver: String => "Driver",
+                iommu_group: OwnedObjectPath => "IommuGroup",
+            }
+            $($rest)*
+        }
+    };
+}
+
+/// Defines one interface's properties struct. It (de)serialises as the `a{sv}` that `GetAll`
+/// returns, straight from and into the fields: a property the reader does not know is skipped,
+/// one the sender left out keeps its default, one of another type is an error.
+macro_rules! properties_struct {
+    ($props:ident, $name:tt { $( $field:ident : $ty:ty => $dbus:tt ),* $(,)? }) => {
+        #[doc = concat!("The properties of `", $name, "`.")]
+        #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize, Type)]
+        #[zvariant(signature = "a{sv}")]
+        #[serde(default)]
+        pub struct $props {
+            $(
+                #[serde(rename = $dbus, with = "zbus::zvariant::as_value")]
+                pub $field: $ty,
+            )*
+        }
+
+        impl $props {
+            /// The interface these are the properties of.
+            pub const INTERFACE: &'static str = $name;
+
+            /// Properties whose value differs in `new`, with their new values.
+            pub fn changed(&self, new: &Self) -> ChangedProperties {
+                let mut out = ChangedProperties::new();
+                $(
+                    if self.$field != new.$field {
+                        out.push(($dbus, Value::from(new.$field.clone())));
+                    }
+                )*
+                out
+            }
+        }
+    };
+}
+
+gpu_properties!(properties_struct {});
+shard_parent_properties!(properties_struct {});
+iommu_group_properties!(properties_struct {});
+mdev_properties!(properties_struct {});
+
+/// One object's interfaces as `Manager.GetObjects` (and `GetManagedObjects`) sends them
+/// (`a{sa{sv}}`), decoded straight into the property structs. Interfaces other than these four
+/// (the standard ones, or one a newer daemon adds) are skipped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObjectInterfaces {
+    pub gpu: Option<GpuProps>,
+    pub shard_parent: Option<ShardParentProps>,
+    pub iommu_group: Option<IommuGroupProps>,
+    pub mdev: Option<MdevProps>,
+}
+
+impl Type for ObjectInterfaces {
+    const SIGNATURE: &'static Signature = <HashMap<String, GpuProps> as Type>::SIGNATURE;
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectInterfaces {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InterfacesVisitor;
+
+        impl<'de> Visitor<'de> for InterfacesVisitor {
+            type Value = ObjectInterfaces;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of interface names to their properties")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = ObjectInterfaces::default();
+                while let Some(name) = map.next_key::<&str>()? {
+                    match name {
+                        GpuProps::INTERFACE => out.gpu = Some(map.next_value()?),
+                        ShardParentProps::INTERFACE => out.shard_parent = Some(map.next_value()?),
+                        IommuGroupProps::INTERFACE => out.iommu_group = Some(map.next_value()?),
+                        MdevProps::INTERFACE => out.mdev = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+
+        deserializer.deserialize_map(InterfacesVisitor)
+    }
+}
+
+/// A `Manager.GetObjects` reply: object path → its interfaces.
+pub type Objects = HashMap<OwnedObjectPath, ObjectInterfaces>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use zbus::zvariant::serialized::Context;
+    use zbus::zvariant::{to_bytes, OwnedValue, LE};
+
+    fn gpu() -> GpuProps {
+        GpuProps {
+            pci_address: "0000:41:00.0".into(),
+            vendor_id: 0x10de,
+            kernel_modules: vec!["nvidia".into(), "nouveau".into()],
+            numa_node: -1,
+            iommu_group: crate::iommu_group_path(66),
+            sriov_num_vfs: 4,
+            ..GpuProps::default()
+        }
+    }
+
+    #[test]
+    fn properties_round_trip_through_the_get_all_form() {
+        let ctx = Context::new_dbus(LE, 0);
+        let bytes = to_bytes(ctx, &gpu()).unwrap();
+        // The bytes are an a{sv} a variant-map reader understands...
+        let generic: HashMap<String, OwnedValue> = bytes.deserialize().unwrap().0;
+        assert_eq!(generic.len(), 24);
+        assert_eq!(u16::try_from(&generic["VendorId"]).unwrap(), 0x10de);
+        // ... and the struct reads back equal.
+        let back: GpuProps = bytes.deserialize().unwrap().0;
+        assert_eq!(back, gpu());
+    }
+
+    #[test]
+    fn unknown_properties_are_skipped_and_missing_ones_default() {
+        let ctx = Context::new_dbus(LE, 0);
+        let mut sent: HashMap<&str, Value<'_>> = HashMap::new();
+        sent.insert("PciAddress", Value::from("0000:01:00.0"));
+        sent.insert("SomethingNewer", Value::from(vec![1u64, 2, 3]));
+        sent.insert("NumaNode", Value::from(1i32));
+        let bytes = to_bytes(ctx, &sent).unwrap();
+        let read: GpuProps = bytes.deserialize().unwrap().0;
+        assert_eq!(read.pci_address, "0000:01:00.0");
+        assert_eq!(read.numa_node, 1);
+        assert_eq!(read.driver, "");
+    }
+
+    #[test]
+    fn a_property_of_another_type_is_an_error() {
+        let ctx = Context::new_dbus(LE, 0);
+        let mut sent: HashMap<&str, Value<'_>> = HashMap::new();
+        sent.insert("VendorId", Value::from("10de"));
+        let bytes = to_bytes(ctx, &sent).unwrap();
+        let err = bytes.deserialize::<GpuProps>().unwrap_err().to_string();
+        assert!(err.contains("signature"), "{err}");
+    }
+
+    /// `props` as the generic `a{sv}` a variant-map writer sends.
+    fn generic<P: serde::Serialize + Type>(props: &P) -> HashMap<String, OwnedValue> {
+        let ctx = Context::new_dbus(LE, 0);
+        to_bytes(ctx, props).unwrap().deserialize().unwrap().0
+    }
+
+    #[test]
+    fn object_interfaces_pick_the_known_ones() {
+        let mdev = MdevProps {
+            uuid: "5f6a0b3e-0000-4000-8000-000000000001".into(),
+            active: true,
+            ..MdevProps::default()
+        };
+        let mut newer = HashMap::new();
+        newer.insert("Anything".to_owned(), OwnedValue::from(7u8));
+        let sent: HashMap<&str, HashMap<String, OwnedValue>> = HashMap::from([
+            (crate::GPU_INTERFACE, generic(&gpu())),
+            (crate::MDEV_INTERFACE, generic(&mdev)),
+            ("org.freedesktop.DBus.Properties", HashMap::new()),
+            ("org.example.Newer", newer),
+        ]);
+        let bytes = to_bytes(Context::new_dbus(LE, 0), &sent).unwrap();
+        let read: ObjectInterfaces = bytes.deserialize().unwrap().0;
+        assert_eq!(read.gpu, Some(gpu()));
+        assert_eq!(read.mdev, Some(mdev));
+        assert_eq!(read.shard_parent, None);
+        assert_eq!(read.iommu_group, None);
+    }
+}
