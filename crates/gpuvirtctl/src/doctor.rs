@@ -239,7 +239,7 @@ pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
         }))?;
     } else {
         if !facts.kernel_release.is_empty() {
-            println!("kernel {}", facts.kernel_release);
+            outln!("kernel {}", facts.kernel_release)?;
         }
         for f in &findings {
             let mark = match f.verdict {
@@ -247,9 +247,9 @@ pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
                 Verdict::Note => "note",
                 Verdict::Blocking => "FAIL",
             };
-            println!("{mark} {}: {}", f.check, f.detail);
+            outln!("{mark} {}: {}", f.check, f.detail)?;
             if !f.todo.is_empty() && f.verdict != Verdict::Ok {
-                println!("     → {}", f.todo);
+                outln!("     → {}", f.todo)?;
             }
         }
     }

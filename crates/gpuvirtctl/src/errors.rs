@@ -182,6 +182,10 @@ pub enum CliError {
     Json(#[source] serde_json::Error),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// Standard output refused the text; a closed pipe (`| head`) ends the command quietly
+    /// (see [`CliError::is_closed_pipe`]).
+    #[error("cannot write to standard output")]
+    Output(#[source] std::io::Error),
 }
 
 impl CliError {
@@ -190,10 +194,18 @@ impl CliError {
         match self {
             CliError::Connect { .. } | CliError::NotRunning { .. } => Exit::NotRunning,
             CliError::Dbus { name, .. } => advice_for(name).map_or(Exit::Failure, |a| a.exit),
-            CliError::Daemon(_) | CliError::Call(_) | CliError::Json(_) | CliError::Runtime(_) => {
-                Exit::Failure
-            }
+            CliError::Daemon(_)
+            | CliError::Call(_)
+            | CliError::Json(_)
+            | CliError::Runtime(_)
+            | CliError::Output(_) => Exit::Failure,
         }
+    }
+
+    /// Whoever read standard output stopped reading (`gpuvirtctl tree | head`): what they
+    /// wanted arrived, so gpuvirtctl stops without a message and exits 0, as `rg` does.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 

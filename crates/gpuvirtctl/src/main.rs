@@ -1,5 +1,8 @@
 //! gpuvirtctl: the command-line client of gpuvirtd. It only talks D-Bus; it never reads sysfs.
 
+// First: its out!/outln! macros are used by the modules below.
+#[macro_use]
+mod out;
 mod cli_gen;
 mod doctor;
 mod errors;
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
     let result = runtime.and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => Exit::Ok.into(),
+        Err(e) if e.is_closed_pipe() => Exit::Ok.into(),
         Err(e) => {
             eprintln!(
                 "gpuvirtctl: {}: {}",
@@ -174,7 +178,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 print_json(&groups)
             } else {
-                print!("{}", tree::render(&groups));
+                out!("{}", tree::render(&groups))?;
                 Ok(())
             }
         }
@@ -190,7 +194,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 print_json(&serde_json::json!({ "client": client, "daemon": daemon }))
             } else {
-                print_table(&[row(["client:", client]), row(["daemon:", &daemon])]);
+                print_table(&[row(["client:", client]), row(["daemon:", &daemon])])?;
                 Ok(())
             }
         }
@@ -199,7 +203,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 print_json(&host.gpus)
             } else {
-                print_list(&host);
+                print_list(&host)?;
                 Ok(())
             }
         }
@@ -230,7 +234,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                         "IOMMU group:",
                         &mdev.iommu_group.map_or("-".to_owned(), |g| g.to_string()),
                     ]),
-                ]);
+                ])?;
                 Ok(())
             }
         }
@@ -249,7 +253,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 print_json(gpu)
             } else {
-                print_show(gpu, &host);
+                print_show(gpu, &host)?;
                 Ok(())
             }
         }
@@ -277,14 +281,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     ]);
                 }
             }
-            print_table(&rows);
+            print_table(&rows)?;
             for g in host
                 .groups
                 .iter()
                 .filter(|g| !g.viability_problems.is_empty())
             {
                 for p in &g.viability_problems {
-                    println!("group {}: {p}", g.id);
+                    outln!("group {}: {p}", g.id)?;
                 }
             }
             Ok(())
@@ -327,7 +331,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     ]);
                 }
             }
-            print_table(&rows);
+            print_table(&rows)?;
             Ok(())
         }
         Command::Mdevs { json } => {
@@ -351,7 +355,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     yes_no(m.active).to_owned(),
                 ]);
             }
-            print_table(&rows);
+            print_table(&rows)?;
             Ok(())
         }
     }
@@ -369,13 +373,7 @@ async fn fetch_gpus(connection: &zbus::Connection) -> zbus::Result<Host> {
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    use std::io::Write;
-    // Straight into a buffered stdout: no whole-document string, no line-by-line flushes.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, value).map_err(CliError::Json)?;
-    // A closed pipe (`| head`) is not an error worth reporting.
-    let _ = writeln!(out).and_then(|()| out.flush());
-    Ok(())
+    out::json(value)
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -398,7 +396,7 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn print_list(host: &Host) {
+fn print_list(host: &Host) -> Result<(), CliError> {
     let mut rows = vec![row([
         "ADDRESS", "IDS", "DRIVER", "STATE", "GROUP", "SHARD", "NAME",
     ])];
@@ -430,10 +428,10 @@ fn print_list(host: &Host) {
             name,
         ]);
     }
-    print_table(&rows);
+    print_table(&rows)
 }
 
-fn print_show(g: &GpuView, host: &Host) {
+fn print_show(g: &GpuView, host: &Host) -> Result<(), CliError> {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut kv = |k: &str, v: String| rows.push(vec![format!("{k}:"), v]);
     kv("Address", g.pci_address.clone());
@@ -520,7 +518,7 @@ fn print_show(g: &GpuView, host: &Host) {
             kv("  child", c.clone());
         }
     }
-    print_table(&rows);
+    print_table(&rows)
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
                 )
                 .await?;
             let created = mdev_uuid(ctx, path.as_str()).await?;
-            println!("{created}");
+            outln!("{created}")?;
             Ok(())
         }
         MdevCommand::Remove { uuid, force } => {
@@ -140,7 +140,7 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
                     ),
                 )
                 .await?;
-            println!("{defined}");
+            outln!("{defined}")?;
             Ok(())
         }
         MdevCommand::Undefine { uuid } => manager_unit(ctx, "UndefineMdev", &uuid).await,
@@ -181,7 +181,7 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
                     if m.active { "active" } else { "inactive" }.to_owned(),
                 ]);
             }
-            print_table(&rows);
+            print_table(&rows)?;
             Ok(())
         }
         MdevCommand::Export { mdevctl: _, uuid } => export(ctx, uuid.as_deref()).await,
@@ -225,7 +225,7 @@ async fn list_defined(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
             if d.active { "active" } else { "inactive" }.to_owned(),
         ]);
     }
-    print_table(&rows);
+    print_table(&rows)?;
     Ok(())
 }
 
@@ -272,10 +272,10 @@ async fn export(ctx: &Ctx<'_>, uuid: Option<&str>) -> Result<(), CliError> {
                 "no mdev {u} is defined or active; `gpuvirtctl mdev list --defined` lists definitions"
             ))
         })?;
-        println!("{}", c.to_json());
+        outln!("{}", c.to_json())?;
         return Ok(());
     }
-    println!("{}", mdevctl::dump_json(&configs));
+    outln!("{}", mdevctl::dump_json(&configs))?;
     Ok(())
 }
 
@@ -345,7 +345,7 @@ async fn import(
                 ),
             )
             .await?;
-        println!("{defined}");
+        outln!("{defined}")?;
     }
     Ok(())
 }

@@ -202,9 +202,9 @@ pub async fn run(connection: &zbus::Connection, bus: &str, json: bool) -> Result
         let Ok(msg) = msg else { continue };
         let Some(e) = event(&msg) else { continue };
         if json {
-            println!("{}", serde_json::to_string(&e).map_err(CliError::Json)?);
+            outln!("{}", serde_json::to_string(&e).map_err(CliError::Json)?)?;
         } else {
-            println!("{}", e.line());
+            outln!("{}", e.line())?;
         }
     }
     Ok(())

@@ -128,19 +128,9 @@ impl Ctx<'_> {
 
     /// The whole object tree, as the read commands see it.
     pub async fn host(&self) -> Result<Host, CliError> {
-        let fetch = async {
-            let manager = zbus::fdo::ObjectManagerProxy::builder(self.connection)
-                .destination(api::BUS_NAME)?
-                .path(api::ROOT_PATH)?
-                .build()
-                .await?;
-            manager
-                .get_managed_objects()
-                .await
-                .map_err(zbus::Error::from)
-        };
-        let objects = fetch.await.map_err(|e| self.error(e))?;
-        Ok(Host::from_managed_objects(objects))
+        crate::view::fetch_objects(self.connection, &[])
+            .await
+            .map_err(|e| self.error(e))
     }
 }
 
@@ -197,7 +187,5 @@ pub async fn run(ctx: &Ctx<'_>, command: MutateCommand) -> Result<(), CliError> 
 }
 
 pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(CliError::Json)?;
-    println!("{text}");
-    Ok(())
+    crate::out::json(value)
 }

@@ -66,11 +66,11 @@ pub async fn run(
                 job: None,
             });
         }
-        println!("{plan}");
+        outln!("{plan}")?;
         return Ok(());
     }
     if !json {
-        println!("{plan}");
+        outln!("{plan}")?;
     }
     let show_progress = !json;
     let outcome = jobwait::wait(ctx.connection, job.as_str(), ctx.bus, |p| {
@@ -95,6 +95,6 @@ pub async fn run(
         return outcome.into_result().map(|_| ());
     }
     let message = outcome.into_result()?;
-    println!("done: {message}");
+    outln!("done: {message}")?;
     Ok(())
 }

@@ -88,7 +88,7 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
                 if d.lines().next().is_some_and(|l| l.contains(": error: ")) {
                     errors += 1;
                 }
-                println!("{d}\n");
+                outln!("{d}\n")?;
             }
             let warnings = diagnostics.len() - errors;
             if errors > 0 {
@@ -96,7 +96,7 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
                     "{shown}: {errors} error(s), {warnings} warning(s)"
                 )));
             }
-            println!("{shown}: valid ({warnings} warning(s))");
+            outln!("{shown}: valid ({warnings} warning(s))")?;
             Ok(())
         }
         PolicyCommand::Plan { json } => {
@@ -109,9 +109,9 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
                 )
                 .await?;
             if json {
-                println!("{json_text}");
+                outln!("{json_text}")?;
             } else {
-                print!("{human}");
+                out!("{human}")?;
             }
             Ok(())
         }
@@ -124,7 +124,7 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
                     &(options(),),
                 )
                 .await?;
-            print!("{report}");
+            out!("{report}")?;
             if ok {
                 Ok(())
             } else {
@@ -147,7 +147,7 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
                 .get_property("EnforcementMode")
                 .await
                 .map_err(&call_error)?;
-            println!("policy reloaded ({mode} mode)");
+            outln!("policy reloaded ({mode} mode)")?;
             Ok(())
         }
     }

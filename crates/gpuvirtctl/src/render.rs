@@ -24,14 +24,14 @@ pub async fn run(ctx: &Ctx<'_>, target: &str, x_vga: bool, output: Output) -> Re
         .await?;
     match output {
         Output::Xml => {
-            print!("{xml}");
+            out!("{xml}")?;
             if !xml.ends_with('\n') {
-                println!();
+                outln!()?;
             }
         }
         Output::QemuArgs => {
             for arg in &args {
-                println!("{arg}");
+                outln!("{arg}")?;
             }
         }
     }

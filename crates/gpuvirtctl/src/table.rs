@@ -84,8 +84,8 @@ pub fn format_table_styled(rows: &[Vec<String>], colour: bool) -> String {
 }
 
 /// Prints a table to stdout, coloured when stdout is a terminal.
-pub fn print_table(rows: &[Vec<String>]) {
-    print!("{}", format_table_styled(rows, stdout_colour()));
+pub fn print_table(rows: &[Vec<String>]) -> Result<(), crate::errors::CliError> {
+    out!("{}", format_table_styled(rows, stdout_colour()))
 }
 
 /// `error` in red on a terminal: the prefix of gpuvirtctl's failure messages.

@@ -129,14 +129,11 @@ fn absent_daemon_is_reported_plainly() {
     assert!(stderr.contains("cannot connect to the bus at"), "{stderr}");
 }
 
-/// A stock system bus lets one connection await at most 128 replies; a read command on a
-/// host with hundreds of objects must stay under that, not fail with LimitsExceeded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_stay_under_the_system_bus_reply_limit() {
+/// A generated host with 10 A40s and 300 mdevs, materialised as plain files under `dir`.
+fn three_hundred_mdevs(dir: &std::path::Path) -> std::path::PathBuf {
     use gpuvirt_sim::generate::{generate, GenParams, GpuModel};
     use gpuvirt_sim::Backend;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
+    let root = dir.join("root");
     let params = GenParams {
         gpus: 10,
         mdevs: 300,
@@ -147,6 +144,15 @@ async fn reads_stay_under_the_system_bus_reply_limit() {
     };
     let kernel = gpuvirt_sim::kernel::Kernel::from_fixture(&generate(&params).unwrap()).unwrap();
     gpuvirt_sim::materialize::materialize(kernel.tree(), &root).unwrap();
+    root
+}
+
+/// A stock system bus lets one connection await at most 128 replies; a read command on a
+/// host with hundreds of objects must stay under that, not fail with LimitsExceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_under_the_system_bus_reply_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = three_hundred_mdevs(dir.path());
     let bus = Bus::start_with_reply_limit(128, dir.path());
     let _daemon = Daemon::start(&bus, &root, "none", dir.path()).await;
 
@@ -154,4 +160,47 @@ async fn reads_stay_under_the_system_bus_reply_limit() {
     assert_eq!(mdevs.as_array().unwrap().len(), 300, "{mdevs}");
     let (ok, _, stderr) = ctl(&bus, &["types"]);
     assert!(ok, "{stderr}");
+}
+
+/// `gpuvirtctl tree | head` closes the pipe before the output is written: gpuvirtctl stops
+/// quietly with 0 (it panicked with "failed printing to stdout"); a full disk is an error
+/// that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_output_quietly_and_a_full_disk_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = three_hundred_mdevs(dir.path());
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &root, "none", dir.path()).await;
+
+    for args in [&["tree"][..], &["list", "--json"], &["mdev", "list"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(gpuvirtctl())
+            .args(["--bus-address", &bus.address])
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "gpuvirtctl {args:?}: {stderr}");
+        assert_eq!(stderr, "", "gpuvirtctl {args:?}");
+
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(gpuvirtctl())
+            .args(["--bus-address", &bus.address])
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "gpuvirtctl {args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to standard output")
+                && stderr.contains("No space left on device"),
+            "gpuvirtctl {args:?}: {stderr}"
+        );
+    }
 }
