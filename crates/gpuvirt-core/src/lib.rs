@@ -23,6 +23,7 @@ pub mod scan;
 pub mod shard;
 pub mod sysfs;
 pub mod testing;
+pub mod vgpu_names;
 
 pub use model::*;
 pub use root::Root;

@@ -342,6 +342,11 @@ pub struct Inventory {
     pub mdevs: BTreeMap<Uuid, Mdev>,
     pub modules: ModuleState,
     pub warnings: Vec<ScanWarning>,
+    /// Names of NVIDIA per-VF vGPU types remembered from earlier reads, by card model: the
+    /// driver names a type only while one more can be created (see [`crate::vgpu_names`]).
+    /// A scan leaves it empty; gpuvirtd fills it from its state directory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vgpu_type_names: crate::vgpu_names::VgpuTypeNames,
 }
 
 #[cfg(test)]

@@ -248,7 +248,8 @@ impl ShardParent {
     }
 
     /// Every type as `id (name)`, for error messages. NVIDIA's per-VF files name a type only in
-    /// `creatable_vgpu_types`, so a type in use that no VF can create any more has no name.
+    /// `creatable_vgpu_types`, so a type in use that no VF can create any more has no name
+    /// unless an earlier read saw it ([`crate::vgpu_names`]).
     pub fn choices(&self) -> Vec<String> {
         self.types
             .iter()
@@ -365,7 +366,9 @@ fn mdev_parent(inventory: &Inventory, name: &str) -> Option<ShardParent> {
     })
 }
 
-fn sriov_parent(inventory: &Inventory, pf: &PciFunction) -> Option<ShardParent> {
+/// The SR-IOV shard parent (NVIDIA per-VF vGPU or plain SR-IOV) of a display-class PF,
+/// `None` for a function that cannot have VFs.
+pub fn sriov_parent(inventory: &Inventory, pf: &PciFunction) -> Option<ShardParent> {
     if !pf.is_display() || pf.physfn.is_some() {
         return None;
     }
@@ -386,7 +389,7 @@ fn sriov_parent(inventory: &Inventory, pf: &PciFunction) -> Option<ShardParent> 
         num_vfs: sriov.num_vfs,
     };
     if vfs.iter().any(|vf| vf.nvidia_vgpu.is_some()) {
-        return Some(nvidia_vf_parent(base, &vfs));
+        return Some(nvidia_vf_parent(inventory, pf, base, &vfs));
     }
     if pf.ids.vendor == NVIDIA_VENDOR && sriov.num_vfs == 0 {
         return Some(ShardParent {
@@ -412,7 +415,12 @@ fn sriov_parent(inventory: &Inventory, pf: &PciFunction) -> Option<ShardParent> 
     })
 }
 
-fn nvidia_vf_parent(base: ShardParent, vfs: &[&PciFunction]) -> ShardParent {
+fn nvidia_vf_parent(
+    inventory: &Inventory,
+    pf: &PciFunction,
+    base: ShardParent,
+    vfs: &[&PciFunction],
+) -> ShardParent {
     let mut types: Vec<ShardType> = Vec::new();
     let mut children = Vec::new();
     let entry = |types: &mut Vec<ShardType>, id: u32, name: Option<&str>| -> usize {
@@ -459,6 +467,12 @@ fn nvidia_vf_parent(base: ShardParent, vfs: &[&PciFunction]) -> ShardParent {
                     types[i].available += 1;
                 }
             }
+        }
+    }
+    // A type no VF can create any more is named from what earlier reads saw.
+    for t in types.iter_mut().filter(|t| t.name.is_none()) {
+        if let Ok(id) = t.id.parse::<u32>() {
+            t.name = crate::vgpu_names::remembered(inventory, pf, id).map(str::to_string);
         }
     }
     types.sort_by_key(|t| t.id.parse::<u32>().unwrap_or(u32::MAX));

@@ -13,6 +13,7 @@ mod dbus;
 mod events;
 mod jobs;
 mod mutate;
+mod names;
 mod notify;
 mod objects;
 mod policy_runtime;
@@ -173,7 +174,10 @@ async fn run(args: Args) -> Result<(), StartError> {
     };
 
     // 2. Scan.
-    let scanner: Arc<dyn InventorySource> = Arc::new(Scanner::new(root.clone()));
+    let scanner: Arc<dyn InventorySource> = Arc::new(names::RememberingScanner::new(
+        Scanner::new(root.clone()),
+        &state_dir,
+    ));
     let started = std::time::Instant::now();
     // On this thread, not a blocking-pool one: nothing is served yet. (On a large host the
     // scan splits its per-device reads over short-lived threads of its own; what they read

@@ -936,6 +936,14 @@ pub fn sync_inventory(old: &mut Inventory, new: &mut Inventory, scope: &RefreshS
             }
         }
     }
+    // Remembered vGPU type names show in the Types of NVIDIA per-VF parents (SR-IOV GPUs).
+    if old.vgpu_type_names != new.vgpu_type_names {
+        for a in new.gpus.keys() {
+            if new.functions.get(a).is_some_and(|f| f.sriov.is_some()) {
+                dirty.insert(ObjectKey::Gpu(*a));
+            }
+        }
+    }
     sync_remainder(old, new);
     Synced { dirty, exported }
 }
@@ -1230,17 +1238,18 @@ fn shard_parent_of(inv: &Inventory, f: &PciFunction) -> Option<ShardParentProps>
             .then(|| api::gpu_path(&vf.address))
     };
     if vfs.iter().any(|vf| vf.nvidia_vgpu.is_some()) {
-        let mut types: HashMap<String, TypeInfoWire> = HashMap::new();
-        for offer in vfs
-            .iter()
-            .filter_map(|vf| vf.nvidia_vgpu.as_ref())
-            .flat_map(|v| v.creatable_types.iter())
-        {
-            types
-                .entry(offer.id.to_string())
-                .or_insert_with(|| (offer.name.clone(), String::new(), String::new(), 0))
-                .3 += 1;
-        }
+        // The core's reading of the card (as the policy and CreateMdev see it): every type a
+        // free VF can create, with how many VFs can, and every type in use (0 available),
+        // named from the VFs' lists or, once none lists it, from the remembered names.
+        let types: HashMap<String, TypeInfoWire> = gpuvirt_core::shard::sriov_parent(inv, f)
+            .map(|p| p.types)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| {
+                let name = t.name.unwrap_or_default();
+                (t.id, (name, String::new(), String::new(), t.available))
+            })
+            .collect();
         return Some(ShardParentProps {
             name: f.address.to_string(),
             backend: api::backend::NVIDIA_VF.to_owned(),
@@ -1829,7 +1838,12 @@ pub(crate) mod tests {
             .clone()
             .unwrap();
         assert_eq!(shard.backend, "nvidia-vf");
-        assert_eq!(shard.types["558"].3, 2);
+        // One more can be created: VF 5 is free; VF 4 holds one (a VF takes one vGPU, whatever
+        // its list says), as the policy and CreateMdev count them.
+        assert_eq!(
+            shard.types["558"],
+            ("NVIDIA L40S-24Q".into(), String::new(), String::new(), 1)
+        );
         assert_eq!(
             shard.children,
             [path("/org/gpuvirt/GpuVirt1/gpus/0000_c1_00_4")]

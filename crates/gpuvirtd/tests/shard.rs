@@ -12,6 +12,7 @@ mod common;
 #[path = "shard_support/mod.rs"]
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::*;
@@ -594,9 +595,8 @@ fn vgpus_of(host: &SimHost, pf: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The type by id: by name ("NVIDIA H100XM-40C") the policy turns invalid once the card is
-/// full, because NVIDIA's files name a type only while one more can be created (see the report
-/// of issue 5's audit).
+/// The Hopper host's GPU 1 sharded into `count` vGPUs of type 1151, named by id (by name:
+/// `a_per_vf_type_named_by_name_stays_valid_on_a_full_card_across_restarts`).
 fn hopper_policy(count: &str) -> String {
     format!(
         "version = 1\ndefault_role = \"unmanaged\"\n\n[[gpu]]\nname = \"h100\"\nmatch = {{ address = \"0000:9a:00.0\" }}\nrole = \"shard\"\nshard = {{ type = \"1151\", count = {count} }}\n"
@@ -677,11 +677,131 @@ async fn nvidia_per_vf_policy_fills_to_capacity_once_and_leaves_foreign_vgpus() 
         "{message}"
     );
     assert!(
-        message.contains("count 3 is more than") && message.contains("can hold of 1151: 2"),
+        message.contains("count 3 is more than")
+            && message.contains("can hold of 1151 (NVIDIA H100XM-40C): 2"),
         "{message}"
     );
     assert_eq!(vgpus_of(&host, GPU1), made);
     assert_eq!(vgpus_of(&host, GPU0), foreign);
+}
+
+/// GPU 1's `Types` as its ShardParent serves them: type id → name.
+async fn served_type_names(conn: &zbus::Connection, gpu: &str) -> BTreeMap<String, String> {
+    let opts: std::collections::HashMap<&str, Value<'_>> = Default::default();
+    let reply = call_manager(
+        conn,
+        "GetObjects",
+        &(&[api::SHARD_PARENT_INTERFACE][..], opts),
+    )
+    .await
+    .unwrap();
+    let objects: api::Objects = reply.body().deserialize().unwrap();
+    let path = OwnedObjectPath::try_from(gpu_path(gpu)).unwrap();
+    let parent = objects[&path].shard_parent.clone().unwrap();
+    parent
+        .types
+        .into_iter()
+        .map(|(id, (name, ..))| (id, name))
+        .collect()
+}
+
+/// The Manager's `PolicyError`.
+async fn policy_error(conn: &zbus::Connection) -> String {
+    let objects = managed_objects(conn).await;
+    let manager = &objects[&OwnedObjectPath::try_from(api::MANAGER_PATH).unwrap()];
+    let props = manager
+        .iter()
+        .find(|(i, _)| i.as_str() == api::MANAGER_INTERFACE)
+        .unwrap()
+        .1;
+    String::try_from(props["PolicyError"].try_clone().unwrap()).unwrap()
+}
+
+/// NVIDIA's per-VF files name a type only while one more can be created. A policy naming the
+/// type ("NVIDIA H100XM-40C", not 1151) fills the card, and stays valid on the full card after
+/// a restart because gpuvirtd remembers the names it read (state dir `vgpu-type-names.json`).
+/// Without that memory the restarted daemon cannot resolve the name: the test's control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_vf_type_named_by_name_stays_valid_on_a_full_card_across_restarts() {
+    if !fuse_available() {
+        return;
+    }
+    const GPU1: &str = "0000:9a:00.0";
+    const NAME: &str = "NVIDIA H100XM-40C";
+    let host = SimHost::boot("hopper-sriov");
+    let policy = host.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        hopper_policy("2").replace("\"1151\"", &format!("\"{NAME}\"")),
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
+    let conn = bus.connect().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while vgpus_of(&host, GPU1).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        let _ = manager(&conn, "Reconcile", &(no_opts(),)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let made = vgpus_of(&host, GPU1);
+    assert!(made.iter().all(|(_, t)| t == "1151"), "{made:?}");
+    // Full now: no VF lists 1151 any more, yet the served type keeps its name.
+    let free_vf_lists: Vec<String> = (4..36)
+        .filter_map(|i| {
+            std::fs::read_to_string(host.root().join(format!(
+                "sys/bus/pci/devices/0000:9a:{:02x}.{}/nvidia/creatable_vgpu_types",
+                i / 8,
+                i % 8
+            )))
+            .ok()
+        })
+        .collect();
+    assert!(
+        !free_vf_lists.is_empty() && free_vf_lists.iter().all(|t| !t.contains("1151")),
+        "{free_vf_lists:?}"
+    );
+    // The daemon's tree follows the writes' uevents.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let served = served_type_names(&conn, GPU1).await;
+        if served.get("1151").map(String::as_str) == Some(NAME) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{served:?}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let state = host.dir.path().join("state");
+    assert!(state.join("vgpu-type-names.json").exists());
+
+    // Restart on the full card: the policy is valid and in force, nothing is written.
+    drop(d);
+    let seq = host.with_kernel_mut(|k| k.seqnum());
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
+    let conn = bus.connect().await;
+    assert_eq!(policy_error(&conn).await, "", "{}", d.log());
+    let r = manager(&conn, "Reconcile", &(no_opts(),)).await.unwrap();
+    let (ok, report): (bool, String) = r.body().deserialize().unwrap();
+    assert!(ok, "{report}\n{}", d.log());
+    assert_eq!(host.with_kernel_mut(|k| k.seqnum()), seq, "{report}");
+    assert_eq!(vgpus_of(&host, GPU1), made);
+    assert_eq!(served_type_names(&conn, GPU1).await["1151"], NAME);
+
+    // The control: without the saved names the full card names no type, and the policy is
+    // refused with the reason (nothing is touched).
+    drop(d);
+    std::fs::remove_file(state.join("vgpu-type-names.json")).unwrap();
+    let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
+    let conn = bus.connect().await;
+    let error = policy_error(&conn).await;
+    assert!(error.contains(NAME), "{error}\n{}", d.log());
+    assert_eq!(served_type_names(&conn, GPU1).await["1151"], "");
+    assert_eq!(host.with_kernel_mut(|k| k.seqnum()), seq);
+    assert_eq!(vgpus_of(&host, GPU1), made);
 }
 
 /// gpuvirtd on `host`'s uevents with the policy file `policy`, its state under the host's

@@ -1,0 +1,257 @@
+//! Names of NVIDIA per-VF vGPU types, remembered per card model.
+//!
+//! NVIDIA's per-VF files name a type only in `creatable_vgpu_types`, which lists it only while
+//! one more can be created: on a full card the types in use are bare ids. A policy or a caller
+//! naming a type ("NVIDIA H100XM-40C") would then be told the type does not exist. The names
+//! seen in every read are kept here by card model (the PF's `vendor:device`: NVIDIA type ids
+//! and names belong to the GPU model, not to one card) and saved in the state directory, so
+//! a daemon restarted on a full card still knows them. The scan itself never invents a name:
+//! the inventory carries this memory in [`Inventory::vgpu_type_names`], filled by its keeper.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::model::{Inventory, PciFunction, PciIds};
+
+/// Type id → name, per card model key (see [`model_key`]).
+pub type VgpuTypeNames = BTreeMap<String, BTreeMap<u32, String>>;
+
+/// The model key of a PF: `10de:2330`.
+pub fn model_key(ids: &PciIds) -> String {
+    format!("{:04x}:{:04x}", ids.vendor, ids.device)
+}
+
+/// The remembered name of type `id` on the model of `pf`.
+pub fn remembered<'i>(inventory: &'i Inventory, pf: &PciFunction, id: u32) -> Option<&'i str> {
+    inventory
+        .vgpu_type_names
+        .get(&model_key(&pf.ids))
+        .and_then(|names| names.get(&id))
+        .map(String::as_str)
+}
+
+/// Adds to `names` what `inventory`'s VFs list in `creatable_vgpu_types` (a renamed type takes
+/// its new name); true when `names` changed.
+pub fn learn(inventory: &Inventory, names: &mut VgpuTypeNames) -> bool {
+    let mut changed = false;
+    for vf in inventory.functions.values() {
+        let (Some(vgpu), Some(pf)) = (&vf.nvidia_vgpu, vf.physfn) else {
+            continue;
+        };
+        if vgpu.creatable_types.is_empty() {
+            continue;
+        }
+        let Some(pf) = inventory.functions.get(&pf) else {
+            continue;
+        };
+        let model = names.entry(model_key(&pf.ids)).or_default();
+        for offer in &vgpu.creatable_types {
+            if model.get(&offer.id) != Some(&offer.name) {
+                model.insert(offer.id, offer.name.clone());
+                changed = true;
+            }
+        }
+    }
+    names.retain(|_, m| !m.is_empty());
+    changed
+}
+
+/// The file name of the saved names in the state directory.
+pub const NAMES_FILE: &str = "vgpu-type-names.json";
+
+/// Why the saved names could not be read or written. Reading problems are not fatal: the
+/// names are relearned from the next card with room.
+#[derive(Debug, thiserror::Error)]
+pub enum NamesError {
+    #[error("cannot read the remembered vGPU type names {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the remembered vGPU type names {} are not valid ({why}); starting without them", path.display())]
+    Invalid { path: PathBuf, why: String },
+    #[error("cannot {op} {}; the names saved before stay", path.display())]
+    Write {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The names file of a state directory.
+#[derive(Debug, Clone)]
+pub struct NamesStore {
+    dir: PathBuf,
+}
+
+impl NamesStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        NamesStore { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(NAMES_FILE)
+    }
+
+    /// The saved names; empty when none were saved yet.
+    pub fn load(&self) -> Result<VgpuTypeNames, NamesError> {
+        let path = self.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(VgpuTypeNames::new()),
+            Err(source) => return Err(NamesError::Read { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|e| NamesError::Invalid {
+            path,
+            why: e.to_string(),
+        })
+    }
+
+    /// Replaces the saved names whole: a temporary beside the file, fsync, rename, fsync of the
+    /// directory. On an error the file is what it was (the temporary is removed).
+    pub fn save(&self, names: &VgpuTypeNames) -> Result<(), NamesError> {
+        let path = self.path();
+        let tmp = self.dir.join(format!(".{NAMES_FILE}.tmp"));
+        let err = |op: &'static str, p: &Path| {
+            let path = p.to_path_buf();
+            move |source| NamesError::Write { op, path, source }
+        };
+        let result = (|| {
+            let mut text = serde_json::to_vec_pretty(names).map_err(|e| NamesError::Write {
+                op: "serialise",
+                path: path.clone(),
+                source: io::Error::other(e),
+            })?;
+            text.push(b'\n');
+            fs::create_dir_all(&self.dir).map_err(err("create", &self.dir))?;
+            let mut file = File::create(&tmp).map_err(err("create", &tmp))?;
+            file.write_all(&text).map_err(err("write", &tmp))?;
+            file.sync_all().map_err(err("sync", &tmp))?;
+            drop(file);
+            fs::rename(&tmp, &path).map_err(err("rename", &tmp))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err("sync", &self.dir))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{NvidiaVfVgpu, VgpuTypeOffer};
+    use crate::PciAddress;
+
+    fn function(address: &str, device: u16, physfn: Option<&str>) -> PciFunction {
+        PciFunction {
+            address: address.parse().unwrap(),
+            sysfs_path: PathBuf::new(),
+            class: 0x030200,
+            revision: None,
+            ids: PciIds {
+                vendor: 0x10de,
+                device,
+                subsystem_vendor: 0x10de,
+                subsystem_device: 0,
+            },
+            vendor_name: None,
+            device_name: None,
+            subsystem_name: None,
+            driver: Some("nvidia".into()),
+            driver_override: None,
+            boot_vga: None,
+            numa_node: None,
+            reset_methods: Vec::new(),
+            modalias: None,
+            kernel_modules: Vec::new(),
+            iommu_group: None,
+            sriov: None,
+            physfn: physfn.map(|p| p.parse::<PciAddress>().unwrap()),
+            nvidia_vgpu: None,
+        }
+    }
+
+    fn vf(address: &str, pf: &str, creatable: &[(u32, &str)], current: Option<u32>) -> PciFunction {
+        let mut f = function(address, 0x2330, Some(pf));
+        f.nvidia_vgpu = Some(NvidiaVfVgpu {
+            creatable_types: creatable
+                .iter()
+                .map(|(id, name)| VgpuTypeOffer {
+                    id: *id,
+                    name: name.to_string(),
+                })
+                .collect(),
+            current_type: current,
+        });
+        f
+    }
+
+    fn inventory(functions: Vec<PciFunction>) -> Inventory {
+        let mut inv = Inventory::default();
+        for f in functions {
+            inv.functions.insert(f.address, f);
+        }
+        inv
+    }
+
+    #[test]
+    fn names_are_learned_per_model_and_kept_when_the_card_fills() {
+        let pf = function("0000:9a:00.0", 0x2330, None);
+        let free = inventory(vec![
+            pf.clone(),
+            vf(
+                "0000:9a:00.4",
+                "0000:9a:00.0",
+                &[(1151, "NVIDIA H100XM-40C"), (1152, "NVIDIA H100XM-80C")],
+                None,
+            ),
+        ]);
+        let mut names = VgpuTypeNames::new();
+        assert!(learn(&free, &mut names));
+        assert!(!learn(&free, &mut names), "a second read changes nothing");
+        assert_eq!(names["10de:2330"][&1151], "NVIDIA H100XM-40C");
+
+        // Full: the VF holds a 1151 and lists nothing; what was learned stays.
+        let mut full = inventory(vec![
+            pf.clone(),
+            vf("0000:9a:00.4", "0000:9a:00.0", &[], Some(1151)),
+        ]);
+        assert!(!learn(&full, &mut names));
+        full.vgpu_type_names = names.clone();
+        let pf_in_full = &full.functions[&pf.address];
+        assert_eq!(
+            remembered(&full, pf_in_full, 1151),
+            Some("NVIDIA H100XM-40C")
+        );
+        assert_eq!(remembered(&full, pf_in_full, 9), None);
+    }
+
+    #[test]
+    fn the_store_round_trips_and_a_bad_file_is_an_error_not_a_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NamesStore::new(dir.path().join("state"));
+        assert_eq!(store.load().unwrap(), VgpuTypeNames::new());
+        let mut names = VgpuTypeNames::new();
+        names
+            .entry("10de:2330".into())
+            .or_default()
+            .insert(1151, "NVIDIA H100XM-40C".into());
+        store.save(&names).unwrap();
+        assert_eq!(store.load().unwrap(), names);
+        fs::write(store.path(), "{ not json").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("vgpu-type-names.json") && err.contains("not valid"),
+            "{err}"
+        );
+    }
+}
