@@ -220,7 +220,12 @@ async fn run(args: Args) -> Result<(), StartError> {
     }
     .map_err(StartError::Bus)?;
     let connection = builder
-        .serve_at(api::ROOT_PATH, zbus::fdo::ObjectManager)
+        .serve_at(
+            api::ROOT_PATH,
+            dbus::RootObjectManager {
+                commands: cmd_tx.clone(),
+            },
+        )
         .and_then(|b| b.serve_at(api::MANAGER_PATH, manager))
         .map_err(StartError::Export)?
         .build()

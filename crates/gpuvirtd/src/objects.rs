@@ -199,8 +199,12 @@ impl ObjectSpec {
 /// Served objects as `GetManagedObjects` returns them (`a{oa{sa{sv}}}`: path, interface,
 /// property), serialised straight from the tree's properties: no variant maps are built, so
 /// a reply for thousands of objects costs its message and little more.
-#[derive(Debug)]
-pub struct ObjectsReply(pub Vec<(OwnedObjectPath, ObjectSpec)>);
+#[derive(Debug, Default)]
+pub struct ObjectsReply {
+    /// The Manager object and its properties, when the reply includes it (GetManagedObjects).
+    pub manager: Option<(OwnedObjectPath, HashMap<String, zbus::zvariant::OwnedValue>)>,
+    pub objects: Vec<(OwnedObjectPath, ObjectSpec)>,
+}
 
 impl zbus::zvariant::Type for ObjectsReply {
     // `a{oa{sa{sv}}}`, spelled through types that have it (every props struct is `a{sv}`).
@@ -211,8 +215,12 @@ impl zbus::zvariant::Type for ObjectsReply {
 impl serde::Serialize for ObjectsReply {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (path, spec) in &self.0 {
+        let count = self.objects.len() + usize::from(self.manager.is_some());
+        let mut map = serializer.serialize_map(Some(count))?;
+        if let Some((path, props)) = &self.manager {
+            map.serialize_entry(path, &HashMap::from([(api::MANAGER_INTERFACE, props)]))?;
+        }
+        for (path, spec) in &self.objects {
             map.serialize_entry(path, &InterfacesOf(spec))?;
         }
         map.end()

@@ -121,16 +121,91 @@ async fn introspection_matches_the_contract_file() {
     );
 }
 
-/// `Manager.GetObjects` serves exactly what `GetManagedObjects` does (the CLI reads with
-/// it), filtered by interface, and names a bad argument.
+/// Every object path below the root with the interfaces it carries, from the root's
+/// `Introspect` (zbus answers it from the object server itself, nested to the leaves, not from
+/// gpuvirtd's tree).
+async fn introspected(conn: &zbus::Connection) -> std::collections::BTreeMap<String, Vec<String>> {
+    let xml: String = conn
+        .call_method(
+            Some(api::BUS_NAME),
+            api::ROOT_PATH,
+            Some("org.freedesktop.DBus.Introspectable"),
+            "Introspect",
+            &(),
+        )
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack: Vec<String> = Vec::new();
+    let name = |tag: &str| tag.split('"').nth(1).unwrap_or_default().to_owned();
+    for tag in xml.split('<').skip(1).map(|t| t.split('>').next().unwrap()) {
+        if tag.starts_with("node") {
+            let path = match stack.last() {
+                None => api::ROOT_PATH.to_owned(),
+                Some(parent) => format!("{parent}/{}", name(tag)),
+            };
+            out.entry(path.clone()).or_insert_with(Vec::new);
+            if !tag.ends_with('/') {
+                stack.push(path);
+            }
+        } else if tag == "/node" {
+            stack.pop();
+        } else if tag.starts_with("interface ") {
+            out.get_mut(stack.last().unwrap()).unwrap().push(name(tag));
+        }
+    }
+    for ifaces in out.values_mut() {
+        ifaces.sort();
+    }
+    out
+}
+
+/// `GetManagedObjects` (gpuvirtd's own, answered from its tree) lists every object the object
+/// server has, with what each interface's `GetAll` answers; `Manager.GetObjects` serves the
+/// same less the Manager, filtered by interface, and names a bad argument.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_objects_matches_get_managed_objects() {
+async fn get_managed_objects_and_get_objects_match_the_objects() {
     if !fuse_available() {
         return;
     }
     let (_host, bus, _daemon) = runbook_with_an_mdev().await;
     let conn = bus.connect().await;
     let all = managed_objects(&conn).await;
+    // Against the object server: the same paths (those with an interface of gpuvirt's; the
+    // bare nodes above them are not objects) and, per interface, what GetAll says.
+    let nodes = introspected(&conn).await;
+    let served: Vec<&String> = nodes
+        .iter()
+        .filter(|(_, ifaces)| ifaces.iter().any(|i| i.starts_with("org.gpuvirt.")))
+        .map(|(path, _)| path)
+        .collect();
+    let mut listed: Vec<String> = all.keys().map(|p| p.to_string()).collect();
+    listed.sort();
+    assert_eq!(listed.iter().collect::<Vec<_>>(), served, "{nodes:?}");
+    for (path, ifaces) in &all {
+        let gpuvirt: Vec<&String> = nodes[path.as_str()]
+            .iter()
+            .filter(|i| i.starts_with("org.gpuvirt."))
+            .collect();
+        let mut listed: Vec<String> = ifaces.keys().map(|i| i.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed.iter().collect::<Vec<_>>(), gpuvirt, "{path}");
+        let props = zbus::fdo::PropertiesProxy::builder(&conn)
+            .destination(api::BUS_NAME)
+            .unwrap()
+            .path(path.clone())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        for (iface, values) in ifaces {
+            let got = props.get_all(iface.as_ref()).await.unwrap();
+            assert_eq!(&got, values, "{path} {iface}");
+        }
+    }
     let manager = api::ManagerProxy::new(&conn).await.unwrap();
     let none = std::collections::HashMap::new;
     let object_interfaces = [
@@ -139,14 +214,14 @@ async fn get_objects_matches_get_managed_objects() {
         api::IOMMU_GROUP_INTERFACE,
         api::MDEV_INTERFACE,
     ];
-    // Every object but the Manager (and the bare nodes above the objects).
+    // Every object but the Manager.
     let mut objects = all.clone();
     objects.retain(|_, ifaces| {
         ifaces
             .keys()
             .any(|i| object_interfaces.contains(&i.as_str()))
     });
-    assert_eq!(objects.len(), all.len() - 4, "{all:?}");
+    assert_eq!(objects.len(), all.len() - 1, "{all:?}");
     assert_eq!(manager.get_objects(&[], none()).await.unwrap(), objects);
     for interface in object_interfaces {
         let mut expected = all.clone();
