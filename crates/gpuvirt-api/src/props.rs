@@ -142,13 +142,14 @@ mdev_properties!(properties_struct {});
 
 /// One object's interfaces as `Manager.GetObjects` (and `GetManagedObjects`) sends them
 /// (`a{sa{sv}}`), decoded straight into the property structs. Interfaces other than these four
-/// (the standard ones, or one a newer daemon adds) are skipped.
+/// (the standard ones, or one a newer daemon adds) are skipped. Boxed: an object is one of a
+/// few thousand in a reply, and carries one or two of them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObjectInterfaces {
-    pub gpu: Option<GpuProps>,
-    pub shard_parent: Option<ShardParentProps>,
-    pub iommu_group: Option<IommuGroupProps>,
-    pub mdev: Option<MdevProps>,
+    pub gpu: Option<Box<GpuProps>>,
+    pub shard_parent: Option<Box<ShardParentProps>>,
+    pub iommu_group: Option<Box<IommuGroupProps>>,
+    pub mdev: Option<Box<MdevProps>>,
 }
 
 impl Type for ObjectInterfaces {
@@ -187,8 +188,50 @@ impl<'de> serde::Deserialize<'de> for ObjectInterfaces {
     }
 }
 
-/// A `Manager.GetObjects` reply: object path → its interfaces.
-pub type Objects = HashMap<OwnedObjectPath, ObjectInterfaces>;
+/// A `Manager.GetObjects` (or `GetManagedObjects`) reply: each object path with its
+/// interfaces, in the order sent (decoded into a list: nothing here looks a path up, and a
+/// hash map of thousands of objects cost more to build than the rest of the decoding).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Objects(pub Vec<(OwnedObjectPath, ObjectInterfaces)>);
+
+impl Objects {
+    /// The interfaces of the object at `path`.
+    pub fn get(&self, path: &str) -> Option<&ObjectInterfaces> {
+        self.0
+            .iter()
+            .find(|(p, _)| p.as_str() == path)
+            .map(|(_, i)| i)
+    }
+}
+
+impl Type for Objects {
+    const SIGNATURE: &'static Signature =
+        <HashMap<OwnedObjectPath, ObjectInterfaces> as Type>::SIGNATURE;
+}
+
+impl<'de> serde::Deserialize<'de> for Objects {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectsVisitor;
+
+        impl<'de> Visitor<'de> for ObjectsVisitor {
+            type Value = Objects;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of object paths to their interfaces")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Objects(out))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectsVisitor)
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -269,9 +312,38 @@ mod tests {
         ]);
         let bytes = to_bytes(Context::new_dbus(LE, 0), &sent).unwrap();
         let read: ObjectInterfaces = bytes.deserialize().unwrap().0;
-        assert_eq!(read.gpu, Some(gpu()));
-        assert_eq!(read.mdev, Some(mdev));
+        assert_eq!(read.gpu, Some(Box::new(gpu())));
+        assert_eq!(read.mdev, Some(Box::new(mdev)));
         assert_eq!(read.shard_parent, None);
         assert_eq!(read.iommu_group, None);
+    }
+
+    #[test]
+    fn objects_keep_every_path_with_its_interfaces() {
+        let mdev = MdevProps {
+            uuid: "5f6a0b3e-0000-4000-8000-000000000001".into(),
+            ..MdevProps::default()
+        };
+        let paths = [
+            "/org/gpuvirt/GpuVirt1/gpus/0000_41_00_0",
+            "/org/gpuvirt/GpuVirt1/mdevs/x",
+        ];
+        let sent: HashMap<OwnedObjectPath, HashMap<&str, HashMap<String, OwnedValue>>> =
+            HashMap::from([
+                (
+                    OwnedObjectPath::try_from(paths[0]).unwrap(),
+                    HashMap::from([(crate::GPU_INTERFACE, generic(&gpu()))]),
+                ),
+                (
+                    OwnedObjectPath::try_from(paths[1]).unwrap(),
+                    HashMap::from([(crate::MDEV_INTERFACE, generic(&mdev))]),
+                ),
+            ]);
+        let bytes = to_bytes(Context::new_dbus(LE, 0), &sent).unwrap();
+        let read: Objects = bytes.deserialize().unwrap().0;
+        assert_eq!(read.0.len(), 2);
+        assert_eq!(read.get(paths[0]).unwrap().gpu.as_deref(), Some(&gpu()));
+        assert_eq!(read.get(paths[1]).unwrap().mdev.as_deref(), Some(&mdev));
+        assert!(read.get("/nowhere").is_none());
     }
 }

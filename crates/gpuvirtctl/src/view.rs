@@ -117,7 +117,7 @@ fn group_id(path: &OwnedObjectPath) -> Option<u32> {
     api::group_id_from_path(path.as_str())
 }
 
-fn shard(path: &str, props: ShardParentProps) -> ShardView {
+fn shard(path: &str, props: Box<ShardParentProps>) -> ShardView {
     let mut children: Vec<String> = props.children.into_iter().map(|p| p.to_string()).collect();
     children.sort();
     ShardView {
@@ -132,7 +132,7 @@ fn shard(path: &str, props: ShardParentProps) -> ShardView {
 impl Host {
     pub fn from_objects(objects: api::Objects) -> Host {
         let mut host = Host::default();
-        for (path, interfaces) in objects {
+        for (path, interfaces) in objects.0 {
             let path = path.as_str();
             if let Some(p) = interfaces.gpu {
                 host.gpus.push(GpuView {

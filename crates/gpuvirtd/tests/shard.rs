@@ -696,8 +696,12 @@ async fn served_type_names(conn: &zbus::Connection, gpu: &str) -> BTreeMap<Strin
     .await
     .unwrap();
     let objects: api::Objects = reply.body().deserialize().unwrap();
-    let path = OwnedObjectPath::try_from(gpu_path(gpu)).unwrap();
-    let parent = objects[&path].shard_parent.clone().unwrap();
+    let parent = objects
+        .get(&gpu_path(gpu))
+        .unwrap()
+        .shard_parent
+        .clone()
+        .unwrap();
     parent
         .types
         .into_iter()
