@@ -117,7 +117,7 @@ fn group_id(path: &OwnedObjectPath) -> Option<u32> {
     api::group_id_from_path(path.as_str())
 }
 
-fn shard(path: &str, props: Box<ShardParentProps>) -> ShardView {
+fn shard(path: &str, props: ShardParentProps) -> ShardView {
     let mut children: Vec<String> = props.children.into_iter().map(|p| p.to_string()).collect();
     children.sort();
     ShardView {
@@ -159,10 +159,10 @@ impl Host {
                     virtual_functions: p.virtual_functions,
                     sriov_total_vfs: p.sriov_total_vfs,
                     sriov_num_vfs: p.sriov_num_vfs,
-                    shard: interfaces.shard_parent.map(|s| shard(path, s)),
+                    shard: interfaces.shard_parent.map(|s| shard(path, *s)),
                 });
             } else if let Some(p) = interfaces.shard_parent {
-                host.other_parents.push(shard(path, p));
+                host.other_parents.push(shard(path, *p));
             }
             if let Some(p) = interfaces.iommu_group {
                 host.groups.push(GroupView {
