@@ -13,8 +13,10 @@
 //! | `/org/gpuvirt/GpuVirt1/mdevs/<uuid, - as _>` | [`MDEV_INTERFACE`] |
 //! | `/org/gpuvirt/GpuVirt1/parents/<escaped name>` | [`SHARD_PARENT_INTERFACE`] for mdev parents that are not GPUs (mbochs, mtty, a non-display PCI device) |
 //!
-//! Only IOMMU groups that hold a GPU, one of its slot companions, one of its virtual functions,
-//! an mdev parent or an mdev are exported: those are the groups gpuvirt can act on.
+//! Only IOMMU groups that hold a GPU, one of its slot companions, one of its virtual functions
+//! or an mdev parent are exported: those are the groups gpuvirt can act on. An mdev's own group
+//! (vfio makes one per mdev, holding only it) is not an object: the Mdev's `IommuGroupId` has
+//! its number and its `IommuGroup` is `/`.
 //!
 //! Enumerations travel as lowercase strings; "absent" strings are empty, an absent object
 //! reference is `/`.
@@ -540,6 +542,9 @@ pub trait Mdev {
     fn driver(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn iommu_group(&self) -> zbus::Result<OwnedObjectPath>;
+    /// The number of the mdev's own IOMMU group, -1 when it has none.
+    #[zbus(property)]
+    fn iommu_group_id(&self) -> zbus::Result<i32>;
 }
 
 #[cfg(test)]

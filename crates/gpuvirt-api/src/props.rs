@@ -95,6 +95,7 @@ macro_rules! mdev_properties {
                 active: bool => "Active",
                 driver: String => "Driver",
                 iommu_group: OwnedObjectPath => "IommuGroup",
+                iommu_group_id: i32 => "IommuGroupId",
             }
             $($rest)*
         }

@@ -73,15 +73,9 @@ pub fn build(host: &Host) -> Vec<TreeGroup> {
         .iter()
         .map(|g| (g.pci_address.as_str(), g))
         .collect();
-    let mdev_uuids: HashSet<&str> = host.mdevs.iter().map(|m| m.uuid.as_str()).collect();
-    // A vGPU's own group holds only the vGPU: it is shown under its parent instead.
-    let vgpu_groups: HashSet<u32> = host.mdevs.iter().filter_map(|m| m.iommu_group).collect();
-    for g in host.groups.iter().filter(|g| {
-        !(vgpu_groups.contains(&g.id)
-            && g.members
-                .iter()
-                .all(|m| mdev_uuids.contains(m.name.as_str())))
-    }) {
+    // An mdev's own IOMMU group is not an object (gpuvirtd exports the groups it can act
+    // on): each vGPU shows under its parent, with its group number.
+    for g in &host.groups {
         let devices = g
             .members
             .iter()

@@ -188,7 +188,7 @@ impl Host {
             if let Some(p) = interfaces.mdev {
                 host.mdevs.push(MdevView {
                     path: path.to_owned(),
-                    iommu_group: group_id(&p.iommu_group),
+                    iommu_group: u32::try_from(p.iommu_group_id).ok(),
                     uuid: p.uuid,
                     parent: p.parent_name,
                     type_id: p.type_id,

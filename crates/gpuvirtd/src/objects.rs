@@ -509,13 +509,13 @@ impl ObjectKey {
     }
 }
 
-/// The IOMMU groups that get an object: those holding a GPU, a slot companion, a VF of a GPU,
-/// a PCI mdev parent or an mdev.
+/// The IOMMU groups that get an object: those holding a GPU, a slot companion, a VF of a GPU
+/// or a PCI mdev parent.
 pub fn exported_groups(inv: &Inventory) -> BTreeSet<u32> {
     let group_of = |a: &PciAddress| inv.functions.get(a).and_then(|f| f.iommu_group);
     // Gathered in a Vec and built in one go (sorted bulk load): inserting one by one costs
     // a tree search per mdev, and this runs on every event.
-    let mut out = Vec::with_capacity(inv.gpus.len() + inv.mdev_parents.len() + inv.mdevs.len());
+    let mut out = Vec::with_capacity(inv.gpus.len() + inv.mdev_parents.len());
     for gpu in inv.gpus.values() {
         out.extend(group_of(&gpu.address));
         out.extend(gpu.companions.iter().filter_map(group_of));
@@ -530,7 +530,9 @@ pub fn exported_groups(inv: &Inventory) -> BTreeSet<u32> {
     for parent in inv.mdev_parents.values() {
         out.extend(parent.pci_address.as_ref().and_then(group_of));
     }
-    out.extend(inv.mdevs.values().filter_map(|m| m.iommu_group));
+    // Not an mdev's own group: vfio makes one per mdev, holding only it; gpuvirt never acts
+    // on it, and on a host with thousands of vGPUs those objects were half the tree (and half
+    // the daemon's memory for zbus's nodes). The Mdev carries its number (IommuGroupId).
     out.into_iter().collect()
 }
 
@@ -581,7 +583,13 @@ pub fn spec_of(inv: &Inventory, key: &ObjectKey, exported: &BTreeSet<u32>) -> Op
                     type_name,
                     active: true,
                     driver: mdev.driver.clone().unwrap_or_default(),
-                    iommu_group: group_path(mdev.iommu_group),
+                    // An mdev's own group holds only the mdev and is not an object (see
+                    // exported_groups); its number is IommuGroupId.
+                    iommu_group: api::no_object(),
+                    iommu_group_id: mdev
+                        .iommu_group
+                        .and_then(|g| i32::try_from(g).ok())
+                        .unwrap_or(-1),
                 })),
                 ..ObjectSpec::default()
             })
@@ -1427,11 +1435,15 @@ pub(crate) mod tests {
             [
                 "/org/gpuvirt/GpuVirt1/gpus/0000_41_00_0",
                 "/org/gpuvirt/GpuVirt1/iommu_groups/66",
-                "/org/gpuvirt/GpuVirt1/iommu_groups/67",
                 "/org/gpuvirt/GpuVirt1/mdevs/aa618089_8b16_4d01_a136_25a0f3c73123",
             ],
-            "the NIC's group 12 is not exported"
+            "the NIC's group 12 and the mdev's own group 67 are not exported"
         );
+        let mdev = tree.objects["/org/gpuvirt/GpuVirt1/mdevs/aa618089_8b16_4d01_a136_25a0f3c73123"]
+            .mdev
+            .clone()
+            .unwrap();
+        assert_eq!((mdev.iommu_group.as_str(), mdev.iommu_group_id), ("/", 67));
         let gpu = &tree.objects["/org/gpuvirt/GpuVirt1/gpus/0000_41_00_0"];
         let g = gpu.gpu.as_ref().unwrap();
         assert_eq!(g.pci_address, "0000:41:00.0");
@@ -1519,16 +1531,12 @@ pub(crate) mod tests {
         new.groups.remove(&67);
         new.mdev_parents.get_mut("0000:41:00.0").unwrap().types[0].available_instances = Some(2);
         let changes = diff(&build(&old), &build(&new));
-        assert_eq!(changes.len(), 3, "{changes:#?}");
+        assert_eq!(changes.len(), 2, "{changes:#?}");
         assert!(
             matches!(&changes[0], Change::Removed { path, kind: Kind::Mdev }
             if path.as_str().ends_with("aa618089_8b16_4d01_a136_25a0f3c73123"))
         );
-        assert!(
-            matches!(&changes[1], Change::Removed { path, kind: Kind::IommuGroup }
-            if path.as_str().ends_with("/67"))
-        );
-        let Change::Updated { changed, .. } = &changes[2] else {
+        let Change::Updated { changed, .. } = &changes[1] else {
             panic!("{changes:#?}")
         };
         let names: Vec<&str> = changed.iter().map(|(n, _)| *n).collect();
@@ -1554,10 +1562,6 @@ pub(crate) mod tests {
                     Kind::IommuGroup,
                     "/org/gpuvirt/GpuVirt1/iommu_groups/66".to_owned()
                 ),
-                (
-                    Kind::IommuGroup,
-                    "/org/gpuvirt/GpuVirt1/iommu_groups/67".to_owned()
-                ),
                 (Kind::Gpu, gpu.clone()),
                 (Kind::ShardParent, gpu.clone()),
                 (Kind::Mdev, mdev.clone()),
@@ -1579,10 +1583,6 @@ pub(crate) mod tests {
                 (
                     Kind::IommuGroup,
                     "/org/gpuvirt/GpuVirt1/iommu_groups/66".to_owned()
-                ),
-                (
-                    Kind::IommuGroup,
-                    "/org/gpuvirt/GpuVirt1/iommu_groups/67".to_owned()
                 ),
             ]
         );
@@ -1722,7 +1722,7 @@ pub(crate) mod tests {
         let nic: PciAddress = "0000:01:00.0".parse().unwrap();
         assert!(!served.functions.contains_key(&nic));
         assert!(!served.groups.contains_key(&12));
-        assert_eq!(served.groups.keys().copied().collect::<Vec<_>>(), [66, 67]);
+        assert_eq!(served.groups.keys().copied().collect::<Vec<_>>(), [66]);
         assert_eq!(served.mdevs, inv.mdevs);
         assert_eq!(served.kernel_release, inv.kernel_release);
         assert_eq!(build(&served), build(&inv));
