@@ -226,9 +226,13 @@ impl Actor {
         let mut events_open = true;
         loop {
             if !self.deferred.is_empty() {
-                // The reply's task was woken on this worker: let it run (and send the reply)
-                // before this pass's blocking reads, not after them.
-                tokio::task::yield_now().await;
+                // The reply's task was woken on this worker: let it run and zbus write the
+                // reply before this pass's blocking reads, not after them. One `yield_now` was
+                // not enough: the reply's write is another task woken by the first, and the
+                // read-back of a 2048-mdev apply (~30 s on the FUSE bench host) then ran
+                // first, holding the reply back. A timer lets the runtime run every ready
+                // task and poll the socket before the reads start.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 let mut targets = std::mem::take(&mut self.deferred);
                 let mut announced = BTreeSet::new();
                 // The applied writes' own uevents are likely queued: one pass for both.
