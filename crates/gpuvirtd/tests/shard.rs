@@ -742,12 +742,10 @@ async fn a_per_vf_type_named_by_name_stays_valid_on_a_full_card_across_restarts(
     let bus = Bus::start();
     let d = gpuvirtd_with_policy(&bus, &host, &policy).await;
     let conn = bus.connect().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while vgpus_of(&host, GPU1).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", d.log());
-        let _ = manager(&conn, "Reconcile", &(no_opts(),)).await;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    reconcile_until(&conn, "GPU 1's two vGPUs", || {
+        vgpus_of(&host, GPU1).len() >= 2
+    })
+    .await;
     let made = vgpus_of(&host, GPU1);
     assert!(made.iter().all(|(_, t)| t == "1151"), "{made:?}");
     // Full now: no VF lists 1151 any more, yet the served type keeps its name.
