@@ -177,6 +177,22 @@ pub type TypeInfoWire = (String, String, String, u32);
 /// another device name, `class` is 0 when unknown, `driver` empty when unbound.
 pub type GroupMemberWire = (String, u32, String);
 
+/// One mdev on the wire (`Manager.ListMdevs`): `(object, uuid, parent object, parent name,
+/// type, type name, active, driver, IOMMU group id)`. These are the Mdev interface's properties
+/// in its order, less `IommuGroup` (always `/`: an mdev's own group is not an object); the
+/// group id is -1 when the mdev has none.
+pub type MdevRowWire = (
+    OwnedObjectPath,
+    String,
+    OwnedObjectPath,
+    String,
+    String,
+    String,
+    bool,
+    String,
+    i32,
+);
+
 /// One persistent mdev definition on the wire (`Manager.ListMdevDefinitions`):
 /// `(uuid, parent, type, owner, start, attrs, active)`. `owner` is `gpuvirt` or `mdevctl`,
 /// `start` is `auto` or `manual`, `attrs` the `(name, value)` pairs in write order (mdevctl's
@@ -418,6 +434,11 @@ pub trait Manager {
         interfaces: &[&str],
         options: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>,
     ) -> Result<zbus::fdo::ManagedObjects, Error>;
+    /// Every mdev as one typed row each, sorted by object path; no options are defined yet.
+    fn list_mdevs(
+        &self,
+        options: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>,
+    ) -> Result<Vec<MdevRowWire>, Error>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

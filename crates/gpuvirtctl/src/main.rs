@@ -173,7 +173,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy { command } => policy::run(&ctx, command).await,
         Command::Mutate(command) => mutating::run(&ctx, command).await,
         Command::Tree { json } => {
-            let host = fetch(&connection).await.map_err(call_error)?;
+            // The GPUs, parents and groups, and the mdevs as typed rows, asked together.
+            let (host, mdevs) = tokio::join!(
+                view::fetch_objects(
+                    &connection,
+                    &[
+                        api::GPU_INTERFACE,
+                        api::SHARD_PARENT_INTERFACE,
+                        api::IOMMU_GROUP_INTERFACE,
+                    ],
+                ),
+                view::fetch_mdevs(&connection),
+            );
+            let mut host = host.map_err(call_error)?;
+            host.mdevs = mdevs.map_err(call_error)?;
             let groups = tree::build(&host);
             if json {
                 print_json(&groups)
@@ -335,16 +348,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Mdevs { json } => {
-            let host = view::fetch_objects(&connection, &[api::MDEV_INTERFACE])
-                .await
-                .map_err(call_error)?;
+            let mdevs = view::fetch_mdevs(&connection).await.map_err(call_error)?;
             if json {
-                return print_json(&host.mdevs);
+                return print_json(&mdevs);
             }
             let mut rows = vec![row([
                 "UUID", "PARENT", "TYPE", "NAME", "DRIVER", "GROUP", "ACTIVE",
             ])];
-            for m in &host.mdevs {
+            for m in &mdevs {
                 rows.push(vec![
                     m.uuid.clone(),
                     m.parent.clone(),

@@ -12,7 +12,7 @@ use zbus::zvariant::OwnedObjectPath;
 use crate::errors::{classify_api, CliError};
 use crate::mutating::{options, print_json, Ctx};
 use crate::table::print_table;
-use crate::view::{Host, MdevView};
+use crate::view::Host;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MdevCommand {
@@ -160,12 +160,10 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             if defined {
                 return list_defined(ctx, json).await;
             }
-            // Only the mdev objects, not the whole tree (see view::fetch_objects).
-            let host = crate::view::fetch_objects(ctx.connection, &[api::MDEV_INTERFACE])
+            // Only the mdevs, as typed rows (see view::fetch_mdevs), sorted.
+            let mdevs = crate::view::fetch_mdevs(ctx.connection)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            let mut mdevs: Vec<&MdevView> = host.mdevs.iter().collect();
-            mdevs.sort_by(|a, b| (&a.parent, &a.uuid).cmp(&(&b.parent, &b.uuid)));
             if json {
                 return print_json(&mdevs);
             }

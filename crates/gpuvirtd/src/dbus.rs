@@ -12,7 +12,7 @@ use zbus::zvariant::OwnedObjectPath;
 
 use crate::objects::{
     Change, ChangedProperties, GpuInterface, Iface, IommuGroupInterface, Kind, Lookup,
-    ManagerProps, MdevInterface, ObjectsReply, ShardParentInterface,
+    ManagerProps, MdevInterface, MdevRows, ObjectsReply, ShardParentInterface,
 };
 
 /// The served objects carrying any of `interfaces` (all when empty), from the actor's tree.
@@ -32,6 +32,24 @@ async fn tree_objects(
         .into_iter()
         .filter_map(|(path, spec)| Some((OwnedObjectPath::try_from(path).ok()?, spec)))
         .collect())
+}
+
+/// Refuses any option: for the read methods that define none yet.
+fn no_options(
+    method: &str,
+    options: &HashMap<String, zbus::zvariant::OwnedValue>,
+) -> Result<(), CallError> {
+    match options.keys().next() {
+        Some(name) => {
+            // Quoted shortened: a caller's megabyte of text is not echoed back.
+            let shown: String = name.chars().take(64).collect();
+            Err(CallError::invalid_arg(
+                "options",
+                format!("unknown option '{shown}' ({method} takes none)"),
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 /// `org.freedesktop.DBus.ObjectManager` at the root, in place of zbus's own. zbus answers
@@ -183,17 +201,29 @@ impl ManagerInterface {
                 ),
             ));
         }
-        if let Some(name) = options.keys().next() {
-            let shown: String = name.chars().take(64).collect();
-            return Err(CallError::invalid_arg(
-                "options",
-                format!("unknown option '{shown}' (GetObjects takes none)"),
-            ));
-        }
+        no_options("GetObjects", &options)?;
         Ok(ObjectsReply {
             manager: None,
             objects: tree_objects(&self.commands, interfaces).await?,
         })
+    }
+
+    /// Every mdev as one typed row (object, uuid, parent object, parent name, type, type
+    /// name, active, driver, IOMMU group id: the Mdev interface's properties less the
+    /// `IommuGroup` path), sorted by object path, like systemd's `ListUnits`: a listing of
+    /// thousands of mdevs without a variant per property. No options are defined yet.
+    async fn list_mdevs(
+        &self,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<MdevRows, CallError> {
+        no_options("ListMdevs", &options)?;
+        let objects = tree_objects(&self.commands, vec![api::MDEV_INTERFACE.to_owned()]).await?;
+        Ok(MdevRows(
+            objects
+                .into_iter()
+                .filter_map(|(path, spec)| Some((path, spec.mdev?)))
+                .collect(),
+        ))
     }
 
     /// Parses and validates `toml` against the live inventory: every diagnostic, rendered

@@ -227,6 +227,39 @@ impl serde::Serialize for ObjectsReply {
     }
 }
 
+/// `Manager.ListMdevs`'s reply (`a(ososssbsi)`, rows of [`api::MdevRowWire`]), serialised
+/// straight from the tree's Mdev properties: a typed row per mdev carries no variant, which
+/// the daemon, the bus and the client each pay for per property in `GetObjects`.
+#[derive(Debug, Default)]
+pub struct MdevRows(pub Vec<(OwnedObjectPath, Arc<MdevProps>)>);
+
+impl zbus::zvariant::Type for MdevRows {
+    const SIGNATURE: &'static zbus::zvariant::Signature =
+        <Vec<api::MdevRowWire> as zbus::zvariant::Type>::SIGNATURE;
+}
+
+impl serde::Serialize for MdevRows {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for (path, p) in &self.0 {
+            // The fields of api::MdevRowWire, borrowed.
+            seq.serialize_element(&(
+                path,
+                &p.uuid,
+                &p.parent,
+                &p.parent_name,
+                &p.type_id,
+                &p.type_name,
+                p.active,
+                &p.driver,
+                p.iommu_group_id,
+            ))?;
+        }
+        seq.end()
+    }
+}
+
 /// One object's interfaces (`a{sa{sv}}`) for [`ObjectsReply`].
 struct InterfacesOf<'a>(&'a ObjectSpec);
 

@@ -254,6 +254,76 @@ async fn get_managed_objects_and_get_objects_match_the_objects() {
     }
 }
 
+/// `Manager.ListMdevs` has a row per Mdev object, sorted by path, each holding what the
+/// object's `GetAll` says (all but the `IommuGroup` path), and names a bad option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_mdevs_rows_are_the_mdev_objects_properties() {
+    if !fuse_available() {
+        return;
+    }
+    let (_host, bus, _daemon) = runbook_with_an_mdev().await;
+    let conn = bus.connect().await;
+    let all = managed_objects(&conn).await;
+    let manager = api::ManagerProxy::new(&conn).await.unwrap();
+    let rows = manager
+        .list_mdevs(std::collections::HashMap::new())
+        .await
+        .unwrap();
+    let mut mdev_paths: Vec<String> = all
+        .iter()
+        .filter(|(_, ifaces)| ifaces.keys().any(|i| i.as_str() == api::MDEV_INTERFACE))
+        .map(|(path, _)| path.to_string())
+        .collect();
+    mdev_paths.sort();
+    assert!(!mdev_paths.is_empty(), "the fixture has an mdev");
+    let row_paths: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
+    assert_eq!(row_paths, mdev_paths);
+    for (path, uuid, parent, parent_name, type_id, type_name, active, driver, group) in rows {
+        let props = &all[&path][api::MDEV_INTERFACE];
+        let get = |name: &str| props.get(name).unwrap_or_else(|| panic!("{path} {name}"));
+        assert_eq!(
+            String::try_from(get("Uuid").try_clone().unwrap()).unwrap(),
+            uuid
+        );
+        assert_eq!(
+            zbus::zvariant::OwnedObjectPath::try_from(get("Parent").try_clone().unwrap()).unwrap(),
+            parent
+        );
+        assert_eq!(
+            String::try_from(get("ParentName").try_clone().unwrap()).unwrap(),
+            parent_name
+        );
+        assert_eq!(
+            String::try_from(get("Type").try_clone().unwrap()).unwrap(),
+            type_id
+        );
+        assert_eq!(
+            String::try_from(get("TypeName").try_clone().unwrap()).unwrap(),
+            type_name
+        );
+        assert_eq!(bool::try_from(get("Active")).unwrap(), active);
+        assert_eq!(
+            String::try_from(get("Driver").try_clone().unwrap()).unwrap(),
+            driver
+        );
+        assert_eq!(i32::try_from(get("IommuGroupId")).unwrap(), group);
+        // Known from the fixture, so a row of defaults would not pass.
+        assert!(!uuid.is_empty() && !parent_name.is_empty() && !type_id.is_empty());
+    }
+    let mut bogus = std::collections::HashMap::new();
+    bogus.insert("bogus", zbus::zvariant::Value::from(true));
+    let err = call_manager(&conn, "ListMdevs", &(bogus,))
+        .await
+        .unwrap_err();
+    let zbus::Error::MethodError(name, message, _) = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.InvalidArgs");
+    let message = message.clone().unwrap_or_default();
+    assert!(message.contains("argument 'options'"), "{message}");
+    assert!(message.contains("ListMdevs takes none"), "{message}");
+}
+
 #[test]
 fn systemd_unit_verifies_and_keeps_sys_writable() {
     let unit = std::fs::read_to_string(repo().join("systemd/gpuvirtd.service")).unwrap();

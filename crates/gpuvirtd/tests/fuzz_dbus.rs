@@ -27,6 +27,17 @@ use zbus::zvariant::Value;
 const GPU: &str = "0000:41:00.0";
 const METHODS: &[&str] = &["GetGpuByPciAddress", "GetMdevByUuid"];
 
+/// `reply`, or a panic naming `method` and the start of the hostile string `s` after 10 s.
+async fn within_10s(
+    method: &str,
+    s: &str,
+    reply: impl std::future::Future<Output = zbus::Result<zbus::Message>>,
+) -> zbus::Result<zbus::Message> {
+    tokio::time::timeout(Duration::from_secs(10), reply)
+        .await
+        .unwrap_or_else(|_| panic!("{method}({:?}) timed out", &s[..s.len().min(40)]))
+}
+
 /// Strings a hostile caller sends. D-Bus itself forbids NUL and invalid UTF-8 in strings, so
 /// those never reach the daemon.
 fn hostile_strings(n: usize) -> Vec<String> {
@@ -122,20 +133,45 @@ async fn hostile_method_arguments_get_typed_errors() {
                 }
             }
         }
-        // GetObjects: the string as an interface name, and as an option's name.
+        // GetObjects: the string as an interface name, and as an option's name; ListMdevs:
+        // as an option's name.
         let mut option: HashMap<&str, Value<'_>> = HashMap::new();
         option.insert(s.as_str(), Value::from(true));
-        for args in [(vec![s.as_str()], HashMap::new()), (Vec::new(), option)] {
-            let reply = tokio::time::timeout(
-                Duration::from_secs(10),
-                call_manager(&conn, "GetObjects", &args),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("GetObjects({:?}) timed out", &s[..s.len().min(40)]));
+        let no_options: HashMap<&str, Value<'_>> = HashMap::new();
+        let replies = [
+            (
+                "GetObjects",
+                within_10s(
+                    "GetObjects",
+                    &s,
+                    call_manager(&conn, "GetObjects", &(vec![s.as_str()], no_options)),
+                )
+                .await,
+            ),
+            (
+                "GetObjects",
+                within_10s(
+                    "GetObjects",
+                    &s,
+                    call_manager(&conn, "GetObjects", &(Vec::<&str>::new(), option.clone())),
+                )
+                .await,
+            ),
+            (
+                "ListMdevs",
+                within_10s(
+                    "ListMdevs",
+                    &s,
+                    call_manager(&conn, "ListMdevs", &(option,)),
+                )
+                .await,
+            ),
+        ];
+        for (method, reply) in replies {
             calls += 1;
             fuzz.hit();
             let e = reply.expect_err("a hostile string is no interface and no option");
-            assert_eq!(error_name(&e), api::INVALID_ARGS_ERROR, "GetObjects: {s:?}");
+            assert_eq!(error_name(&e), api::INVALID_ARGS_ERROR, "{method}: {s:?}");
             if let zbus::Error::MethodError(_, Some(msg), _) = &e {
                 assert!(msg.len() < 512, "the error echoes the whole argument");
             }
