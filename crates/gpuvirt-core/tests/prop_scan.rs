@@ -295,8 +295,9 @@ fn damaged_trees_scan_with_warnings() {
             }
         }
 
-        // Refreshing what the damage touched gives what a fresh scan gives.
-        for target in [
+        // Refreshing what the damage touched gives what a fresh scan gives, one target at a
+        // time or as one batch.
+        let targets = [
             RefreshTarget::Pci(GPU.parse().unwrap()),
             RefreshTarget::Pci(AUDIO.parse().unwrap()),
             RefreshTarget::Pci(NIC.parse().unwrap()),
@@ -305,12 +306,18 @@ fn damaged_trees_scan_with_warnings() {
             RefreshTarget::IommuGroup(66),
             RefreshTarget::IommuGroup(100),
             RefreshTarget::Modules,
-        ] {
+        ];
+        let mut batched = before.clone();
+        let (_, batch_scope) = scanner.refresh_batch(&mut batched, &targets);
+        let outside = batch_scope.first_uncovered(&before, &batched);
+        prop_assert!(outside.is_none(), "the batch changed {:?} outside {:?}", outside, batch_scope);
+        for target in targets {
             let previous = before.clone();
             let scope = scanner.refresh(&mut before, &target);
             let outside = scope.first_uncovered(&previous, &before);
             prop_assert!(outside.is_none(), "refresh of {:?} changed {:?} outside {:?}", target, outside, scope);
         }
+        check_inventory(&batched);
         check_inventory(&before);
         let mut fresh = scanner.scan();
         // Warnings are compared as sets: a refresh may find them in another order.
@@ -321,6 +328,9 @@ fn damaged_trees_scan_with_warnings() {
         prop_assert_eq!(&before.functions, &fresh.functions);
         prop_assert_eq!(&before.mdevs, &fresh.mdevs);
         prop_assert_eq!(&before.mdev_parents, &fresh.mdev_parents);
+        prop_assert_eq!(&batched.functions, &fresh.functions);
+        prop_assert_eq!(&batched.mdevs, &fresh.mdevs);
+        prop_assert_eq!(&batched.mdev_parents, &fresh.mdev_parents);
     });
     fuzz.report();
 }

@@ -623,6 +623,68 @@ fn assert_same(refreshed: &Inventory, fresh: &Inventory, what: &str) {
     );
 }
 
+/// A batch of mdev events (a policy's creations) reads their parent once: the inventory is
+/// the one a refresh per mdev gives, and a fresh scan, for the parent's re-read fewer.
+#[test]
+fn a_batch_of_mdevs_reads_their_parent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TreeBuilder::new(dir.path());
+    runbook_host(&t);
+    let s = scanner(dir.path());
+    let before = s.scan();
+    let gpu = v100();
+    let uuids: Vec<String> = (0..8u32)
+        .map(|i| format!("bc127e23-aaaa-4d06-a7aa-88db2dd538{i:02x}"))
+        .collect();
+    for (i, uuid) in (0u32..).zip(&uuids) {
+        t.mdev(
+            uuid,
+            gpu.sysfs_path(),
+            "nvidia-300",
+            Some("vfio_mdev"),
+            Some(300 + i),
+        );
+    }
+    let mut types = v100_types();
+    types[0].available_instances = 8;
+    for ty in &types {
+        t.mdev_type(&Path::new("sys").join(gpu.sysfs_path()), ty);
+    }
+    let targets: Vec<RefreshTarget> = uuids
+        .iter()
+        .map(|u| RefreshTarget::Mdev(u.parse().unwrap()))
+        .collect();
+
+    let mut one_by_one = before.clone();
+    let mut sequential = gpuvirt_core::ScanStats::default();
+    for target in &targets {
+        sequential.add(&s.refresh_scoped(&mut one_by_one, target).0);
+    }
+    let mut batched = before.clone();
+    let (stats, scope) = s.refresh_batch(&mut batched, &targets);
+    assert_scope_covers(&before, &batched, &scope, &targets[0]);
+    assert_same(&batched, &s.scan(), "a batch of 8 mdevs");
+    assert_eq!(batched, one_by_one);
+    assert_eq!(batched.mdevs.len(), 8);
+    assert_eq!(
+        batched.mdev_parents["0000:41:00.0"].types[0].available_instances,
+        Some(8)
+    );
+    // What one re-read of the parent's instance counts costs.
+    let parent = s
+        .refresh_scoped(
+            &mut batched.clone(),
+            &RefreshTarget::MdevInstances("0000:41:00.0".into()),
+        )
+        .0;
+    assert!(parent.total() > 0);
+    assert_eq!(
+        stats.total(),
+        sequential.total() - 7 * parent.total(),
+        "batch {stats:?}, one by one {sequential:?}, one parent read {parent:?}"
+    );
+}
+
 #[test]
 fn refresh_of_touched_targets_equals_a_fresh_scan() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,8 +16,9 @@ use crate::objects::{self, Change, Iface, Kind, Lookup, ObjectTree};
 /// Reads the host. The daemon uses the core scanner; tests can substitute a fake.
 pub trait InventorySource: Send + Sync + 'static {
     fn scan(&self) -> Inventory;
-    /// Re-reads what `target` touches in `inv`; returns the entries it may have changed.
-    fn refresh(&self, inv: &mut Inventory, target: &Target) -> RefreshScope;
+    /// Re-reads what `targets` touch in `inv` (one batch of events: see the core's
+    /// `Scanner::refresh_batch`); returns the entries it may have changed.
+    fn refresh(&self, inv: &mut Inventory, targets: &BTreeSet<Target>) -> RefreshScope;
 }
 
 impl InventorySource for gpuvirt_core::Scanner {
@@ -25,20 +26,26 @@ impl InventorySource for gpuvirt_core::Scanner {
         gpuvirt_core::Scanner::scan(self)
     }
 
-    fn refresh(&self, inv: &mut Inventory, target: &Target) -> RefreshScope {
+    fn refresh(&self, inv: &mut Inventory, targets: &BTreeSet<Target>) -> RefreshScope {
         use gpuvirt_core::RefreshTarget as R;
-        let target = match target {
-            Target::Pci(a) => R::Pci(*a),
-            Target::Mdev(u) => R::Mdev(*u),
-            Target::MdevParent(n) => R::MdevParent(n.clone()),
-            Target::MdevInstances(n) => R::MdevInstances(n.clone()),
-            Target::IommuGroup(g) => R::IommuGroup(*g),
-            Target::Modules => R::Modules,
-            Target::All => R::All,
-        };
-        gpuvirt_core::Scanner::refresh(self, inv, &target)
+        let targets: Vec<R> = targets
+            .iter()
+            .map(|target| match target {
+                Target::Pci(a) => R::Pci(*a),
+                Target::Mdev(u) => R::Mdev(*u),
+                Target::MdevParent(n) => R::MdevParent(n.clone()),
+                Target::MdevInstances(n) => R::MdevInstances(n.clone()),
+                Target::IommuGroup(g) => R::IommuGroup(*g),
+                Target::Modules => R::Modules,
+                Target::All => R::All,
+            })
+            .collect();
+        gpuvirt_core::Scanner::refresh_batch(self, inv, &targets).1
     }
 }
+
+/// Batches of at most this many refresh targets are read on the runtime thread.
+const INLINE_REFRESH_TARGETS: usize = 64;
 
 /// Requests from the rest of the daemon.
 #[derive(Debug)]
@@ -227,11 +234,12 @@ impl Actor {
         loop {
             if !self.deferred.is_empty() {
                 // The reply's task was woken on this worker: let it run and zbus write the
-                // reply before this pass's blocking reads, not after them. One `yield_now` was
-                // not enough: the reply's write is another task woken by the first, and the
-                // read-back of a 2048-mdev apply (~30 s on the FUSE bench host) then ran
-                // first, holding the reply back. A timer lets the runtime run every ready
-                // task and poll the socket before the reads start.
+                // reply before this pass's reads, not after them. One `yield_now` was not
+                // enough: the reply's write is another task woken by the first, and the
+                // read-back of a 2048-mdev apply (then ~30 s on the FUSE bench host, inline)
+                // ran first, holding the reply back. A timer lets the runtime run every ready
+                // task and poll the socket before the reads start; a big read-back also runs
+                // off this thread now (see `update_announced`).
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 let mut targets = std::mem::take(&mut self.deferred);
                 let mut announced = BTreeSet::new();
@@ -323,8 +331,7 @@ impl Actor {
     /// became ready (see [`appeared_parents`]).
     async fn update_announced(&mut self, targets: BTreeSet<Target>, announced: BTreeSet<String>) {
         let started = std::time::Instant::now();
-        let mut scope = RefreshScope::default();
-        if targets.contains(&Target::All) {
+        let scope = if targets.contains(&Target::All) {
             // A full scan takes long on big hosts: off the runtime thread.
             let source = self.source.clone();
             match tokio::task::spawn_blocking(move || source.scan()).await {
@@ -334,13 +341,38 @@ impl Actor {
                     return;
                 }
             }
-            scope = RefreshScope::everything();
+            RefreshScope::everything()
+        } else if targets.len() <= INLINE_REFRESH_TARGETS {
+            // A few targets read a handful of files: cheaper inline than a thread hop.
+            self.source.refresh(&mut self.inventory, &targets)
         } else {
-            // A targeted refresh reads a handful of files: cheaper inline than a thread hop.
-            for target in &targets {
-                scope.merge(self.source.refresh(&mut self.inventory, target));
+            // A big batch (the read-back of a policy's thousands of mdevs: seconds on a slow
+            // sysfs) off the runtime thread, so replies and signals already due go out
+            // meanwhile. The inventory moves to the thread and back: nothing else reads it
+            // while the actor waits here.
+            let source = self.source.clone();
+            let mut inventory = std::mem::take(&mut self.inventory);
+            let read = tokio::task::spawn_blocking(move || {
+                let scope = source.refresh(&mut inventory, &targets);
+                (inventory, scope)
+            })
+            .await;
+            match read {
+                Ok((inventory, scope)) => {
+                    self.inventory = inventory;
+                    scope
+                }
+                Err(e) => {
+                    // The inventory went with the thread: read the host again.
+                    tracing::error!(error = %e, "refreshing the inventory failed; rescanning");
+                    let source = self.source.clone();
+                    self.inventory = tokio::task::spawn_blocking(move || source.scan())
+                        .await
+                        .unwrap_or_default();
+                    RefreshScope::everything()
+                }
             }
-        }
+        };
         let synced = objects::sync_inventory(&mut self.served, &mut self.inventory, &scope);
         let changes = objects::update(&mut self.tree, &self.inventory, synced);
         // Publish first: a client reacting to a signal must find the object by lookup.

@@ -3,6 +3,7 @@
 //! the state directory, and every inventory handed on carries them, so a type in use on a full
 //! card keeps its name across restarts (for the policy, `CreateMdev` and the `Types` property).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -57,8 +58,8 @@ impl InventorySource for RememberingScanner {
         inv
     }
 
-    fn refresh(&self, inv: &mut Inventory, target: &Target) -> RefreshScope {
-        let scope = InventorySource::refresh(&self.scanner, inv, target);
+    fn refresh(&self, inv: &mut Inventory, targets: &BTreeSet<Target>) -> RefreshScope {
+        let scope = InventorySource::refresh(&self.scanner, inv, targets);
         self.remember(inv);
         scope
     }
