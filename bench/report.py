@@ -114,6 +114,8 @@ def verdict(ok):
 
 # (host, measure, result, target, verdict) of every row with a target, for the summary.
 TARGETS = []
+# host -> (`gpuvirtctl version` median ms, `mdevctl list` median ms), for the summary.
+FLOORS = {}
 
 
 def row(host, cells, target=None, ok=None):
@@ -152,6 +154,14 @@ def daemon_table(scale, d, hf, apply):
                 f"`mdevctl list` {fmt(ml_ms)}", fmt(r, "×", 2)])
     for label, c in d.get("cli", {}).items():
         m = c.get("median_ms")
+        if label == "gpuvirtctl version":
+            # No target: the floor under every read command (see the summary).
+            FLOORS[scale] = (m, ml_ms)
+            row(scale, [f"`{label}` (floor of every read: process start, bus connection, the "
+                        f"Manager's properties; nothing of the host)",
+                        f"{fmt(m)} ({c.get('syscalls') or '-'} syscalls)", f"`mdevctl list` {fmt(ml_ms)}",
+                        fmt(m / ml_ms if m and ml_ms else None, "×", 2)])
+            continue
         if "types" in label:
             peer, peer_ms = "`mdevctl types`", mt_ms
         elif "list" in label and "mdev" not in label:
@@ -212,7 +222,20 @@ def summary():
     for host, measure, result, target, v in TARGETS:
         print(f"| {host} | {measure} | {result} | {target} | {v} |")
     met = sum(1 for t in TARGETS if t[4] == "met")
-    print(f"\n{met} of {len(TARGETS)} met.\n")
+    print(f"\n{met} of {len(TARGETS)} met.", end="")
+    hosts = list(dict.fromkeys(t[0] for t in TARGETS))
+    per_host = []
+    for host in hosts:
+        rows = [t for t in TARGETS if t[0] == host]
+        per_host.append(f"{host} {sum(1 for t in rows if t[4] == 'met')} of {len(rows)}")
+    print(" By host: " + ", ".join(per_host) + ".")
+    for host in hosts:
+        floor, ml = FLOORS.get(host, (None, None))
+        if floor and ml and floor > ml / 4:
+            print(f"On {host}, a quarter of `mdevctl list` ({ml / 4:.2f} ms) is below `gpuvirtctl "
+                  f"version`'s {floor:.1f} ms (process start, bus connection and one call, nothing of "
+                  f"the host read): no read command of a client process can meet that cell.")
+    print()
 
 
 def growth(out_dir, scales):

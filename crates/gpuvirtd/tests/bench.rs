@@ -274,6 +274,8 @@ async fn host() {
         ("gpuvirtctl types", "types"),
         ("gpuvirtctl mdev list", "mdev list"),
         ("gpuvirtctl groups", "groups"),
+        // The floor under every read: process start, connection, the Manager's properties.
+        ("gpuvirtctl version", "version"),
     ] {
         let command = format!("{ctl} --bus-address {} {args}", bus.address);
         let median = hyperfine(
