@@ -129,6 +129,25 @@ pub fn build(host: &Host) -> Vec<TreeGroup> {
             vgpus: vgpus_of(&by_parent, &p.name),
         });
     }
+    // vGPUs whose parent is none of the above: `tree` reads the mdevs in a call of their own,
+    // and a parent can appear between the two replies. Shown under their parent's name
+    // rather than left out.
+    let mut orphan_parents: Vec<&str> = by_parent
+        .keys()
+        .copied()
+        .filter(|p| !placed.contains(p) && !loose.iter().any(|d| d.name == *p))
+        .collect();
+    orphan_parents.sort_unstable();
+    for parent in orphan_parents {
+        loose.push(TreeDevice {
+            name: parent.to_owned(),
+            class: String::new(),
+            driver: String::new(),
+            product: None,
+            state: None,
+            vgpus: vgpus_of(&by_parent, parent),
+        });
+    }
     if !loose.is_empty() {
         out.push(TreeGroup {
             group: None,
@@ -212,4 +231,54 @@ pub fn render(groups: &[TreeGroup]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{GroupView, MemberView};
+
+    fn mdev(parent: &str, uuid: &str) -> MdevView {
+        MdevView {
+            path: String::new(),
+            uuid: uuid.to_owned(),
+            parent: parent.to_owned(),
+            type_id: "nvidia-300".to_owned(),
+            type_name: String::new(),
+            active: true,
+            driver: "vfio_mdev".to_owned(),
+            iommu_group: None,
+        }
+    }
+
+    #[test]
+    fn a_vgpu_of_an_unknown_parent_is_shown_under_its_name() {
+        let host = Host {
+            groups: vec![GroupView {
+                path: String::new(),
+                id: 66,
+                viable: true,
+                members: vec![MemberView {
+                    name: "0000:41:00.0".to_owned(),
+                    class: "030200".to_owned(),
+                    driver: "nvidia".to_owned(),
+                }],
+                viability_problems: Vec::new(),
+            }],
+            mdevs: vec![
+                mdev("0000:41:00.0", "aa618089-8b16-4d01-a136-25a0f3c73123"),
+                mdev("0000:42:00.0", "bb618089-8b16-4d01-a136-25a0f3c73123"),
+            ],
+            ..Host::default()
+        };
+        let groups = build(&host);
+        assert_eq!(groups.len(), 2, "{groups:#?}");
+        assert_eq!(groups[0].devices[0].vgpus.len(), 1);
+        assert_eq!(groups[1].group, None);
+        assert_eq!(groups[1].devices[0].name, "0000:42:00.0");
+        assert_eq!(
+            groups[1].devices[0].vgpus[0].uuid,
+            "bb618089-8b16-4d01-a136-25a0f3c73123"
+        );
+    }
 }
