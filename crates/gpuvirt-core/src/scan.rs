@@ -395,10 +395,7 @@ impl Scanner {
         inv: &mut Inventory,
         target: &RefreshTarget,
     ) -> (ScanStats, RefreshScope) {
-        match target {
-            RefreshTarget::Mdev(uuid) => self.refresh_step(inv, Step::Mdevs(&[*uuid])),
-            other => self.refresh_step(inv, Step::One(other)),
-        }
+        self.refresh_step(inv, Step::One(target))
     }
 
     /// Refreshes every target of one batch of events (in any order: each re-reads what is
@@ -445,6 +442,11 @@ impl Scanner {
         let mut r = Reader::new(&self.root);
         let core_before = core_functions(inv);
         let mut touched = Touched::default();
+        // An mdev is read as a step of one, so that its parent is read the same way.
+        let step = match step {
+            Step::One(RefreshTarget::Mdev(uuid)) => Step::Mdevs(std::slice::from_ref(uuid)),
+            other => other,
+        };
         let target = match step {
             Step::Mdevs(uuids) => {
                 let mut parents = ParentReads::default();
@@ -465,17 +467,14 @@ impl Scanner {
             Step::One(target) => Some(target),
         };
         match target {
-            None => {}
+            // Read above, as a step of mdevs.
+            None | Some(RefreshTarget::Mdev(_)) => {}
             Some(RefreshTarget::All) => {
                 let (fresh, stats) = self.scan_with_stats();
                 *inv = fresh;
                 return (stats, RefreshScope::everything());
             }
             Some(RefreshTarget::Pci(addr)) => self.refresh_pci(&mut r, inv, *addr, &mut touched),
-            Some(RefreshTarget::Mdev(uuid)) => {
-                // Not reached: refresh_scoped and refresh_batch send mdevs as a step.
-                return self.refresh_step(inv, Step::Mdevs(&[*uuid]));
-            }
             Some(RefreshTarget::MdevParent(name)) => {
                 touched.parents.insert(name.clone());
                 reload_parent(&mut r, inv, name);
