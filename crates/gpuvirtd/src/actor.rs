@@ -44,9 +44,6 @@ impl InventorySource for gpuvirt_core::Scanner {
     }
 }
 
-/// Batches of at most this many refresh targets are read on the runtime thread.
-const INLINE_REFRESH_TARGETS: usize = 64;
-
 /// Requests from the rest of the daemon.
 #[derive(Debug)]
 pub enum Command {
@@ -236,10 +233,9 @@ impl Actor {
                 // The reply's task was woken on this worker: let it run and zbus write the
                 // reply before this pass's reads, not after them. One `yield_now` was not
                 // enough: the reply's write is another task woken by the first, and the
-                // read-back of a 2048-mdev apply (then ~30 s on the FUSE bench host, inline)
+                // read-back of a 2048-mdev apply (then ~30 s on the FUSE bench host)
                 // ran first, holding the reply back. A timer lets the runtime run every ready
-                // task and poll the socket before the reads start; a big read-back also runs
-                // off this thread now (see `update_announced`).
+                // task and poll the socket before the reads start.
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 let mut targets = std::mem::take(&mut self.deferred);
                 let mut announced = BTreeSet::new();
@@ -342,36 +338,12 @@ impl Actor {
                 }
             }
             RefreshScope::everything()
-        } else if targets.len() <= INLINE_REFRESH_TARGETS {
-            // A few targets read a handful of files: cheaper inline than a thread hop.
-            self.source.refresh(&mut self.inventory, &targets)
         } else {
-            // A big batch (the read-back of a policy's thousands of mdevs: seconds on a slow
-            // sysfs) off the runtime thread, so replies and signals already due go out
-            // meanwhile. The inventory moves to the thread and back: nothing else reads it
-            // while the actor waits here.
-            let source = self.source.clone();
-            let mut inventory = std::mem::take(&mut self.inventory);
-            let read = tokio::task::spawn_blocking(move || {
-                let scope = source.refresh(&mut inventory, &targets);
-                (inventory, scope)
-            })
-            .await;
-            match read {
-                Ok((inventory, scope)) => {
-                    self.inventory = inventory;
-                    scope
-                }
-                Err(e) => {
-                    // The inventory went with the thread: read the host again.
-                    tracing::error!(error = %e, "refreshing the inventory failed; rescanning");
-                    let source = self.source.clone();
-                    self.inventory = tokio::task::spawn_blocking(move || source.scan())
-                        .await
-                        .unwrap_or_default();
-                    RefreshScope::everything()
-                }
-            }
+            // Targeted reads, inline: a batch reads each mdev parent it touches once, however
+            // many of its mdevs came or went. Off the runtime thread (the inventory moved there and back) the
+            // large host's daemon grew by ~2 MiB after a burst of events: the thread's
+            // allocations went to a second malloc arena.
+            self.source.refresh(&mut self.inventory, &targets)
         };
         let synced = objects::sync_inventory(&mut self.served, &mut self.inventory, &scope);
         let changes = objects::update(&mut self.tree, &self.inventory, synced);
