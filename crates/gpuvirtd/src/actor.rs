@@ -340,9 +340,9 @@ impl Actor {
             RefreshScope::everything()
         } else {
             // Targeted reads, inline: a batch reads each mdev parent it touches once, however
-            // many of its mdevs came or went. Off the runtime thread (the inventory moved there and back) the
-            // large host's daemon grew by ~2 MiB after a burst of events: the thread's
-            // allocations went to a second malloc arena.
+            // many of its mdevs came or went. Off the runtime thread (the inventory moved
+            // there and back) the large host's daemon grew by ~2 MiB after a burst of events:
+            // the thread's allocations went to a second malloc arena.
             self.source.refresh(&mut self.inventory, &targets)
         };
         let synced = objects::sync_inventory(&mut self.served, &mut self.inventory, &scope);
