@@ -34,8 +34,9 @@ async fn tree_objects(
         .collect())
 }
 
-/// Refuses any option: for the read methods that define none yet.
-fn no_options(
+/// Refuses any option, naming it, for the methods that define none yet (a typo is not
+/// silently ignored).
+pub(crate) fn no_options(
     method: &str,
     options: &HashMap<String, zbus::zvariant::OwnedValue>,
 ) -> Result<(), CallError> {

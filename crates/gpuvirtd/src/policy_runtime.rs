@@ -993,20 +993,6 @@ pub mod dbus {
         ))
     }
 
-    /// No option is defined yet: refuse unknown ones so a typo is not silently ignored.
-    fn no_options(options: &HashMap<String, OwnedValue>) -> Result<(), CallError> {
-        match options.keys().next() {
-            None => Ok(()),
-            Some(k) => {
-                let shown: String = k.chars().take(64).collect();
-                Err(CallError::invalid_arg(
-                    "options",
-                    format!("unknown option '{shown}' (none are defined)"),
-                ))
-            }
-        }
-    }
-
     async fn ask<T>(
         commands: &mpsc::Sender<Command>,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
@@ -1040,7 +1026,7 @@ pub mod dbus {
         commands: &mpsc::Sender<Command>,
         options: HashMap<String, OwnedValue>,
     ) -> Result<(String, String), CallError> {
-        no_options(&options)?;
+        crate::dbus::no_options("PlanPolicy", &options)?;
         ask(commands, |reply| Request::Plan { reply }).await?
     }
 
@@ -1048,7 +1034,7 @@ pub mod dbus {
         commands: &mpsc::Sender<Command>,
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), CallError> {
-        no_options(&options)?;
+        crate::dbus::no_options("ReloadPolicy", &options)?;
         ask(commands, |reply| Request::Reload { reply }).await?
     }
 
@@ -1061,7 +1047,7 @@ pub mod dbus {
         commands: &mpsc::Sender<Command>,
         options: HashMap<String, OwnedValue>,
     ) -> Result<(bool, String), CallError> {
-        no_options(&options)?;
+        crate::dbus::no_options("Reconcile", &options)?;
         ask(commands, |reply| Request::Reconcile { reply }).await?
     }
 }
