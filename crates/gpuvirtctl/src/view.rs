@@ -84,6 +84,32 @@ pub struct Host {
     pub mdevs: Vec<MdevView>,
 }
 
+/// Calls a read method of the Manager: no polkit check, so none of [`crate::mutating::Ctx`]'s
+/// flags; the raw reply, for the caller to decode into its own types.
+async fn call_manager<A>(
+    connection: &zbus::Connection,
+    method: &str,
+    args: &A,
+) -> zbus::Result<zbus::Message>
+where
+    A: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    connection
+        .call_method(
+            Some(api::BUS_NAME),
+            api::MANAGER_PATH,
+            Some(api::MANAGER_INTERFACE),
+            method,
+            args,
+        )
+        .await
+}
+
+/// No options: the read methods define none.
+fn no_options() -> HashMap<&'static str, zbus::zvariant::Value<'static>> {
+    HashMap::new()
+}
+
 /// The objects carrying any of `interfaces` (every object when empty), with all their
 /// interfaces (a GPU's ShardParent comes with it), read with one `Manager.GetObjects` call:
 /// gpuvirtd answers from its own tree. `GetManagedObjects` would make it gather every object
@@ -95,16 +121,7 @@ pub async fn fetch_objects(
     connection: &zbus::Connection,
     interfaces: &[&str],
 ) -> zbus::Result<Host> {
-    let options: HashMap<&str, zbus::zvariant::Value<'_>> = HashMap::new();
-    let reply = connection
-        .call_method(
-            Some(api::BUS_NAME),
-            api::MANAGER_PATH,
-            Some(api::MANAGER_INTERFACE),
-            "GetObjects",
-            &(interfaces, options),
-        )
-        .await?;
+    let reply = call_manager(connection, "GetObjects", &(interfaces, no_options())).await?;
     let objects: api::Objects = reply.body().deserialize()?;
     Ok(Host::from_objects(objects))
 }
@@ -113,16 +130,7 @@ pub async fn fetch_objects(
 /// thousands of mdevs, `GetObjects`' variant per property was most of the cost of reading
 /// them, in gpuvirtd, the bus and here), sorted by parent and UUID.
 pub async fn fetch_mdevs(connection: &zbus::Connection) -> zbus::Result<Vec<MdevView>> {
-    let options: HashMap<&str, zbus::zvariant::Value<'_>> = HashMap::new();
-    let reply = connection
-        .call_method(
-            Some(api::BUS_NAME),
-            api::MANAGER_PATH,
-            Some(api::MANAGER_INTERFACE),
-            "ListMdevs",
-            &(options,),
-        )
-        .await?;
+    let reply = call_manager(connection, "ListMdevs", &(no_options(),)).await?;
     let rows: Vec<api::MdevRowWire> = reply.body().deserialize()?;
     let mut mdevs: Vec<MdevView> = rows
         .into_iter()
