@@ -23,9 +23,10 @@ use std::path::Path;
 use gpuvirt_core::{PciAddress, PciIds};
 use uuid::Uuid;
 
+use crate::expected::{ExpectedFunction, ExpectedInventory, ExpectedType};
 use crate::fixture::{
-    DriverSpec, ExpectedFunction, ExpectedInventory, ExpectedType, Fixture, FixtureError,
-    GroupSpec, IommuVendor, MdevTypeSpec, MdevctlSpec, NvidiaTypeSpec, PciSpec,
+    DriverSpec, Fixture, FixtureError, GroupSpec, IommuVendor, MdevTypeSpec, MdevctlSpec,
+    NvidiaTypeSpec, PciSpec,
 };
 use crate::tree::Tree;
 use crate::uevent::Uevent;
@@ -312,6 +313,15 @@ fn parse_kver(release: &str) -> (u32, u32) {
         .filter(|p| !p.is_empty())
         .map(|p| p.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+impl Fixture {
+    /// What a correct scan of this host at boot must report (see
+    /// [`Kernel::expected_inventory`]). Defined on the kernel side so fixtures do not depend on
+    /// the kernel.
+    pub fn expected_inventory(&self) -> Result<ExpectedInventory, FixtureError> {
+        Ok(Kernel::from_fixture(self)?.expected_inventory())
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> FixtureError {

@@ -2,6 +2,7 @@
 //! semantics, kernel-format uevents, a FUSE mount of it and a plain-directory materialisation.
 
 pub mod backend;
+pub mod expected;
 pub mod fixture;
 pub mod fuse;
 pub mod generate;
