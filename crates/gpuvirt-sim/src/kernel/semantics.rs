@@ -1,7 +1,7 @@
 //! The kernel's semantics shared by sysfs writes and test hooks: binding, probing, vfio nodes,
 //! mdev parents and mdevs, VFs, device removal, each with its uevents in the kernel's order.
-//! May import: super (the model types), super::alloc, crate::uevent; calls kernel/alloc and
-//! kernel/render, never hooks or write.
+//! May import: super (the model types), super::alloc, crate::fixture, crate::uevent; calls
+//! kernel/alloc and kernel/render, never hooks or write.
 
 use std::collections::BTreeSet;
 
