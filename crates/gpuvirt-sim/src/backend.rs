@@ -1,4 +1,5 @@
-//! What a filesystem front end (FUSE mount) needs from a simulated kernel.
+//! What a filesystem front end (FUSE mount) needs from a simulated kernel. May import:
+//! crate::tree, crate::uevent.
 
 use crate::tree::Tree;
 use crate::uevent::Uevent;

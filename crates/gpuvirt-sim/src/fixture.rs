@@ -1,10 +1,11 @@
-//! Host fixtures: a readable TOML description of a simulated host.
+//! Host fixtures: a readable TOML description of a simulated host. May import: crate::expected
+//! (re-exported here for old paths); nothing else of this crate.
 //!
 //! A fixture says what a host looks like at boot: kernel release and command line, loaded
 //! modules, IOMMU vendor, the PCI topology with drivers and IOMMU groups, the drivers that exist
 //! (with the id tables they match), mdev parents with their types, active mdevs, NVIDIA per-VF
 //! vGPU parents and mdevctl configs. Everything boring has a default, so a fixture lists only what
-//! matters. [`crate::kernel::Kernel::from_fixture`] turns one into a running simulated kernel.
+//! matters. `Kernel::from_fixture` (in `kernel`) turns one into a running simulated kernel.
 //!
 //! ```toml
 //! [kernel]
@@ -30,6 +31,9 @@ use std::path::Path;
 use gpuvirt_core::{PciAddress, PciIds};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+// The expected view used to live here; tests still name it through this module.
+pub use crate::expected::{ExpectedFunction, ExpectedInventory, ExpectedType};
 
 /// Why a fixture could not be read or is inconsistent.
 #[derive(Debug, thiserror::Error)]
@@ -583,12 +587,6 @@ impl Fixture {
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
     }
-
-    /// What a correct scan of this host at boot must report (see
-    /// [`crate::kernel::Kernel::expected_inventory`]).
-    pub fn expected_inventory(&self) -> Result<ExpectedInventory, FixtureError> {
-        Ok(crate::kernel::Kernel::from_fixture(self)?.expected_inventory())
-    }
 }
 
 /// Names of the fixtures shipped in `fixtures/`.
@@ -622,106 +620,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
-}
-
-/// The description-side view of a host: what an inventory read through the simulated sysfs must
-/// contain. Both a [`crate::kernel::Kernel`] (from its model, not its tree) and a
-/// [`gpuvirt_core::Inventory`] (from a scan) project onto it, so a test compares the two.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExpectedInventory {
-    pub functions: BTreeMap<PciAddress, ExpectedFunction>,
-    /// Group id → member names (PCI addresses and mdev UUIDs), sorted.
-    pub groups: BTreeMap<u32, Vec<String>>,
-    /// Registered mdev parent → type id → type.
-    pub parents: BTreeMap<String, BTreeMap<String, ExpectedType>>,
-    /// Active mdev → (parent, type id).
-    pub mdevs: BTreeMap<Uuid, (String, String)>,
-}
-
-/// The facts compared per PCI function.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedFunction {
-    pub class: u32,
-    pub ids: PciIds,
-    pub driver: Option<String>,
-    pub iommu_group: Option<u32>,
-}
-
-/// The facts compared per mdev type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedType {
-    pub name: String,
-    pub description: Option<String>,
-    pub device_api: String,
-    pub available_instances: u32,
-}
-
-impl ExpectedInventory {
-    /// Projects a scanned inventory onto the same view.
-    pub fn from_inventory(inv: &gpuvirt_core::Inventory) -> Self {
-        let functions = inv
-            .functions
-            .iter()
-            .map(|(a, f)| {
-                (
-                    *a,
-                    ExpectedFunction {
-                        class: f.class,
-                        ids: f.ids,
-                        driver: f.driver.clone(),
-                        iommu_group: f.iommu_group,
-                    },
-                )
-            })
-            .collect();
-        let groups = inv
-            .groups
-            .iter()
-            .map(|(id, g)| {
-                let mut names: Vec<String> = g.members.iter().map(|m| m.name.clone()).collect();
-                names.sort();
-                (*id, names)
-            })
-            .collect();
-        let parents = inv
-            .mdev_parents
-            .iter()
-            .map(|(name, p)| {
-                let types = p
-                    .types
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.id.clone(),
-                            ExpectedType {
-                                name: t.name.clone().unwrap_or_default(),
-                                description: t.description.clone(),
-                                device_api: t.device_api.clone().unwrap_or_default(),
-                                available_instances: t.available_instances.unwrap_or(0),
-                            },
-                        )
-                    })
-                    .collect();
-                (name.clone(), types)
-            })
-            .collect();
-        let mdevs = inv
-            .mdevs
-            .iter()
-            .map(|(u, m)| {
-                (
-                    *u,
-                    (m.parent.clone(), m.type_id.clone().unwrap_or_default()),
-                )
-            })
-            .collect();
-        Self {
-            functions,
-            groups,
-            parents,
-            mdevs,
-        }
-    }
 }
 
 #[cfg(test)]

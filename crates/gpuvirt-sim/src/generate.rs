@@ -1,4 +1,5 @@
-//! Large synthetic hosts for benchmarks, shaped like `bench/gen_sysfs.py`'s presets.
+//! Large synthetic hosts for benchmarks, shaped like `bench/gen_sysfs.py`'s presets. May import:
+//! crate::fixture.
 //!
 //! The shapes: AMD EPYC-style root complexes (root buses 00, 20, ..., e0, then further PCI
 //! domains), each with its root complex, IOMMU and dummy host-bridge functions; a BMC VGA behind

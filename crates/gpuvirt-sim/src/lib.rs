@@ -1,7 +1,10 @@
 //! A simulated Linux kernel for gpuvirt: host fixtures, a sysfs tree with the kernel's write
 //! semantics, kernel-format uevents, a FUSE mount of it and a plain-directory materialisation.
+//! Declares the modules only. From the ground up: tree, uevent, expected -> backend, socket,
+//! materialize, fixture -> kernel, generate, fuse -> host; each imports only modules below it.
 
 pub mod backend;
+pub mod expected;
 pub mod fixture;
 pub mod fuse;
 pub mod generate;

@@ -1,5 +1,6 @@
 //! `gpuvirt-sim`: mount a simulated host (FUSE sysfs with the kernel's write semantics and
-//! uevents), write one out as plain files, or generate large synthetic hosts.
+//! uevents), write one out as plain files, or generate large synthetic hosts. May import: the
+//! `gpuvirt_sim` library's public API.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
 //! Writes a simulated tree (or a subtree) out as a plain directory of files and relative symlinks.
+//! May import: crate::tree.
 //!
 //! Used where a mount is not wanted: read-side benchmarks against peer tools (lspci, mdevctl read
 //! a tmpfs tree much faster than a FUSE one), non-root tests, and the non-`sys` parts of a

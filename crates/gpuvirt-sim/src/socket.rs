@@ -1,4 +1,5 @@
 //! Uevent transport: a Unix `SOCK_SEQPACKET` socket that fans every uevent out to every client.
+//! May import: crate::uevent.
 //!
 //! The simulated kernel stands in for the netlink uevent socket with a listening Unix socket.
 //! Each connected client receives every uevent published after it connected, one message per

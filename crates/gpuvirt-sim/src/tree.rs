@@ -1,4 +1,5 @@
 //! The simulated sysfs as an in-memory tree of directories, attribute files and symlinks.
+//! May import: nothing of this crate.
 //!
 //! Paths are relative to the simulated root (`sys/devices/...`, `proc/cmdline`); links store
 //! relative targets exactly as the kernel would, so both the FUSE mount and a materialised plain

@@ -1,4 +1,5 @@
-//! Kernel-format uevents: what the simulated kernel emits after each change.
+//! Kernel-format uevents: what the simulated kernel emits after each change. May import: nothing
+//! of this crate.
 
 use std::fmt;
 

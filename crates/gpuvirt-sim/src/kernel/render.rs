@@ -1,5 +1,8 @@
-//! Rendering the model into the sysfs-shaped tree. Every function here is idempotent: it makes
-//! the tree match the model for one object, creating, replacing (same inode) or removing nodes.
+//! Rendering the model into the sysfs-shaped tree. May import: super (the model types),
+//! crate::fixture; calls only kernel.rs queries.
+//!
+//! Every function here is idempotent: it makes the tree match the model for one object,
+//! creating, replacing (same inode) or removing nodes.
 
 use gpuvirt_core::PciAddress;
 use uuid::Uuid;

@@ -1,5 +1,8 @@
-//! Writes to the simulated sysfs: each control file runs the kernel's store handler, with its
-//! parsing and errno; plain writable attributes keep what was written.
+//! Writes to the simulated sysfs. May import: super (the model types), crate::backend,
+//! crate::tree, crate::uevent; calls kernel/semantics and kernel/render.
+//!
+//! Each control file runs the kernel's store handler, with its parsing and errno; plain
+//! writable attributes keep what was written.
 
 use gpuvirt_core::PciAddress;
 use uuid::Uuid;
