@@ -1,7 +1,7 @@
 #!/bin/bash
 # The README's main job: the runbook's host, simulated, under gpuvirtd with the example policy.
 #
-#   sudo ./scripts/demo.sh [FIXTURE POLICY]
+#   ./scripts/demo.sh [FIXTURE POLICY]     (as root, or through sudo when not root)
 #
 # Mounts the bundled runbook host (or FIXTURE) with gpuvirt-sim on a tmpfs inside a private
 # mount namespace, starts a private dbus-daemon and gpuvirtd (--root, --events sim:, a temporary
@@ -15,10 +15,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 fixture="${1:-runbook}"
 policy="${2:-$here/config/policy.toml}"
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root (FUSE mounts and a private mount namespace): sudo $0 $*" >&2
-    exit 1
-fi
+. "$here/scripts/as-root.sh" "$0" "$@"
 
 # Re-run inside a private mount namespace: the FUSE mount and tmpfs vanish with it.
 if [ -z "${GPUVIRT_DEMO_NS:-}" ]; then

@@ -18,10 +18,7 @@ PKGS=(
     python3-dbusmock        # fake polkitd on the private bus (authorization tests)
 )
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "setup.sh: needs root to install packages (run with sudo)" >&2
-    exit 1
-fi
+. "$(dirname "$0")/as-root.sh" "$0" "$@"
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

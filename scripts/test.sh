@@ -5,6 +5,7 @@
 #   tests/umockdev), VM (real Debian kernel under QEMU, tests/vm).
 # env: GPUVIRT_SKIP_VM=1 skips the VM tier (it says so loudly); CARGO_TEST_ARGS passes extra args.
 set -euo pipefail
+. "$(dirname "$0")/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s ===\n' "$*"; }
