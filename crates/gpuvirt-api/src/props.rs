@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use zbus::zvariant::{OwnedObjectPath, Signature, Type, Value};
 
-use crate::{GroupMemberWire, TypeInfoWire};
+use crate::wire::{GroupMemberWire, TypeInfoWire};
 
 /// Properties that changed: D-Bus name and new value.
 pub type ChangedProperties = Vec<(&'static str, Value<'static>)>;
