@@ -3,7 +3,6 @@
 // First: its out!/outln! macros are used by the modules below.
 #[macro_use]
 mod out;
-mod cli_gen;
 mod doctor;
 mod errors;
 mod exit;
@@ -23,6 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gpuvirt_api as api;
+use gpuvirt_cli_gen as cli_gen;
 use serde::Serialize;
 
 use crate::errors::{classify, classify_api, CliError};
