@@ -174,7 +174,7 @@ impl ErrorName {
     ];
 
     /// The full D-Bus error name (`org.gpuvirt.GpuVirt1.Error.Busy`).
-    pub fn dbus_name(self) -> &'static str {
+    pub const fn dbus_name(self) -> &'static str {
         use ErrorName::*;
         match self {
             NoSuchDevice => "org.gpuvirt.GpuVirt1.Error.NoSuchDevice",
@@ -219,7 +219,7 @@ impl ErrorName {
     }
 
     /// What went wrong, in plain words for the person at the terminal (one line).
-    pub fn meaning(self) -> &'static str {
+    pub const fn meaning(self) -> &'static str {
         use ErrorName::*;
         match self {
             NoSuchDevice => "no such device",
@@ -248,7 +248,7 @@ impl ErrorName {
 
     /// The exit code gpuvirtctl ends with on this error (docs/cli.md; scripts depend on it):
     /// 3 when the caller is not allowed, 4 when gpuvirtd is not running, else 1.
-    pub fn cli_exit_code(self) -> u8 {
+    pub const fn cli_exit_code(self) -> u8 {
         use ErrorName::*;
         match self {
             AccessDenied | InteractiveAuthorizationRequired => 3,

@@ -2,15 +2,15 @@
 //! define/undefine/start/stop persistent ones, list active or defined ones, import and export
 //! mdevctl's JSON), through ShardParent.CreateMdev, Mdev.Remove,
 //! Manager.Define/Undefine/Start/StopMdev, Manager.ImportMdevDefinition and
-//! Manager.ListMdevDefinitions.
+//! Manager.ListMdevDefinitions. May import: crate::client, crate::errors, crate::table,
+//! crate::view.
 
 use gpuvirt_api as api;
 use gpuvirt_api::mdevctl::{self, MdevctlConfig};
 use gpuvirt_api::{MdevStart, Uuid};
-use zbus::zvariant::OwnedObjectPath;
 
-use crate::errors::{classify_api, CliError};
-use crate::mutating::{options, print_json, Ctx};
+use crate::client::{options, print_json, Ctx};
+use crate::errors::CliError;
 use crate::table::print_table;
 use crate::view::Host;
 
@@ -99,24 +99,24 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
         } => {
             let host = ctx.host().await?;
             let parent_path = find_parent(&host, &parent)?;
-            let opts = options(&[]);
-            let path: OwnedObjectPath = ctx
-                .call(
-                    &parent_path,
-                    api::SHARD_PARENT_INTERFACE,
-                    "CreateMdev",
-                    &(mdev_type.as_str(), uuid.as_deref().unwrap_or(""), opts),
-                )
-                .await?;
-            let created = mdev_uuid(ctx, path.as_str()).await?;
+            let path = ctx
+                .shard_parent(&parent_path)
+                .await?
+                .create_mdev(&mdev_type, uuid.as_deref().unwrap_or(""), options(&[]))
+                .await
+                .map_err(|e| ctx.api_error(e))?;
+            let created = ctx.mdev_uuid(path.as_str()).await?;
             outln!("{created}")?;
             Ok(())
         }
         MdevCommand::Remove { uuid, force } => {
-            let path = mdev_path(ctx, &uuid).await?;
+            let path = ctx.mdev_by_uuid(&uuid).await?;
             let opts = options(&[("force", force.then_some(true))]);
-            ctx.call_unit(path.as_str(), api::MDEV_INTERFACE, "Remove", &(opts,))
+            ctx.mdev(path.as_str())
+                .await?
+                .remove(opts)
                 .await
+                .map_err(|e| ctx.api_error(e))
         }
         MdevCommand::Define {
             parent,
@@ -127,43 +127,42 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
         } => {
             // The daemon's default is auto; only --manual needs saying.
             let opts = options(&[("auto", manual.then_some(false))]);
-            let defined: String = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "DefineMdev",
-                    &(
-                        parent.as_str(),
-                        mdev_type.as_str(),
-                        uuid.as_deref().unwrap_or(""),
-                        opts,
-                    ),
-                )
-                .await?;
+            let defined = ctx
+                .manager()
+                .await?
+                .define_mdev(&parent, &mdev_type, uuid.as_deref().unwrap_or(""), opts)
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             outln!("{defined}")?;
             Ok(())
         }
-        MdevCommand::Undefine { uuid } => manager_unit(ctx, "UndefineMdev", &uuid).await,
+        MdevCommand::Undefine { uuid } => ctx
+            .manager()
+            .await?
+            .undefine_mdev(&uuid, options(&[]))
+            .await
+            .map_err(|e| ctx.api_error(e)),
         MdevCommand::Start { uuid } => {
-            let _path: OwnedObjectPath = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "StartMdev",
-                    &(uuid.as_str(), options(&[])),
-                )
-                .await?;
+            let _path = ctx
+                .manager()
+                .await?
+                .start_mdev(&uuid, options(&[]))
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             Ok(())
         }
-        MdevCommand::Stop { uuid } => manager_unit(ctx, "StopMdev", &uuid).await,
+        MdevCommand::Stop { uuid } => ctx
+            .manager()
+            .await?
+            .stop_mdev(&uuid, options(&[]))
+            .await
+            .map_err(|e| ctx.api_error(e)),
         MdevCommand::List { defined, json } => {
             if defined {
                 return list_defined(ctx, json).await;
             }
             // Only the mdevs, as typed rows (see view::fetch_mdevs), sorted.
-            let mdevs = crate::view::fetch_mdevs(ctx.connection)
-                .await
-                .map_err(|e| ctx.error(e))?;
+            let mdevs = ctx.mdevs().await?;
             if json {
                 return print_json(&mdevs);
             }
@@ -193,14 +192,12 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
 }
 
 async fn definitions(ctx: &Ctx<'_>) -> Result<Vec<api::MdevDefinition>, CliError> {
-    let wire: Vec<api::MdevDefinitionWire> = ctx
-        .call(
-            api::MANAGER_PATH,
-            api::MANAGER_INTERFACE,
-            "ListMdevDefinitions",
-            &(options(&[]),),
-        )
-        .await?;
+    let wire = ctx
+        .manager()
+        .await?
+        .list_mdev_definitions(options(&[]))
+        .await
+        .map_err(|e| ctx.api_error(e))?;
     Ok(wire.into_iter().map(api::MdevDefinition::from).collect())
 }
 
@@ -330,53 +327,20 @@ async fn import(
         )));
     }
     for c in configs {
-        let defined: String = ctx
-            .call(
-                api::MANAGER_PATH,
-                api::MANAGER_INTERFACE,
-                "ImportMdevDefinition",
-                &(
-                    c.parent.as_str(),
-                    c.uuid.hyphenated().to_string(),
-                    c.to_json(),
-                    options(&[]),
-                ),
+        let defined = ctx
+            .manager()
+            .await?
+            .import_mdev_definition(
+                &c.parent,
+                &c.uuid.hyphenated().to_string(),
+                &c.to_json(),
+                options(&[]),
             )
-            .await?;
+            .await
+            .map_err(|e| ctx.api_error(e))?;
         outln!("{defined}")?;
     }
     Ok(())
-}
-
-async fn manager_unit(ctx: &Ctx<'_>, method: &str, uuid: &str) -> Result<(), CliError> {
-    ctx.call_unit(
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-        method,
-        &(uuid, options(&[])),
-    )
-    .await
-}
-
-async fn mdev_path(ctx: &Ctx<'_>, uuid: &str) -> Result<OwnedObjectPath, CliError> {
-    api::ManagerProxy::new(ctx.connection)
-        .await
-        .map_err(|e| ctx.error(e))?
-        .get_mdev_by_uuid(uuid)
-        .await
-        .map_err(|e| classify_api(e, ctx.bus))
-}
-
-async fn mdev_uuid(ctx: &Ctx<'_>, path: &str) -> Result<String, CliError> {
-    let value: zbus::zvariant::OwnedValue = ctx
-        .call(
-            path,
-            "org.freedesktop.DBus.Properties",
-            "Get",
-            &(api::MDEV_INTERFACE, "Uuid"),
-        )
-        .await?;
-    String::try_from(value).map_err(|e| ctx.error(e.into()))
 }
 
 /// The ShardParent object of `parent`: a parent's name, or a GPU's full or short address.

@@ -1,13 +1,13 @@
 //! `gpuvirtctl doctor`: can this host pass GPUs through? The runbook's checks (IOMMU on in
-//! dmesg, vfio modules, each GPU's IOMMU group) answered from gpuvirtd's properties only.
+//! dmesg, vfio modules, each GPU's IOMMU group) answered from gpuvirtd's properties only. May
+//! import: crate::client, crate::errors, crate::view.
 
 use std::collections::HashMap;
 
-use gpuvirt_api as api;
 use zbus::zvariant::OwnedValue;
 
+use crate::client::{print_json, Ctx};
 use crate::errors::CliError;
-use crate::mutating::{print_json, Ctx};
 use crate::view::Host;
 
 /// One check's outcome.
@@ -216,14 +216,7 @@ pub fn diagnose(facts: &HostFacts, host: &Host) -> Vec<Finding> {
 }
 
 pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
-    let props: HashMap<String, OwnedValue> = ctx
-        .call(
-            api::MANAGER_PATH,
-            "org.freedesktop.DBus.Properties",
-            "GetAll",
-            &(api::MANAGER_INTERFACE,),
-        )
-        .await?;
+    let props = ctx.manager_properties().await?;
     let facts = HostFacts::from_props(&props);
     let host = ctx.host().await?;
     let findings = diagnose(&facts, &host);
