@@ -1,6 +1,7 @@
 //! The object interfaces' properties as plain structs, listed once for both sides: gpuvirtd
 //! serves them (its zbus interfaces are generated from the same lists) and gpuvirtctl decodes
-//! `Manager.GetObjects` replies straight into them, without a variant map per object.
+//! `Manager.GetObjects` replies straight into them, without a variant map per object. May
+//! import: crate::wire (its tests also the names and paths).
 
 use std::collections::HashMap;
 

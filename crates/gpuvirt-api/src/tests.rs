@@ -1,8 +1,10 @@
 //! Unit tests of the contract: paths, error names, and the method and error tables against
-//! the introspection XML, the polkit actions file and the docs.
+//! the introspection XML, the polkit actions file and the docs. May import: the whole crate
+//! (through its root's re-exports).
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use gpuvirt_core::PciAddress;
 use zbus::DBusError;
 
 #[test]
