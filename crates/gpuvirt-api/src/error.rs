@@ -6,6 +6,10 @@
 pub const ERROR_PREFIX: &str = "org.gpuvirt.GpuVirt1.Error";
 /// The standard error for a malformed argument; its message names the argument.
 pub const INVALID_ARGS_ERROR: &str = "org.freedesktop.DBus.Error.InvalidArgs";
+/// What the bus answers a call to an object that does not exist.
+pub const UNKNOWN_OBJECT_ERROR: &str = "org.freedesktop.DBus.Error.UnknownObject";
+/// What the bus answers a call to an object that lacks the interface called.
+pub const UNKNOWN_INTERFACE_ERROR: &str = "org.freedesktop.DBus.Error.UnknownInterface";
 /// gpuvirt's own D-Bus errors, `org.gpuvirt.GpuVirt1.Error.<Variant>`; the string is the
 /// human-readable message. Error names are API: never rename a variant.
 #[derive(Debug, zbus::DBusError)]

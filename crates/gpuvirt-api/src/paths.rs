@@ -86,3 +86,33 @@ fn owned_path(s: String) -> OwnedObjectPath {
         .map(OwnedObjectPath::from)
         .unwrap_or_else(|_| OwnedObjectPath::from(ObjectPath::from_static_str_unchecked("/")))
 }
+
+/// `address` (`DDDD:BB:DD.F`, or `BB:DD.F` for domain 0, hex digits in any case) in the form
+/// object names and `ShardParent.Name` use (`0000:41:00.0`); `None` when it is no PCI address.
+pub fn canonical_pci_address(address: &str) -> Option<String> {
+    address.parse::<PciAddress>().ok().map(|a| a.to_string())
+}
+
+/// The path `Manager.GetGpuByPciAddress(address)` answers with when there is such a GPU, so a
+/// caller can call the GPU's method without that lookup; `None` when `address` does not parse
+/// (the lookup says why).
+pub fn gpu_path_for(address: &str) -> Option<OwnedObjectPath> {
+    address.parse::<PciAddress>().ok().map(|a| gpu_path(&a))
+}
+
+/// The path `Manager.GetMdevByUuid(uuid)` answers with when there is such an mdev; `None` when
+/// `uuid` does not parse (the lookup says why).
+pub fn mdev_path_for(uuid: &str) -> Option<OwnedObjectPath> {
+    uuid.parse::<Uuid>().ok().map(|u| mdev_path(&u))
+}
+
+/// The UUID an mdev object path names (the inverse of [`mdev_path`]), `None` for any other path.
+pub fn uuid_from_mdev_path(path: &str) -> Option<Uuid> {
+    let element = path.strip_prefix(MDEVS_PATH)?.strip_prefix('/')?;
+    if element.len() != 36 || element.contains('-') {
+        return None;
+    }
+    let uuid: Uuid = element.replace('_', "-").parse().ok()?;
+    // Only the exact form mdev_path writes: no other spelling names the same object.
+    (mdev_path(&uuid).as_str() == path).then_some(uuid)
+}

@@ -259,3 +259,33 @@ fn error_names_round_trip_and_match_the_error_enum() {
         .error_name()
         .is_none());
 }
+
+#[test]
+fn paths_from_what_a_caller_typed_are_the_lookups_answers() {
+    let a: PciAddress = "0000:41:00.0".parse().unwrap();
+    assert_eq!(
+        canonical_pci_address("41:00.0").as_deref(),
+        Some("0000:41:00.0")
+    );
+    assert_eq!(
+        canonical_pci_address("0000:0E:00.0").as_deref(),
+        Some("0000:0e:00.0")
+    );
+    assert_eq!(canonical_pci_address("mtty"), None);
+    assert_eq!(gpu_path_for("0000:41:00.0"), Some(gpu_path(&a)));
+    assert_eq!(gpu_path_for("41:00.0"), Some(gpu_path(&a)));
+    assert_eq!(gpu_path_for("../x"), None);
+    let u: Uuid = "a0b1c2d3-0000-4000-8000-000000000001".parse().unwrap();
+    assert_eq!(
+        mdev_path_for("A0B1C2D3-0000-4000-8000-000000000001"),
+        Some(mdev_path(&u))
+    );
+    assert_eq!(mdev_path_for("nope"), None);
+    assert_eq!(uuid_from_mdev_path(mdev_path(&u).as_str()), Some(u));
+    assert_eq!(
+        uuid_from_mdev_path("/org/gpuvirt/GpuVirt1/mdevs/A0B1C2D3_0000_4000_8000_000000000001"),
+        None
+    );
+    assert_eq!(uuid_from_mdev_path("/org/gpuvirt/GpuVirt1/mdevs/x"), None);
+    assert_eq!(uuid_from_mdev_path(gpu_path(&a).as_str()), None);
+}

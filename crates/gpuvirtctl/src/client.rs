@@ -8,6 +8,7 @@
 //! the user said `--no-ask-password`; lookups and listings never carry it.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use gpuvirt_api as api;
 use serde::Serialize;
@@ -114,6 +115,31 @@ impl Ctx<'_> {
             .map_err(|e| self.error(e))
     }
 
+    /// Calls a method on the first object of `paths` that answers, else on the one `lookup`
+    /// names. The paths are where the target must live if it exists (gpu-api's `gpu_path_for`,
+    /// `mdev_path_for`, ...), so the usual call is one trip; only when no object answers there
+    /// (UnknownObject, UnknownInterface: nothing was called) does `lookup` run, and its error
+    /// is the one the user sees, word for word as when every call started with the lookup.
+    pub async fn call_at<T, C, F, L>(
+        &self,
+        paths: impl IntoIterator<Item = OwnedObjectPath>,
+        lookup: L,
+        call: C,
+    ) -> Result<T, CliError>
+    where
+        C: Fn(OwnedObjectPath) -> F,
+        F: Future<Output = Result<T, CliError>>,
+        L: Future<Output = Result<OwnedObjectPath, CliError>>,
+    {
+        for path in paths {
+            match call(path).await {
+                Err(e) if is_missing_object(&e) => continue,
+                done => return done,
+            }
+        }
+        call(lookup.await?).await
+    }
+
     /// The object of the GPU at `address` (`Manager.GetGpuByPciAddress`).
     pub async fn gpu_by_address(&self, address: &str) -> Result<OwnedObjectPath, CliError> {
         self.reader()
@@ -185,6 +211,13 @@ impl Ctx<'_> {
             .await
             .map_err(|e| self.error(e))
     }
+}
+
+/// Whether a call failed because no object (or no such interface on it) was at the path: the
+/// bus answered, the daemon's method never ran.
+fn is_missing_object(e: &CliError) -> bool {
+    matches!(e, CliError::Dbus { name, .. }
+        if name == api::UNKNOWN_OBJECT_ERROR || name == api::UNKNOWN_INTERFACE_ERROR)
 }
 
 /// Every property of `interface` on the object at `path`, in one `GetAll`, uncached.

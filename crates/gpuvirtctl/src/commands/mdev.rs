@@ -8,6 +8,7 @@
 use gpuvirt_api as api;
 use gpuvirt_api::mdevctl::{self, MdevctlConfig};
 use gpuvirt_api::{MdevStart, Uuid};
+use zbus::zvariant::OwnedObjectPath;
 
 use crate::client::{options, print_json, Ctx};
 use crate::errors::CliError;
@@ -97,26 +98,40 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             mdev_type,
             uuid,
         } => {
-            let host = ctx.host().await?;
-            let parent_path = find_parent(&host, &parent)?;
-            let path = ctx
-                .shard_parent(&parent_path)
-                .await?
-                .create_mdev(&mdev_type, uuid.as_deref().unwrap_or(""), options(&[]))
-                .await
-                .map_err(|e| ctx.api_error(e))?;
-            let created = ctx.mdev_uuid(path.as_str()).await?;
+            // One trip: CreateMdev on the path the parent's object must have; the whole tree
+            // is read (to find it by name, or to say it is none) only when nothing is there.
+            let (mdev_type, uuid) = (mdev_type.as_str(), uuid.as_deref().unwrap_or(""));
+            let call = |at: OwnedObjectPath| async move {
+                ctx.shard_parent(at.as_str())
+                    .await?
+                    .create_mdev(mdev_type, uuid, options(&[]))
+                    .await
+                    .map_err(|e| ctx.api_error(e))
+            };
+            let lookup = async {
+                let host = ctx.host().await?;
+                find_parent(&host, &parent)
+            };
+            let path = ctx.call_at(parent_paths(&parent), lookup, call).await?;
+            // The reply names the new mdev's object, and its path names its UUID.
+            let created = match api::uuid_from_mdev_path(path.as_str()) {
+                Some(u) => u.hyphenated().to_string(),
+                None => ctx.mdev_uuid(path.as_str()).await?,
+            };
             outln!("{created}")?;
             Ok(())
         }
         MdevCommand::Remove { uuid, force } => {
-            let path = ctx.mdev_by_uuid(&uuid).await?;
-            let opts = options(&[("force", force.then_some(true))]);
-            ctx.mdev(path.as_str())
-                .await?
-                .remove(opts)
+            let call = |at: OwnedObjectPath| async move {
+                let opts = options(&[("force", force.then_some(true))]);
+                ctx.mdev(at.as_str())
+                    .await?
+                    .remove(opts)
+                    .await
+                    .map_err(|e| ctx.api_error(e))
+            };
+            ctx.call_at(api::mdev_path_for(&uuid), ctx.mdev_by_uuid(&uuid), call)
                 .await
-                .map_err(|e| ctx.api_error(e))
         }
         MdevCommand::Define {
             parent,
@@ -343,15 +358,30 @@ async fn import(
     Ok(())
 }
 
+/// Where the ShardParent object named `parent` lives if there is one: a GPU's object (a GPU's
+/// parent is named by its address), then the object of a parent that is not a GPU. Only the
+/// names [`find_parent`] accepts: an address in its canonical form (or without `0000:`),
+/// or any other name as it is.
+fn parent_paths(parent: &str) -> Vec<OwnedObjectPath> {
+    match api::canonical_pci_address(parent) {
+        Some(a) if a == parent || a.strip_prefix("0000:") == Some(parent) => api::gpu_path_for(&a)
+            .into_iter()
+            .chain([api::parent_path(&a)])
+            .collect(),
+        Some(_) => Vec::new(),
+        None => vec![api::parent_path(parent)],
+    }
+}
+
 /// The ShardParent object of `parent`: a parent's name, or a GPU's full or short address.
-fn find_parent(host: &Host, parent: &str) -> Result<String, CliError> {
+fn find_parent(host: &Host, parent: &str) -> Result<OwnedObjectPath, CliError> {
     let matches = |name: &str| name == parent || name.strip_prefix("0000:") == Some(parent);
     host.gpus
         .iter()
         .filter_map(|g| g.shard.as_ref())
         .chain(host.other_parents.iter())
         .find(|s| matches(&s.name))
-        .map(|s| s.path.clone())
+        .and_then(|s| OwnedObjectPath::try_from(s.path.clone()).ok())
         .ok_or_else(|| {
             CliError::Daemon(format!(
                 "{parent} is not a device that offers vGPUs; `gpuvirtctl types` lists those that do"

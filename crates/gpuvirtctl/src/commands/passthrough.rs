@@ -4,6 +4,9 @@
 
 use std::io::Write;
 
+use gpuvirt_api as api;
+use zbus::zvariant::OwnedObjectPath;
+
 use crate::client::{options, print_json, Ctx};
 use crate::errors::CliError;
 use crate::jobwait;
@@ -30,14 +33,23 @@ pub async fn run(
     dry_run: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let gpu = ctx.gpu_by_address(address).await?;
-    let gpu = ctx.gpu(gpu.as_str()).await?;
-    let opts = options(&[("dry-run", dry_run.then_some(true))]);
-    let (job, plan) = match direction {
-        Direction::Assign => gpu.assign_passthrough(opts).await,
-        Direction::Return => gpu.return_to_host(opts).await,
-    }
-    .map_err(|e| ctx.api_error(e))?;
+    // The GPU's own path, so the method is the only call; the lookup only when it is not there.
+    let call = |gpu: OwnedObjectPath| async move {
+        let gpu = ctx.gpu(gpu.as_str()).await?;
+        let opts = options(&[("dry-run", dry_run.then_some(true))]);
+        match direction {
+            Direction::Assign => gpu.assign_passthrough(opts).await,
+            Direction::Return => gpu.return_to_host(opts).await,
+        }
+        .map_err(|e| ctx.api_error(e))
+    };
+    let (job, plan) = ctx
+        .call_at(
+            api::gpu_path_for(address),
+            ctx.gpu_by_address(address),
+            call,
+        )
+        .await?;
     let plan = plan.trim_end().to_owned();
     if job.as_str() == "/" {
         if json {
