@@ -289,3 +289,83 @@ fn paths_from_what_a_caller_typed_are_the_lookups_answers() {
     assert_eq!(uuid_from_mdev_path("/org/gpuvirt/GpuVirt1/mdevs/x"), None);
     assert_eq!(uuid_from_mdev_path(gpu_path(&a).as_str()), None);
 }
+
+const SECURITY: &str = include_str!("../../../docs/security.md");
+
+/// The methods docs/security.md lists per polkit action: `(action, ["Gpu.ReturnToHost", ...])`,
+/// from its table rows; `Manager.DefineMdev`/`UndefineMdev` names two Manager methods.
+fn documented_actions() -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in SECURITY.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "", action, methods, default, others, ""
+        let (Some(action), Some(methods)) = (cells.get(1), cells.get(2)) else {
+            continue;
+        };
+        let Some(action) = action
+            .strip_prefix('`')
+            .and_then(|a| a.strip_suffix('`'))
+            .filter(|a| a.starts_with("org.gpuvirt.GpuVirt1."))
+        else {
+            continue;
+        };
+        let mut interface = String::new();
+        let mut keys = Vec::new();
+        // The code spans are every other piece between backticks.
+        for span in methods.split('`').skip(1).step_by(2) {
+            match span.split_once('.') {
+                Some((i, m)) => {
+                    interface = i.to_owned();
+                    keys.push(format!("{i}.{m}"));
+                }
+                None => keys.push(format!("{interface}.{span}")),
+            }
+        }
+        out.push((action.to_owned(), keys));
+    }
+    out
+}
+
+#[test]
+fn every_mutator_is_documented_under_its_polkit_action() {
+    let documented = documented_actions();
+    assert_eq!(documented.len(), 3, "the scan found {documented:?}");
+    for (action, keys) in &documented {
+        for key in keys {
+            let m = METHODS.iter().find(|m| m.key() == *key);
+            assert!(
+                m.is_some_and(|m| m.mutating && m.action == Some(action.as_str())),
+                "docs/security.md puts {key} under {action}, gpuvirt_api::METHODS has {m:?}"
+            );
+        }
+    }
+    for m in METHODS.iter().filter(|m| m.mutating) {
+        let Some(action) = m.action else { continue };
+        assert!(
+            documented
+                .iter()
+                .any(|(a, keys)| a == action && keys.contains(&m.key())),
+            "{} mutates under {action} but docs/security.md does not list it there",
+            m.key()
+        );
+    }
+}
+
+#[test]
+fn every_method_has_a_typed_proxy_call() {
+    let proxies = include_str!("proxies.rs");
+    for m in METHODS {
+        let mut snake = String::new();
+        for (i, c) in m.name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+        }
+        assert!(
+            proxies.contains(&format!("fn {snake}(")),
+            "{} has no typed call `{snake}` in gpuvirt-api's proxies",
+            m.key()
+        );
+    }
+}
