@@ -1,6 +1,6 @@
 //! Typed zbus proxies for every interface gpuvirtd serves: every method of
 //! `dbus/org.gpuvirt.GpuVirt1.xml` with its argument and reply types, and the properties.
-//! May import: crate::error, crate::props, crate::wire.
+//! May import: crate::error, crate::names, crate::props, crate::wire.
 //!
 //! Each interface `X` comes three ways, generated from one method list so they cannot differ:
 //! `XProxy` (methods and properties, plain calls), `XInteractiveProxy` (the same methods, sent
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::error::Error;
-use crate::props::Objects;
+use crate::props::{JobProps, ManagerProps, Objects};
 use crate::wire::{GroupMemberWire, MdevDefinitionWire, MdevRowWire, TypeInfoWire};
 
 /// Generates `$plain` (methods + properties), `$interactive` (the methods with
@@ -402,4 +402,50 @@ pub trait Job {
     fn error_name(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn message(&self) -> zbus::Result<String>;
+}
+
+/// `org.freedesktop.DBus.Properties.GetAll` on gpuvirtd's objects, its reply decoded straight
+/// into a property struct: one call, and no property named by string at the caller.
+#[zbus::proxy(
+    interface = "org.freedesktop.DBus.Properties",
+    default_service = "org.gpuvirt.GpuVirt1",
+    gen_blocking = false
+)]
+trait TypedProperties {
+    #[zbus(name = "GetAll")]
+    fn get_all_manager(&self, interface: &str) -> zbus::Result<ManagerProps>;
+    #[zbus(name = "GetAll")]
+    fn get_all_job(&self, interface: &str) -> zbus::Result<JobProps>;
+}
+
+async fn typed_properties<'p>(
+    connection: &zbus::Connection,
+    path: OwnedObjectPath,
+) -> zbus::Result<TypedPropertiesProxy<'p>> {
+    TypedPropertiesProxy::builder(connection)
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+}
+
+/// Every property of the Manager, in one `GetAll`.
+pub async fn read_manager_properties(connection: &zbus::Connection) -> zbus::Result<ManagerProps> {
+    let path = OwnedObjectPath::try_from(crate::names::MANAGER_PATH)?;
+    typed_properties(connection, path)
+        .await?
+        .get_all_manager(ManagerProps::INTERFACE)
+        .await
+}
+
+/// Every property of the job at `path`, in one `GetAll`.
+pub async fn read_job_properties(
+    connection: &zbus::Connection,
+    path: &str,
+) -> zbus::Result<JobProps> {
+    let path = OwnedObjectPath::try_from(path)?;
+    typed_properties(connection, path)
+        .await?
+        .get_all_job(JobProps::INTERFACE)
+        .await
 }

@@ -369,3 +369,66 @@ fn every_method_has_a_typed_proxy_call() {
         );
     }
 }
+
+/// The property names of `interface` in the introspection XML.
+fn xml_properties(interface: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in XML.lines().map(str::trim) {
+        if line.starts_with("<interface ") {
+            inside = attr(line, "name") == Some(interface);
+        } else if inside && line.starts_with("<property ") {
+            out.push(attr(line, "name").unwrap().to_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The D-Bus names a property struct (de)serialises, as `GetAll` carries them.
+fn struct_properties<T: serde::Serialize + zbus::zvariant::Type>(props: &T) -> Vec<String> {
+    use zbus::zvariant::serialized::Context;
+    let bytes = zbus::zvariant::to_bytes(Context::new_dbus(zbus::zvariant::LE, 0), props).unwrap();
+    let map: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+        bytes.deserialize().unwrap().0;
+    let mut names: Vec<String> = map.into_keys().collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn property_structs_carry_the_introspection_xml_properties() {
+    assert_eq!(
+        struct_properties(&ManagerProps::default()),
+        xml_properties(MANAGER_INTERFACE)
+    );
+    assert_eq!(
+        struct_properties(&GpuProps::default()),
+        xml_properties(GPU_INTERFACE)
+    );
+    assert_eq!(
+        struct_properties(&ShardParentProps::default()),
+        xml_properties(SHARD_PARENT_INTERFACE)
+    );
+    assert_eq!(
+        struct_properties(&IommuGroupProps::default()),
+        xml_properties(IOMMU_GROUP_INTERFACE)
+    );
+    assert_eq!(
+        struct_properties(&MdevProps::default()),
+        xml_properties(MDEV_INTERFACE)
+    );
+    // Jobs are not in the XML (they exist only while one runs); their list is the docs'.
+    assert_eq!(
+        struct_properties(&JobProps::default()),
+        [
+            "ErrorName",
+            "Finished",
+            "Message",
+            "Objects",
+            "Operation",
+            "Progress",
+            "Success"
+        ]
+    );
+}

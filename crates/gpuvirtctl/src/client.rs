@@ -12,7 +12,7 @@ use std::future::Future;
 
 use gpuvirt_api as api;
 use serde::Serialize;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::errors::{classify, classify_api, CliError};
 use crate::view::{Host, MdevView};
@@ -206,8 +206,8 @@ impl Ctx<'_> {
     }
 
     /// Every property of the Manager in one `GetAll`.
-    pub async fn manager_properties(&self) -> Result<HashMap<String, OwnedValue>, CliError> {
-        properties(self.connection, api::MANAGER_PATH, api::MANAGER_INTERFACE)
+    pub async fn manager_properties(&self) -> Result<api::ManagerProps, CliError> {
+        api::read_manager_properties(self.connection)
             .await
             .map_err(|e| self.error(e))
     }
@@ -218,22 +218,6 @@ impl Ctx<'_> {
 fn is_missing_object(e: &CliError) -> bool {
     matches!(e, CliError::Dbus { name, .. }
         if name == api::UNKNOWN_OBJECT_ERROR || name == api::UNKNOWN_INTERFACE_ERROR)
-}
-
-/// Every property of `interface` on the object at `path`, in one `GetAll`, uncached.
-pub async fn properties(
-    connection: &zbus::Connection,
-    path: &str,
-    interface: &'static str,
-) -> zbus::Result<HashMap<String, OwnedValue>> {
-    let proxy = zbus::fdo::PropertiesProxy::builder(connection)
-        .destination(api::BUS_NAME)?
-        .path(path.to_owned())?
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await?;
-    let interface = zbus::names::InterfaceName::from_static_str(interface)?;
-    Ok(proxy.get_all(interface).await?)
 }
 
 /// The `a{sv}` options of a call: only the flags that are set (the daemon's defaults apply to

@@ -8,7 +8,6 @@ use futures_util::StreamExt;
 use gpuvirt_api as api;
 use zbus::zvariant::OwnedValue;
 
-use crate::client::properties;
 use crate::errors::{classify, CliError};
 
 /// How a job ended.
@@ -70,8 +69,7 @@ pub async fn wait(
             } else {
                 read_all(connection, path, bus)
                     .await
-                    .ok()
-                    .and_then(|p| string_prop(&p, "ErrorName"))
+                    .map(|p| p.error_name)
                     .unwrap_or_default()
             };
             return Ok(JobOutcome {
@@ -104,8 +102,8 @@ async fn read_all(
     connection: &zbus::Connection,
     path: &str,
     bus: &str,
-) -> Result<HashMap<String, OwnedValue>, CliError> {
-    properties(connection, path, api::JOB_INTERFACE)
+) -> Result<api::JobProps, CliError> {
+    api::read_job_properties(connection, path)
         .await
         .map_err(|e| classify(e, bus))
 }
@@ -116,28 +114,15 @@ async fn read_if_finished(
     bus: &str,
 ) -> Result<Option<JobOutcome>, CliError> {
     let props = read_all(connection, path, bus).await?;
-    let finished = props
-        .get("Finished")
-        .and_then(|v| bool::try_from(v).ok())
-        .unwrap_or(false);
-    if !finished {
+    if !props.finished {
         return Ok(None);
     }
     Ok(Some(JobOutcome {
         job: path.to_owned(),
-        success: props
-            .get("Success")
-            .and_then(|v| bool::try_from(v).ok())
-            .unwrap_or(false),
-        error_name: string_prop(&props, "ErrorName").unwrap_or_default(),
-        message: string_prop(&props, "Message").unwrap_or_default(),
+        success: props.success,
+        error_name: props.error_name,
+        message: props.message,
     }))
-}
-
-fn string_prop(props: &HashMap<String, OwnedValue>, name: &str) -> Option<String> {
-    props
-        .get(name)
-        .and_then(|v| String::try_from(v.clone()).ok())
 }
 
 #[cfg(test)]
