@@ -116,7 +116,7 @@ impl Ctx<'_> {
     }
 
     /// Calls a method on the first object of `paths` that answers, else on the one `lookup`
-    /// names. The paths are where the target must live if it exists (gpu-api's `gpu_path_for`,
+    /// names. The paths are where the target must live if it exists (gpuvirt-api's `gpu_path_for`,
     /// `mdev_path_for`, ...), so the usual call is one trip; only when no object answers there
     /// (UnknownObject, UnknownInterface: nothing was called) does `lookup` run, and its error
     /// is the one the user sees, word for word as when every call started with the lookup.
