@@ -1,13 +1,14 @@
 //! The object interfaces' properties as plain structs, listed once for both sides: gpuvirtd
 //! serves them (its zbus interfaces are generated from the same lists) and gpuvirtctl decodes
-//! `Manager.GetObjects` replies straight into them, without a variant map per object.
+//! `Manager.GetObjects` replies straight into them, without a variant map per object. May
+//! import: crate::wire (its tests also the names and paths).
 
 use std::collections::HashMap;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use zbus::zvariant::{OwnedObjectPath, Signature, Type, Value};
 
-use crate::{GroupMemberWire, TypeInfoWire};
+use crate::wire::{GroupMemberWire, TypeInfoWire};
 
 /// Properties that changed: D-Bus name and new value.
 pub type ChangedProperties = Vec<(&'static str, Value<'static>)>;
@@ -102,6 +103,53 @@ macro_rules! mdev_properties {
     };
 }
 
+/// The Manager interface's property list; see [`gpu_properties!`]. gpuvirtd keeps its own
+/// struct for them (with its update logic); callers read them with
+/// [`read_manager_properties`](crate::read_manager_properties).
+#[macro_export]
+macro_rules! manager_properties {
+    ($callback:ident { $($rest:tt)* }) => {
+        $callback! {
+            ManagerProps, "org.gpuvirt.GpuVirt1.Manager" {
+                version: String => "Version",
+                kernel_release: String => "KernelRelease",
+                iommu_enabled: bool => "IommuEnabled",
+                iommu_reasons: Vec<String> => "IommuReasons",
+                vfio_available: bool => "VfioAvailable",
+                mdev_available: bool => "MdevAvailable",
+                scan_warnings: Vec<String> => "ScanWarnings",
+                policy_path: String => "PolicyPath",
+                policy_error: String => "PolicyError",
+                enforcement_mode: String => "EnforcementMode",
+                reboot_required: bool => "RebootRequired",
+                reboot_reasons: Vec<String> => "RebootReasons",
+                drift: Vec<String> => "Drift",
+                last_apply: String => "LastApply",
+            }
+            $($rest)*
+        }
+    };
+}
+
+/// The Job interface's property list; see [`gpu_properties!`].
+#[macro_export]
+macro_rules! job_properties {
+    ($callback:ident { $($rest:tt)* }) => {
+        $callback! {
+            JobProps, "org.gpuvirt.GpuVirt1.Job" {
+                operation: String => "Operation",
+                objects: Vec<OwnedObjectPath> => "Objects",
+                progress: f64 => "Progress",
+                finished: bool => "Finished",
+                success: bool => "Success",
+                error_name: String => "ErrorName",
+                message: String => "Message",
+            }
+            $($rest)*
+        }
+    };
+}
+
 /// Defines one interface's properties struct. It (de)serialises as the `a{sv}` that `GetAll`
 /// returns, straight from and into the fields: a property the reader does not know is skipped,
 /// one the sender left out keeps its default, one of another type is an error.
@@ -140,6 +188,8 @@ gpu_properties!(properties_struct {});
 shard_parent_properties!(properties_struct {});
 iommu_group_properties!(properties_struct {});
 mdev_properties!(properties_struct {});
+manager_properties!(properties_struct {});
+job_properties!(properties_struct {});
 
 /// One object's interfaces as `Manager.GetObjects` (and `GetManagedObjects`) sends them
 /// (`a{sa{sv}}`), decoded straight into the property structs. Interfaces other than these four

@@ -1,7 +1,8 @@
-//! What gpuvirtctl says when something fails: one table from D-Bus error names to plain words
-//! and what to do, and the exit code each failure ends with. No raw zbus error reaches the user.
+//! What gpuvirtctl says when something fails: D-Bus error names (gpuvirt-api's one list,
+//! [`api::ErrorName`]) in plain words with what to do, and the exit code each failure ends
+//! with. No raw zbus error reaches the user. May import: crate::exit.
 
-use gpuvirt_api as api;
+use gpuvirt_api::{self as api, ErrorName};
 
 use crate::exit::Exit;
 
@@ -17,148 +18,85 @@ pub struct Advice {
     pub exit: Exit,
 }
 
-const fn advice(
-    name: &'static str,
-    meaning: &'static str,
-    todo: &'static str,
-    exit: Exit,
-) -> Advice {
-    Advice {
-        name,
-        meaning,
-        todo,
-        exit,
+/// What to do about each error. The match has no catch-all: a name added to
+/// [`api::ErrorName`] does not compile until it says what to do here.
+const fn todo(name: ErrorName) -> &'static str {
+    match name {
+        ErrorName::NoSuchDevice => {
+            "check the PCI address or UUID with `gpuvirtctl list`, `gpuvirtctl mdevs` or `gpuvirtctl tree`"
+        }
+        ErrorName::PolicyViolation => {
+            "see `gpuvirtctl policy check`; change the policy file if the change is intended"
+        }
+        ErrorName::PolicyInvalid => {
+            "fix the file (see gpuvirt-policy(5)) and run `gpuvirtctl policy check`"
+        }
+        ErrorName::Busy => {
+            "stop the VM or process holding it (or wait for the running operation), then retry"
+        }
+        ErrorName::GroupNotViable => {
+            "see `gpuvirtctl groups`; move the card to another slot or hand over the whole group"
+        }
+        ErrorName::BootVga => {
+            "give the host another display (or run headless) before passing this GPU through"
+        }
+        ErrorName::NotSupported => "see `gpuvirtctl doctor` for what the host lacks",
+        ErrorName::UnknownType => "list the types with `gpuvirtctl types`",
+        ErrorName::NoCapacity => {
+            "remove an unused vGPU or pick a smaller type (`gpuvirtctl types` shows what is available)"
+        }
+        ErrorName::AlreadyExists => "pick another UUID or leave it out to get a fresh one",
+        ErrorName::TimedOut => {
+            "check `journalctl -u gpuvirtd` and whether something still holds the device, then retry"
+        }
+        ErrorName::DriverBind => {
+            "check `journalctl -u gpuvirtd` and `dmesg`; the driver may not support this device"
+        }
+        ErrorName::AccessDenied => {
+            "run it as root or as a user polkit allows (actions org.gpuvirt.*), on a terminal to be asked"
+        }
+        ErrorName::InteractiveAuthorizationRequired => "run it from a terminal, or as root",
+        ErrorName::InvalidArgs => {
+            "correct the argument the message names (`gpuvirtctl help` shows the expected forms)"
+        }
+        ErrorName::ServiceUnknown | ErrorName::NameHasNoOwner => {
+            "start it with `systemctl start gpuvirtd`"
+        }
+        ErrorName::UnknownMethod => {
+            "gpuvirtctl and gpuvirtd differ in version (see `gpuvirtctl version`); restart gpuvirtd after an upgrade"
+        }
+        ErrorName::UnknownObject => {
+            "the device disappeared while gpuvirtctl ran; run the command again"
+        }
+        ErrorName::NoReply => "check `systemctl status gpuvirtd` and `journalctl -u gpuvirtd`",
     }
 }
 
-/// Every error name gpuvirtctl explains. gpuvirt's own names come first, in the order of
-/// `gpuvirt_api::Error`; a test checks that none is missing.
-pub const ADVICE: &[Advice] = &[
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.NoSuchDevice",
-        "no such device",
-        "check the PCI address or UUID with `gpuvirtctl list`, `gpuvirtctl mdevs` or `gpuvirtctl tree`",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.PolicyViolation",
-        "the device policy forbids this",
-        "see `gpuvirtctl policy check`; change the policy file if the change is intended",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.PolicyInvalid",
-        "the policy file is not valid",
-        "fix the file (see gpuvirt-policy(5)) and run `gpuvirtctl policy check`",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.Busy",
-        "the device is in use",
-        "stop the VM or process holding it (or wait for the running operation), then retry",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.GroupNotViable",
-        "the IOMMU group holds devices the host still uses",
-        "see `gpuvirtctl groups`; move the card to another slot or hand over the whole group",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.BootVga",
-        "this is the GPU the host boots and displays on",
-        "give the host another display (or run headless) before passing this GPU through",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.NotSupported",
-        "the device or kernel cannot do this",
-        "see `gpuvirtctl doctor` for what the host lacks",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.UnknownType",
-        "the parent offers no such vGPU type",
-        "list the types with `gpuvirtctl types`",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.NoCapacity",
-        "no instances of that vGPU type are left",
-        "remove an unused vGPU or pick a smaller type (`gpuvirtctl types` shows what is available)",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.AlreadyExists",
-        "a mediated device with that UUID exists already",
-        "pick another UUID or leave it out to get a fresh one",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.TimedOut",
-        "the kernel did not finish in time",
-        "check `journalctl -u gpuvirtd` and whether something still holds the device, then retry",
-        Exit::Failure,
-    ),
-    advice(
-        "org.gpuvirt.GpuVirt1.Error.DriverBind",
-        "binding or unbinding a driver failed",
-        "check `journalctl -u gpuvirtd` and `dmesg`; the driver may not support this device",
-        Exit::Failure,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.AccessDenied",
-        "you are not allowed to do this",
-        "run it as root or as a user polkit allows (actions org.gpuvirt.*), on a terminal to be asked",
-        Exit::Denied,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-        "this needs authorization, and no one could be asked",
-        "run it from a terminal, or as root",
-        Exit::Denied,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.InvalidArgs",
-        "an argument is not valid",
-        "correct the argument the message names (`gpuvirtctl help` shows the expected forms)",
-        Exit::Failure,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "gpuvirtd is not running",
-        "start it with `systemctl start gpuvirtd`",
-        Exit::NotRunning,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-        "gpuvirtd is not running",
-        "start it with `systemctl start gpuvirtd`",
-        Exit::NotRunning,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.UnknownMethod",
-        "the running gpuvirtd does not know this call",
-        "gpuvirtctl and gpuvirtd differ in version (see `gpuvirtctl version`); restart gpuvirtd after an upgrade",
-        Exit::Failure,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.UnknownObject",
-        "the object is gone",
-        "the device disappeared while gpuvirtctl ran; run the command again",
-        Exit::Failure,
-    ),
-    advice(
-        "org.freedesktop.DBus.Error.NoReply",
-        "gpuvirtd did not answer in time",
-        "check `systemctl status gpuvirtd` and `journalctl -u gpuvirtd`",
-        Exit::Failure,
-    ),
-];
+/// The advice for one name of gpuvirt-api's list: its meaning and exit code come from there.
+pub const fn advice(name: ErrorName) -> Advice {
+    Advice {
+        name: name.dbus_name(),
+        meaning: name.meaning(),
+        todo: todo(name),
+        exit: Exit::from_code(name.cli_exit_code()),
+    }
+}
+
+/// Every error name gpuvirtctl explains, in the order of gpuvirt-api's [`ErrorName::ALL`].
+#[cfg(test)]
+const ADVICE: &[Advice] = &{
+    let mut all = [advice(ErrorName::ALL[0]); ErrorName::ALL.len()];
+    let mut i = 1;
+    while i < all.len() {
+        all[i] = advice(ErrorName::ALL[i]);
+        i += 1;
+    }
+    all
+};
 
 /// The advice for an error name; `None` for names gpuvirtctl does not know.
-pub fn advice_for(name: &str) -> Option<&'static Advice> {
-    ADVICE.iter().find(|a| a.name == name)
+pub fn advice_for(name: &str) -> Option<Advice> {
+    ErrorName::from_dbus_name(name).map(advice)
 }
 
 /// Why a command failed; each message says what to do next.
@@ -170,7 +108,7 @@ pub enum CliError {
     Connect { bus: String, reason: String },
     #[error("gpuvirtd is not running on the {bus} ({} has no owner); start it with `systemctl start gpuvirtd`", api::BUS_NAME)]
     NotRunning { bus: String },
-    /// A D-Bus error reply: shown through the [`ADVICE`] table.
+    /// A D-Bus error reply: shown through [`advice_for`].
     #[error("{}", explain(name, message))]
     Dbus { name: String, message: String },
     /// A failure gpuvirtctl itself detected, already in plain words.
@@ -301,6 +239,34 @@ mod tests {
             let short = a.name.rsplit('.').next().unwrap();
             assert!(doc.contains(short), "docs/cli.md does not mention {short}");
         }
+    }
+
+    #[test]
+    fn every_error_name_has_advice_and_its_documented_exit_code() {
+        let doc = include_str!("../../../docs/cli.md");
+        for name in ErrorName::ALL {
+            let a = advice(name);
+            assert_eq!(advice_for(name.dbus_name()), Some(a));
+            assert_eq!(a.exit.code(), name.cli_exit_code(), "{name}");
+            assert!(!a.todo.is_empty(), "{name}");
+            assert!(
+                doc.contains(name.short_name()),
+                "docs/cli.md does not mention {}",
+                name.short_name()
+            );
+        }
+        // gpuvirt's own errors, as the typed proxies return them, all have advice.
+        for name in ErrorName::ALL.into_iter().filter(|n| n.is_gpuvirt()) {
+            let e = name.to_error("m").unwrap();
+            match classify_api(e, "system bus") {
+                CliError::Dbus { name: got, message } => {
+                    assert_eq!(got, name.dbus_name());
+                    assert_eq!(message, "m");
+                }
+                other => panic!("{name} classified as {other:?}"),
+            }
+        }
+        assert_eq!(advice_for("org.freedesktop.DBus.Error.Failed"), None);
     }
 
     #[test]

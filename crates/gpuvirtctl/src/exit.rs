@@ -1,4 +1,5 @@
-//! gpuvirtctl's exit codes: one list, documented in docs/cli.md; scripts depend on them.
+//! gpuvirtctl's exit codes: one list, documented in docs/cli.md; scripts depend on them. May
+//! import: nothing of this crate.
 
 use std::process::ExitCode;
 
@@ -20,6 +21,17 @@ pub enum Exit {
 impl Exit {
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The exit of a code gpuvirt-api gives an error name (1, 3 or 4); any other is Failure.
+    pub const fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Ok,
+            2 => Exit::Usage,
+            3 => Exit::Denied,
+            4 => Exit::NotRunning,
+            _ => Exit::Failure,
+        }
     }
 }
 

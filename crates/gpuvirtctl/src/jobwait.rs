@@ -1,5 +1,6 @@
 //! Waiting for a gpuvirtd Job: subscribes to its signals first, then reads `Finished`, so a job
 //! that ends between the method reply and the subscription is still seen (no lost wake-up).
+//! May import: crate::client, crate::errors.
 
 use std::collections::HashMap;
 
@@ -25,7 +26,7 @@ impl JobOutcome {
             return Ok(self.message);
         }
         let name = if self.error_name.is_empty() {
-            "org.freedesktop.DBus.Error.Failed".to_owned()
+            format!("{}.Failed", api::FDO_ERROR_PREFIX)
         } else {
             self.error_name
         };
@@ -59,42 +60,36 @@ pub async fn wait(
     }
     while let Some(message) = stream.next().await {
         let message = message.map_err(call_error)?;
-        let header = message.header();
-        let member = header.member().map(|m| m.as_str().to_owned());
-        match member.as_deref() {
-            Some("Completed") => {
-                let (success, text): (bool, String) =
-                    message.body().deserialize().map_err(call_error)?;
-                // The properties carry the error name the signal lacks.
-                let error_name = if success {
-                    String::new()
-                } else {
-                    read_all(connection, path, bus)
-                        .await
-                        .ok()
-                        .and_then(|p| string_prop(&p, "ErrorName"))
-                        .unwrap_or_default()
-                };
-                return Ok(JobOutcome {
-                    job: path.to_owned(),
-                    success,
-                    error_name,
-                    message: text,
-                });
+        if let Some(completed) = api::Completed::from_message(message.clone()) {
+            let args = completed.args().map_err(call_error)?;
+            let (success, text) = (args.success, args.message);
+            // The properties carry the error name the signal lacks.
+            let error_name = if success {
+                String::new()
+            } else {
+                read_all(connection, path, bus)
+                    .await
+                    .map(|p| p.error_name)
+                    .unwrap_or_default()
+            };
+            return Ok(JobOutcome {
+                job: path.to_owned(),
+                success,
+                error_name,
+                message: text,
+            });
+        }
+        if zbus::fdo::PropertiesChanged::from_message(message.clone()).is_some() {
+            let Ok((_, changed, _)) =
+                message
+                    .body()
+                    .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+            else {
+                continue;
+            };
+            if let Some(p) = changed.get("Progress").and_then(|v| f64::try_from(v).ok()) {
+                progress(p);
             }
-            Some("PropertiesChanged") => {
-                let Ok((_, changed, _)) =
-                    message
-                        .body()
-                        .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
-                else {
-                    continue;
-                };
-                if let Some(p) = changed.get("Progress").and_then(|v| f64::try_from(v).ok()) {
-                    progress(p);
-                }
-            }
-            _ => {}
         }
     }
     // The stream ends only when the connection does; the job may have ended meanwhile.
@@ -107,20 +102,9 @@ async fn read_all(
     connection: &zbus::Connection,
     path: &str,
     bus: &str,
-) -> Result<HashMap<String, OwnedValue>, CliError> {
-    let reply = connection
-        .call_method(
-            Some(api::BUS_NAME),
-            path,
-            Some("org.freedesktop.DBus.Properties"),
-            "GetAll",
-            &(api::JOB_INTERFACE,),
-        )
+) -> Result<api::JobProps, CliError> {
+    api::read_job_properties(connection, path)
         .await
-        .map_err(|e| classify(e, bus))?;
-    reply
-        .body()
-        .deserialize::<HashMap<String, OwnedValue>>()
         .map_err(|e| classify(e, bus))
 }
 
@@ -130,28 +114,15 @@ async fn read_if_finished(
     bus: &str,
 ) -> Result<Option<JobOutcome>, CliError> {
     let props = read_all(connection, path, bus).await?;
-    let finished = props
-        .get("Finished")
-        .and_then(|v| bool::try_from(v).ok())
-        .unwrap_or(false);
-    if !finished {
+    if !props.finished {
         return Ok(None);
     }
     Ok(Some(JobOutcome {
         job: path.to_owned(),
-        success: props
-            .get("Success")
-            .and_then(|v| bool::try_from(v).ok())
-            .unwrap_or(false),
-        error_name: string_prop(&props, "ErrorName").unwrap_or_default(),
-        message: string_prop(&props, "Message").unwrap_or_default(),
+        success: props.success,
+        error_name: props.error_name,
+        message: props.message,
     }))
-}
-
-fn string_prop(props: &HashMap<String, OwnedValue>, name: &str) -> Option<String> {
-    props
-        .get(name)
-        .and_then(|v| String::try_from(v.clone()).ok())
 }
 
 #[cfg(test)]

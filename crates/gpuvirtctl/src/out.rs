@@ -1,6 +1,7 @@
 //! Standard output that fails politely: `gpuvirtctl tree | head` closes the pipe early, and a
 //! redirect can hit a full disk; `print!` would panic on either. [`out!`]/[`outln!`] return a
-//! [`CliError::Output`] instead, which ends the command quietly for a closed pipe.
+//! [`CliError::Output`] instead, which ends the command quietly for a closed pipe. May import:
+//! crate::errors.
 
 use std::io::Write;
 

@@ -1,5 +1,6 @@
 //! A polkit text agent for this process while a command that polkit may guard runs, the way
 //! systemctl and busctl do it: on a terminal, `pkttyagent` asks for the password polkit wants.
+//! May import: nothing of this crate.
 //!
 //! Without an agent registered for the caller, polkit can only say no to an action that needs
 //! authentication (`auth_admin`), even though the person at the terminal knows the password.

@@ -1,4 +1,5 @@
-//! Human output: aligned tables, with colour only for a person at a terminal.
+//! Human output: aligned tables and their cells, with colour only for a person at a terminal.
+//! May import: crate::errors, crate::out.
 //!
 //! Colour follows the usual convention: only when stdout is a TTY and `NO_COLOR` is unset (or
 //! empty), so pipes, files and golden tests get plain text.
@@ -86,6 +87,29 @@ pub fn format_table_styled(rows: &[Vec<String>], colour: bool) -> String {
 /// Prints a table to stdout, coloured when stdout is a terminal.
 pub fn print_table(rows: &[Vec<String>]) -> Result<(), crate::errors::CliError> {
     out!("{}", format_table_styled(rows, stdout_colour()))
+}
+
+/// `yes` or `no`.
+pub fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// `s`, or `-` when it is empty (an absent value in a table cell).
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// A table row of fixed cells.
+pub fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|s| (*s).to_owned()).collect()
 }
 
 /// `error` in red on a terminal: the prefix of gpuvirtctl's failure messages.

@@ -1,8 +1,6 @@
-//! What the CLI shows, read with `Manager.GetObjects` (every object, or only those a command
-//! needs: [`fetch_objects`]) in the `GetManagedObjects` form; the views are plain serialisable
-//! values so `--json` and the tables share them.
-
-use std::collections::HashMap;
+//! What the CLI shows: plain serialisable views of gpuvirtd's objects (decoded from
+//! `Manager.GetObjects` and `Manager.ListMdevs` by the client module), so `--json` and the tables
+//! share them. May import: gpuvirt_api only (no D-Bus calls here).
 
 use gpuvirt_api::{self as api, ShardParentProps, TypeInfo};
 use serde::Serialize;
@@ -84,73 +82,29 @@ pub struct Host {
     pub mdevs: Vec<MdevView>,
 }
 
-/// Calls a read method of the Manager: no polkit check, so none of [`crate::mutating::Ctx`]'s
-/// flags; the raw reply, for the caller to decode into its own types.
-async fn call_manager<A>(
-    connection: &zbus::Connection,
-    method: &str,
-    args: &A,
-) -> zbus::Result<zbus::Message>
-where
-    A: serde::Serialize + zbus::zvariant::DynamicType,
-{
-    connection
-        .call_method(
-            Some(api::BUS_NAME),
-            api::MANAGER_PATH,
-            Some(api::MANAGER_INTERFACE),
-            method,
-            args,
-        )
-        .await
-}
-
-/// No options: the read methods define none.
-fn no_options() -> HashMap<&'static str, zbus::zvariant::Value<'static>> {
-    HashMap::new()
-}
-
-/// The objects carrying any of `interfaces` (every object when empty), with all their
-/// interfaces (a GPU's ShardParent comes with it), read with one `Manager.GetObjects` call:
-/// gpuvirtd answers from its own tree. `GetManagedObjects` would make it gather every object
-/// of the host (on a 5000-function host most of them IOMMU groups nobody asked for), and a
-/// `GetAll` per object costs a bus round trip each (a stock system bus lets one connection
-/// await only 128 replies). The reply is decoded straight into gpuvirt-api's property structs
-/// (no variant map per object).
-pub async fn fetch_objects(
-    connection: &zbus::Connection,
-    interfaces: &[&str],
-) -> zbus::Result<Host> {
-    let reply = call_manager(connection, "GetObjects", &(interfaces, no_options())).await?;
-    let objects: api::Objects = reply.body().deserialize()?;
-    Ok(Host::from_objects(objects))
-}
-
-/// Every mdev, read with one `Manager.ListMdevs` call (a typed row each: on a host with
-/// thousands of mdevs, `GetObjects`' variant per property was most of the cost of reading
-/// them, in gpuvirtd, the bus and here), sorted by parent and UUID.
-pub async fn fetch_mdevs(connection: &zbus::Connection) -> zbus::Result<Vec<MdevView>> {
-    let reply = call_manager(connection, "ListMdevs", &(no_options(),)).await?;
-    let rows: Vec<api::MdevRowWire> = reply.body().deserialize()?;
-    let mut mdevs: Vec<MdevView> = rows
-        .into_iter()
-        .map(
-            |(path, uuid, _parent, parent_name, type_id, type_name, active, driver, group)| {
-                MdevView {
-                    path: path.to_string(),
-                    uuid,
-                    parent: parent_name,
-                    type_id,
-                    type_name,
-                    active,
-                    driver,
-                    iommu_group: u32::try_from(group).ok(),
-                }
-            },
-        )
-        .collect();
-    sort_mdevs(&mut mdevs);
-    Ok(mdevs)
+impl MdevView {
+    /// The views of `Manager.ListMdevs`' typed rows, sorted by parent and UUID.
+    pub fn from_rows(rows: Vec<api::MdevRowWire>) -> Vec<MdevView> {
+        let mut mdevs: Vec<MdevView> = rows
+            .into_iter()
+            .map(
+                |(path, uuid, _parent, parent_name, type_id, type_name, active, driver, group)| {
+                    MdevView {
+                        path: path.to_string(),
+                        uuid,
+                        parent: parent_name,
+                        type_id,
+                        type_name,
+                        active,
+                        driver,
+                        iommu_group: u32::try_from(group).ok(),
+                    }
+                },
+            )
+            .collect();
+        sort_mdevs(&mut mdevs);
+        mdevs
+    }
 }
 
 /// The order every listing of mdevs uses: by parent, then UUID.

@@ -6,9 +6,6 @@
 
 mod actor;
 mod auth;
-// One generator for both binaries; see its module comment.
-#[path = "../../gpuvirtctl/src/cli_gen.rs"]
-mod cli_gen;
 mod dbus;
 mod events;
 mod jobs;
@@ -25,6 +22,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use gpuvirt_api as api;
+// One generator for both binaries; see its crate comment.
+use gpuvirt_cli_gen as cli_gen;
 use gpuvirt_core::{Root, Scanner};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};

@@ -1,11 +1,36 @@
 //! `gpuvirtctl tree`: the host as `virsh nodedev-list --tree` would draw it for GPU work, one
 //! branch per IOMMU group with its members' drivers, and the vGPUs under the device they live on.
+//! May import: crate::client, crate::errors, crate::view.
 
 use std::collections::{HashMap, HashSet};
 
+use gpuvirt_api as api;
 use serde::Serialize;
 
+use crate::client::{print_json, Ctx};
+use crate::errors::CliError;
 use crate::view::{GpuView, Host, MdevView};
+
+pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
+    // The GPUs, parents and groups, and the mdevs as typed rows, asked together.
+    let (host, mdevs) = tokio::join!(
+        ctx.objects(&[
+            api::GPU_INTERFACE,
+            api::SHARD_PARENT_INTERFACE,
+            api::IOMMU_GROUP_INTERFACE,
+        ]),
+        ctx.mdevs(),
+    );
+    let mut host = host?;
+    host.mdevs = mdevs?;
+    let groups = build(&host);
+    if json {
+        print_json(&groups)
+    } else {
+        out!("{}", render(&groups))?;
+        Ok(())
+    }
+}
 
 /// One IOMMU group (or, with `group: null`, the devices outside any group).
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -1,13 +1,11 @@
 //! `gpuvirtctl doctor`: can this host pass GPUs through? The runbook's checks (IOMMU on in
-//! dmesg, vfio modules, each GPU's IOMMU group) answered from gpuvirtd's properties only.
-
-use std::collections::HashMap;
+//! dmesg, vfio modules, each GPU's IOMMU group) answered from gpuvirtd's properties only. May
+//! import: crate::client, crate::errors, crate::view.
 
 use gpuvirt_api as api;
-use zbus::zvariant::OwnedValue;
 
+use crate::client::{print_json, Ctx};
 use crate::errors::CliError;
-use crate::mutating::{print_json, Ctx};
 use crate::view::Host;
 
 /// One check's outcome.
@@ -53,32 +51,16 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    fn from_props(p: &HashMap<String, OwnedValue>) -> Self {
-        let b = |n: &str| {
-            p.get(n)
-                .and_then(|v| bool::try_from(v).ok())
-                .unwrap_or(false)
-        };
-        let s = |n: &str| {
-            p.get(n)
-                .and_then(|v| String::try_from(v.clone()).ok())
-                .unwrap_or_default()
-        };
-        let list = |n: &str| {
-            p.get(n)
-                .and_then(|v| v.try_clone().ok())
-                .and_then(|v| Vec::<String>::try_from(v).ok())
-                .unwrap_or_default()
-        };
+    fn from_props(p: api::ManagerProps) -> Self {
         Self {
-            iommu_enabled: b("IommuEnabled"),
-            iommu_reasons: list("IommuReasons"),
-            vfio_available: b("VfioAvailable"),
-            mdev_available: b("MdevAvailable"),
-            kernel_release: s("KernelRelease"),
-            scan_warnings: list("ScanWarnings"),
-            reboot_required: b("RebootRequired"),
-            reboot_reasons: list("RebootReasons"),
+            iommu_enabled: p.iommu_enabled,
+            iommu_reasons: p.iommu_reasons,
+            vfio_available: p.vfio_available,
+            mdev_available: p.mdev_available,
+            kernel_release: p.kernel_release,
+            scan_warnings: p.scan_warnings,
+            reboot_required: p.reboot_required,
+            reboot_reasons: p.reboot_reasons,
         }
     }
 }
@@ -216,15 +198,8 @@ pub fn diagnose(facts: &HostFacts, host: &Host) -> Vec<Finding> {
 }
 
 pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
-    let props: HashMap<String, OwnedValue> = ctx
-        .call(
-            api::MANAGER_PATH,
-            "org.freedesktop.DBus.Properties",
-            "GetAll",
-            &(api::MANAGER_INTERFACE,),
-        )
-        .await?;
-    let facts = HostFacts::from_props(&props);
+    let props = ctx.manager_properties().await?;
+    let facts = HostFacts::from_props(props);
     let host = ctx.host().await?;
     let findings = diagnose(&facts, &host);
     let blocking = findings

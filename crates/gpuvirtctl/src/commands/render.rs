@@ -1,10 +1,9 @@
 //! `gpuvirtctl xml|qemu-args TARGET [--x-vga]`: Manager.RenderHostdev, printed as libvirt XML or
-//! as QEMU arguments (one per line, ready for a shell's `$(...)` or a script's array).
+//! as QEMU arguments (one per line, ready for a shell's `$(...)` or a script's array). May
+//! import: crate::client, crate::errors.
 
-use gpuvirt_api as api;
-
+use crate::client::{options, Ctx};
 use crate::errors::CliError;
-use crate::mutating::{options, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -14,14 +13,12 @@ pub enum Output {
 
 pub async fn run(ctx: &Ctx<'_>, target: &str, x_vga: bool, output: Output) -> Result<(), CliError> {
     let opts = options(&[("x-vga", x_vga.then_some(true))]);
-    let (xml, args): (String, Vec<String>) = ctx
-        .call(
-            api::MANAGER_PATH,
-            api::MANAGER_INTERFACE,
-            "RenderHostdev",
-            &(target, opts),
-        )
-        .await?;
+    let (xml, args) = ctx
+        .manager()
+        .await?
+        .render_hostdev(target, opts)
+        .await
+        .map_err(|e| ctx.api_error(e))?;
     match output {
         Output::Xml => {
             out!("{xml}")?;

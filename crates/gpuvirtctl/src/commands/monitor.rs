@@ -1,5 +1,6 @@
 //! `gpuvirtctl monitor`: follows gpuvirtd's change signals live, like `boltctl monitor`, one
-//! line per signal (or one JSON object per line with `--json`) until interrupted.
+//! line per signal (or one JSON object per line with `--json`) until interrupted. May import:
+//! crate::client, crate::errors.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
+use crate::client::Ctx;
 use crate::errors::{classify, CliError};
 
 /// One change, as `--json` prints it (see docs/cli.md).
@@ -69,7 +71,8 @@ pub fn value_json(v: &Value<'_>) -> Json {
 
 fn short(interface: &str) -> &str {
     interface
-        .strip_prefix("org.gpuvirt.GpuVirt1.")
+        .strip_prefix(api::BUS_NAME)
+        .and_then(|rest| rest.strip_prefix('.'))
         .unwrap_or(interface)
 }
 
@@ -168,7 +171,8 @@ pub fn event(msg: &zbus::Message) -> Option<Event> {
 
 /// Prints every change until the connection ends. Fails at once when gpuvirtd is not running,
 /// so a typo in the bus address is not mistaken for a quiet host.
-pub async fn run(connection: &zbus::Connection, bus: &str, json: bool) -> Result<(), CliError> {
+pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
+    let (connection, bus) = (ctx.connection, ctx.bus);
     let call_error = |e: zbus::Error| classify(e, bus);
     let signals = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)

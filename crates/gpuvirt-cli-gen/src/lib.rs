@@ -1,8 +1,9 @@
-//! Man pages and shell completions generated from a binary's own clap definition.
+//! Man pages and shell completions generated from a binary's own clap definition. May import:
+//! clap, clap_complete, clap_mangen (no gpuvirt crate).
 //!
-//! Both binaries call [`intercept`] first thing in `main` (gpuvirtd includes this file with
-//! `#[path]`), so `make` regenerates everything from the parser the binary really uses: a
-//! command someone adds shows up in the man page and the completions without touching this file.
+//! Both binaries (gpuvirtctl and gpuvirtd) call [`intercept`] first thing in `main`, so `make`
+//! regenerates everything from the parser the binary really uses: a command someone adds shows
+//! up in the man page and the completions without touching this crate.
 //!
 //! Hidden interface (not part of the documented CLI, used by the Makefile):
 //!   `<bin> __generate man DIR`          -> DIR/<bin>.<section> and DIR/<bin>-<sub>.<section>

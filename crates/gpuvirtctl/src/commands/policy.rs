@@ -1,14 +1,13 @@
 //! `gpuvirtctl policy ...`: check, plan, apply and reload the device policy through gpuvirtd's
 //! Manager (ValidatePolicy, PlanPolicy, Reconcile, ReloadPolicy); nothing is judged locally.
+//! May import: crate::client, crate::errors.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use gpuvirt_api as api;
-use zbus::zvariant::OwnedValue;
 
+use crate::client::{options, Ctx};
 use crate::errors::CliError;
-use crate::mutating::Ctx;
 
 /// The file name the daemon gives diagnostics of a text it validates.
 const DAEMON_FILE_NAME: &str = "policy.toml";
@@ -40,43 +39,27 @@ impl PolicyCommand {
     }
 }
 
-fn options() -> HashMap<String, OwnedValue> {
-    HashMap::new()
-}
-
 /// Runs one policy command. Method calls go through `ctx` (which sets the interactive
 /// authorization flag); properties are read through a plain proxy.
 pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> {
     let call_error = |e: zbus::Error| ctx.error(e);
-    let manager = zbus::Proxy::new(
-        ctx.connection,
-        api::BUS_NAME,
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-    )
-    .await
-    .map_err(&call_error)?;
+    let manager = api::ManagerProxy::new(ctx.connection)
+        .await
+        .map_err(&call_error)?;
     match command {
         PolicyCommand::Check { file } => {
             let file = match file {
                 Some(f) => f,
-                None => PathBuf::from(
-                    manager
-                        .get_property::<String>("PolicyPath")
-                        .await
-                        .map_err(&call_error)?,
-                ),
+                None => PathBuf::from(manager.policy_path().await.map_err(&call_error)?),
             };
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Daemon(format!("cannot read {}: {e}", file.display())))?;
-            let diagnostics: Vec<String> = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "ValidatePolicy",
-                    &(text.as_str(),),
-                )
-                .await?;
+            let diagnostics = ctx
+                .manager()
+                .await?
+                .validate_policy(&text)
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             let shown = file.display().to_string();
             let mut errors = 0;
             for d in &diagnostics {
@@ -100,14 +83,12 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
             Ok(())
         }
         PolicyCommand::Plan { json } => {
-            let (human, json_text): (String, String) = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "PlanPolicy",
-                    &(options(),),
-                )
-                .await?;
+            let (human, json_text) = ctx
+                .manager()
+                .await?
+                .plan_policy(options(&[]))
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             if json {
                 outln!("{json_text}")?;
             } else {
@@ -116,14 +97,12 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
             Ok(())
         }
         PolicyCommand::Apply => {
-            let (ok, report): (bool, String) = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "Reconcile",
-                    &(options(),),
-                )
-                .await?;
+            let (ok, report) = ctx
+                .manager()
+                .await?
+                .reconcile(options(&[]))
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             out!("{report}")?;
             if ok {
                 Ok(())
@@ -135,18 +114,12 @@ pub async fn run(ctx: &Ctx<'_>, command: PolicyCommand) -> Result<(), CliError> 
             }
         }
         PolicyCommand::Reload => {
-            let () = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "ReloadPolicy",
-                    &(options(),),
-                )
-                .await?;
-            let mode: String = manager
-                .get_property("EnforcementMode")
+            ctx.manager()
+                .await?
+                .reload_policy(options(&[]))
                 .await
-                .map_err(&call_error)?;
+                .map_err(|e| ctx.api_error(e))?;
+            let mode = manager.enforcement_mode().await.map_err(&call_error)?;
             outln!("policy reloaded ({mode} mode)")?;
             Ok(())
         }

@@ -1,28 +1,20 @@
 //! `gpuvirtctl passthrough|return ADDR`: Gpu.AssignPassthrough / Gpu.ReturnToHost, then wait for
-//! the job. A dry run or a no-op answers with job `/` and the plan only.
+//! the job. A dry run or a no-op answers with job `/` and the plan only. May import:
+//! crate::client, crate::errors, crate::jobwait.
 
 use std::io::Write;
 
 use gpuvirt_api as api;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::errors::{classify_api, CliError};
+use crate::client::{options, print_json, Ctx};
+use crate::errors::CliError;
 use crate::jobwait;
-use crate::mutating::{options, print_json, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Assign,
     Return,
-}
-
-impl Direction {
-    fn method(self) -> &'static str {
-        match self {
-            Direction::Assign => "AssignPassthrough",
-            Direction::Return => "ReturnToHost",
-        }
-    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -41,19 +33,21 @@ pub async fn run(
     dry_run: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let gpu = api::ManagerProxy::new(ctx.connection)
-        .await
-        .map_err(|e| ctx.error(e))?
-        .get_gpu_by_pci_address(address)
-        .await
-        .map_err(|e| classify_api(e, ctx.bus))?;
-    let opts = options(&[("dry-run", dry_run.then_some(true))]);
-    let (job, plan): (OwnedObjectPath, String) = ctx
-        .call(
-            gpu.as_str(),
-            api::GPU_INTERFACE,
-            direction.method(),
-            &(opts,),
+    // The GPU's own path, so the method is the only call; the lookup only when it is not there.
+    let call = |gpu: OwnedObjectPath| async move {
+        let gpu = ctx.gpu(gpu.as_str()).await?;
+        let opts = options(&[("dry-run", dry_run.then_some(true))]);
+        match direction {
+            Direction::Assign => gpu.assign_passthrough(opts).await,
+            Direction::Return => gpu.return_to_host(opts).await,
+        }
+        .map_err(|e| ctx.api_error(e))
+    };
+    let (job, plan) = ctx
+        .call_at(
+            api::gpu_path_for(address),
+            ctx.gpu_by_address(address),
+            call,
         )
         .await?;
     let plan = plan.trim_end().to_owned();

@@ -2,15 +2,16 @@
 //! define/undefine/start/stop persistent ones, list active or defined ones, import and export
 //! mdevctl's JSON), through ShardParent.CreateMdev, Mdev.Remove,
 //! Manager.Define/Undefine/Start/StopMdev, Manager.ImportMdevDefinition and
-//! Manager.ListMdevDefinitions.
+//! Manager.ListMdevDefinitions. May import: crate::client, crate::errors, crate::table,
+//! crate::view.
 
 use gpuvirt_api as api;
 use gpuvirt_api::mdevctl::{self, MdevctlConfig};
 use gpuvirt_api::{MdevStart, Uuid};
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::errors::{classify_api, CliError};
-use crate::mutating::{options, print_json, Ctx};
+use crate::client::{options, print_json, Ctx};
+use crate::errors::CliError;
 use crate::table::print_table;
 use crate::view::Host;
 
@@ -97,25 +98,39 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             mdev_type,
             uuid,
         } => {
-            let host = ctx.host().await?;
-            let parent_path = find_parent(&host, &parent)?;
-            let opts = options(&[]);
-            let path: OwnedObjectPath = ctx
-                .call(
-                    &parent_path,
-                    api::SHARD_PARENT_INTERFACE,
-                    "CreateMdev",
-                    &(mdev_type.as_str(), uuid.as_deref().unwrap_or(""), opts),
-                )
-                .await?;
-            let created = mdev_uuid(ctx, path.as_str()).await?;
+            // One trip: CreateMdev on the path the parent's object must have; the whole tree
+            // is read (to find it by name, or to say it is none) only when nothing is there.
+            let (mdev_type, uuid) = (mdev_type.as_str(), uuid.as_deref().unwrap_or(""));
+            let call = |at: OwnedObjectPath| async move {
+                ctx.shard_parent(at.as_str())
+                    .await?
+                    .create_mdev(mdev_type, uuid, options(&[]))
+                    .await
+                    .map_err(|e| ctx.api_error(e))
+            };
+            let lookup = async {
+                let host = ctx.host().await?;
+                find_parent(&host, &parent)
+            };
+            let path = ctx.call_at(parent_paths(&parent), lookup, call).await?;
+            // The reply names the new mdev's object, and its path names its UUID.
+            let created = match api::uuid_from_mdev_path(path.as_str()) {
+                Some(u) => u.hyphenated().to_string(),
+                None => ctx.mdev_uuid(path.as_str()).await?,
+            };
             outln!("{created}")?;
             Ok(())
         }
         MdevCommand::Remove { uuid, force } => {
-            let path = mdev_path(ctx, &uuid).await?;
-            let opts = options(&[("force", force.then_some(true))]);
-            ctx.call_unit(path.as_str(), api::MDEV_INTERFACE, "Remove", &(opts,))
+            let call = |at: OwnedObjectPath| async move {
+                let opts = options(&[("force", force.then_some(true))]);
+                ctx.mdev(at.as_str())
+                    .await?
+                    .remove(opts)
+                    .await
+                    .map_err(|e| ctx.api_error(e))
+            };
+            ctx.call_at(api::mdev_path_for(&uuid), ctx.mdev_by_uuid(&uuid), call)
                 .await
         }
         MdevCommand::Define {
@@ -127,43 +142,42 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
         } => {
             // The daemon's default is auto; only --manual needs saying.
             let opts = options(&[("auto", manual.then_some(false))]);
-            let defined: String = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "DefineMdev",
-                    &(
-                        parent.as_str(),
-                        mdev_type.as_str(),
-                        uuid.as_deref().unwrap_or(""),
-                        opts,
-                    ),
-                )
-                .await?;
+            let defined = ctx
+                .manager()
+                .await?
+                .define_mdev(&parent, &mdev_type, uuid.as_deref().unwrap_or(""), opts)
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             outln!("{defined}")?;
             Ok(())
         }
-        MdevCommand::Undefine { uuid } => manager_unit(ctx, "UndefineMdev", &uuid).await,
+        MdevCommand::Undefine { uuid } => ctx
+            .manager()
+            .await?
+            .undefine_mdev(&uuid, options(&[]))
+            .await
+            .map_err(|e| ctx.api_error(e)),
         MdevCommand::Start { uuid } => {
-            let _path: OwnedObjectPath = ctx
-                .call(
-                    api::MANAGER_PATH,
-                    api::MANAGER_INTERFACE,
-                    "StartMdev",
-                    &(uuid.as_str(), options(&[])),
-                )
-                .await?;
+            let _path = ctx
+                .manager()
+                .await?
+                .start_mdev(&uuid, options(&[]))
+                .await
+                .map_err(|e| ctx.api_error(e))?;
             Ok(())
         }
-        MdevCommand::Stop { uuid } => manager_unit(ctx, "StopMdev", &uuid).await,
+        MdevCommand::Stop { uuid } => ctx
+            .manager()
+            .await?
+            .stop_mdev(&uuid, options(&[]))
+            .await
+            .map_err(|e| ctx.api_error(e)),
         MdevCommand::List { defined, json } => {
             if defined {
                 return list_defined(ctx, json).await;
             }
             // Only the mdevs, as typed rows (see view::fetch_mdevs), sorted.
-            let mdevs = crate::view::fetch_mdevs(ctx.connection)
-                .await
-                .map_err(|e| ctx.error(e))?;
+            let mdevs = ctx.mdevs().await?;
             if json {
                 return print_json(&mdevs);
             }
@@ -193,14 +207,12 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
 }
 
 async fn definitions(ctx: &Ctx<'_>) -> Result<Vec<api::MdevDefinition>, CliError> {
-    let wire: Vec<api::MdevDefinitionWire> = ctx
-        .call(
-            api::MANAGER_PATH,
-            api::MANAGER_INTERFACE,
-            "ListMdevDefinitions",
-            &(options(&[]),),
-        )
-        .await?;
+    let wire = ctx
+        .manager()
+        .await?
+        .list_mdev_definitions(options(&[]))
+        .await
+        .map_err(|e| ctx.api_error(e))?;
     Ok(wire.into_iter().map(api::MdevDefinition::from).collect())
 }
 
@@ -330,64 +342,46 @@ async fn import(
         )));
     }
     for c in configs {
-        let defined: String = ctx
-            .call(
-                api::MANAGER_PATH,
-                api::MANAGER_INTERFACE,
-                "ImportMdevDefinition",
-                &(
-                    c.parent.as_str(),
-                    c.uuid.hyphenated().to_string(),
-                    c.to_json(),
-                    options(&[]),
-                ),
+        let defined = ctx
+            .manager()
+            .await?
+            .import_mdev_definition(
+                &c.parent,
+                &c.uuid.hyphenated().to_string(),
+                &c.to_json(),
+                options(&[]),
             )
-            .await?;
+            .await
+            .map_err(|e| ctx.api_error(e))?;
         outln!("{defined}")?;
     }
     Ok(())
 }
 
-async fn manager_unit(ctx: &Ctx<'_>, method: &str, uuid: &str) -> Result<(), CliError> {
-    ctx.call_unit(
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-        method,
-        &(uuid, options(&[])),
-    )
-    .await
-}
-
-async fn mdev_path(ctx: &Ctx<'_>, uuid: &str) -> Result<OwnedObjectPath, CliError> {
-    api::ManagerProxy::new(ctx.connection)
-        .await
-        .map_err(|e| ctx.error(e))?
-        .get_mdev_by_uuid(uuid)
-        .await
-        .map_err(|e| classify_api(e, ctx.bus))
-}
-
-async fn mdev_uuid(ctx: &Ctx<'_>, path: &str) -> Result<String, CliError> {
-    let value: zbus::zvariant::OwnedValue = ctx
-        .call(
-            path,
-            "org.freedesktop.DBus.Properties",
-            "Get",
-            &(api::MDEV_INTERFACE, "Uuid"),
-        )
-        .await?;
-    String::try_from(value).map_err(|e| ctx.error(e.into()))
+/// Where the ShardParent object named `parent` lives if there is one: a GPU's object (a GPU's
+/// parent is named by its address), then the object of a parent that is not a GPU. Only the
+/// names [`find_parent`] accepts: an address in its canonical form (or without `0000:`),
+/// or any other name as it is.
+fn parent_paths(parent: &str) -> Vec<OwnedObjectPath> {
+    match api::canonical_pci_address(parent) {
+        Some(a) if a == parent || a.strip_prefix("0000:") == Some(parent) => api::gpu_path_for(&a)
+            .into_iter()
+            .chain([api::parent_path(&a)])
+            .collect(),
+        Some(_) => Vec::new(),
+        None => vec![api::parent_path(parent)],
+    }
 }
 
 /// The ShardParent object of `parent`: a parent's name, or a GPU's full or short address.
-fn find_parent(host: &Host, parent: &str) -> Result<String, CliError> {
+fn find_parent(host: &Host, parent: &str) -> Result<OwnedObjectPath, CliError> {
     let matches = |name: &str| name == parent || name.strip_prefix("0000:") == Some(parent);
     host.gpus
         .iter()
         .filter_map(|g| g.shard.as_ref())
         .chain(host.other_parents.iter())
         .find(|s| matches(&s.name))
-        .map(|s| s.path.clone())
+        .and_then(|s| OwnedObjectPath::try_from(s.path.clone()).ok())
         .ok_or_else(|| {
             CliError::Daemon(format!(
                 "{parent} is not a device that offers vGPUs; `gpuvirtctl types` lists those that do"
