@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+pub use crate::host::tools::Tools;
 use crate::ledger::{
     FunctionRecord, Ledger, LedgerError, LedgerStore, MdevRecord, MdevStart, SlotRecord, SlotState,
     SriovRecord, VgpuRecord,
@@ -113,24 +114,6 @@ pub fn write_attr(path: &Path, value: &str) -> Result<(), WriteError> {
         return Err(fail(io::Error::from_raw_os_error(EIO)));
     }
     Ok(())
-}
-
-/// Where the executor finds the tools it runs, relative to the root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tools {
-    pub modprobe: PathBuf,
-    pub update_initramfs: PathBuf,
-    pub dracut: PathBuf,
-}
-
-impl Default for Tools {
-    fn default() -> Self {
-        Self {
-            modprobe: PathBuf::from("sbin/modprobe"),
-            update_initramfs: PathBuf::from("usr/sbin/update-initramfs"),
-            dracut: PathBuf::from("usr/bin/dracut"),
-        }
-    }
 }
 
 /// The error names of the D-Bus API (`org.gpuvirt.GpuVirt1.Error.<name>`) an execution error

@@ -25,6 +25,34 @@ pub const LEDGER_FILE: &str = "ledger.json";
 pub const LEDGER_PREV_FILE: &str = "ledger.json.prev";
 const LEDGER_TMP_FILE: &str = "ledger.json.tmp";
 const LEDGER_PREV_TMP_FILE: &str = "ledger.json.prev.tmp";
+/// Who made an mdev, and so who may remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// gpuvirt wrote its `create` (the ledger says so).
+    Gpuvirt,
+    /// An mdevctl definition (`/etc/mdevctl.d/<parent>/<uuid>`) exists, or was imported.
+    Mdevctl,
+    /// Anything else: libvirt's node devices, KubeVirt, a hand-written `create`.
+    Other,
+}
+
+impl Owner {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Owner::Gpuvirt => "gpuvirt",
+            Owner::Mdevctl => "mdevctl",
+            Owner::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A ledger larger than this is not one gpuvirt wrote.
 const MAX_LEDGER_BYTES: u64 = 64 << 20;
 

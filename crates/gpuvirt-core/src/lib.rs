@@ -6,6 +6,7 @@
 
 pub mod exec;
 pub mod holders;
+pub mod host;
 pub mod interlock;
 pub mod iommu;
 pub mod ledger;

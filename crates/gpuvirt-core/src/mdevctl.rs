@@ -18,9 +18,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::ledger::{Ledger, MdevRecord, MdevStart};
+use crate::ledger::{Ledger, MdevRecord, MdevStart, Owner};
 use crate::root::Root;
-use crate::shard::Owner;
 
 /// mdevctl's directory of callout and notifier scripts: inside `mdevctl.d`, but not a parent.
 const SCRIPTS_DIR: &str = "scripts.d";

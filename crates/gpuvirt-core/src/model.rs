@@ -343,11 +343,14 @@ pub struct Inventory {
     pub modules: ModuleState,
     pub warnings: Vec<ScanWarning>,
     /// Names of NVIDIA per-VF vGPU types remembered from earlier reads, by card model: the
-    /// driver names a type only while one more can be created (see [`crate::vgpu_names`]).
+    /// driver names a type only while one more can be created (see the `vgpu_names` module).
     /// A scan leaves it empty; gpuvirtd fills it from its state directory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub vgpu_type_names: crate::vgpu_names::VgpuTypeNames,
+    pub vgpu_type_names: VgpuTypeNames,
 }
+
+/// NVIDIA vGPU type id → name, per card model key (`10de:2330`, see `vgpu_names::model_key`).
+pub type VgpuTypeNames = BTreeMap<String, BTreeMap<u32, String>>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -8,15 +8,13 @@
 //! a daemon restarted on a full card still knows them. The scan itself never invents a name:
 //! the inventory carries this memory in [`Inventory::vgpu_type_names`], filled by its keeper.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::model::{Inventory, PciFunction, PciIds};
 
-/// Type id → name, per card model key (see [`model_key`]).
-pub type VgpuTypeNames = BTreeMap<String, BTreeMap<u32, String>>;
+pub use crate::model::VgpuTypeNames;
 
 /// The model key of a PF: `10de:2330`.
 pub fn model_key(ids: &PciIds) -> String {

@@ -48,7 +48,7 @@ pub enum InitramfsTool {
 }
 
 impl InitramfsTool {
-    /// The command the executor runs (found under the root, see [`crate::exec::Tools`]).
+    /// The command the executor runs (found under the root, see [`crate::host::tools::Tools`]).
     pub fn argv(self) -> [&'static str; 2] {
         match self {
             InitramfsTool::UpdateInitramfs => ["update-initramfs", "-u"],
@@ -73,7 +73,7 @@ impl InitramfsTooling {
     /// Looks for the tools where the executor does, in its order: `update-initramfs` first,
     /// then `dracut`.
     pub fn detect(root: &Root) -> Self {
-        let tools = crate::exec::Tools::default();
+        let tools = crate::host::tools::Tools::default();
         if root.join(&tools.update_initramfs).is_file() {
             InitramfsTooling::Found(InitramfsTool::UpdateInitramfs)
         } else if root.join(&tools.dracut).is_file() {

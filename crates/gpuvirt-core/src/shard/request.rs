@@ -9,42 +9,14 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::{free_vfs_for, shard_parent, Backend, ShardError};
 use crate::ledger::Ledger;
+pub use crate::ledger::Owner;
 use crate::mdevctl::MdevctlConfig;
 use crate::model::{Inventory, PciAddress};
 use crate::plan::Action;
-
-/// Who made an mdev, and so who may remove it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Owner {
-    /// gpuvirt wrote its `create` (the ledger says so).
-    Gpuvirt,
-    /// An mdevctl definition (`/etc/mdevctl.d/<parent>/<uuid>`) exists, or was imported.
-    Mdevctl,
-    /// Anything else: libvirt's node devices, KubeVirt, a hand-written `create`.
-    Other,
-}
-
-impl Owner {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Owner::Gpuvirt => "gpuvirt",
-            Owner::Mdevctl => "mdevctl",
-            Owner::Other => "other",
-        }
-    }
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Who owns the mdev `uuid`: gpuvirt when its ledger records the creation; mdevctl when an
 /// mdevctl config names the UUID, or the ledger holds one imported from mdevctl; else other.
