@@ -11,8 +11,6 @@
 //! the ledger (state `pending`) before anything is touched; any failure rolls the whole slot
 //! back to those drivers, and the record is dropped only once every function is back.
 
-pub mod names;
-
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -23,15 +21,17 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::host::atomic::{self, AtomicError, Replace};
+pub use crate::host::names;
+use crate::host::root::Root;
 pub use crate::host::tools::Tools;
-use crate::ledger::{
-    FunctionRecord, Ledger, LedgerError, LedgerStore, MdevRecord, MdevStart, SlotRecord, SlotState,
-    SriovRecord, VgpuRecord,
-};
 use crate::model::{PciAddress, PciSlot};
 use crate::plan::action::VFIO_PCI;
 use crate::plan::{Action, Plan, PlannedAction};
-use crate::root::Root;
+use crate::state::ledger::{
+    FunctionRecord, Ledger, LedgerError, LedgerStore, MdevRecord, MdevStart, SlotRecord, SlotState,
+    SriovRecord, VgpuRecord,
+};
 pub use names::NameError;
 
 /// The first line of every file gpuvirt owns; a file that does not start with it is never
@@ -1878,42 +1878,23 @@ fn run_output(path: &Path, args: &[&str]) -> io::Result<std::process::Output> {
 }
 
 fn sync_parent(path: &Path) -> Result<(), ExecError> {
-    let Some(dir) = path.parent() else {
-        return Ok(());
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| ExecError::File {
-            op: "sync",
-            path: dir.to_path_buf(),
-            source,
-        })
+    atomic::sync_parent(path).map_err(file_error)
+}
+
+fn file_error(e: AtomicError) -> ExecError {
+    ExecError::File {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    }
 }
 
 /// Replaces `path` whole: a temporary beside it, fsync, rename, fsync the directory.
 fn atomic_write(path: &Path, data: &[u8]) -> Result<(), ExecError> {
-    let file_err = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ExecError::File { op, path, source }
-    };
-    let dir = path.parent().ok_or_else(|| ExecError::File {
-        op: "find the directory of",
-        path: path.to_path_buf(),
-        source: io::Error::from(io::ErrorKind::InvalidInput),
-    })?;
-    fs::create_dir_all(dir).map_err(file_err("create", dir))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.gpuvirt-tmp"));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(file_err("create", &tmp))?;
-        f.write_all(data).map_err(file_err("write", &tmp))?;
-        f.sync_all().map_err(file_err("sync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(file_err("rename", &tmp))?;
-        sync_parent(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let tmp = path.with_file_name(format!(".{name}.gpuvirt-tmp"));
+    Replace::new(path, &tmp)
+        .create_dir()
+        .write(data)
+        .map_err(file_error)
 }

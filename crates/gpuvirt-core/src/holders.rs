@@ -10,8 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::host::root::Root;
 use crate::model::PciFunction;
-use crate::root::Root;
 
 /// A process with one of a device's nodes open.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

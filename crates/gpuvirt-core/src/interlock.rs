@@ -13,10 +13,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::holders::{holders_of, Holder};
+use crate::host::root::Root;
 use crate::iommu::{class_name, is_vm_safe_driver};
-use crate::ledger::Ledger;
 use crate::model::{Inventory, PciAddress, PciFunction, PciSlot};
-use crate::root::Root;
+use crate::state::ledger::Ledger;
 
 /// The CPU vendor, which decides the IOMMU kernel parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

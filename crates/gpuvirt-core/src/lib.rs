@@ -9,22 +9,22 @@ pub mod holders;
 pub mod host;
 pub mod interlock;
 pub mod iommu;
-pub mod ledger;
-pub mod mdevctl;
 pub mod modalias;
 pub mod model;
-pub mod pathsafe;
 pub mod pciids;
 pub mod plan;
 pub mod policy;
 pub mod reboot;
 pub mod render;
-pub mod root;
 pub mod scan;
 pub mod shard;
-pub mod sysfs;
+pub mod state;
 pub mod testing;
-pub mod vgpu_names;
+
+// The modules' old top-level paths, kept for the other crates.
+pub use host::names as pathsafe;
+pub use host::{root, sysfs};
+pub use state::{ledger, mdevctl, vgpu_names};
 
 pub use model::*;
 pub use root::Root;

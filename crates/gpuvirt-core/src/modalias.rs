@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::sysfs::{ReadError, Reader};
+use crate::host::sysfs::{ReadError, Reader};
 
 /// modules.alias of a distribution kernel is a few MB; cap to stay safe against junk.
 const MODULES_ALIAS_CAP: u64 = 64 * 1024 * 1024;

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::sysfs::{ReadError, Reader};
+use crate::host::sysfs::{ReadError, Reader};
 
 /// Where distributions put pci.ids, in the order lspci's packagers prefer.
 pub const PCI_IDS_PATHS: [&str; 3] = [

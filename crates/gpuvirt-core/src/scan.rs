@@ -21,6 +21,11 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::host::root::Root;
+use crate::host::sysfs::{
+    basename, is_missing, is_not_a_link, parse_hex, resolve_link, shown, ReadError, Reader,
+    ScanStats,
+};
 use crate::iommu::{assess_group, iommu_cmdline_flags, iommu_status};
 use crate::modalias::ModuleAliases;
 use crate::model::{
@@ -28,11 +33,6 @@ use crate::model::{
     PciAddress, PciFunction, PciIds, PciSlot, ScanWarning, Sriov, VgpuTypeOffer,
 };
 use crate::pciids::PciIdsDb;
-use crate::root::Root;
-use crate::sysfs::{
-    basename, is_missing, is_not_a_link, parse_hex, resolve_link, shown, ReadError, Reader,
-    ScanStats,
-};
 
 const PCI_DEVICES: &str = "sys/bus/pci/devices";
 const IOMMU_GROUPS: &str = "sys/kernel/iommu_groups";
@@ -874,7 +874,7 @@ impl DeviceDir<'_, '_> {
         let driver = if self.has("driver") {
             match ue.driver.filter(|d| !d.is_empty()) {
                 // The name is later joined onto `bus/pci/drivers`: the link decides otherwise.
-                Some(d) if crate::pathsafe::is_safe_component(&d) => Some(d),
+                Some(d) if crate::host::names::is_safe_component(&d) => Some(d),
                 Some(d) => {
                     self.r.warn(
                         &self.dir.join("uevent"),

@@ -472,7 +472,7 @@ fn nvidia_vf_parent(
     // A type no VF can create any more is named from what earlier reads saw.
     for t in types.iter_mut().filter(|t| t.name.is_none()) {
         if let Ok(id) = t.id.parse::<u32>() {
-            t.name = crate::vgpu_names::remembered(inventory, pf, id).map(str::to_string);
+            t.name = crate::state::vgpu_names::remembered(inventory, pf, id).map(str::to_string);
         }
     }
     types.sort_by_key(|t| t.id.parse::<u32>().unwrap_or(u32::MAX));

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::host::root::Root;
 use crate::model::{Inventory, PciAddress};
 use crate::policy::matching::OriginalDrivers;
 use crate::policy::{EarlyMethod, Policy, Role, RoleSettings};
 use crate::reboot::{BootWants, EarlyFunction};
-use crate::root::Root;
 
 /// modprobe.d: `[host]` blacklist/options and vfio-pci `ids=`/`softdep` for early binding.
 pub const MODPROBE_CONF: &str = "etc/modprobe.d/gpuvirt.conf";

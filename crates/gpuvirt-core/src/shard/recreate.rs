@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::ledger::{Ledger, MdevStart};
 use crate::model::Inventory;
 use crate::plan::Action;
+use crate::state::ledger::{Ledger, MdevStart};
 
 /// Why a defined mdev is not active and is not being recreated now. It stays in the ledger:
 /// inactive, not forgotten.

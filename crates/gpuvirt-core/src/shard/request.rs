@@ -12,11 +12,11 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use super::{free_vfs_for, shard_parent, Backend, ShardError};
-use crate::ledger::Ledger;
-pub use crate::ledger::Owner;
-use crate::mdevctl::MdevctlConfig;
 use crate::model::{Inventory, PciAddress};
 use crate::plan::Action;
+use crate::state::ledger::Ledger;
+pub use crate::state::ledger::Owner;
+use crate::state::mdevctl::MdevctlConfig;
 
 /// Who owns the mdev `uuid`: gpuvirt when its ledger records the creation; mdevctl when an
 /// mdevctl config names the UUID, or the ledger holds one imported from mdevctl; else other.

@@ -8,13 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::host::atomic::{AtomicError, Replace};
 use crate::model::{PciAddress, PciSlot};
 
 /// The on-disk format this code writes and reads.
@@ -430,34 +431,24 @@ impl LedgerStore {
             source: io::Error::other(e),
         })?;
         text.push(b'\n');
-        fs::create_dir_all(&self.dir).map_err(|e| self.write_err("create", &self.dir, e))?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .map_err(|e| self.write_err("create", tmp, e))?;
-        file.write_all(&text)
-            .map_err(|e| self.write_err("write", tmp, e))?;
-        file.sync_all()
-            .map_err(|e| self.write_err("sync", tmp, e))?;
-        drop(file);
-
-        // Keep the current generation as .prev: link it under a temporary name and rename that
-        // over .prev, so at every instant both a main file and a previous one exist.
         let main = self.path();
-        let prev_tmp = self.dir.join(LEDGER_PREV_TMP_FILE);
-        if main.exists() {
-            let _ = fs::remove_file(&prev_tmp);
-            fs::hard_link(&main, &prev_tmp).map_err(|e| self.write_err("link", &prev_tmp, e))?;
-            fs::rename(&prev_tmp, self.prev_path())
-                .map_err(|e| self.write_err("rename", &prev_tmp, e))?;
-        }
-        fs::rename(tmp, &main).map_err(|e| self.write_err("rename", tmp, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.write_err("sync", &self.dir, e))?;
-        Ok(())
+        Replace::new(&main, tmp)
+            .create_dir()
+            .write_then(&text, || {
+                // Keep the current generation as .prev: link it under a temporary name and
+                // rename that over .prev, so at every instant both a main file and a previous
+                // one exist.
+                let prev_tmp = self.dir.join(LEDGER_PREV_TMP_FILE);
+                if main.exists() {
+                    let _ = fs::remove_file(&prev_tmp);
+                    fs::hard_link(&main, &prev_tmp)
+                        .map_err(|e| AtomicError::new("link", &prev_tmp, e))?;
+                    fs::rename(&prev_tmp, self.prev_path())
+                        .map_err(|e| AtomicError::new("rename", &prev_tmp, e))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.write_err(e.op, &e.path, e.source))
     }
 
     fn write_err(&self, op: &'static str, path: &Path, source: io::Error) -> LedgerError {

@@ -11,8 +11,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::root::Root;
 use crate::model::ScanWarning;
-use crate::root::Root;
 
 /// The most bytes read from one attribute; sysfs attributes are at most a page, so anything
 /// larger is not a sysfs attribute and is refused rather than slurped.

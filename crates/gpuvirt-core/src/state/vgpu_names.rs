@@ -8,10 +8,11 @@
 //! a daemon restarted on a full card still knows them. The scan itself never invents a name:
 //! the inventory carries this memory in [`Inventory::vgpu_type_names`], filled by its keeper.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self};
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::host::atomic::Replace;
 use crate::model::{Inventory, PciFunction, PciIds};
 
 pub use crate::model::VgpuTypeNames;
@@ -118,27 +119,16 @@ impl NamesStore {
             let path = p.to_path_buf();
             move |source| NamesError::Write { op, path, source }
         };
-        let result = (|| {
-            let mut text = serde_json::to_vec_pretty(names).map_err(|e| NamesError::Write {
-                op: "serialise",
-                path: path.clone(),
-                source: io::Error::other(e),
-            })?;
-            text.push(b'\n');
-            fs::create_dir_all(&self.dir).map_err(err("create", &self.dir))?;
-            let mut file = File::create(&tmp).map_err(err("create", &tmp))?;
-            file.write_all(&text).map_err(err("write", &tmp))?;
-            file.sync_all().map_err(err("sync", &tmp))?;
-            drop(file);
-            fs::rename(&tmp, &path).map_err(err("rename", &tmp))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(err("sync", &self.dir))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let mut text = serde_json::to_vec_pretty(names).map_err(|e| NamesError::Write {
+            op: "serialise",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        text.push(b'\n');
+        Replace::new(&path, &tmp)
+            .create_dir()
+            .write(&text)
+            .map_err(|e| err(e.op, &e.path)(e.source))
     }
 }
 

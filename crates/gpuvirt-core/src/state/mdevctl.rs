@@ -18,8 +18,9 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::ledger::{Ledger, MdevRecord, MdevStart, Owner};
-use crate::root::Root;
+use crate::host::atomic::Replace;
+use crate::host::root::Root;
+use crate::state::ledger::{Ledger, MdevRecord, MdevStart, Owner};
 
 /// mdevctl's directory of callout and notifier scripts: inside `mdevctl.d`, but not a parent.
 const SCRIPTS_DIR: &str = "scripts.d";
@@ -108,7 +109,7 @@ pub fn parse_config(
     let mdev_type = match object.get("mdev_type") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => {
             // The type becomes `mdev_supported_types/<type>` when the mdev is created.
-            crate::pathsafe::mdev_type(s).map_err(|e| malformed(e.to_string()))?;
+            crate::host::names::mdev_type(s).map_err(|e| malformed(e.to_string()))?;
             s.clone()
         }
         Some(serde_json::Value::String(_)) => return Err(malformed("mdev_type is empty".into())),
@@ -139,7 +140,7 @@ pub fn parse_config(
                         malformed(format!("attrs[{i}] is not an object with one entry"))
                     })?;
                 // Each name becomes an attribute path below the mdev when it is started.
-                crate::pathsafe::attribute(entry.0)
+                crate::host::names::attribute(entry.0)
                     .map_err(|e| malformed(format!("attrs[{i}]: {e}")))?;
                 let value = entry.1.as_str().ok_or_else(|| {
                     malformed(format!(
@@ -335,12 +336,16 @@ pub fn write_config(root: &Root, config: &MdevctlConfig) -> Result<PathBuf, Mdev
         let path = path.to_path_buf();
         move |source| MdevctlError::Write { path, source }
     };
-    fs::create_dir_all(&dir).map_err(write_err(&dir))?;
-    fs::write(&tmp, config.to_json()).map_err(write_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        write_err(&path)(e)
-    })?;
+    // Not fsynced, as mdevctl writes its own definitions.
+    Replace::new(&path, &tmp)
+        .create_dir()
+        .not_durable()
+        .write(config.to_json().as_bytes())
+        .map_err(|e| {
+            // A failed rename has always named the definition itself, not the temporary.
+            let failed = if e.op == "rename" { &path } else { &e.path };
+            write_err(failed)(e.source)
+        })?;
     Ok(path)
 }
 
