@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+pub use crate::error::ErrorKind;
 use crate::host::atomic::{self, AtomicError, Replace};
 pub use crate::host::names;
 use crate::host::root::Root;
@@ -114,40 +115,6 @@ pub fn write_attr(path: &Path, value: &str) -> Result<(), WriteError> {
         return Err(fail(io::Error::from_raw_os_error(EIO)));
     }
     Ok(())
-}
-
-/// The error names of the D-Bus API (`org.gpuvirt.GpuVirt1.Error.<name>`) an execution error
-/// maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum ErrorKind {
-    NoSuchDevice,
-    Busy,
-    DriverBind,
-    NoCapacity,
-    AlreadyExists,
-    UnknownType,
-    NotSupported,
-    PolicyViolation,
-    InvalidArgs,
-    Failed,
-}
-
-impl ErrorKind {
-    /// The D-Bus error name's last element (`Busy`); `Failed` for generic I/O failures.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::NoSuchDevice => "NoSuchDevice",
-            ErrorKind::Busy => "Busy",
-            ErrorKind::DriverBind => "DriverBind",
-            ErrorKind::NoCapacity => "NoCapacity",
-            ErrorKind::AlreadyExists => "AlreadyExists",
-            ErrorKind::UnknownType => "UnknownType",
-            ErrorKind::NotSupported => "NotSupported",
-            ErrorKind::PolicyViolation => "PolicyViolation",
-            ErrorKind::InvalidArgs => "InvalidArgs",
-            ErrorKind::Failed => "Failed",
-        }
-    }
 }
 
 /// Why an action failed.
@@ -246,7 +213,7 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    /// The D-Bus error this maps to.
+    /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
             ExecError::InvalidName(_) | ExecError::ForeignFunction { .. } => ErrorKind::InvalidArgs,
@@ -1298,7 +1265,7 @@ impl Executor {
                     },
                 }
             }
-            // A PCI parent that vanished mid-create is DeviceGone (NoSuchDevice on D-Bus);
+            // A PCI parent that vanished mid-create is DeviceGone (kind NoSuchDevice);
             // a virtual parent has no address to check, so its errno stays as it is.
             _ => self.write_error(
                 parent.parse().ok(),

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::error::ErrorKind;
 use crate::holders::{holders_of, Holder};
 use crate::host::root::Root;
 use crate::iommu::{class_name, is_vm_safe_driver};
@@ -293,15 +294,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The D-Bus error name's last element (`org.gpuvirt.GpuVirt1.Error.<name>`).
-    pub fn dbus_name(&self) -> &'static str {
+    /// What kind of refusal this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Refusal::NoSuchDevice { .. } => "NoSuchDevice",
-            Refusal::BootVga { .. } => "BootVga",
-            Refusal::GroupNotViable { .. } => "GroupNotViable",
-            Refusal::Busy { .. } => "Busy",
-            Refusal::IommuDisabled { .. } | Refusal::NoIommuGroup { .. } => "NotSupported",
-            Refusal::NotOwned { .. } => "PolicyViolation",
+            Refusal::NoSuchDevice { .. } => ErrorKind::NoSuchDevice,
+            Refusal::BootVga { .. } => ErrorKind::BootVga,
+            Refusal::GroupNotViable { .. } => ErrorKind::GroupNotViable,
+            Refusal::Busy { .. } => ErrorKind::Busy,
+            Refusal::IommuDisabled { .. } | Refusal::NoIommuGroup { .. } => ErrorKind::NotSupported,
+            Refusal::NotOwned { .. } => ErrorKind::PolicyViolation,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Start with [`Scanner`]: `Scanner::new(Root::new(dir)).scan()` reads a host into an
 //! [`Inventory`]; [`Scanner::refresh`] re-reads what one uevent touched.
 
+pub mod error;
 pub mod exec;
 pub mod holders;
 pub mod host;
@@ -26,19 +27,8 @@ pub use host::names as pathsafe;
 pub use host::{root, sysfs};
 pub use state::{ledger, mdevctl, vgpu_names};
 
+pub use error::{error_chain, ErrorKind};
 pub use model::*;
 pub use root::Root;
 pub use scan::{scan, RefreshScope, RefreshTarget, Scanner};
 pub use sysfs::ScanStats;
-
-/// An error and its sources as one line, `outer: inner: innermost`.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}

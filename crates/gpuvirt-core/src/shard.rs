@@ -17,6 +17,7 @@ use std::fmt;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::error::ErrorKind;
 use crate::model::{Inventory, PciAddress, PciFunction};
 pub use crate::policy::shard::ShardBackend as Backend;
 use crate::policy::shard::SRIOV_VF_TYPE;
@@ -159,19 +160,22 @@ pub enum ShardError {
 }
 
 impl ShardError {
-    /// The D-Bus error this maps to (`org.gpuvirt.GpuVirt1.Error.<name>`), one of the names
-    /// design.md §3 fixes.
-    pub fn dbus_name(&self) -> &'static str {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ShardError::NoSuchParent { .. }
             | ShardError::NoSuchMdev { .. }
-            | ShardError::NoSuchVgpu { .. } => "NoSuchDevice",
-            ShardError::UnknownType { .. } | ShardError::AmbiguousType { .. } => "UnknownType",
-            ShardError::NoCapacity { .. } => "NoCapacity",
-            ShardError::AlreadyExists { .. } => "AlreadyExists",
-            ShardError::NotOwned { .. } => "PolicyViolation",
-            ShardError::TypesUnknown { .. } | ShardError::NotSupported { .. } => "NotSupported",
-            ShardError::InvalidRequest { .. } => "InvalidArgs",
+            | ShardError::NoSuchVgpu { .. } => ErrorKind::NoSuchDevice,
+            ShardError::UnknownType { .. } | ShardError::AmbiguousType { .. } => {
+                ErrorKind::UnknownType
+            }
+            ShardError::NoCapacity { .. } => ErrorKind::NoCapacity,
+            ShardError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            ShardError::NotOwned { .. } => ErrorKind::PolicyViolation,
+            ShardError::TypesUnknown { .. } | ShardError::NotSupported { .. } => {
+                ErrorKind::NotSupported
+            }
+            ShardError::InvalidRequest { .. } => ErrorKind::InvalidArgs,
         }
     }
 }
