@@ -39,7 +39,7 @@ pub struct StepReport {
 /// The outcome of one action.
 #[derive(Debug)]
 pub struct ActionReport {
-    /// The action, as [`Action`]'s `Display` writes it.
+    /// The action, as [`Action`](crate::plan::Action)'s `Display` writes it.
     pub action: String,
     pub rule: Option<String>,
     pub steps: Vec<StepReport>,
