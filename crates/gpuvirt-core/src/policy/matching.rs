@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Match, Policy, Role};
+use super::types::{Match, Policy, Role};
 use crate::model::{Inventory, PciAddress, PciFunction};
 
 /// Drivers gpuvirt rebound, by function: the driver it found there (`None`: unbound). Matching
