@@ -1,6 +1,10 @@
 //! The core's error vocabulary: [`ErrorKind`], what went wrong in words any front end can map
-//! (the daemon maps it to its bus errors), and [`error_chain`]. May import: std only (except
-//! the transitional block at the bottom).
+//! (the daemon maps it to its bus errors), and [`error_chain`]. May import: std only.
+//!
+//! `error/dbus_transitional.rs` still names the daemon's bus errors for the daemon's sake; it
+//! is deleted once the daemon maps the kinds itself.
+
+mod dbus_transitional;
 
 /// What went wrong, in the core's neutral terms. Every operation error of the core
 /// ([`crate::exec::ExecError`], [`crate::interlock::Refusal`], [`crate::shard::ShardError`])
@@ -43,43 +47,4 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-// Transitional: the daemon's bus/errors.rs takes over this mapping (issue 17); delete then.
-// Everything below spells D-Bus error names (`org.gpuvirt.GpuVirt1.Error.<name>`); it is the
-// only place in the core that does, and the only part of this file that imports upward.
-
-impl ErrorKind {
-    /// The D-Bus error name's last element (`Busy`); `Failed` for generic I/O failures.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::NoSuchDevice => "NoSuchDevice",
-            ErrorKind::Busy => "Busy",
-            ErrorKind::BootVga => "BootVga",
-            ErrorKind::GroupNotViable => "GroupNotViable",
-            ErrorKind::DriverBind => "DriverBind",
-            ErrorKind::NoCapacity => "NoCapacity",
-            ErrorKind::AlreadyExists => "AlreadyExists",
-            ErrorKind::UnknownType => "UnknownType",
-            ErrorKind::NotSupported => "NotSupported",
-            ErrorKind::PolicyViolation => "PolicyViolation",
-            ErrorKind::InvalidArgs => "InvalidArgs",
-            ErrorKind::Failed => "Failed",
-        }
-    }
-}
-
-impl crate::interlock::Refusal {
-    /// The D-Bus error name's last element (`org.gpuvirt.GpuVirt1.Error.<name>`).
-    pub fn dbus_name(&self) -> &'static str {
-        self.kind().name()
-    }
-}
-
-impl crate::shard::ShardError {
-    /// The D-Bus error this maps to (`org.gpuvirt.GpuVirt1.Error.<name>`), one of the names
-    /// design.md §3 fixes.
-    pub fn dbus_name(&self) -> &'static str {
-        self.kind().name()
-    }
 }

@@ -11,9 +11,10 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
-use super::{free_vfs_for, shard_parent, Backend, ShardError};
+use super::parent::{free_vfs_for, shard_parent, ShardError};
 use crate::model::{Inventory, PciAddress};
 use crate::plan::Action;
+use crate::policy::shard::ShardBackend as Backend;
 use crate::state::ledger::Ledger;
 pub use crate::state::ledger::Owner;
 use crate::state::mdevctl::MdevctlConfig;

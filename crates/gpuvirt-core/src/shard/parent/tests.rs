@@ -1,4 +1,4 @@
-//! Unit tests of `shard.rs`, kept apart so the module file stays readable.
+//! Unit tests of `shard/parent.rs`, kept apart so the module file stays readable.
 
 use super::*;
 
