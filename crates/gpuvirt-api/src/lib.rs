@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 
-use gpuvirt_core::PciAddress;
+use gpuvirt_types::PciAddress;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 mod props;
@@ -222,11 +222,11 @@ pub struct MdevDefinition {
     pub active: bool,
 }
 
-/// A definition's start mode, as [`mdevctl::MdevctlConfig`] holds it.
-pub use gpuvirt_core::ledger::MdevStart;
 /// mdevctl's definition format (files in `/etc/mdevctl.d`, `mdevctl list --dumpjson`), for the
 /// CLI's import and export: the same code the daemon validates imports with.
-pub use gpuvirt_core::mdevctl;
+pub use gpuvirt_types::mdevctl;
+/// A definition's start mode, as [`mdevctl::MdevctlConfig`] holds it.
+pub use gpuvirt_types::MdevStart;
 /// The UUIDs the definitions and mdev paths use.
 pub use uuid::Uuid;
 

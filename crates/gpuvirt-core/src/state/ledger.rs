@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use gpuvirt_types::MdevStart;
+
 use crate::host::atomic::{AtomicError, Replace};
 use crate::model::{PciAddress, PciSlot};
 
@@ -105,15 +107,6 @@ impl SlotRecord {
             .find(|f| f.address == address)
             .map(|f| f.original_driver.as_deref())
     }
-}
-
-/// Whether an mdev is started automatically (mdevctl's vocabulary).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MdevStart {
-    #[default]
-    Auto,
-    Manual,
 }
 
 /// An mdev gpuvirt knows about.

@@ -1,4 +1,4 @@
-//! Unit tests of `host/names.rs`, kept apart so the module file stays readable.
+//! Unit tests of `names.rs`, kept apart so the module file stays readable.
 
 use super::*;
 
