@@ -10,6 +10,9 @@
 //! Passthrough keeps the card whole: the originals of every function of a slot are written to
 //! the ledger (state `pending`) before anything is touched; any failure rolls the whole slot
 //! back to those drivers, and the record is dropped only once every function is back.
+//!
+//! May import: crate::error, crate::host, crate::model, crate::plan (the action vocabulary),
+//! crate::state::ledger, its own children.
 
 mod boot;
 mod error;

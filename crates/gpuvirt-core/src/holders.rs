@@ -3,6 +3,8 @@
 //!
 //! Unbinding a driver while such a process exists blocks or fails on real hardware, so the
 //! interlocks refuse first and name each process.
+//!
+//! May import: crate::host, crate::model.
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -4,6 +4,9 @@
 //!
 //! [`Facts::gather`] does the reading (under the root); [`check_passthrough`] and
 //! [`check_return`] only decide, so the planner, the daemon and tests share one verdict.
+//!
+//! May import: crate::error, crate::host, crate::holders, crate::iommu, crate::model,
+//! crate::state::ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

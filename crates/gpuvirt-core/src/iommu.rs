@@ -3,6 +3,8 @@
 //!
 //! Kept free of filesystem access so the policy and planner code can call the same functions
 //! on an [`Inventory`](crate::Inventory) snapshot.
+//!
+//! May import: crate::model.
 
 use crate::model::{GroupMember, IommuStatus, PciSlot};
 

@@ -4,6 +4,8 @@
 //! thousands of `pci:` aliases, and a large host has thousands of functions, so aliases are
 //! indexed by their literal vendor and device ids: a lookup only tries the aliases of the
 //! function's vendor (and device) plus the few whose vendor is itself a wildcard.
+//!
+//! May import: crate::error, crate::host::sysfs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //!
 //! Values here are plain data (serde-serialisable, comparable) so that the daemon can diff two
 //! snapshots and tests can compare a scan with a fixture's description.
+//!
+//! May import: gpuvirt-types (PciAddress, PciSlot), std, serde, uuid; nothing else of the
+//! crate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -4,6 +4,8 @@
 //! lines (one pass over line starts); a vendor's devices and subsystems are parsed the first
 //! time a function of that vendor is looked up, so a host with a handful of vendors never
 //! parses the rest of the file.
+//!
+//! May import: crate::error, crate::host::sysfs.
 
 use std::collections::HashMap;
 use std::ops::Range;

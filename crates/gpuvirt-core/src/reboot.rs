@@ -6,6 +6,9 @@
 //!
 //! The comparison ([`reboot_reasons`]) is pure; reading the running state and the record are
 //! thin helpers around it.
+//!
+//! May import: crate::host, crate::interlock (CpuVendor), crate::model,
+//! crate::state::boot_changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -8,6 +8,8 @@
 //! function 0 to look like one card to the guest driver; that takes a guest slot, which only
 //! the VM's author can choose ([`GuestSlot`]). Without one, libvirt and QEMU give each function
 //! a slot of its own.
+//!
+//! May import: crate::error, crate::model.
 
 use std::fmt::Write;
 

@@ -1,5 +1,5 @@
 //! Modules, host tools and boot files: modprobe, initramfs regeneration and the owned files
-//! under etc/. May import: crate::host, crate::plan, exec/{error, report} and exec.rs.
+//! under etc/. May import: crate::host, crate::plan, exec/{executor, error, report, write}.
 
 use std::fs::{self, File};
 use std::io::{self, Read};

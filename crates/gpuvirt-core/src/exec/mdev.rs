@@ -1,6 +1,6 @@
 //! mdev creation (single and batched) and removal, with ownership in the ledger.
-//! May import: crate::host, crate::model, crate::state, crate::plan, exec/{error, report, write}
-//! and exec.rs.
+//! May import: crate::host, crate::model, crate::state, crate::plan, exec/{executor, error, report,
+//! write}.
 
 use std::collections::BTreeSet;
 use std::fs::{self};

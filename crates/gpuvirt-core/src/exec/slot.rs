@@ -1,6 +1,6 @@
 //! Passthrough: a whole slot to vfio-pci and back, with its originals kept in the ledger
 //! first and a full rollback on failure. May import: crate::host, crate::model,
-//! crate::state, crate::plan (the action vocabulary), exec/{error, report, write} and exec.rs.
+//! crate::state, crate::plan (the action vocabulary), exec/{executor, error, report, write}.
 
 use std::fs::{self};
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! SR-IOV VF counts and NVIDIA per-VF vGPU types. May import: crate::host, crate::model,
-//! crate::state, crate::plan, exec/{error, report, write} and exec.rs.
+//! crate::state, crate::plan, exec/{executor, error, report, write}.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -3,6 +3,8 @@
 //! Every filesystem operation the scanner performs goes through [`Reader`], so the benchmark can
 //! report exactly how many files, links and directories one scan touched, and so every failure
 //! becomes a [`ScanWarning`] naming the file relative to the root instead of a panic.
+//!
+//! May import: crate::host::root, crate::model (ScanWarning).
 
 use std::ffi::OsString;
 use std::fs::File;

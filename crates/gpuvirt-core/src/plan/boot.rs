@@ -1,6 +1,8 @@
 //! The boot-time files gpuvirt owns, computed whole from the policy: the host's module
 //! blacklist and options, early vfio-pci binding (per-slot udev rule or modprobe.d ids), and
 //! the module list that loads vfio-pci at boot.
+//!
+//! May import: crate::host, crate::model, crate::policy, crate::reboot, plan/action.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

@@ -36,7 +36,7 @@ pub struct PlanState {
     pub owned_sriov: BTreeSet<PciAddress>,
     /// Functions gpuvirt rebound, and the driver it found on each (`None`: unbound).
     pub original_drivers: OriginalDrivers,
-    /// Current contents of gpuvirt's boot files (see [`read_boot_files`]), by path relative
+    /// Current contents of gpuvirt's boot files (see [`read_boot_files`](super::boot::read_boot_files)), by path relative
     /// to the root; a missing file is absent.
     pub boot_files: BTreeMap<PathBuf, String>,
     /// The initramfs tool the executor will run ([`InitramfsTooling::detect`]).

@@ -1,5 +1,7 @@
 //! What a card can be split into: its sharding backend (mdev, NVIDIA per-VF vGPU, plain
 //! SR-IOV) and the types it offers with how many of each it can hold, read off an inventory.
+//!
+//! May import: crate::model, crate::state::vgpu_names.
 
 use serde::Serialize;
 

@@ -1,5 +1,7 @@
 //! Semantic checks of a parsed policy against a live inventory, reported at the positions of
 //! the rules concerned.
+//!
+//! May import: crate::model, policy/{diagnostic, matching, shard, types}.
 
 use super::diagnostic::{PolicyDiagnostic, Severity};
 use super::matching::{governed_gpus, OriginalDrivers};

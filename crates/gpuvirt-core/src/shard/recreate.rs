@@ -5,6 +5,8 @@
 //! Only definitions gpuvirt made are recreated. Definitions imported from mdevctl stay
 //! mdevctl's to start (its udev rule does so); starting them from both sides is the burst of
 //! failing creates of mdevctl#53.
+//!
+//! May import: crate::model, crate::plan::action, crate::state::ledger.
 
 use std::collections::BTreeMap;
 

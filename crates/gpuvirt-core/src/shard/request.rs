@@ -6,6 +6,9 @@
 //! `force` only when a person asked for it on a card the policy leaves `unmanaged` (design.md
 //! §1: manual operations are allowed on those only). These functions do not see the policy, so
 //! that check is the caller's.
+//!
+//! May import: crate::model, crate::plan::action, crate::policy::shard, crate::state::{ledger,
+//! mdevctl}, shard/parent.
 
 use std::collections::BTreeSet;
 

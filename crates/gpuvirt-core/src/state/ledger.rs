@@ -5,6 +5,8 @@
 //! written whole with write-temporary + fsync + rename + fsync-directory, and the previous
 //! generation is kept as `ledger.json.prev`: a corrupted or truncated main file falls back to the
 //! previous one (reported, never silent), so an original driver is not forgotten.
+//!
+//! May import: gpuvirt-types (MdevStart), crate::host::atomic, crate::model.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,6 +7,8 @@
 //! and names belong to the GPU model, not to one card) and saved in the state directory, so
 //! a daemon restarted on a full card still knows them. The scan itself never invents a name:
 //! the inventory carries this memory in [`Inventory::vgpu_type_names`], filled by its keeper.
+//!
+//! May import: crate::host::atomic, crate::model.
 
 use std::fs::{self};
 use std::io;

@@ -1,4 +1,6 @@
 //! Unit tests of `host/sysfs.rs`, kept apart so the module file stays readable.
+//!
+//! May import: the module under test (`super`) and whatever the tests need; nothing imports it.
 
 use super::*;
 
