@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::host::sysfs::ScanWarning;
 pub use gpuvirt_types::{PciAddress, PciAddressError, PciSlot};
 
 /// Vendor, device and subsystem ids of a PCI function.
@@ -176,14 +177,6 @@ pub struct ModuleState {
     pub vfio: bool,
     pub vfio_pci: bool,
     pub mdev: bool,
-}
-
-/// Something that could not be read; the device is still reported with what could be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanWarning {
-    /// The file or directory concerned, relative to the root.
-    pub path: PathBuf,
-    pub message: String,
 }
 
 /// Everything gpuvirt knows about a host at one moment.

@@ -4,7 +4,7 @@
 //! report exactly how many files, links and directories one scan touched, and so every failure
 //! becomes a [`ScanWarning`] naming the file relative to the root instead of a panic.
 //!
-//! May import: crate::host::root, crate::model (ScanWarning).
+//! May import: crate::host::root.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -14,7 +14,14 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::host::root::Root;
-use crate::model::ScanWarning;
+
+/// Something that could not be read; the device is still reported with what could be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanWarning {
+    /// The file or directory concerned, relative to the root.
+    pub path: PathBuf,
+    pub message: String,
+}
 
 /// The most bytes read from one attribute; sysfs attributes are at most a page, so anything
 /// larger is not a sysfs attribute and is refused rather than slurped.
