@@ -2,8 +2,8 @@
 //! `Manager.ListMdevDefinitions`' rows, and its translation into mdevctl's format. May import:
 //! crate::wire.
 
-use gpuvirt_core::ledger::MdevStart;
-use gpuvirt_core::mdevctl;
+use gpuvirt_types::MdevStart;
+use gpuvirt_types::mdevctl;
 
 use crate::wire::MdevDefinitionWire;
 

@@ -1,5 +1,5 @@
 //! The gpuvirt D-Bus contract: names, object paths, error names, wire types and proxies. May
-//! import: its own modules (this file only declares and re-exports them), and gpuvirt_core
+//! import: its own modules (this file only declares and re-exports them), and gpuvirt_types
 //! for PciAddress and mdevctl.
 //!
 //! Both `gpuvirtd` (which serves it) and `gpuvirtctl` (which calls it) build on this crate, so a
@@ -42,11 +42,11 @@ pub use props::*;
 pub use proxies::*;
 pub use wire::*;
 
-/// A definition's start mode, as [`mdevctl::MdevctlConfig`] holds it.
-pub use gpuvirt_core::ledger::MdevStart;
 /// mdevctl's definition format (files in `/etc/mdevctl.d`, `mdevctl list --dumpjson`), for the
 /// CLI's import and export: the same code the daemon validates imports with.
-pub use gpuvirt_core::mdevctl;
+pub use gpuvirt_types::mdevctl;
+/// A definition's start mode, as [`mdevctl::MdevctlConfig`] holds it.
+pub use gpuvirt_types::MdevStart;
 /// The UUIDs the definitions and mdev paths use.
 pub use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Object paths: the path of each object gpuvirtd serves, built from its PCI address, IOMMU
 //! group, UUID or parent name, and the way back. May import: crate::names.
 
-use gpuvirt_core::PciAddress;
+use gpuvirt_types::PciAddress;
 use uuid::Uuid;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use gpuvirt_core::PciAddress;
+use gpuvirt_types::PciAddress;
 use zbus::DBusError;
 
 #[test]

@@ -3,6 +3,8 @@
 //!
 //! Unbinding a driver while such a process exists blocks or fails on real hardware, so the
 //! interlocks refuse first and name each process.
+//!
+//! May import: crate::host, crate::model.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -10,8 +12,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::host::root::Root;
 use crate::model::PciFunction;
-use crate::root::Root;
 
 /// A process with one of a device's nodes open.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -4,6 +4,9 @@
 //!
 //! [`Facts::gather`] does the reading (under the root); [`check_passthrough`] and
 //! [`check_return`] only decide, so the planner, the daemon and tests share one verdict.
+//!
+//! May import: crate::error, crate::host, crate::holders, crate::iommu, crate::model,
+//! crate::state::ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -12,11 +15,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::error::ErrorKind;
 use crate::holders::{holders_of, Holder};
+use crate::host::root::Root;
 use crate::iommu::{class_name, is_vm_safe_driver};
-use crate::ledger::Ledger;
 use crate::model::{Inventory, PciAddress, PciFunction, PciSlot};
-use crate::root::Root;
+use crate::state::ledger::Ledger;
 
 /// The CPU vendor, which decides the IOMMU kernel parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -293,15 +297,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The D-Bus error name's last element (`org.gpuvirt.GpuVirt1.Error.<name>`).
-    pub fn dbus_name(&self) -> &'static str {
+    /// What kind of refusal this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Refusal::NoSuchDevice { .. } => "NoSuchDevice",
-            Refusal::BootVga { .. } => "BootVga",
-            Refusal::GroupNotViable { .. } => "GroupNotViable",
-            Refusal::Busy { .. } => "Busy",
-            Refusal::IommuDisabled { .. } | Refusal::NoIommuGroup { .. } => "NotSupported",
-            Refusal::NotOwned { .. } => "PolicyViolation",
+            Refusal::NoSuchDevice { .. } => ErrorKind::NoSuchDevice,
+            Refusal::BootVga { .. } => ErrorKind::BootVga,
+            Refusal::GroupNotViable { .. } => ErrorKind::GroupNotViable,
+            Refusal::Busy { .. } => ErrorKind::Busy,
+            Refusal::IommuDisabled { .. } | Refusal::NoIommuGroup { .. } => ErrorKind::NotSupported,
+            Refusal::NotOwned { .. } => ErrorKind::PolicyViolation,
         }
     }
 }

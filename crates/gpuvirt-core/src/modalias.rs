@@ -4,11 +4,13 @@
 //! thousands of `pci:` aliases, and a large host has thousands of functions, so aliases are
 //! indexed by their literal vendor and device ids: a lookup only tries the aliases of the
 //! function's vendor (and device) plus the few whose vendor is itself a wildcard.
+//!
+//! May import: crate::error, crate::host::sysfs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::sysfs::{ReadError, Reader};
+use crate::host::sysfs::{ReadError, Reader};
 
 /// modules.alias of a distribution kernel is a few MB; cap to stay safe against junk.
 const MODULES_ALIAS_CAP: u64 = 64 * 1024 * 1024;

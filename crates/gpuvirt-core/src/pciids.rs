@@ -4,13 +4,15 @@
 //! lines (one pass over line starts); a vendor's devices and subsystems are parsed the first
 //! time a function of that vendor is looked up, so a host with a handful of vendors never
 //! parses the rest of the file.
+//!
+//! May import: crate::error, crate::host::sysfs.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::sysfs::{ReadError, Reader};
+use crate::host::sysfs::{ReadError, Reader};
 
 /// Where distributions put pci.ids, in the order lspci's packagers prefer.
 pub const PCI_IDS_PATHS: [&str; 3] = [

@@ -8,12 +8,15 @@
 //! function 0 to look like one card to the guest driver; that takes a guest slot, which only
 //! the VM's author can choose ([`GuestSlot`]). Without one, libvirt and QEMU give each function
 //! a slot of its own.
+//!
+//! May import: crate::error, crate::model.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::error::ErrorKind;
 use crate::model::{Inventory, PciAddress, PciFunction};
 
 /// Where a card's functions go in the guest.
@@ -84,6 +87,19 @@ pub enum RenderError {
     NotVga { address: PciAddress, class: u32 },
     #[error("mdev {uuid} has device API {device_api:?}, which has no VFIO device model")]
     UnknownDeviceApi { uuid: Uuid, device_api: String },
+}
+
+impl RenderError {
+    /// The neutral kind front ends map: a target that is not there, or one that cannot be
+    /// rendered.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RenderError::NoSuchDevice { .. } | RenderError::NoSuchMdev { .. } => {
+                ErrorKind::NoSuchDevice
+            }
+            _ => ErrorKind::NotSupported,
+        }
+    }
 }
 
 /// The VFIO device models mdevs can have (an mdev type's `device_api`).

@@ -5,6 +5,8 @@
 //! `class/mdev_bus`, `bus/mdev/devices`, `mdev_type`, `virtfnN`/`physfn`), so the scanner reads
 //! a built tree exactly as it reads a host. Every method panics on I/O errors: this is test
 //! scaffolding, and a tree that cannot be built is a broken test.
+//!
+//! May import: crate::model.
 
 #![allow(clippy::unwrap_used)]
 

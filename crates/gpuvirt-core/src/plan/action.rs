@@ -1,5 +1,7 @@
 //! Planned actions and the exact filesystem steps each one takes, so an executor can run them
 //! without interpreting policy, and a reviewer can see every sysfs write before it happens.
+//!
+//! May import: crate::model.
 
 use std::fmt;
 use std::path::PathBuf;

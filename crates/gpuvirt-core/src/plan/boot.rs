@@ -1,16 +1,18 @@
 //! The boot-time files gpuvirt owns, computed whole from the policy: the host's module
 //! blacklist and options, early vfio-pci binding (per-slot udev rule or modprobe.d ids), and
 //! the module list that loads vfio-pci at boot.
+//!
+//! May import: crate::host, crate::model, crate::policy, crate::reboot, plan/action.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::host::root::Root;
 use crate::model::{Inventory, PciAddress};
 use crate::policy::matching::OriginalDrivers;
 use crate::policy::{EarlyMethod, Policy, Role, RoleSettings};
 use crate::reboot::{BootWants, EarlyFunction};
-use crate::root::Root;
 
 /// modprobe.d: `[host]` blacklist/options and vfio-pci `ids=`/`softdep` for early binding.
 pub const MODPROBE_CONF: &str = "etc/modprobe.d/gpuvirt.conf";
@@ -48,7 +50,7 @@ pub enum InitramfsTool {
 }
 
 impl InitramfsTool {
-    /// The command the executor runs (found under the root, see [`crate::exec::Tools`]).
+    /// The command the executor runs (found under the root, see [`crate::host::tools::Tools`]).
     pub fn argv(self) -> [&'static str; 2] {
         match self {
             InitramfsTool::UpdateInitramfs => ["update-initramfs", "-u"],
@@ -73,7 +75,7 @@ impl InitramfsTooling {
     /// Looks for the tools where the executor does, in its order: `update-initramfs` first,
     /// then `dracut`.
     pub fn detect(root: &Root) -> Self {
-        let tools = crate::exec::Tools::default();
+        let tools = crate::host::tools::Tools::default();
         if root.join(&tools.update_initramfs).is_file() {
             InitramfsTooling::Found(InitramfsTool::UpdateInitramfs)
         } else if root.join(&tools.dracut).is_file() {

@@ -1,5 +1,7 @@
 //! Policy diagnostics: where in the file, what is wrong and what is allowed, rendered the way
 //! compilers do (`policy.toml:12:9: error: ...`, the offending line and a caret).
+//!
+//! May import: std only.
 
 use std::fmt;
 use std::ops::Range;

@@ -1,12 +1,14 @@
 //! Which rule governs each GPU: every matching rule is considered, the first in file order
 //! governs, and matching rules that disagree on role or settings put the card in conflict.
 //! Companion functions of a slot follow their GPU; SR-IOV virtual functions follow their PF.
+//!
+//! May import: crate::model, policy/types.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Match, Policy, Role};
+use super::types::{Match, Policy, Role};
 use crate::model::{Inventory, PciAddress, PciFunction};
 
 /// Drivers gpuvirt rebound, by function: the driver it found there (`None`: unbound). Matching

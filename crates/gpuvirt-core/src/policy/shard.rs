@@ -1,5 +1,7 @@
 //! What a card can be split into: its sharding backend (mdev, NVIDIA per-VF vGPU, plain
 //! SR-IOV) and the types it offers with how many of each it can hold, read off an inventory.
+//!
+//! May import: crate::model, crate::state::vgpu_names.
 
 use serde::Serialize;
 
@@ -211,7 +213,7 @@ pub fn shard_offers(inventory: &Inventory, gpu: PciAddress) -> Option<ShardOffer
         // A type no VF can create any more is named from what earlier reads saw.
         for o in offers.iter_mut().filter(|o| o.name.is_none()) {
             if let Ok(id) = o.id.parse::<u32>() {
-                o.name = crate::vgpu_names::remembered(inventory, f, id).map(str::to_string);
+                o.name = crate::state::vgpu_names::remembered(inventory, f, id).map(str::to_string);
             }
         }
         return Some(ShardOffers {

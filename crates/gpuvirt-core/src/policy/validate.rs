@@ -1,10 +1,12 @@
 //! Semantic checks of a parsed policy against a live inventory, reported at the positions of
 //! the rules concerned.
+//!
+//! May import: crate::model, policy/{diagnostic, matching, shard, types}.
 
 use super::diagnostic::{PolicyDiagnostic, Severity};
 use super::matching::{governed_gpus, OriginalDrivers};
 use super::shard::{shard_offers, ResolveError};
-use super::{describe_gpu, EarlyMethod, Policy, RoleSettings, ShardCount};
+use super::types::{describe_gpu, EarlyMethod, Policy, Role, RoleSettings, ShardCount};
 use crate::model::Inventory;
 
 pub(super) fn validate(policy: &Policy, inventory: &Inventory) -> Vec<PolicyDiagnostic> {
@@ -42,7 +44,7 @@ pub(super) fn validate(policy: &Policy, inventory: &Inventory) -> Vec<PolicyDiag
                     .filter(|o| {
                         assignments
                             .get(&o.address)
-                            .is_none_or(|a| a.role != super::Role::Passthrough)
+                            .is_none_or(|a| a.role != Role::Passthrough)
                     })
                     .map(|o| describe_gpu(inventory, o.address))
                     .collect();

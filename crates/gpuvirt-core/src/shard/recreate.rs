@@ -5,15 +5,17 @@
 //! Only definitions gpuvirt made are recreated. Definitions imported from mdevctl stay
 //! mdevctl's to start (its udev rule does so); starting them from both sides is the burst of
 //! failing creates of mdevctl#53.
+//!
+//! May import: crate::model, crate::plan::action, crate::state::ledger.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::ledger::{Ledger, MdevStart};
 use crate::model::Inventory;
 use crate::plan::Action;
+use crate::state::ledger::{Ledger, MdevStart};
 
 /// Why a defined mdev is not active and is not being recreated now. It stays in the ledger:
 /// inactive, not forgotten.

@@ -6,45 +6,21 @@
 //! `force` only when a person asked for it on a card the policy leaves `unmanaged` (design.md
 //! §1: manual operations are allowed on those only). These functions do not see the policy, so
 //! that check is the caller's.
+//!
+//! May import: crate::model, crate::plan::action, crate::policy::shard, crate::state::{ledger,
+//! mdevctl}, shard/parent.
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::{free_vfs_for, shard_parent, Backend, ShardError};
-use crate::ledger::Ledger;
-use crate::mdevctl::MdevctlConfig;
+use super::parent::{free_vfs_for, shard_parent, ShardError};
 use crate::model::{Inventory, PciAddress};
 use crate::plan::Action;
-
-/// Who made an mdev, and so who may remove it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Owner {
-    /// gpuvirt wrote its `create` (the ledger says so).
-    Gpuvirt,
-    /// An mdevctl definition (`/etc/mdevctl.d/<parent>/<uuid>`) exists, or was imported.
-    Mdevctl,
-    /// Anything else: libvirt's node devices, KubeVirt, a hand-written `create`.
-    Other,
-}
-
-impl Owner {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Owner::Gpuvirt => "gpuvirt",
-            Owner::Mdevctl => "mdevctl",
-            Owner::Other => "other",
-        }
-    }
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::policy::shard::ShardBackend as Backend;
+use crate::state::ledger::Ledger;
+pub use crate::state::ledger::Owner;
+use crate::state::mdevctl::MdevctlConfig;
 
 /// Who owns the mdev `uuid`: gpuvirt when its ledger records the creation; mdevctl when an
 /// mdevctl config names the UUID, or the ledger holds one imported from mdevctl; else other.

@@ -5,16 +5,21 @@
 //! written whole with write-temporary + fsync + rename + fsync-directory, and the previous
 //! generation is kept as `ledger.json.prev`: a corrupted or truncated main file falls back to the
 //! previous one (reported, never silent), so an original driver is not forgotten.
+//!
+//! May import: gpuvirt-types (MdevStart), crate::host::atomic, crate::model.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use gpuvirt_types::MdevStart;
+
+use crate::host::atomic::{AtomicError, Replace};
 use crate::model::{PciAddress, PciSlot};
 
 /// The on-disk format this code writes and reads.
@@ -25,6 +30,34 @@ pub const LEDGER_FILE: &str = "ledger.json";
 pub const LEDGER_PREV_FILE: &str = "ledger.json.prev";
 const LEDGER_TMP_FILE: &str = "ledger.json.tmp";
 const LEDGER_PREV_TMP_FILE: &str = "ledger.json.prev.tmp";
+/// Who made an mdev, and so who may remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// gpuvirt wrote its `create` (the ledger says so).
+    Gpuvirt,
+    /// An mdevctl definition (`/etc/mdevctl.d/<parent>/<uuid>`) exists, or was imported.
+    Mdevctl,
+    /// Anything else: libvirt's node devices, KubeVirt, a hand-written `create`.
+    Other,
+}
+
+impl Owner {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Owner::Gpuvirt => "gpuvirt",
+            Owner::Mdevctl => "mdevctl",
+            Owner::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A ledger larger than this is not one gpuvirt wrote.
 const MAX_LEDGER_BYTES: u64 = 64 << 20;
 
@@ -76,15 +109,6 @@ impl SlotRecord {
             .find(|f| f.address == address)
             .map(|f| f.original_driver.as_deref())
     }
-}
-
-/// Whether an mdev is started automatically (mdevctl's vocabulary).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MdevStart {
-    #[default]
-    Auto,
-    Manual,
 }
 
 /// An mdev gpuvirt knows about.
@@ -402,34 +426,24 @@ impl LedgerStore {
             source: io::Error::other(e),
         })?;
         text.push(b'\n');
-        fs::create_dir_all(&self.dir).map_err(|e| self.write_err("create", &self.dir, e))?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .map_err(|e| self.write_err("create", tmp, e))?;
-        file.write_all(&text)
-            .map_err(|e| self.write_err("write", tmp, e))?;
-        file.sync_all()
-            .map_err(|e| self.write_err("sync", tmp, e))?;
-        drop(file);
-
-        // Keep the current generation as .prev: link it under a temporary name and rename that
-        // over .prev, so at every instant both a main file and a previous one exist.
         let main = self.path();
-        let prev_tmp = self.dir.join(LEDGER_PREV_TMP_FILE);
-        if main.exists() {
-            let _ = fs::remove_file(&prev_tmp);
-            fs::hard_link(&main, &prev_tmp).map_err(|e| self.write_err("link", &prev_tmp, e))?;
-            fs::rename(&prev_tmp, self.prev_path())
-                .map_err(|e| self.write_err("rename", &prev_tmp, e))?;
-        }
-        fs::rename(tmp, &main).map_err(|e| self.write_err("rename", tmp, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.write_err("sync", &self.dir, e))?;
-        Ok(())
+        Replace::new(&main, tmp)
+            .create_dir()
+            .write_then(&text, || {
+                // Keep the current generation as .prev: link it under a temporary name and
+                // rename that over .prev, so at every instant both a main file and a previous
+                // one exist.
+                let prev_tmp = self.dir.join(LEDGER_PREV_TMP_FILE);
+                if main.exists() {
+                    let _ = fs::remove_file(&prev_tmp);
+                    fs::hard_link(&main, &prev_tmp)
+                        .map_err(|e| AtomicError::new("link", &prev_tmp, e))?;
+                    fs::rename(&prev_tmp, self.prev_path())
+                        .map_err(|e| AtomicError::new("rename", &prev_tmp, e))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.write_err(e.op, &e.path, e.source))
     }
 
     fn write_err(&self, op: &'static str, path: &Path, source: io::Error) -> LedgerError {

@@ -1,8 +1,76 @@
-//! Validation of every value that becomes a path component or a command argument, done before
-//! any I/O: a driver, module, mdev parent or type name from a caller (or read back from sysfs)
-//! can never climb out of the directory it is joined to, nor be taken as a command option.
+//! Whether a value may become a path component or a command argument, decided before any
+//! I/O: every name that comes from a caller, a policy, an mdevctl file, a uevent, sysfs or the
+//! ledger is checked here before it is joined onto a sysfs or configuration path. May import:
+//! crate::pci (the typed PciAddress), std and uuid.
+//!
+//! A value accepted here is a single, non-empty component of at most 128 bytes with no `/`, no
+//! NUL, no control or non-ASCII characters, and it neither is nor starts with `.` (so never
+//! `..`) nor starts with `-` (so it cannot be taken as a command option): a driver, module,
+//! mdev parent or type name can never climb out of the directory it is joined to. PCI
+//! addresses and UUIDs are parsed into typed values whose `Display` form is safe by
+//! construction. (gpuvirt-core re-exports this module as `host::names`, `exec::names` and
+//! `pathsafe`.)
 
 use std::path::{Component, Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::pci::PciAddress;
+
+/// The longest component accepted, in bytes (the kernel's own names are far shorter).
+pub const MAX_COMPONENT: usize = 128;
+
+/// A PCI address, `DDDD:BB:DD.F` (or `BB:DD.F`, domain 0). The parsed value displays as
+/// exactly 12 hex digits and separators.
+pub fn pci_address(value: &str) -> Result<PciAddress, NameError> {
+    value.parse().map_err(|_| NameError {
+        what: "PCI address",
+        shown: shown(value),
+        why: "it is not DDDD:BB:DD.F with hexadecimal digits (e.g. 0000:41:00.0)",
+    })
+}
+
+/// An mdev UUID in the hyphenated form the kernel's `create` takes and `mdev_bus` lists
+/// (`c2a52d9a-f3c3-4ba3-8fb5-5a0e7ec1f7b4`, any case). Braced, URN and unhyphenated forms are
+/// refused: they are not what sysfs shows, so they would never match an existing mdev.
+pub fn uuid(value: &str) -> Result<Uuid, NameError> {
+    let err = |why| NameError {
+        what: "mdev UUID",
+        shown: shown(value),
+        why,
+    };
+    if value.len() != 36 {
+        return Err(err(
+            "it is not 36 characters long (8-4-4-4-12 hexadecimal digits)",
+        ));
+    }
+    let hyphens_in_place = value
+        .char_indices()
+        .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-'));
+    if !hyphens_in_place || !value.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()) {
+        return Err(err("it is not 8-4-4-4-12 hexadecimal digits"));
+    }
+    Uuid::parse_str(value).map_err(|_| err("it is not 8-4-4-4-12 hexadecimal digits"))
+}
+
+/// A sysfs attribute name below a device (an mdevctl `attrs` entry, say): letters, digits and
+/// `_ . : + -`, one component, not starting with `.` or `-`.
+pub fn attribute(value: &str) -> Result<&str, NameError> {
+    // Attribute names use the same alphabet as mdev type ids; only the label differs.
+    mdev_type(value).map_err(|e| NameError {
+        what: "attribute name",
+        ..e
+    })
+}
+
+/// Whether `value` is one safe path component by the rule above, whatever it names.
+pub fn is_safe_component(value: &str) -> bool {
+    mdev_type(value).is_ok()
+}
+
+fn shown(value: &str) -> String {
+    value.chars().take(64).collect()
+}
 
 /// Why a name cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,7 +83,7 @@ pub struct NameError {
     pub why: &'static str,
 }
 
-const MAX_NAME: usize = 128;
+const MAX_NAME: usize = MAX_COMPONENT;
 
 fn check(what: &'static str, value: &str, allowed: impl Fn(char) -> bool) -> Result<(), NameError> {
     let err = |why| NameError {
@@ -110,54 +178,4 @@ pub fn boot_file(path: &Path) -> Result<PathBuf, NameError> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepts_real_names() {
-        for d in [
-            "vfio-pci",
-            "snd_hda_intel",
-            "nvidia",
-            "xhci_hcd",
-            "pcieport",
-        ] {
-            driver(d).unwrap();
-        }
-        for t in ["nvidia-300", "mbochs-small", "i915-GVTg_V5_4", "mtty-2"] {
-            mdev_type(t).unwrap();
-        }
-        mdev_parent("0000:41:00.0").unwrap();
-        mdev_parent("mbochs").unwrap();
-        module("vfio-pci").unwrap();
-        assert_eq!(module_dir("vfio-pci"), "vfio_pci");
-    }
-
-    #[test]
-    fn rejects_traversal_and_options() {
-        for bad in [
-            "", ".", "..", "../x", "a/b", "a\0b", "-r", ".hidden", "a b", "a\nb",
-        ] {
-            assert!(driver(bad).is_err(), "{bad:?}");
-            assert!(mdev_type(bad).is_err(), "{bad:?}");
-            assert!(module(bad).is_err(), "{bad:?}");
-        }
-        assert!(module("a:b").is_err());
-        assert!(driver(&"x".repeat(200)).is_err());
-    }
-
-    #[test]
-    fn boot_files_stay_under_etc() {
-        assert_eq!(
-            boot_file(Path::new("etc/modprobe.d/gpuvirt.conf")).unwrap(),
-            PathBuf::from("etc/modprobe.d/gpuvirt.conf")
-        );
-        assert_eq!(
-            boot_file(Path::new("/etc/modprobe.d/gpuvirt.conf")).unwrap(),
-            PathBuf::from("etc/modprobe.d/gpuvirt.conf")
-        );
-        for bad in ["etc/../root/.ssh/authorized_keys", "usr/lib/x", "etc", ""] {
-            assert!(boot_file(Path::new(bad)).is_err(), "{bad:?}");
-        }
-    }
-}
+mod tests;

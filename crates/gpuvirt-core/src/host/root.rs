@@ -1,4 +1,6 @@
 //! The one root every filesystem path hangs off (`/` on a real host, a directory in tests).
+//!
+//! May import: std only.
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,260 @@
+//! The policy's typed vocabulary: roles, rule settings, matches and the parsed [`Policy`]
+//! itself, shared by the parser, the matcher, the validator and the planner.
+//! May import: crate::model, policy/diagnostic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use super::diagnostic::{Location, PolicyDiagnostic, Severity, SourceMap};
+use crate::model::{Inventory, PciAddress};
+
+/// The only policy format version this build reads.
+pub const POLICY_VERSION: i64 = 1;
+
+/// What a card is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The host keeps it; gpuvirt returns it to its original driver if it had taken it.
+    Host,
+    /// The whole slot is bound to vfio-pci for a VM.
+    Passthrough,
+    /// The card is split into vGPUs (mdev, NVIDIA per-VF vGPU or plain SR-IOV VFs).
+    Shard,
+    /// Observed and reported, never changed; manual D-Bus operations are allowed.
+    Unmanaged,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Host, Role::Passthrough, Role::Shard, Role::Unmanaged];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Passthrough => "passthrough",
+            Role::Shard => "shard",
+            Role::Unmanaged => "unmanaged",
+        }
+    }
+
+    pub(super) fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether gpuvirtd corrects the host or only reports how it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+impl Enforcement {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Enforcement::Enforce => "enforce",
+            Enforcement::Monitor => "monitor",
+        }
+    }
+}
+
+/// How a passthrough card is kept away from host drivers from early boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EarlyMethod {
+    /// A udev rule sets `driver_override=vfio-pci` on each function of the slot as it appears,
+    /// and vfio-pci is loaded at boot: per slot, so identical cards can have different roles.
+    #[default]
+    DriverOverride,
+    /// `options vfio-pci ids=…` and a `softdep` in modprobe.d, then the initramfs is
+    /// regenerated: by vendor:device id, so it catches every card with those ids.
+    Modprobe,
+}
+
+impl EarlyMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EarlyMethod::DriverOverride => "driver-override",
+            EarlyMethod::Modprobe => "modprobe",
+        }
+    }
+}
+
+/// How many vGPUs a shard rule wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardCount {
+    Count(u32),
+    /// As many as the card can hold of the type.
+    Max,
+}
+
+impl fmt::Display for ShardCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardCount::Count(n) => write!(f, "{n}"),
+            ShardCount::Max => f.write_str("\"max\""),
+        }
+    }
+}
+
+/// A shard rule's settings: the type (an id such as `nvidia-300`, a name such as
+/// `GRID V100-8C`, or the name's last word `V100-8C`; `vf` for plain SR-IOV) and the count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardSpec {
+    #[serde(rename = "type")]
+    pub type_spec: String,
+    pub count: ShardCount,
+}
+
+/// A rule's role and the settings that role takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum RoleSettings {
+    Host,
+    Passthrough {
+        early: bool,
+        early_method: EarlyMethod,
+    },
+    Shard(ShardSpec),
+    Unmanaged,
+}
+
+impl RoleSettings {
+    pub fn role(&self) -> Role {
+        match self {
+            RoleSettings::Host => Role::Host,
+            RoleSettings::Passthrough { .. } => Role::Passthrough,
+            RoleSettings::Shard(_) => Role::Shard,
+            RoleSettings::Unmanaged => Role::Unmanaged,
+        }
+    }
+}
+
+/// What a rule matches; every key given must fit (an empty match is rejected).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub address: Option<PciAddress>,
+    pub vendor: Option<u16>,
+    pub device: Option<u16>,
+    pub subsystem_vendor: Option<u16>,
+    pub subsystem_device: Option<u16>,
+    /// Glob (`*`, `?`; case-insensitive) over the pci.ids product name.
+    pub name: Option<String>,
+    /// The driver the card had before gpuvirt rebound it (else the bound driver).
+    pub driver: Option<String>,
+    pub boot_vga: Option<bool>,
+}
+
+impl Match {
+    pub fn is_empty(&self) -> bool {
+        *self == Match::default()
+    }
+}
+
+/// One `[[gpu]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuRule {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    #[serde(flatten)]
+    pub settings: RoleSettings,
+    /// Interlock allowance: passing through the boot/console GPU.
+    pub allow_boot_vga: bool,
+}
+
+impl GpuRule {
+    pub fn role(&self) -> Role {
+        self.settings.role()
+    }
+}
+
+/// `[host]`: module blacklist and options written to modprobe.d (initramfs regenerated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostSettings {
+    pub blacklist: Vec<String>,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A parsed, schema-checked policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub version: i64,
+    pub default_role: Role,
+    pub enforcement: Enforcement,
+    pub host: HostSettings,
+    pub rules: Vec<GpuRule>,
+    /// Warnings found while parsing (a valid policy may still have some).
+    #[serde(skip)]
+    pub warnings: Vec<PolicyDiagnostic>,
+    #[serde(skip)]
+    pub(super) source: SourceMap,
+    /// Where each key path sits in the file, for semantic diagnostics.
+    #[serde(skip)]
+    pub(super) locations: BTreeMap<String, Location>,
+}
+
+impl Policy {
+    /// The file name given to [`Policy::parse`].
+    pub fn file(&self) -> &str {
+        self.source.file()
+    }
+
+    /// The rule called `name`.
+    pub fn rule(&self, name: &str) -> Option<&GpuRule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The location of `key_path`, or of its nearest recorded parent (the file start at worst).
+    pub fn location(&self, key_path: &str) -> Location {
+        let mut path = key_path;
+        loop {
+            if let Some(loc) = self.locations.get(path) {
+                return loc.clone();
+            }
+            match path.rfind(['.', '[']) {
+                Some(i) => path = &path[..i],
+                None => return self.locations.get("").cloned().unwrap_or_default(),
+            }
+        }
+    }
+
+    pub(crate) fn diagnostic(
+        &self,
+        severity: Severity,
+        key_path: &str,
+        message: String,
+        allowed: Option<String>,
+    ) -> PolicyDiagnostic {
+        self.source.diagnostic(
+            severity,
+            &self.location(key_path),
+            key_path,
+            message,
+            allowed,
+        )
+    }
+}
+
+/// A GPU's one-line description for messages: `0000:41:00.0 (GV100GL [Tesla V100 PCIe 16GB])`.
+pub(crate) fn describe_gpu(inventory: &Inventory, address: PciAddress) -> String {
+    match inventory
+        .functions
+        .get(&address)
+        .and_then(|f| f.device_name.as_deref())
+    {
+        Some(name) => format!("{address} ({name})"),
+        None => address.to_string(),
+    }
+}

@@ -1,0 +1,307 @@
+//! mdevctl's persistent definitions, `<root>/etc/mdevctl.d/<parent>/<uuid>`: reading and
+//! validating them, importing them into the ledger (owner mdevctl) and writing gpuvirt's
+//! definitions in the same format, byte for byte as mdevctl writes them, so libvirt and
+//! mdevctl users keep working.
+//!
+//! The format, as mdevctl 1.x reads and writes it (`src/mdev.rs`): a JSON object with
+//! `mdev_type` (string), `start` (`"auto"` or `"manual"`) and `attrs`, an ordered list of
+//! one-entry objects `{"name": "value"}` written to the mdev's sysfs attributes in list order
+//! after creation. mdevctl serialises with `serde_json::to_string_pretty` and `preserve_order`:
+//! keys in the order `mdev_type`, `start`, `attrs`; two-space indentation; `"attrs": []` when
+//! empty; no trailing newline. Unknown top-level keys are ignored, as mdevctl does.
+//!
+//! The format itself (parsing, validating, writing one definition's text, the dumpjson
+//! document) is the pure `gpuvirt_types::mdevctl`, re-exported here; this module adds the
+//! files below a root and the ledger. May import: gpuvirt-types, crate::host, crate::state::ledger.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use gpuvirt_types::mdevctl::{
+    dump_json, is_safe_parent_name, parse_config, parse_document, MdevctlConfig, MdevctlError,
+};
+
+use crate::host::atomic::Replace;
+use crate::host::root::Root;
+use crate::state::ledger::{Ledger, MdevRecord, Owner};
+
+/// mdevctl's directory of callout and notifier scripts: inside `mdevctl.d`, but not a parent.
+const SCRIPTS_DIR: &str = "scripts.d";
+/// A definition larger than this is not one mdevctl wrote.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Every definition found, and every file that could not be used (one bad file does not hide
+/// the others).
+#[derive(Debug, Default)]
+pub struct MdevctlScan {
+    pub configs: Vec<MdevctlConfig>,
+    pub errors: Vec<MdevctlError>,
+}
+
+/// `<root>/etc/mdevctl.d`.
+pub fn config_dir(root: &Root) -> PathBuf {
+    root.etc().join("mdevctl.d")
+}
+
+/// Reads one definition file; its parent and UUID come from its path.
+pub fn read_config(path: &Path) -> Result<MdevctlConfig, MdevctlError> {
+    let uuid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| Uuid::parse_str(n).ok())
+        .ok_or_else(|| MdevctlError::BadFileName {
+            path: path.to_path_buf(),
+        })?;
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| MdevctlError::BadParentName {
+            name: path.display().to_string(),
+        })?;
+    let read_err = |source| MdevctlError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_CONFIG_BYTES + 1), &mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(MdevctlError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("it is larger than {MAX_CONFIG_BYTES} bytes"),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| MdevctlError::Malformed {
+        path: path.to_path_buf(),
+        reason: "it is not UTF-8".to_string(),
+    })?;
+    parse_config(path, parent, uuid, &text)
+}
+
+/// Reads every definition below `<root>/etc/mdevctl.d`, sorted by parent then UUID. A missing
+/// directory is no definitions.
+pub fn read_all(root: &Root) -> MdevctlScan {
+    let dir = config_dir(root);
+    let mut scan = MdevctlScan::default();
+    let parents = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return scan,
+        Err(source) => {
+            scan.errors.push(MdevctlError::Read { path: dir, source });
+            return scan;
+        }
+    };
+    let mut parent_dirs: Vec<PathBuf> = parents
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != SCRIPTS_DIR)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    parent_dirs.sort();
+    for parent_dir in parent_dirs {
+        let entries = match fs::read_dir(&parent_dir) {
+            Ok(entries) => entries,
+            Err(source) => {
+                scan.errors.push(MdevctlError::Read {
+                    path: parent_dir,
+                    source,
+                });
+                continue;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            // Dot files are editors' and our own temporaries, never definitions.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for file in files {
+            match read_config(&file) {
+                Ok(c) => scan.configs.push(c),
+                Err(e) => scan.errors.push(e),
+            }
+        }
+    }
+    scan
+}
+
+/// What the core adds to a definition: where its file sits below a root, and its ledger
+/// record. (A trait because [`MdevctlConfig`] lives in gpuvirt-types.)
+pub trait MdevctlConfigExt {
+    /// The file's path below `root`.
+    fn path(&self, root: &Root) -> PathBuf;
+    /// The definition of a ledger record.
+    fn from_record(uuid: Uuid, record: &MdevRecord) -> Self;
+    /// The ledger record of an imported definition: defined, not created by gpuvirt.
+    fn to_record(&self) -> MdevRecord;
+}
+
+impl MdevctlConfigExt for MdevctlConfig {
+    fn path(&self, root: &Root) -> PathBuf {
+        config_dir(root)
+            .join(&self.parent)
+            .join(self.uuid.hyphenated().to_string())
+    }
+
+    fn from_record(uuid: Uuid, record: &MdevRecord) -> Self {
+        Self {
+            uuid,
+            parent: record.parent.clone(),
+            mdev_type: record.type_id.clone(),
+            start: record.start,
+            attrs: record.attrs.clone(),
+        }
+    }
+
+    fn to_record(&self) -> MdevRecord {
+        MdevRecord {
+            parent: self.parent.clone(),
+            type_id: self.mdev_type.clone(),
+            start: self.start,
+            attrs: self.attrs.clone(),
+            rule: None,
+            defined: true,
+            created_by_gpuvirt: false,
+        }
+    }
+}
+
+/// Writes a definition below `root` (the parent's directory is created), replacing the file
+/// atomically through a dot-named temporary that mdevctl and [`read_all`] skip.
+pub fn write_config(root: &Root, config: &MdevctlConfig) -> Result<PathBuf, MdevctlError> {
+    if !is_safe_parent_name(&config.parent) {
+        return Err(MdevctlError::BadParentName {
+            name: config.parent.chars().take(64).collect(),
+        });
+    }
+    let path = config.path(root);
+    let dir = config_dir(root).join(&config.parent);
+    let tmp = dir.join(format!(".{}.tmp", config.uuid.hyphenated()));
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MdevctlError::Write { path, source }
+    };
+    // Not fsynced, as mdevctl writes its own definitions.
+    Replace::new(&path, &tmp)
+        .create_dir()
+        .not_durable()
+        .write(config.to_json().as_bytes())
+        .map_err(|e| {
+            // A failed rename has always named the definition itself, not the temporary.
+            let failed = if e.op == "rename" { &path } else { &e.path };
+            write_err(failed)(e.source)
+        })?;
+    Ok(path)
+}
+
+/// Removes a definition; a missing file is not an error (already undefined).
+pub fn remove_config(root: &Root, parent: &str, uuid: Uuid) -> Result<(), MdevctlError> {
+    if !is_safe_parent_name(parent) {
+        return Err(MdevctlError::BadParentName {
+            name: parent.chars().take(64).collect(),
+        });
+    }
+    let path = config_dir(root)
+        .join(parent)
+        .join(uuid.hyphenated().to_string());
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(MdevctlError::Write { path, source }),
+    }
+}
+
+/// What [`import`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Definitions recorded (new or updated), owner mdevctl.
+    pub imported: Vec<Uuid>,
+    /// Definitions whose UUID gpuvirt itself created: the ledger's record is kept.
+    pub kept_gpuvirt: Vec<Uuid>,
+}
+
+/// Records mdevctl's definitions in the ledger with owner mdevctl (`created_by_gpuvirt =
+/// false`), so they are reported and never removed by gpuvirt. A UUID gpuvirt created keeps its
+/// record: the file is then gpuvirt's own export.
+pub fn import(ledger: &mut Ledger, configs: &[MdevctlConfig]) -> ImportReport {
+    let mut report = ImportReport::default();
+    for config in configs {
+        if ledger.owns_mdev(&config.uuid) {
+            report.kept_gpuvirt.push(config.uuid);
+            continue;
+        }
+        ledger.mdevs.insert(config.uuid, config.to_record());
+        report.imported.push(config.uuid);
+    }
+    report
+}
+
+/// gpuvirt's own defined mdevs as mdevctl definitions (for `gpuvirtctl mdev export --mdevctl`).
+pub fn export(ledger: &Ledger) -> Vec<MdevctlConfig> {
+    ledger
+        .mdevs
+        .iter()
+        .filter(|(_, r)| r.defined && r.created_by_gpuvirt)
+        .map(|(uuid, r)| MdevctlConfig::from_record(*uuid, r))
+        .collect()
+}
+
+/// One persistent mdev definition as gpuvirt reports it (`Manager.ListMdevDefinitions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Definition {
+    pub config: MdevctlConfig,
+    /// [`Owner::Gpuvirt`] for gpuvirt's own definitions (it creates and may remove them),
+    /// [`Owner::Mdevctl`] for mdevctl's files and definitions imported from them as mdevctl's.
+    pub owner: Owner,
+    /// An mdev with this UUID exists now.
+    pub active: bool,
+}
+
+/// Every definition gpuvirt knows, sorted by parent, UUID, then owner: the ledger's defined
+/// records and mdevctl's files below `mdevctl.d` (`configs`, as [`read_all`] found them).
+///
+/// A ledger record imported from mdevctl is shown only while no file names its UUID: the file
+/// is the current truth for mdevctl's own definitions. A file with the UUID of one of gpuvirt's
+/// definitions is listed beside it, because mdevctl acts on that file too.
+pub fn definitions(
+    ledger: &Ledger,
+    configs: &[MdevctlConfig],
+    is_active: impl Fn(&Uuid) -> bool,
+) -> Vec<Definition> {
+    let mut out: Vec<Definition> = Vec::new();
+    for (uuid, record) in ledger.mdevs.iter().filter(|(_, r)| r.defined) {
+        let owner = if record.created_by_gpuvirt {
+            Owner::Gpuvirt
+        } else {
+            Owner::Mdevctl
+        };
+        if owner == Owner::Mdevctl && configs.iter().any(|c| c.uuid == *uuid) {
+            continue;
+        }
+        out.push(Definition {
+            config: MdevctlConfig::from_record(*uuid, record),
+            owner,
+            active: is_active(uuid),
+        });
+    }
+    out.extend(configs.iter().map(|c| Definition {
+        config: c.clone(),
+        owner: Owner::Mdevctl,
+        active: is_active(&c.uuid),
+    }));
+    out.sort_by(|a, b| {
+        (&a.config.parent, a.config.uuid, a.owner.as_str()).cmp(&(
+            &b.config.parent,
+            b.config.uuid,
+            b.owner.as_str(),
+        ))
+    });
+    out
+}
