@@ -93,7 +93,9 @@ def main():
                   f"({', '.join(f'{k} {v}' for k, v in s.items())}); "
                   f"pci.ids + modules.alias load {stats.get('database_load_ms', 0):.2f} ms.\n")
         daemon_table(scale, load(os.path.join(out_dir, f"{scale}-daemon.json")), hf,
-                     load(os.path.join(out_dir, f"{scale}-apply.json")))
+                     load(os.path.join(out_dir, f"{scale}-apply.json")),
+                     load(os.path.join(out_dir, f"{scale}-create.json")))
+    vm_create_calls(os.path.join(out_dir, "vm-create-calls.txt"))
     growth(out_dir, scales)
     summary()
     # The hand-written profile that explains the remaining costs (bench/profile.md).
@@ -128,7 +130,41 @@ def row(host, cells, target=None, ok=None):
     print("| " + " | ".join(cells) + " |")
 
 
-def daemon_table(scale, d, hf, apply):
+def create_calls_row(host, label, c):
+    """One manual vGPU creation per process, gpuvirtctl against mdevctl start (issue 17, point 6)."""
+    g, m = c["gpuvirtctl_ms"], c["mdevctl_ms"]
+    ratio = g / m if g and m else None
+    row(host, [f"one manual vGPU creation, sequential processes: `gpuvirtctl mdev create P T --uuid U` "
+               f"vs `mdevctl start -p P -t T -u U` of the same vGPUs ({label}, median of {c['calls']} calls each)",
+               f"{fmt(g)} per call", f"`mdevctl start` {fmt(m)} per call", fmt(ratio, "×", 2)],
+        "≤ 1.5× mdevctl start", None if ratio is None else ratio <= 1.5)
+
+
+def vm_create_calls(path):
+    """The VM tier's create-calls scenario (real kernel, mtty and mdpy), as bench/run saved it."""
+    try:
+        lines = [l.split() for l in open(path) if l.strip()]
+    except OSError:
+        return
+    print("## Real kernel (VM tier, QEMU TCG): one manual vGPU creation per process\n")
+    print("The VM tier's `create-calls` scenario on the guest's real sysfs: the kernel's sample mdev")
+    print("parents, gpuvirtd with real udev events, both tools timed from the guest's shell in turns.")
+    print("TCG makes every process slow in absolute terms; the ratio is the figure.\n")
+    print("| measure | gpuvirt | peer (same run) | ratio gpuvirt/peer | target | verdict |")
+    print("|---|---:|---:|---:|---|---|")
+    for fields in lines:
+        parent, mdev_type = fields[0], fields[1]
+        kv = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
+        try:
+            c = {"gpuvirtctl_ms": float(kv["gpuvirtctl_ms"]), "mdevctl_ms": float(kv["mdevctl_ms"]),
+                 "calls": int(kv["calls"])}
+        except (KeyError, ValueError):
+            continue
+        create_calls_row("vm", f"real kernel, `{parent}`/`{mdev_type}`", c)
+    print()
+
+
+def daemon_table(scale, d, hf, apply, create=None):
     if not d:
         print("gpuvirtd half not measured for this host (SKIP_DAEMON=1 or it failed; see results/*-daemon.log).\n")
         return
@@ -206,6 +242,8 @@ def daemon_table(scale, d, hf, apply):
                     f"once the tree shows its mdev) vs the same writes",
                     f"{fmt(a['daemon_ms'])} ({a['daemon_ms'] * 1e3 / n:.0f} µs/mdev)", direct,
                     fmt(a["ratio"], "×", 2)])
+    if create:
+        create_calls_row(scale, f"FUSE sim, {create['functions']} functions", create)
     if not apply:
         row(scale, ["create 64 / 2048 mdevs vs direct `create` writes",
                     "not measured for this host (small has no room; or it did not finish, see results/*-apply.log)",
@@ -216,7 +254,7 @@ def daemon_table(scale, d, hf, apply):
 def summary():
     if not TARGETS:
         return
-    print("## Targets (issue 9), every host\n")
+    print("## Targets (issues 9 and 17), every host\n")
     print("| host | measure | gpuvirt | target | verdict |")
     print("|---|---|---:|---|---|")
     for host, measure, result, target, v in TARGETS:

@@ -540,7 +540,6 @@ async fn remove_all(sys: &Path, plan: &[Planned], conn: &zbus::Connection) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release -- --ignored --nocapture"]
 async fn apply() {
-    use gpuvirt_sim::fuse::SimMount;
     let scale = std::env::var("BENCH_SCALE").unwrap_or_else(|_| "medium".into());
     let preset = match scale.as_str() {
         "large" => Preset::Large,
@@ -560,66 +559,17 @@ async fn apply() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let mut params = GenParams::preset(preset);
-    params.mdevs = 0;
-    params.defined_inactive = 0;
-    let kernel = Kernel::from_fixture(&generate(&params).unwrap()).unwrap();
-    let functions = kernel.pci_addresses().len();
-    let dir = tempfile::Builder::new()
-        .prefix("gpuvirtd-apply-")
-        .tempdir_in("/dev/shm")
-        .unwrap();
-    let state = tempfile::Builder::new()
-        .prefix("gpuvirtd-apply-state-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let root = dir.path().join("root");
-    // Monitor mode: the daemon acts on the policy only when Reconcile asks it to.
-    let policy_path = state.path().join("policy.toml");
-    std::fs::write(&policy_path, policy_text(&[])).unwrap();
-    let mount = SimMount::mount(Arc::new(std::sync::Mutex::new(kernel)), &root).unwrap();
-    let socket = dir.path().join("uevent.sock");
-    mount.listen_uevents(&socket).unwrap();
-    let sys = mount.sys();
-    let bus = Bus::start();
-    let started = Instant::now();
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
-        .arg("--root")
-        .arg(mount.root())
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--bus-address", &bus.address])
-        .arg("--events")
-        .arg(format!("sim:{}", socket.display()))
-        .arg("--policy")
-        .arg(&policy_path)
-        .args(["--log", "info"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("gpuvirtd.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let conn = bus.connect().await;
-    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
-    loop {
-        let name = zbus::names::BusName::try_from(gpuvirt_api::BUS_NAME).unwrap();
-        if dbus.name_has_owner(name).await.unwrap() {
-            break;
-        }
-        assert!(
-            daemon.try_wait().unwrap().is_none(),
-            "gpuvirtd exited: {}",
-            std::fs::read_to_string(dir.path().join("gpuvirtd.log")).unwrap_or_default()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "gpuvirtd never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!(
-        "apply on the {scale} shape ({functions} PCI functions, FUSE): gpuvirtd up in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let ApplyHost {
+        dir: _dir,
+        state,
+        policy_path,
+        mount,
+        sys,
+        bus,
+        mut daemon,
+        conn,
+        functions,
+    } = ApplyHost::start(preset, &scale).await;
 
     let mut results = Vec::new();
     let mut salt = 0u32;
@@ -748,6 +698,262 @@ async fn apply() {
     if let Ok(out) = std::env::var("BENCH_APPLY_OUT") {
         std::fs::write(out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
     }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(bus);
+    mount.unmount().unwrap();
+}
+
+/// The apply benchmarks' host: the bench shape without its mdevs on the FUSE simulated kernel,
+/// gpuvirtd on it (monitor-mode policy, ledger under /var/tmp as it would be in /var/lib) and a
+/// client connection.
+struct ApplyHost {
+    dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+    policy_path: PathBuf,
+    mount: gpuvirt_sim::fuse::SimMount<Kernel>,
+    sys: PathBuf,
+    bus: Bus,
+    daemon: std::process::Child,
+    conn: zbus::Connection,
+    functions: usize,
+}
+
+impl ApplyHost {
+    async fn start(preset: Preset, scale: &str) -> ApplyHost {
+        use gpuvirt_sim::fuse::SimMount;
+        let mut params = GenParams::preset(preset);
+        params.mdevs = 0;
+        params.defined_inactive = 0;
+        let kernel = Kernel::from_fixture(&generate(&params).unwrap()).unwrap();
+        let functions = kernel.pci_addresses().len();
+        let dir = tempfile::Builder::new()
+            .prefix("gpuvirtd-apply-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let state = tempfile::Builder::new()
+            .prefix("gpuvirtd-apply-state-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = dir.path().join("root");
+        // Monitor mode: the daemon acts on the policy only when Reconcile asks it to.
+        let policy_path = state.path().join("policy.toml");
+        std::fs::write(&policy_path, policy_text(&[])).unwrap();
+        let mount = SimMount::mount(Arc::new(std::sync::Mutex::new(kernel)), &root).unwrap();
+        let socket = dir.path().join("uevent.sock");
+        mount.listen_uevents(&socket).unwrap();
+        let sys = mount.sys();
+        let bus = Bus::start();
+        let started = Instant::now();
+        let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_gpuvirtd"))
+            .arg("--root")
+            .arg(mount.root())
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--bus-address", &bus.address])
+            .arg("--events")
+            .arg(format!("sim:{}", socket.display()))
+            .arg("--policy")
+            .arg(&policy_path)
+            .args(["--log", "info"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("gpuvirtd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let conn = bus.connect().await;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        loop {
+            let name = zbus::names::BusName::try_from(gpuvirt_api::BUS_NAME).unwrap();
+            if dbus.name_has_owner(name).await.unwrap() {
+                break;
+            }
+            assert!(
+                daemon.try_wait().unwrap().is_none(),
+                "gpuvirtd exited: {}",
+                std::fs::read_to_string(dir.path().join("gpuvirtd.log")).unwrap_or_default()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "gpuvirtd never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "apply on the {scale} shape ({functions} PCI functions, FUSE): gpuvirtd up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        ApplyHost {
+            dir,
+            state,
+            policy_path,
+            mount,
+            sys,
+            bus,
+            daemon,
+            conn,
+            functions,
+        }
+    }
+}
+
+/// Runs each command line as its own process from one bash loop and returns each call's wall
+/// time in ms (bash's `EPOCHREALTIME` around the call: process start, the work, exit). With
+/// `sys`, the loop runs in a private mount namespace where that tree is /sys and /etc/mdevctl.d
+/// is an empty tmpfs (Debian's mdevctl has no root option), so both tools are timed from the
+/// same kind of shell in the same kind of namespace. Any failed call fails the bench.
+fn timed_calls(calls: &[Vec<String>], sys: &Path) -> Vec<f64> {
+    let mut script = String::from(
+        "set -e; mount --bind \"$1\" /sys; mount -t tmpfs none /etc/mdevctl.d; mkdir -p /etc/mdevctl.d/scripts.d/callouts /etc/mdevctl.d/scripts.d/notifiers; shift\n",
+    );
+    for argv in calls {
+        let quoted: Vec<String> = argv.iter().map(|a| format!("'{a}'")).collect();
+        script.push_str(&format!(
+            "s=$EPOCHREALTIME; {} >/dev/null; e=$EPOCHREALTIME; echo \"$s $e\"\n",
+            quoted.join(" ")
+        ));
+    }
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            &script,
+            "timed",
+        ])
+        .arg(sys)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a timed call failed: {:?}",
+        out.status
+    );
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (s, e) = l.split_once(' ').unwrap();
+            (e.parse::<f64>().unwrap() - s.parse::<f64>().unwrap()) * 1000.0
+        })
+        .collect();
+    assert_eq!(times.len(), calls.len());
+    times
+}
+
+fn median_ms(times: &[f64]) -> f64 {
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    if t.is_empty() {
+        return f64::NAN;
+    }
+    t[t.len() / 2]
+}
+
+/// One manual vGPU creation through gpuvirtd (`gpuvirtctl mdev create PARENT TYPE --uuid U`, one
+/// process per vGPU: process start, bus connection, `CreateMdev`, the daemon's checks, ledger
+/// record, the write, the tree refresh) against one `mdevctl start -p PARENT -t TYPE -u U` of the
+/// same parents and types (process start, its checks, the write), sequentially, in turns over
+/// `BENCH_CREATE_ROUNDS` rounds (default 3) of `BENCH_CREATE_CALLS` vGPUs each (default 16),
+/// on the FUSE simulated kernel of the `BENCH_SCALE` shape (medium or large) without its mdevs,
+/// gpuvirtd running in both columns. `BENCH_CREATE_OUT`: JSON results. The same comparison on
+/// a real kernel's sysfs is the VM tier's `create-calls` scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+async fn create_calls() {
+    let scale = std::env::var("BENCH_SCALE").unwrap_or_else(|_| "medium".into());
+    let preset = match scale.as_str() {
+        "large" => Preset::Large,
+        _ => Preset::Medium,
+    };
+    let env_num = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let count = env_num("BENCH_CREATE_CALLS", 16);
+    let rounds = env_num("BENCH_CREATE_ROUNDS", 3);
+    let host = ApplyHost::start(preset, &scale).await;
+    let ctl = gpuvirtctl();
+    let ctl = ctl.to_str().unwrap();
+    let mut via_ctl = Vec::new();
+    let mut via_mdevctl = Vec::new();
+    let mut salt = 0x100u32;
+    for _ in 0..rounds {
+        salt += 1;
+        let plan = plan_creations(&host.sys, count, salt);
+        settle(host.daemon.id()).await;
+        let calls: Vec<Vec<String>> = plan
+            .iter()
+            .map(|p| {
+                [
+                    ctl,
+                    "--bus-address",
+                    &host.bus.address,
+                    "--no-ask-password",
+                    "mdev",
+                    "create",
+                    &p.parent,
+                    &p.type_id,
+                    "--uuid",
+                    &p.uuid,
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+            .collect();
+        via_ctl.extend(timed_calls(&calls, &host.sys));
+        // `mdev create` returns once the daemon's tree shows the device.
+        assert_eq!(exported_mdevs(&host.conn).await, count);
+        remove_all(&host.sys, &plan, &host.conn).await;
+
+        salt += 1;
+        let plan = plan_creations(&host.sys, count, salt);
+        settle(host.daemon.id()).await;
+        let calls: Vec<Vec<String>> = plan
+            .iter()
+            .map(|p| {
+                [
+                    "mdevctl", "start", "-p", &p.parent, "-t", &p.type_id, "-u", &p.uuid,
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+            .collect();
+        via_mdevctl.extend(timed_calls(&calls, &host.sys));
+        assert_eq!(mdevs_in_sysfs(&host.sys).len(), count);
+        wait_for_mdevs(&host.conn, count).await;
+        remove_all(&host.sys, &plan, &host.conn).await;
+    }
+    let (g, m) = (median_ms(&via_ctl), median_ms(&via_mdevctl));
+    eprintln!(
+        "{scale}: gpuvirtctl mdev create {g:.1} ms per call, mdevctl start {m:.1} ms per call \
+         ({:.2}x), {} calls each",
+        g / m,
+        via_ctl.len()
+    );
+    let result = serde_json::json!({
+        "scale": scale,
+        "functions": host.functions,
+        "calls": via_ctl.len(),
+        "gpuvirtctl_ms": g,
+        "mdevctl_ms": m,
+        "ratio": g / m,
+        "gpuvirtctl_all_ms": via_ctl,
+        "mdevctl_all_ms": via_mdevctl,
+    });
+    println!("{}", serde_json::to_string_pretty(&result).unwrap());
+    if let Ok(out) = std::env::var("BENCH_CREATE_OUT") {
+        std::fs::write(out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    }
+    let ApplyHost {
+        mut daemon,
+        bus,
+        mount,
+        ..
+    } = host;
     let _ = daemon.kill();
     let _ = daemon.wait();
     drop(bus);
