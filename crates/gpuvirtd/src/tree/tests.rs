@@ -1,4 +1,5 @@
 //! Unit tests of the tree: projection, diff and sync against hand-built inventories.
+//! May import: the tree (its parent module).
 
 #![allow(clippy::unwrap_used)]
 
