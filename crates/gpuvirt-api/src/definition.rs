@@ -2,8 +2,8 @@
 //! `Manager.ListMdevDefinitions`' rows, and its translation into mdevctl's format. May import:
 //! crate::wire.
 
-use gpuvirt_types::MdevStart;
 use gpuvirt_types::mdevctl;
+use gpuvirt_types::MdevStart;
 
 use crate::wire::MdevDefinitionWire;
 

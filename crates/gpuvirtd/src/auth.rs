@@ -1,17 +1,19 @@
-//! Authorization of mutating calls: one default-deny table from method to polkit action, and a
-//! bouncer that asks polkit about the *caller* (its unique bus name), in the manner of bolt's
-//! bouncer.
+//! Authorization of mutating calls, in the manner of bolt's bouncer: every mutating method is
+//! a [`Method`], each with its polkit action (an exhaustive match, so a new method cannot
+//! compile without one), and the [`Bouncer`] asks polkit about the *caller* (its unique bus
+//! name). What it hands back on success is a [`Grant`], which only this file can make: the
+//! operations' commit step takes one, so a mutator that skips authorization does not compile.
 //!
-//! Reads are open and never come here. A method missing from [`ACTIONS`] is refused for
-//! everyone, so a new mutator cannot ship unguarded by accident. When polkit is not on the bus
-//! the bouncer fails closed: only callers running as uid 0 are allowed.
+//! Reads and dry runs are open and never come here. When polkit is not on the bus the
+//! bouncer fails closed: only callers running as uid 0 are allowed.
+//! Ground level: may import crate::error.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use gpuvirt_api::CallError;
-use zbus::message::Header;
-use zbus::zvariant::{OwnedValue, Value};
+use zbus::zvariant::Value;
+
+use crate::error::{ErrorKind, OpError};
 
 /// polkit action for giving cards to VMs and taking them back.
 pub const ACTION_PASSTHROUGH: &str = "org.gpuvirt.GpuVirt1.passthrough";
@@ -20,28 +22,115 @@ pub const ACTION_SHARD: &str = "org.gpuvirt.GpuVirt1.shard";
 /// polkit action for changing the device policy.
 pub const ACTION_POLICY: &str = "org.gpuvirt.GpuVirt1.policy";
 
-/// Every mutating method (`Interface.Method`, interface without the common prefix) and the
-/// polkit action that guards it. Default deny: a method not listed here is refused.
-pub const ACTIONS: &[(&str, &str)] = &[
-    ("Gpu.AssignPassthrough", ACTION_PASSTHROUGH),
-    ("Gpu.ReturnToHost", ACTION_PASSTHROUGH),
-    ("ShardParent.CreateMdev", ACTION_SHARD),
-    ("Mdev.Remove", ACTION_SHARD),
-    ("Manager.DefineMdev", ACTION_SHARD),
-    ("Manager.ImportMdevDefinition", ACTION_SHARD),
-    ("Manager.UndefineMdev", ACTION_SHARD),
-    ("Manager.StartMdev", ACTION_SHARD),
-    ("Manager.StopMdev", ACTION_SHARD),
-    ("Manager.ReloadPolicy", ACTION_POLICY),
-    ("Manager.Reconcile", ACTION_POLICY),
-];
+/// Every mutating method of the D-Bus API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    AssignPassthrough,
+    ReturnToHost,
+    CreateMdev,
+    RemoveMdev,
+    DefineMdev,
+    ImportMdevDefinition,
+    UndefineMdev,
+    StartMdev,
+    StopMdev,
+    ReloadPolicy,
+    Reconcile,
+}
 
-/// The polkit action guarding `method`, `None` (deny) for a method not in the table.
+impl Method {
+    #[cfg(test)]
+    pub const ALL: [Method; 11] = [
+        Method::AssignPassthrough,
+        Method::ReturnToHost,
+        Method::CreateMdev,
+        Method::RemoveMdev,
+        Method::DefineMdev,
+        Method::ImportMdevDefinition,
+        Method::UndefineMdev,
+        Method::StartMdev,
+        Method::StopMdev,
+        Method::ReloadPolicy,
+        Method::Reconcile,
+    ];
+
+    /// `Interface.Method`, the interface without the common prefix (for messages and logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::AssignPassthrough => "Gpu.AssignPassthrough",
+            Method::ReturnToHost => "Gpu.ReturnToHost",
+            Method::CreateMdev => "ShardParent.CreateMdev",
+            Method::RemoveMdev => "Mdev.Remove",
+            Method::DefineMdev => "Manager.DefineMdev",
+            Method::ImportMdevDefinition => "Manager.ImportMdevDefinition",
+            Method::UndefineMdev => "Manager.UndefineMdev",
+            Method::StartMdev => "Manager.StartMdev",
+            Method::StopMdev => "Manager.StopMdev",
+            Method::ReloadPolicy => "Manager.ReloadPolicy",
+            Method::Reconcile => "Manager.Reconcile",
+        }
+    }
+
+    /// The polkit action that guards the method.
+    pub fn action(self) -> &'static str {
+        match self {
+            Method::AssignPassthrough | Method::ReturnToHost => ACTION_PASSTHROUGH,
+            Method::CreateMdev
+            | Method::RemoveMdev
+            | Method::DefineMdev
+            | Method::ImportMdevDefinition
+            | Method::UndefineMdev
+            | Method::StartMdev
+            | Method::StopMdev => ACTION_SHARD,
+            Method::ReloadPolicy | Method::Reconcile => ACTION_POLICY,
+        }
+    }
+}
+
+/// The polkit action guarding the method named `method` (`Interface.Method`), `None` (deny)
+/// for a name that is not a mutating method.
+#[cfg(test)]
 pub fn action_for(method: &str) -> Option<&'static str> {
-    ACTIONS
+    Method::ALL
         .iter()
-        .find(|(m, _)| *m == method)
-        .map(|(_, action)| *action)
+        .find(|m| m.name() == method)
+        .map(|m| m.action())
+}
+
+/// Who is calling, as the bus stamped the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's unique bus name; `None` on a peer-to-peer connection.
+    pub sender: Option<String>,
+    /// Whether polkit may prompt: the caller did not pass `auth.no_user_interaction` AND its
+    /// message carries ALLOW_INTERACTIVE_AUTHORIZATION, which the D-Bus spec makes the
+    /// caller's way of saying it can wait for a prompt (`gpuvirtctl --no-ask-password` and
+    /// `gdbus call` without `--interactive` leave it out).
+    pub interactive: bool,
+}
+
+/// Proof that the bouncer allowed one caller one method. Its private field means only this
+/// file can make one.
+#[derive(Debug)]
+pub struct Grant {
+    method: Method,
+    _sealed: (),
+}
+
+impl Grant {
+    /// Fails with `AccessDenied` unless the grant is for `method`: a grant for one method
+    /// cannot commit another.
+    pub fn allows(&self, method: Method) -> Result<(), OpError> {
+        if self.method == method {
+            Ok(())
+        } else {
+            Err(denied(format!(
+                "authorization for {} does not cover {}",
+                self.method.name(),
+                method.name()
+            )))
+        }
+    }
 }
 
 const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
@@ -59,8 +148,8 @@ pub struct Bouncer {
     uids: Mutex<HashMap<String, u32>>,
 }
 
-fn denied(message: impl Into<String>) -> CallError {
-    CallError::Fdo(zbus::fdo::Error::AccessDenied(message.into()))
+fn denied(message: impl Into<String>) -> OpError {
+    OpError::new(ErrorKind::AccessDenied, message)
 }
 
 impl Bouncer {
@@ -71,45 +160,42 @@ impl Bouncer {
         }
     }
 
-    /// Allows the call in `header` to `method` or fails with
-    /// `org.freedesktop.DBus.Error.AccessDenied`. `interactive` is the caller's wish to be
-    /// asked for a password (false when it passed `auth.no_user_interaction`); it counts only
-    /// when the call also carries ALLOW_INTERACTIVE_AUTHORIZATION, which the D-Bus spec makes
-    /// the caller's way of saying it can wait for a prompt (`gpuvirtctl --no-ask-password`
-    /// and `gdbus call` without `--interactive` leave it out).
-    pub async fn authorize(
-        &self,
-        header: &Header<'_>,
-        method: &str,
-        interactive: bool,
-    ) -> Result<(), CallError> {
-        let interactive = interactive
-            && header
-                .primary()
-                .flags()
-                .contains(zbus::message::Flags::AllowInteractiveAuth);
-        let Some(action) = action_for(method) else {
-            return Err(denied(format!("{method} is not an authorized operation")));
-        };
-        let Some(sender) = header.sender().map(|s| s.to_string()) else {
+    /// Allows `caller` to run `method` (a [`Grant`]) or fails with `AccessDenied`.
+    pub async fn authorize(&self, caller: &Caller, method: Method) -> Result<Grant, OpError> {
+        let name = method.name();
+        let action = method.action();
+        let Some(sender) = caller.sender.as_deref() else {
             return Err(denied("the call has no sender"));
         };
-        match self.ask_polkit(&sender, action, interactive).await {
-            Ok(true) => Ok(()),
+        let grant = Grant {
+            method,
+            _sealed: (),
+        };
+        match self.ask_polkit(sender, action, caller.interactive).await {
+            Ok(true) => Ok(grant),
             Ok(false) => Err(denied(format!(
-                "polkit does not allow {sender} to {method} (action {action})"
+                "polkit does not allow {sender} to {name} (action {action})"
             ))),
             Err(PolkitAbsent) => {
                 // Fail closed: without polkit only root may change the host.
-                let uid = self.uid_of(&sender).await?;
+                let uid = self.uid_of(sender).await?;
                 if uid == 0 {
-                    Ok(())
+                    Ok(grant)
                 } else {
                     Err(denied(format!(
-                        "polkit is not running, so only root may {method}; the caller runs as uid {uid}"
+                        "polkit is not running, so only root may {name}; the caller runs as uid {uid}"
                     )))
                 }
             }
+        }
+    }
+
+    /// The grant for what a signal asks (SIGHUP's reload): only root, or the daemon's own
+    /// user, can signal the daemon, so the kernel has authorised it already.
+    pub fn grant_for_signal(&self, method: Method) -> Grant {
+        Grant {
+            method,
+            _sealed: (),
         }
     }
 
@@ -166,7 +252,7 @@ impl Bouncer {
         }
     }
 
-    async fn uid_of(&self, sender: &str) -> Result<u32, CallError> {
+    async fn uid_of(&self, sender: &str) -> Result<u32, OpError> {
         if let Some(uid) = self
             .uids
             .lock()
@@ -198,20 +284,6 @@ impl Bouncer {
 #[derive(Debug)]
 struct PolkitAbsent;
 
-/// Reads the `auth.no_user_interaction` option (a boolean); wrong types are the caller's error.
-pub fn interactive(options: &HashMap<String, OwnedValue>) -> Result<bool, CallError> {
-    match options.get("auth.no_user_interaction") {
-        None => Ok(true),
-        Some(v) => match **v {
-            Value::Bool(b) => Ok(!b),
-            _ => Err(CallError::invalid_arg(
-                "options",
-                "auth.no_user_interaction must be a boolean",
-            )),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,9 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn the_table_is_the_apis() {
+        let guarded: Vec<(String, &str)> = gpuvirt_api::METHODS
+            .iter()
+            .filter_map(|m| Some((m.key(), m.action?)))
+            .collect();
+        let ours: Vec<(String, &str)> = Method::ALL
+            .iter()
+            .map(|m| (m.name().to_owned(), m.action()))
+            .collect();
+        for entry in &guarded {
+            assert!(ours.contains(entry), "{entry:?} has no Method");
+        }
+        assert_eq!(ours.len(), guarded.len());
+    }
+
+    #[test]
     fn every_action_is_declared_in_the_polkit_file() {
         let file = include_str!("../../../dbus/org.gpuvirt.GpuVirt1.policy");
-        for (method, action) in ACTIONS {
+        for (method, action) in Method::ALL.map(|m| (m.name(), m.action())) {
             assert!(
                 file.contains(&format!("<action id=\"{action}\">")),
                 "{method}'s action {action} is missing from the polkit actions file"

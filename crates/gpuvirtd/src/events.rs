@@ -1,5 +1,6 @@
 //! Kernel device events: one owned type fed by the udev monitor or the simulated kernel's
-//! socket, and the mapping from an event to what must be re-read.
+//! socket, and the mapping from an event (or a write of ours) to what must be re-read.
+//! The bottom layer of the daemon: may import only gpuvirt-core.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,15 @@ pub enum Target {
     IommuGroup(u32),
     Modules,
     All,
+}
+
+/// What creating, starting or removing `uuid` on `parent` changes: the parent's instance
+/// counts and the mdev itself.
+pub fn mdev_targets(parent: &str, uuid: Uuid) -> Vec<Target> {
+    vec![
+        Target::MdevInstances(parent.to_string()),
+        Target::Mdev(uuid),
+    ]
 }
 
 /// Parses the kernel netlink wire form `ACTION@DEVPATH\0KEY=VALUE\0...`; `None` if malformed.

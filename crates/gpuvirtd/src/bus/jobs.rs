@@ -6,6 +6,7 @@
 //! its end twice: the `Completed(b success, s message)` signal and the `Finished`/`Success`/
 //! `ErrorName`/`Message` properties, so a client that subscribed late reads the result instead
 //! of waiting for a signal it missed. Finished jobs stay exported for [`KEEP_FINISHED`].
+//! May import: gpuvirt-api only (nothing of this crate).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,98 +1,33 @@
-//! The one owner of the inventory: applies events, diffs, updates the served objects.
+//! The one owner of the inventory: applies events, diffs, and hands every change of the
+//! served tree to the [`Sink`]. It also owns the policy runtime, which reaches it only
+//! through [`PolicyHost`].
 //!
 //! D-Bus handlers never touch the inventory: lookups read an immutable index from a `watch`
-//! channel. Only this task writes, so there is no lock to hold across `.await`.
+//! channel, and everything else is a [`Command`] sent through an [`ActorHandle`]. Only this
+//! task writes, so there is no lock to hold across `.await`.
+//! May import: actor/*, crate::policy, crate::tree, crate::events.
 
-use std::collections::BTreeSet;
+mod command;
+mod handle;
+mod source;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gpuvirt_core::{Inventory, RefreshScope};
-use tokio::sync::{mpsc, oneshot, watch};
+use gpuvirt_api as api;
+use gpuvirt_core::{Inventory, PciAddress, RefreshScope};
+use tokio::sync::{mpsc, watch};
 
-use crate::dbus;
+pub use command::{Command, Counts, Inspector};
+pub use handle::ActorHandle;
+pub use source::{InventorySource, RememberingScanner};
+
 use crate::events::{self, SourceMessage, Target};
-use crate::objects::{self, Change, Iface, Kind, Lookup, ObjectTree};
-
-/// Reads the host. The daemon uses the core scanner; tests can substitute a fake.
-pub trait InventorySource: Send + Sync + 'static {
-    fn scan(&self) -> Inventory;
-    /// Re-reads what `targets` touch in `inv` (one batch of events: see the core's
-    /// `Scanner::refresh_batch`); returns the entries it may have changed.
-    fn refresh(&self, inv: &mut Inventory, targets: &BTreeSet<Target>) -> RefreshScope;
-}
-
-impl InventorySource for gpuvirt_core::Scanner {
-    fn scan(&self) -> Inventory {
-        gpuvirt_core::Scanner::scan(self)
-    }
-
-    fn refresh(&self, inv: &mut Inventory, targets: &BTreeSet<Target>) -> RefreshScope {
-        use gpuvirt_core::RefreshTarget as R;
-        let targets: Vec<R> = targets
-            .iter()
-            .map(|target| match target {
-                Target::Pci(a) => R::Pci(*a),
-                Target::Mdev(u) => R::Mdev(*u),
-                Target::MdevParent(n) => R::MdevParent(n.clone()),
-                Target::MdevInstances(n) => R::MdevInstances(n.clone()),
-                Target::IommuGroup(g) => R::IommuGroup(*g),
-                Target::Modules => R::Modules,
-                Target::All => R::All,
-            })
-            .collect();
-        gpuvirt_core::Scanner::refresh_batch(self, inv, &targets).1
-    }
-}
-
-/// Requests from the rest of the daemon.
-#[derive(Debug)]
-pub enum Command {
-    /// Re-read everything (SIGHUP, later policy reload); replies when the tree is updated.
-    Rescan(oneshot::Sender<()>),
-    /// Liveness check for the systemd watchdog.
-    Ping(oneshot::Sender<()>),
-    /// A device-policy request (see `policy_runtime`).
-    Policy(crate::policy_runtime::Request),
-    /// Runs a closure on the inventory the tree shows (validating a mutating call). It runs on
-    /// the actor's task, so it must be quick: copy out what it needs and reply.
-    Inspect(Inspector),
-    /// Re-reads `targets` now (after a mutation, without waiting for its uevents); replies
-    /// when the tree is updated.
-    Refresh(Vec<Target>, oneshot::Sender<()>),
-    /// The served objects that carry any of these interfaces (all objects when empty), as
-    /// the tree holds them (the properties are shared, not copied).
-    Objects(
-        Vec<String>,
-        oneshot::Sender<Vec<(String, objects::ObjectSpec)>>,
-    ),
-}
-
-/// A closure for [`Command::Inspect`].
-pub struct Inspector(pub Box<dyn FnOnce(&Inventory) + Send>);
-
-impl std::fmt::Debug for Inspector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Inspector(..)")
-    }
-}
-
-/// Counters for the status line and logs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub gpus: usize,
-    pub mdevs: usize,
-    pub groups: usize,
-}
-
-impl Counts {
-    fn of(inv: &Inventory) -> Self {
-        Counts {
-            gpus: inv.gpus.len(),
-            mdevs: inv.mdevs.len(),
-            groups: inv.groups.len(),
-        }
-    }
-}
+use crate::policy::{self, PolicyHost, PolicyRuntime};
+use crate::tree::{
+    self, Change, ChangedProperties, Iface, Kind, Lookup, ObjectTree, PolicyFacts, PolicyProps,
+    Sink,
+};
 
 /// Most events folded into one refresh pass; bounds latency under a never-ending burst.
 const MAX_BATCH: usize = 4096;
@@ -122,19 +57,21 @@ pub struct Actor {
     source: Arc<dyn InventorySource>,
     /// The complete inventory, refreshed in place by the scanner.
     inventory: Inventory,
-    /// What the served tree was built from ([`objects::served_part`]: the inventory less the
+    /// What the served tree was built from ([`tree::served_part`]: the inventory less the
     /// functions and groups no object shows), compared with `inventory` after each refresh:
     /// the entries that differ say which objects to rebuild.
     served: Inventory,
     tree: ObjectTree,
-    server: zbus::ObjectServer,
+    /// Where every change of the served tree leaves.
+    sink: Arc<dyn Sink>,
     lookup: watch::Sender<Arc<Lookup>>,
     counts: watch::Sender<Counts>,
     /// Told which shard parents appeared (hotplug, driver load, `MDEV_STATE=registered`), so
     /// defined mdevs are recreated on the parent's own readiness event, not after a sleep.
     parent_added: Option<mpsc::UnboundedSender<BTreeSet<String>>>,
-    /// The device policy in force and the executor that applies it.
-    pub(crate) policy: Option<crate::policy_runtime::PolicyRuntime>,
+    /// The device policy in force and its timers; taken out while it works (so the actor
+    /// can rescan meanwhile) and always put back.
+    policy: Option<PolicyRuntime>,
     /// Read right after the command being handled has replied (see [`Actor::defer_refresh`]).
     deferred: BTreeSet<Target>,
 }
@@ -147,23 +84,61 @@ impl std::fmt::Debug for Actor {
     }
 }
 
+impl PolicyHost for Actor {
+    fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    async fn rescan(&mut self) {
+        self.update(BTreeSet::from([Target::All])).await;
+    }
+
+    /// An apply whose every write the kernel confirmed replies without waiting for the
+    /// read-back of what it changed (the tree follows, with its signals, right after).
+    fn defer_refresh(&mut self, targets: BTreeSet<Target>) {
+        self.deferred.extend(targets);
+    }
+
+    /// Announces the objects whose verdict changed.
+    async fn set_policy_facts(&mut self, facts: BTreeMap<PciAddress, PolicyFacts>) {
+        let changes = tree::set_policy_facts(&mut self.tree, facts);
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.sink.apply(changes).await {
+            tracing::error!(error = %e, "updating the GPUs' policy properties failed");
+        }
+    }
+
+    async fn publish_policy(&mut self, props: PolicyProps, changed: ChangedProperties) {
+        let change = Change::Updated {
+            path: api::MANAGER_PATH.to_owned(),
+            iface: Iface::Policy(props),
+            changed,
+        };
+        if let Err(e) = self.sink.apply(vec![change]).await {
+            tracing::error!(error = %e, "cannot announce the policy properties");
+        }
+    }
+}
+
 impl Actor {
     /// `inventory` and `tree` are what is already served.
     pub fn new(
         source: Arc<dyn InventorySource>,
         mut inventory: Inventory,
         tree: ObjectTree,
-        server: zbus::ObjectServer,
+        sink: Arc<dyn Sink>,
         lookup: watch::Sender<Arc<Lookup>>,
         counts: watch::Sender<Counts>,
     ) -> Self {
         counts.send_replace(Counts::of(&inventory));
         Actor {
             source,
-            served: objects::served_part(&mut inventory),
+            served: tree::served_part(&mut inventory),
             inventory,
             tree,
-            server,
+            sink,
             lookup,
             counts,
             parent_added: None,
@@ -179,45 +154,9 @@ impl Actor {
     }
 
     /// Gives the actor the device-policy runtime (it reconciles once the loop runs).
-    pub fn with_policy(mut self, policy: crate::policy_runtime::PolicyRuntime) -> Self {
+    pub fn with_policy(mut self, policy: PolicyRuntime) -> Self {
         self.policy = Some(policy);
         self
-    }
-
-    /// The inventory the served tree shows.
-    pub(crate) fn inventory(&self) -> &Inventory {
-        &self.inventory
-    }
-
-    pub(crate) fn server(&self) -> &zbus::ObjectServer {
-        &self.server
-    }
-
-    /// Serves the device policy's verdict on each GPU (`Role`, `PolicyRule`), announcing
-    /// the objects whose verdict changed.
-    pub(crate) async fn set_policy_facts(
-        &mut self,
-        facts: std::collections::BTreeMap<gpuvirt_core::PciAddress, objects::PolicyFacts>,
-    ) {
-        let changes = objects::set_policy_facts(&mut self.tree, facts);
-        if changes.is_empty() {
-            return;
-        }
-        if let Err(e) = dbus::apply(&self.server, changes).await {
-            tracing::error!(error = %e, "updating the GPUs' policy properties failed");
-        }
-    }
-
-    /// Reads `targets` once the command being handled has replied, before the next one:
-    /// an apply whose every write the kernel confirmed replies without waiting for the
-    /// read-back of what it changed (the tree follows, with its signals, right after).
-    pub(crate) fn defer_refresh(&mut self, targets: impl IntoIterator<Item = Target>) {
-        self.deferred.extend(targets);
-    }
-
-    /// Re-reads everything and updates the tree (after applying changes).
-    pub(crate) async fn rescan(&mut self) {
-        self.update(BTreeSet::from([Target::All])).await;
     }
 
     /// Runs until the command channel closes. A closed event channel (`--events none`, or a
@@ -258,54 +197,109 @@ impl Actor {
                     fold_queued(&mut events, &mut targets, &mut announced);
                     self.update_and_react(targets, announced).await;
                 }
-                _ = crate::policy_runtime::sleep_until(self.policy.as_ref().and_then(|p| p.due())) => {
-                    crate::policy_runtime::on_due(&mut self).await;
+                _ = policy::sleep_until(self.policy.as_ref().and_then(|p| p.due())) => {
+                    if let Some(mut rt) = self.policy.take() {
+                        policy::on_due(&mut self, &mut rt).await;
+                        self.policy = Some(rt);
+                    }
                 }
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Rescan(reply)) => {
-                        self.update(BTreeSet::from([Target::All])).await;
-                        let _ = reply.send(());
-                    }
-                    Some(Command::Ping(reply)) => {
-                        let _ = reply.send(());
-                    }
-                    Some(Command::Inspect(Inspector(f))) => f(&self.inventory),
-                    Some(Command::Objects(interfaces, reply)) => {
-                        let objects = self
-                            .tree
-                            .objects
-                            .iter()
-                            .filter(|(_, spec)| {
-                                interfaces.is_empty() || interfaces.iter().any(|i| spec.has(i))
-                            })
-                            .map(|(path, spec)| (path.clone(), spec.clone()))
-                            .collect();
-                        let _ = reply.send(objects);
-                    }
-                    Some(Command::Refresh(targets, reply)) => {
-                        // A mutation asks right after its sysfs writes, whose uevents may
-                        // still be in the socket: let the event source run (yield_now resumes
-                        // after the I/O driver was polled), then fold what it queued into this
-                        // pass, rather than a second pass for them that finds nothing left to
-                        // change. (Events handled before this request still leave one such
-                        // pass: this one, the price of replying once the tree shows the change.)
-                        tokio::task::yield_now().await;
-                        let mut targets: BTreeSet<Target> = targets.into_iter().collect();
-                        let mut announced = BTreeSet::new();
-                        let folded = fold_queued(&mut events, &mut targets, &mut announced);
-                        let touched = (folded && self.policy.is_some()).then(|| targets.clone());
-                        self.update_announced(targets, announced).await;
-                        let _ = reply.send(());
-                        if let Some(touched) = touched {
-                            crate::policy_runtime::after_events(&mut self, &touched).await;
-                        }
-                    }
-                    Some(Command::Policy(request)) => {
-                        crate::policy_runtime::handle(&mut self, request).await;
-                    }
+                    Some(command) => self.handle(command, &mut events).await,
                     None => break,
                 },
             }
+        }
+    }
+
+    async fn handle(&mut self, command: Command, events: &mut mpsc::Receiver<SourceMessage>) {
+        match command {
+            Command::Rescan(reply) => {
+                self.update(BTreeSet::from([Target::All])).await;
+                let _ = reply.send(());
+            }
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            Command::Inspect(Inspector(f)) => f(&self.inventory),
+            Command::Check(check) => {
+                let verdict = policy::check_manual_subjects(
+                    self.policy.as_ref(),
+                    &self.inventory,
+                    &check.originals,
+                    &check.subjects,
+                );
+                if let Err(v) = verdict {
+                    (check.answer)(Err(v));
+                    return;
+                }
+                let mut touched = None;
+                if let Some(fresh) = check.fresh {
+                    // Plan against what sysfs says now, not what the last processed uevent
+                    // said: a rebind whose uevents are still queued would otherwise be
+                    // planned from the old driver.
+                    let targets = fresh(&self.inventory);
+                    if !targets.is_empty() {
+                        touched = self.refresh_now(targets, events).await;
+                    }
+                }
+                (check.answer)(Ok(&self.inventory));
+                self.react(touched).await;
+            }
+            Command::Objects(interfaces, reply) => {
+                let objects = self
+                    .tree
+                    .objects
+                    .iter()
+                    .filter(|(_, spec)| {
+                        interfaces.is_empty() || interfaces.iter().any(|i| spec.has(i))
+                    })
+                    .map(|(path, spec)| (path.clone(), spec.clone()))
+                    .collect();
+                let _ = reply.send(objects);
+            }
+            Command::Refresh(targets, reply) => {
+                let touched = self.refresh_now(targets, events).await;
+                let _ = reply.send(());
+                self.react(touched).await;
+            }
+            Command::Policy(request) => {
+                let mut rt = self.policy.take();
+                policy::answer(self, rt.as_mut(), request).await;
+                self.policy = rt;
+            }
+        }
+    }
+
+    /// Re-reads `targets` with whatever events are queued; returns what the policy should
+    /// look at afterwards (only when events were folded in, as an event pass would).
+    async fn refresh_now(
+        &mut self,
+        targets: Vec<Target>,
+        events: &mut mpsc::Receiver<SourceMessage>,
+    ) -> Option<BTreeSet<Target>> {
+        // A mutation asks right after its sysfs writes, whose uevents may still be in the
+        // socket: let the event source run (yield_now resumes after the I/O driver was
+        // polled), then fold what it queued into this pass, rather than a second pass for
+        // them that finds nothing left to change. (Events handled before this request still
+        // leave one such pass: this one, the price of replying once the tree shows the
+        // change.)
+        tokio::task::yield_now().await;
+        let mut targets: BTreeSet<Target> = targets.into_iter().collect();
+        let mut announced = BTreeSet::new();
+        let folded = fold_queued(events, &mut targets, &mut announced);
+        let touched = (folded && self.policy.is_some()).then(|| targets.clone());
+        self.update_announced(targets, announced).await;
+        touched
+    }
+
+    /// Lets the device policy react to what events touched.
+    async fn react(&mut self, touched: Option<BTreeSet<Target>>) {
+        let Some(touched) = touched else {
+            return;
+        };
+        if let Some(mut rt) = self.policy.take() {
+            policy::after_events(self, &mut rt, &touched).await;
+            self.policy = Some(rt);
         }
     }
 
@@ -314,9 +308,7 @@ impl Actor {
     async fn update_and_react(&mut self, targets: BTreeSet<Target>, announced: BTreeSet<String>) {
         let touched = self.policy.is_some().then(|| targets.clone());
         self.update_announced(targets, announced).await;
-        if let Some(touched) = touched {
-            crate::policy_runtime::after_events(self, &touched).await;
-        }
+        self.react(touched).await;
     }
 
     async fn update(&mut self, targets: BTreeSet<Target>) {
@@ -345,8 +337,8 @@ impl Actor {
             // the thread's allocations went to a second malloc arena.
             self.source.refresh(&mut self.inventory, &targets)
         };
-        let synced = objects::sync_inventory(&mut self.served, &mut self.inventory, &scope);
-        let changes = objects::update(&mut self.tree, &self.inventory, synced);
+        let synced = tree::sync_inventory(&mut self.served, &mut self.inventory, &scope);
+        let changes = tree::update(&mut self.tree, &self.inventory, synced);
         // Publish first: a client reacting to a signal must find the object by lookup.
         if changes.iter().any(|c| match c {
             Change::Added { iface, .. } => matches!(iface, Iface::Gpu(_) | Iface::Mdev(_)),
@@ -358,7 +350,7 @@ impl Actor {
         }
         let n = changes.len();
         let appeared = appeared_parents(&changes, announced, &self.inventory);
-        if let Err(e) = dbus::apply(&self.server, changes).await {
+        if let Err(e) = self.sink.apply(changes).await {
             tracing::error!(error = %e, "updating the D-Bus objects failed");
         }
         if !appeared.is_empty() {

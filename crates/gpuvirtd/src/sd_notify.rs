@@ -2,6 +2,7 @@
 //!
 //! The protocol is one datagram of `KEY=VALUE` lines; written here directly rather than
 //! pulling in libsystemd. Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
+//! Ground level: may import nothing of this crate.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};

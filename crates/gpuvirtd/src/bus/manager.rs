@@ -1,0 +1,313 @@
+//! `org.gpuvirt.GpuVirt1.Manager`: its lookups and listings answer from the actor's index
+//! and tree; its other methods hand over to `bus/mutators.rs`. Its properties are the
+//! inventory's half (ManagerProps) and the policy's half (PolicyProps), both replaced by the
+//! one route out, `bus/publish.rs`. May import: bus/services.rs, bus/mutators.rs,
+//! bus/wire.rs, crate::tree.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use gpuvirt_api::{self as api, CallError};
+use gpuvirt_core::PciAddress;
+use tokio::sync::watch;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+use super::mutators;
+use super::options::no_options;
+use super::services::{tree_objects, Services};
+use super::wire::{MdevRows, ObjectsReply};
+use crate::tree::{Lookup, ManagerProps, PolicyProps};
+
+/// `org.gpuvirt.GpuVirt1.Manager`.
+#[derive(Debug)]
+pub struct ManagerInterface {
+    /// Behind its own lock, as the other interfaces' properties are: replacing them then
+    /// needs only zbus's shared lock on the interface, which a Manager method waiting for the
+    /// actor (Reconcile, DefineMdev) also holds; an exclusive lock would deadlock the actor.
+    pub props: RwLock<ManagerProps>,
+    /// The device policy's properties, published by the policy runtime through the actor.
+    pub policy: RwLock<PolicyProps>,
+    /// Which objects exist, published by the actor before it announces changes, so lookups
+    /// never wait for it (and never hold this interface's lock while waiting).
+    pub lookup: watch::Receiver<Arc<Lookup>>,
+    pub services: Arc<Services>,
+}
+
+impl ManagerInterface {
+    fn props(&self) -> RwLockReadGuard<'_, ManagerProps> {
+        // A writer only assigns whole properties: a poisoned lock still holds whole ones.
+        self.props.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn policy(&self) -> RwLockReadGuard<'_, PolicyProps> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[zbus::interface(name = "org.gpuvirt.GpuVirt1.Manager")]
+impl ManagerInterface {
+    /// The object of the GPU whose display function is `address` (`DDDD:BB:DD.F`).
+    async fn get_gpu_by_pci_address(&self, address: &str) -> Result<OwnedObjectPath, CallError> {
+        let parsed: PciAddress = address
+            .parse()
+            .map_err(|e| CallError::invalid_arg("address", e))?;
+        if self.lookup.borrow().gpus.contains(&parsed) {
+            Ok(api::gpu_path(&parsed))
+        } else {
+            Err(CallError::no_such_device(format!(
+                "no GPU at {parsed} (functions that are not display controllers have no GPU object)"
+            )))
+        }
+    }
+
+    /// The object of the mdev `uuid`.
+    async fn get_mdev_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, CallError> {
+        let parsed = crate::ops::parse_uuid("uuid", uuid)?;
+        if self.lookup.borrow().mdevs.contains(&parsed) {
+            Ok(api::mdev_path(&parsed))
+        } else {
+            Err(CallError::no_such_device(format!("no mdev {parsed}")))
+        }
+    }
+
+    /// The objects that carry any of `interfaces` (every object when empty; the Manager is
+    /// not among them), with all their interfaces and properties, in the form of
+    /// `GetManagedObjects`: one call instead of a
+    /// `GetAll` per object, built from the daemon's own tree rather than by asking every
+    /// object in turn. No options are defined yet.
+    async fn get_objects(
+        &self,
+        interfaces: Vec<String>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<ObjectsReply, CallError> {
+        const OBJECT_INTERFACES: [&str; 4] = [
+            api::GPU_INTERFACE,
+            api::SHARD_PARENT_INTERFACE,
+            api::IOMMU_GROUP_INTERFACE,
+            api::MDEV_INTERFACE,
+        ];
+        if let Some(bad) = interfaces
+            .iter()
+            .find(|i| !OBJECT_INTERFACES.contains(&i.as_str()))
+        {
+            return Err(CallError::invalid_arg(
+                "interfaces",
+                format!(
+                    "'{}' is not an object interface of gpuvirtd (one of {})",
+                    crate::ops::shown(bad),
+                    OBJECT_INTERFACES.join(", ")
+                ),
+            ));
+        }
+        no_options("GetObjects", &options)?;
+        Ok(ObjectsReply {
+            manager: None,
+            objects: tree_objects(self.services.actor(), interfaces).await?,
+        })
+    }
+
+    /// Every mdev as one typed row (object, uuid, parent object, parent name, type, type
+    /// name, active, driver, IOMMU group id: the Mdev interface's properties less the
+    /// `IommuGroup` path), sorted by object path, like systemd's `ListUnits`: a listing of
+    /// thousands of mdevs without a variant per property. No options are defined yet.
+    async fn list_mdevs(
+        &self,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<MdevRows, CallError> {
+        no_options("ListMdevs", &options)?;
+        let objects =
+            tree_objects(self.services.actor(), vec![api::MDEV_INTERFACE.to_owned()]).await?;
+        Ok(MdevRows(
+            objects
+                .into_iter()
+                .filter_map(|(path, spec)| Some((path, spec.mdev?)))
+                .collect(),
+        ))
+    }
+
+    /// Parses and validates `toml` against the live inventory: every diagnostic, rendered
+    /// compiler-style (`policy.toml:LINE:COL: error: ...`); empty when the policy is fine.
+    async fn validate_policy(&self, toml: &str) -> Result<Vec<String>, CallError> {
+        mutators::validate_policy(&self.services, toml).await
+    }
+
+    /// The plan for the policy in force against the live host: (human text, JSON).
+    async fn plan_policy(
+        &self,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(String, String), CallError> {
+        mutators::plan_policy(&self.services, options).await
+    }
+
+    /// Re-reads the policy file and applies it; an invalid file is rejected with
+    /// `PolicyInvalid` and the previous policy stays in force.
+    async fn reload_policy(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), CallError> {
+        mutators::reload_policy(&self.services, &header, options).await
+    }
+
+    /// Plans and applies the policy now (in `monitor` mode too): (success, report of what
+    /// was done, what failed and what was not attempted). A plan of mdev creations only
+    /// replies once the kernel lists every new mdev; their objects follow right after
+    /// (InterfacesAdded), as the parents' new instance counts do.
+    async fn reconcile(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(bool, String), CallError> {
+        mutators::reconcile(&self.services, &header, options).await
+    }
+
+    #[zbus(property)]
+    fn policy_path(&self) -> String {
+        self.policy().policy_path.clone()
+    }
+
+    #[zbus(property)]
+    fn policy_error(&self) -> String {
+        self.policy().policy_error.clone()
+    }
+
+    #[zbus(property)]
+    fn enforcement_mode(&self) -> String {
+        self.policy().enforcement_mode.clone()
+    }
+
+    #[zbus(property)]
+    fn reboot_required(&self) -> bool {
+        self.policy().reboot_required
+    }
+
+    #[zbus(property)]
+    fn reboot_reasons(&self) -> Vec<String> {
+        self.policy().reboot_reasons.clone()
+    }
+
+    #[zbus(property)]
+    fn drift(&self) -> Vec<String> {
+        self.policy().drift.clone()
+    }
+
+    #[zbus(property)]
+    fn last_apply(&self) -> String {
+        self.policy().last_apply.clone()
+    }
+
+    /// Defines a persistent mdev (mdevctl define): (parent, type id or name, uuid or empty,
+    /// options `auto` (default true)) → its UUID. An auto definition starts now if its
+    /// parent is present, and again whenever the parent appears.
+    async fn define_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        parent: &str,
+        mdev_type: &str,
+        uuid: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<String, CallError> {
+        mutators::define_mdev(&self.services, parent, mdev_type, uuid, &header, options).await
+    }
+
+    /// Drops an mdev's definition; an active mdev stays (mdevctl undefine).
+    async fn undefine_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), CallError> {
+        mutators::undefine_mdev(&self.services, uuid, &header, options).await
+    }
+
+    /// Defines a persistent mdev from mdevctl's file format, as `mdevctl define` reads a JSON
+    /// file: (parent, uuid or empty, the JSON of `/etc/mdevctl.d/<parent>/<uuid>` with
+    /// `mdev_type`, `start` `auto`|`manual` and ordered `attrs`, options) → its UUID. The
+    /// definition is gpuvirt's from then on; an auto one starts now if its parent is present.
+    async fn import_mdev_definition(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        parent: &str,
+        uuid: &str,
+        config: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<String, CallError> {
+        mutators::import_mdev_definition(&self.services, parent, uuid, config, &header, options)
+            .await
+    }
+
+    /// Every persistent mdev definition: gpuvirt's own and mdevctl's (`/etc/mdevctl.d`), each
+    /// (uuid, parent, type, owner `gpuvirt`|`mdevctl`, start `auto`|`manual`, attrs as ordered
+    /// (name, value) pairs, active), sorted by parent and UUID. No options are defined yet.
+    async fn list_mdev_definitions(
+        &self,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<Vec<api::MdevDefinitionWire>, CallError> {
+        mutators::list_mdev_definitions(&self.services, options).await
+    }
+
+    /// Creates a defined mdev (mdevctl start) and returns its object.
+    async fn start_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedObjectPath, CallError> {
+        mutators::start_mdev(&self.services, uuid, &header, options).await
+    }
+
+    /// Removes a defined mdev's device and keeps its definition (mdevctl stop).
+    async fn stop_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), CallError> {
+        mutators::stop_mdev(&self.services, uuid, &header, options).await
+    }
+
+    /// libvirt `<hostdev>` XML and QEMU arguments for `target`: a card (PCI address), an
+    /// NVIDIA per-VF vGPU (its VF) or an mdev (UUID). Option `x-vga` for a card.
+    async fn render_hostdev(
+        &self,
+        target: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(String, Vec<String>), CallError> {
+        mutators::render_hostdev(&self.services, target, options).await
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        self.props().version.clone()
+    }
+
+    #[zbus(property)]
+    fn kernel_release(&self) -> String {
+        self.props().kernel_release.clone()
+    }
+
+    #[zbus(property)]
+    fn iommu_enabled(&self) -> bool {
+        self.props().iommu_enabled
+    }
+
+    #[zbus(property)]
+    fn iommu_reasons(&self) -> Vec<String> {
+        self.props().iommu_reasons.clone()
+    }
+
+    #[zbus(property)]
+    fn vfio_available(&self) -> bool {
+        self.props().vfio_available
+    }
+
+    #[zbus(property)]
+    fn mdev_available(&self) -> bool {
+        self.props().mdev_available
+    }
+
+    #[zbus(property)]
+    fn scan_warnings(&self) -> Vec<String> {
+        self.props().scan_warnings.clone()
+    }
+}

@@ -1,0 +1,137 @@
+//! Decoding the `a{sv}` options of the methods into [`Options`]: an unknown key or a value
+//! that is not a boolean is InvalidArgs naming it. May import: crate::ops (Options),
+//! crate::error.
+
+use std::collections::HashMap;
+
+use zbus::zvariant::{OwnedValue, Value};
+
+use crate::error::OpError;
+use crate::ops::{shown, Options};
+
+/// Reads the `auth.no_user_interaction` option (a boolean); wrong types are the caller's error.
+pub fn interactive(options: &HashMap<String, OwnedValue>) -> Result<bool, OpError> {
+    match options.get("auth.no_user_interaction") {
+        None => Ok(true),
+        Some(v) => match **v {
+            Value::Bool(b) => Ok(!b),
+            _ => Err(OpError::invalid_arg(
+                "options",
+                "auth.no_user_interaction must be a boolean",
+            )),
+        },
+    }
+}
+
+/// Parses `options`, allowing only the keys in `allowed` (and `auth.no_user_interaction`).
+pub fn parse_options(
+    options: &HashMap<String, OwnedValue>,
+    allowed: &[&str],
+) -> Result<Options, OpError> {
+    let mut parsed = Options {
+        interactive: interactive(options)?,
+        ..Options::default()
+    };
+    for (key, value) in options {
+        if !allowed.contains(&key.as_str()) && key != "auth.no_user_interaction" {
+            return Err(OpError::invalid_arg(
+                "options",
+                format!(
+                    "unknown option '{}'; this method takes: {}",
+                    shown(key),
+                    allowed
+                        .iter()
+                        .chain(["auth.no_user_interaction"].iter())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let Value::Bool(b) = **value else {
+            return Err(OpError::invalid_arg(
+                "options",
+                format!(
+                    "option '{key}' must be a boolean (b), not {}",
+                    value.value_signature()
+                ),
+            ));
+        };
+        match key.as_str() {
+            "dry-run" => parsed.dry_run = b,
+            "force" => parsed.force = b,
+            "auto" => parsed.auto = b,
+            "x-vga" => parsed.x_vga = b,
+            _ => {}
+        }
+    }
+    Ok(parsed)
+}
+
+/// Refuses any option, naming it, for the methods that define none yet (a typo is not
+/// silently ignored).
+pub fn no_options(method: &str, options: &HashMap<String, OwnedValue>) -> Result<(), OpError> {
+    match options.keys().next() {
+        Some(name) => Err(OpError::invalid_arg(
+            "options",
+            format!("unknown option '{}' ({method} takes none)", shown(name)),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use gpuvirt_api::CallError;
+
+    use super::*;
+
+    fn opts(pairs: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OwnedValue::try_from(v.clone()).unwrap()))
+            .collect()
+    }
+
+    fn call_error(r: Result<Options, OpError>) -> CallError {
+        r.unwrap_err().into()
+    }
+
+    #[test]
+    fn options_parse_and_refuse() {
+        let o = parse_options(
+            &opts(&[
+                ("dry-run", Value::Bool(true)),
+                ("auth.no_user_interaction", Value::Bool(true)),
+            ]),
+            &["dry-run"],
+        )
+        .unwrap();
+        assert!(o.dry_run && !o.interactive && !o.force);
+        let e = call_error(parse_options(
+            &opts(&[("dry-run", Value::from("yes"))]),
+            &["dry-run"],
+        ));
+        assert!(
+            matches!(e, CallError::Fdo(zbus::fdo::Error::InvalidArgs(ref m)) if m.contains("dry-run") && m.contains("boolean")),
+            "{e}"
+        );
+        let e = call_error(parse_options(
+            &opts(&[("force", Value::Bool(true))]),
+            &["dry-run"],
+        ));
+        assert!(
+            matches!(e, CallError::Fdo(zbus::fdo::Error::InvalidArgs(ref m)) if m.contains("unknown option 'force'")),
+            "{e}"
+        );
+        let e = call_error(parse_options(
+            &opts(&[("auth.no_user_interaction", Value::U32(1))]),
+            &[],
+        ));
+        assert!(
+            matches!(e, CallError::Fdo(zbus::fdo::Error::InvalidArgs(_))),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Manual operations against the policy: a card the policy manages (any role but
+//! `unmanaged`) is refused to the mutating API, naming the rule and the way out.
+//! May import: policy/runtime.rs, crate::error.
+
+use gpuvirt_core::policy::matching::OriginalDrivers;
+use gpuvirt_core::policy::Role;
+use gpuvirt_core::{Inventory, PciAddress};
+
+use super::runtime::PolicyRuntime;
+use crate::error::{ErrorKind, OpError};
+
+/// A manual operation the policy forbids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{address} is managed by policy rule {rule:?} (role {role}) of {file}: the policy makes \
+     the changes on cards it manages, so manual operations on them are refused; to operate on \
+     it by hand, change that rule or give the card role = \"unmanaged\", then reload the policy"
+)]
+pub struct PolicyViolation {
+    pub address: PciAddress,
+    pub rule: String,
+    pub role: Role,
+    /// The policy file, so the way out names the file to edit.
+    pub file: String,
+}
+
+/// What a manual operation touches; the card behind it is looked up in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManualSubject {
+    /// Any PCI function of a card (the GPU, a companion function, a VF).
+    Pci(PciAddress),
+    /// An mdev parent by its `mdev_bus` name (a PCI address for PCI parents).
+    MdevParent(String),
+    /// An active mdev: its parent's card.
+    Mdev(uuid::Uuid),
+}
+
+impl ManualSubject {
+    /// The PCI function behind the subject; `None` when it is not in the inventory (an
+    /// absent parent, a gone mdev, a non-PCI parent): no card, so no rule governs it.
+    fn address(&self, inv: &Inventory) -> Option<PciAddress> {
+        let parent = |name: &str| {
+            inv.mdev_parents
+                .get(name)
+                .and_then(|p| p.pci_address)
+                .or_else(|| name.parse().ok())
+        };
+        match self {
+            ManualSubject::Pci(a) => Some(*a),
+            ManualSubject::MdevParent(name) => parent(name),
+            ManualSubject::Mdev(u) => inv.mdevs.get(u).and_then(|m| parent(&m.parent)),
+        }
+    }
+}
+
+impl From<PolicyViolation> for OpError {
+    fn from(v: PolicyViolation) -> Self {
+        OpError::new(ErrorKind::PolicyViolation, v.to_string())
+    }
+}
+
+/// Refuses a manual operation on `address` (a GPU, a companion function, a VF or an mdev
+/// parent's PCI address) when the policy manages the card, naming the rule. `originals` is
+/// what the ledger the operation read records (the one read it makes).
+fn check_manual(
+    rt: &PolicyRuntime,
+    inv: &Inventory,
+    originals: &OriginalDrivers,
+    address: PciAddress,
+) -> Result<(), PolicyViolation> {
+    let Some(policy) = &rt.policy else {
+        return Ok(());
+    };
+    match policy.assignment_for(inv, originals, address) {
+        Some(a) if a.role != Role::Unmanaged => Err(PolicyViolation {
+            address,
+            rule: a
+                .rule_name
+                .unwrap_or_else(|| format!("default_role = \"{}\"", a.role)),
+            role: a.role,
+            file: rt.path.display().to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// [`check_manual`] for every subject a mutating method touches; with no runtime (the daemon
+/// runs without the policy) everything is allowed.
+pub fn check_manual_subjects(
+    rt: Option<&PolicyRuntime>,
+    inv: &Inventory,
+    originals: &OriginalDrivers,
+    subjects: &[ManualSubject],
+) -> Result<(), PolicyViolation> {
+    let Some(rt) = rt else {
+        return Ok(());
+    };
+    for address in subjects.iter().filter_map(|s| s.address(inv)) {
+        check_manual(rt, inv, originals, address)?;
+    }
+    Ok(())
+}
