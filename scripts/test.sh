@@ -21,9 +21,12 @@ step "setup"
 mkdir -p "${CARGO_TARGET_DIR:-target}"
 disk
 
-step "lint: cargo fmt --check, cargo clippy -D warnings"
+step "lint: cargo fmt --check, import circles and file sizes, cargo clippy -D warnings"
 s=$SECONDS
 cargo fmt --all -- --check
+# The house's shape (issue 17): no import circle between the files of any crate, no source file over
+# 800 lines. Prints the per-crate table; fails naming the circle or the file.
+python3 scripts/structure.py --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 took[lint]=$((SECONDS - s))
 
