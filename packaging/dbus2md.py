@@ -10,6 +10,7 @@ the action ids. `make check-docs` (run by tests/install/run.sh) fails when the o
 from the committed file.
 """
 
+import os
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -63,7 +64,7 @@ def comment_before(parent, child):
     return ""
 
 
-def object_tree(lib_rs):
+def object_tree(lib_rs, all_rs):
     """The object-tree table and the paragraphs after it from gpuvirt-api's crate docs."""
     docs = [line[4:] if line.startswith("//! ") else line[3:]
             for line in lib_rs.splitlines() if line.startswith("//!")]
@@ -72,7 +73,7 @@ def object_tree(lib_rs):
         raise SystemExit("dbus2md: no object-tree table in gpuvirt-api's crate docs")
     out = docs[start:]
     # [`FOO_INTERFACE`] links resolve in rustdoc only; spell the interface out here.
-    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', lib_rs))
+    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', all_rs))
 
     def resolve(m):
         return "`" + consts.get(m.group(1), m.group(1)) + "`"
@@ -176,7 +177,13 @@ def main():
     ROOT = parser.close()
     with open(lib_path, encoding="utf-8") as f:
         lib_rs = f.read()
-    bus = re.search(r'pub const BUS_NAME: &str = "([^"]+)";', lib_rs).group(1)
+    # The crate docs (the object tree) are lib.rs's; the names and the Error enum live in its
+    # sibling modules, which lib.rs re-exports.
+    src_dir = os.path.dirname(lib_path)
+    all_rs = lib_rs + "".join(
+        open(os.path.join(src_dir, n), encoding="utf-8").read()
+        for n in sorted(os.listdir(src_dir)) if n.endswith(".rs") and n != "lib.rs")
+    bus = re.search(r'pub const BUS_NAME: &str = "([^"]+)";', all_rs).group(1)
 
     out = [
         "# D-Bus API reference",
@@ -200,7 +207,7 @@ def main():
         "## Object tree",
         "",
     ]
-    out += object_tree(lib_rs)
+    out += object_tree(lib_rs, all_rs)
     out += ["", "## Interfaces", ""]
     for iface in sorted(ROOT.findall("interface"), key=lambda i: i.get("name")):
         out += interface_section(iface)
@@ -209,7 +216,7 @@ def main():
             "`org.freedesktop.DBus.Error.InvalidArgs` (the message names the argument); refused "
             "authorization gets `org.freedesktop.DBus.Error.AccessDenied`.", "",
             "| error | meaning |", "|---|---|"]
-    for name, meaning in errors(lib_rs):
+    for name, meaning in errors(all_rs):
         out.append(f"| `{name}` | {meaning} |")
     out.append("")
     if len(sys.argv) == 4:
