@@ -1,10 +1,5 @@
 //! The core's error vocabulary: [`ErrorKind`], what went wrong in words any front end can map
 //! (the daemon maps it to its bus errors), and [`error_chain`]. May import: std only.
-//!
-//! `error/dbus_transitional.rs` still names the daemon's bus errors for the daemon's sake; it
-//! is deleted once the daemon maps the kinds itself.
-
-mod dbus_transitional;
 
 /// What went wrong, in the core's neutral terms. Every operation error of the core
 /// ([`crate::exec::ExecError`], [`crate::interlock::Refusal`], [`crate::shard::ShardError`])

@@ -12,6 +12,7 @@ use gpuvirt_core::interlock::{
 };
 use gpuvirt_core::ledger::{FunctionRecord, Ledger, SlotRecord, SlotState};
 use gpuvirt_core::testing::{PciDev, TreeBuilder};
+use gpuvirt_core::ErrorKind;
 use gpuvirt_core::{scan, Inventory, PciAddress, PciSlot, Root};
 
 const IGPU: &str = "0000:00:02.0";
@@ -136,7 +137,7 @@ fn boot_vga_is_refused_unless_allowed() {
         text.contains("0000:00:02.0") && text.contains("allow_boot_vga"),
         "{text}"
     );
-    assert_eq!(refusals[0].dbus_name(), "BootVga");
+    assert_eq!(refusals[0].kind(), ErrorKind::BootVga);
     check(dir.path(), slot(IGPU), Allowances { boot_vga: true }).unwrap();
 }
 
@@ -173,7 +174,7 @@ fn a_group_shared_with_a_nic_and_a_disk_names_them_and_what_they_back() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from {text}");
     }
-    assert_eq!(refusals[0].dbus_name(), "GroupNotViable");
+    assert_eq!(refusals[0].kind(), ErrorKind::GroupNotViable);
 }
 
 #[test]
@@ -225,7 +226,7 @@ fn holders_of_drm_nvidia_and_vfio_nodes_are_listed_with_pid_and_command() {
         text.contains("pid 1234 (Xorg) has /dev/dri/card1 open"),
         "{text}"
     );
-    assert_eq!(refusals[0].dbus_name(), "Busy");
+    assert_eq!(refusals[0].kind(), ErrorKind::Busy);
 
     // The NVIDIA-driven card: any /dev/nvidia* node counts, and its VFIO group node.
     holder(&t, 500, "nvidia-smi", 3, "/dev/nvidiactl");
@@ -255,7 +256,7 @@ fn iommu_off_says_which_kernel_parameter_to_add() {
     ));
     let text = refusals[0].to_string();
     assert!(text.contains("intel_iommu=on iommu=pt"), "{text}");
-    assert_eq!(refusals[0].dbus_name(), "NotSupported");
+    assert_eq!(refusals[0].kind(), ErrorKind::NotSupported);
 
     t.file("proc/cpuinfo", "vendor_id\t: AuthenticAMD\n");
     let refusals = check(dir.path(), slot(DGPU), Allowances::default()).unwrap_err();
@@ -279,8 +280,8 @@ fn several_refusals_are_all_reported() {
     let t = host(dir.path(), true);
     holder(&t, 10, "Xorg", 1, "/dev/nvidia0");
     let refusals = check(dir.path(), slot(SHARED_GPU), Allowances::default()).unwrap_err();
-    let names: Vec<&str> = refusals.iter().map(Refusal::dbus_name).collect();
-    assert_eq!(names, ["GroupNotViable", "Busy"]);
+    let kinds: Vec<ErrorKind> = refusals.iter().map(Refusal::kind).collect();
+    assert_eq!(kinds, [ErrorKind::GroupNotViable, ErrorKind::Busy]);
 }
 
 #[test]
@@ -288,7 +289,7 @@ fn an_empty_slot_is_no_such_device() {
     let dir = tempfile::tempdir().unwrap();
     host(dir.path(), true);
     let refusals = check(dir.path(), slot("0000:09:00.0"), Allowances::default()).unwrap_err();
-    assert_eq!(refusals[0].dbus_name(), "NoSuchDevice");
+    assert_eq!(refusals[0].kind(), ErrorKind::NoSuchDevice);
 }
 
 #[test]
@@ -300,7 +301,7 @@ fn returning_needs_ownership_and_no_holders() {
     let refusals = check_return(&ledger, slot(DGPU), &none).unwrap_err();
     assert_eq!(refusals, vec![Refusal::NotOwned { slot: slot(DGPU) }]);
     assert!(refusals[0].to_string().contains("0000:01:00"));
-    assert_eq!(refusals[0].dbus_name(), "PolicyViolation");
+    assert_eq!(refusals[0].kind(), ErrorKind::PolicyViolation);
 
     ledger.slots.insert(
         Ledger::slot_key(slot(DGPU)),

@@ -12,6 +12,7 @@ use gpuvirt_core::shard::{
     plan_create, plan_remove, plan_remove_vgpu, recreate_plan, shard_parent, shard_parents,
     Backend, InactiveReason, Owner, ShardChild, ShardError,
 };
+use gpuvirt_core::ErrorKind;
 use gpuvirt_core::{
     Inventory, Mdev, MdevParent, MdevType, NvidiaVfVgpu, PciAddress, PciFunction, PciIds, Sriov,
     VgpuTypeOffer,
@@ -186,7 +187,7 @@ fn each_parent_gets_its_backend_and_the_nic_is_no_parent() {
         "\"0000:05:00.0\" is neither an mdev parent nor a GPU with SR-IOV; shard parents: \
          0000:41:00.0, 0000:81:00.0, 0000:c1:00.0"
     );
-    assert_eq!(e.dbus_name(), "NoSuchDevice");
+    assert_eq!(e.kind(), ErrorKind::NoSuchDevice);
 }
 
 #[test]
@@ -223,7 +224,7 @@ fn mdev_create_checks_type_capacity_and_uuid_before_anything() {
         e.to_string(),
         "GRID V100-8C on 0000:41:00.0 has 2 instances, 2 in use; 1 more requested"
     );
-    assert_eq!(e.dbus_name(), "NoCapacity");
+    assert_eq!(e.kind(), ErrorKind::NoCapacity);
     // The UUID check covers every parent (the kernel's is host-wide).
     let e = plan_create(&host(1), V100, "V100-8C", Some(uuid(0)), 1).unwrap_err();
     assert_eq!(
@@ -360,7 +361,7 @@ fn remove_only_what_gpuvirt_owns_unless_forced() {
             owner: Owner::Mdevctl,
         }
     );
-    assert_eq!(e.dbus_name(), "PolicyViolation");
+    assert_eq!(e.kind(), ErrorKind::PolicyViolation);
     let e = plan_remove(&inv, &Ledger::default(), uuid(1), false).unwrap_err();
     assert!(matches!(
         e,

@@ -16,6 +16,7 @@ use gpuvirt_core::exec::Executor;
 use gpuvirt_core::ledger::{Ledger, LedgerStore, MdevRecord, MdevStart};
 use gpuvirt_core::plan::{mdev_uuid, Action};
 use gpuvirt_core::shard::{plan_create, plan_remove, recreate_plan, InactiveReason, ShardError};
+use gpuvirt_core::ErrorKind;
 use gpuvirt_core::{scan, Inventory, PciAddress, Root};
 use gpuvirt_sim::fixture::Fixture;
 use gpuvirt_sim::fuse::{lock_backend, SimMount};
@@ -176,7 +177,7 @@ fn full_parents_are_no_capacity_for_eusers_and_enospc() {
             .error
             .as_ref()
             .expect("a create on a full parent fails");
-        assert_eq!(e.kind().name(), "NoCapacity", "{action} ({errno}): {e}");
+        assert_eq!(e.kind(), ErrorKind::NoCapacity, "{action} ({errno}): {e}");
         assert!(report.to_string().contains(errno), "{report}");
     }
     assert_eq!(active(&mnt).len(), 8);
@@ -230,7 +231,7 @@ fn batched_creations_save_the_ledger_once_and_stop_at_the_first_refusal() {
     let report = exec.execute(&plan((0..6).map(|n| ("mdpy", "mdpy-vga", n)).collect()));
     assert_eq!(report.done.len(), 4, "{report}");
     let failed = report.failed.as_ref().expect("the fifth is refused");
-    assert_eq!(failed.error.as_ref().unwrap().kind().name(), "NoCapacity");
+    assert_eq!(failed.error.as_ref().unwrap().kind(), ErrorKind::NoCapacity);
     assert!(failed.action.contains(&uuid(4).to_string()), "{report}");
     assert_eq!(report.not_attempted.len(), 1, "{report}");
     assert!(report.not_attempted[0].contains(&uuid(5).to_string()));
@@ -250,7 +251,10 @@ fn batched_creations_save_the_ledger_once_and_stop_at_the_first_refusal() {
     ]));
     assert_eq!(report.done.len(), 1, "{report}");
     let failed = report.failed.as_ref().unwrap();
-    assert_eq!(failed.error.as_ref().unwrap().kind().name(), "UnknownType");
+    assert_eq!(
+        failed.error.as_ref().unwrap().kind(),
+        ErrorKind::UnknownType
+    );
     assert_eq!(report.not_attempted.len(), 1, "{report}");
     assert_eq!(ledger_saves(&report), 2, "{report}");
     assert!(store.load().unwrap().mdevs.contains_key(&uuid(10)));
@@ -266,7 +270,7 @@ fn batched_creations_save_the_ledger_once_and_stop_at_the_first_refusal() {
         matches!(e, gpuvirt_core::exec::ExecError::NoSuchParent { parent } if parent == "mnothere"),
         "{e:?}"
     );
-    assert_eq!(e.kind().name(), "NoSuchDevice");
+    assert_eq!(e.kind(), ErrorKind::NoSuchDevice);
     assert!(!store.load().unwrap().mdevs.contains_key(&uuid(15)));
 
     // A batch that succeeds checks each new mdev against one listing of the bus.

@@ -17,6 +17,7 @@ use gpuvirt_core::shard::{
     owner_of, plan_create, plan_remove, plan_remove_vgpu, recreate_plan, shard_parent,
     InactiveReason, Owner, ShardError,
 };
+use gpuvirt_core::ErrorKind;
 use gpuvirt_core::{scan, Inventory, PciAddress, Root};
 use gpuvirt_sim::fixture::Fixture;
 use gpuvirt_sim::kernel::Kernel;
@@ -101,7 +102,7 @@ fn runbook_v100_to_capacity_then_no_capacity_naming_it() {
         e.to_string(),
         "GRID V100-8C on 0000:41:00.0 has 2 instances, 2 in use; 1 more requested"
     );
-    assert_eq!(e.dbus_name(), "NoCapacity");
+    assert_eq!(e.kind(), ErrorKind::NoCapacity);
     let forced = Action::CreateMdev {
         parent: V100.into(),
         type_id: "nvidia-300".into(),
@@ -218,7 +219,7 @@ fn eexist_is_caught_by_planning_and_by_the_kernel() {
         e.to_string(),
         "mdev 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 already exists on mdpy"
     );
-    assert_eq!(e.dbus_name(), "AlreadyExists");
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
     let forced = Action::CreateMdev {
         parent: "mdpy".into(),
         type_id: "mdpy-vga".into(),

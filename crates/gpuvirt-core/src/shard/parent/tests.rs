@@ -54,7 +54,7 @@ fn unknown_type_lists_every_choice() {
         "0000:41:00.0 offers no type \"V100-4C\"; valid types: nvidia-299 (GRID V100-16C), \
          nvidia-300 (GRID V100-8C), mtty-1"
     );
-    assert_eq!(e.dbus_name(), "UnknownType");
+    assert_eq!(e.kind(), ErrorKind::UnknownType);
     // The vendor prefix alone names nothing.
     assert!(matches!(
         p.resolve_type("GRID"),
