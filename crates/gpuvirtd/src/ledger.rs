@@ -35,7 +35,7 @@ pub struct LedgerDoor {
 }
 
 /// What the ledger files looked like on disk: a save writes a temporary file and renames it
-/// over the main one, so any save changes the inode (and the times).
+/// over the main or the transient one, so any save changes an inode (and the times).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp(Vec<Option<FileStamp>>);
 
@@ -135,9 +135,9 @@ impl LedgerDoor {
     }
 
     fn stamp(&self) -> Stamp {
-        let store = self.store();
         Stamp(
-            [store.path(), store.prev_path()]
+            self.store()
+                .files()
                 .iter()
                 .map(|p| {
                     std::fs::metadata(p).ok().map(|m| {

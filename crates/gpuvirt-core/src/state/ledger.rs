@@ -4,9 +4,13 @@
 //! anything, so it never touches what other tools (mdevctl, libvirt, KubeVirt) made. It is
 //! written whole with write-temporary + fsync + rename + fsync-directory, and the previous
 //! generation is kept as `ledger.json.prev`: a corrupted or truncated main file falls back to the
-//! previous one (reported, never silent), so an original driver is not forgotten.
+//! previous one (reported, never silent), so an original driver is not forgotten. Records of
+//! mdevs with no definition, which die with the device, live in a second file written without
+//! fsync ([`transient`]); loading merges the two.
 //!
 //! May import: gpuvirt-types (MdevStart), crate::host::atomic, crate::model.
+
+mod transient;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use gpuvirt_types::MdevStart;
+pub use transient::LEDGER_TRANSIENT_FILE;
 
 use crate::host::atomic::{AtomicError, Replace};
 use crate::model::{PciAddress, PciSlot};
@@ -321,6 +326,16 @@ impl LedgerStore {
         self.dir.join(LEDGER_PREV_FILE)
     }
 
+    /// The transient records' path (see [`transient`]).
+    pub fn transient_path(&self) -> PathBuf {
+        self.dir.join(LEDGER_TRANSIENT_FILE)
+    }
+
+    /// Every file a save may replace: main, previous generation, transient records.
+    pub fn files(&self) -> [PathBuf; 3] {
+        [self.path(), self.prev_path(), self.transient_path()]
+    }
+
     /// Loads the ledger (see [`LedgerStore::load_reporting`] for the fallback warning).
     pub fn load(&self) -> Result<Ledger, LedgerError> {
         self.load_reporting().map(|l| l.ledger)
@@ -328,8 +343,40 @@ impl LedgerStore {
 
     /// Loads the ledger: the main file, else the previous generation with a warning, else an
     /// empty ledger when neither exists. Both present and unusable is an error, never an empty
-    /// ledger, because that would forget original drivers.
+    /// ledger, because that would forget original drivers. The transient records are added
+    /// (the main file wins where both hold a UUID: it is written first when a record moves
+    /// there); an unusable transient file is a warning, as its mdevs then only look like
+    /// another tool's, which gpuvirt does not remove.
     pub fn load_reporting(&self) -> Result<Loaded, LedgerError> {
+        let mut loaded = self.load_main()?;
+        let path = self.transient_path();
+        let read = transient::read(&path).map_err(|source| LedgerError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        match read {
+            transient::Read::Missing => {}
+            transient::Read::Bad(why) => {
+                let warning = format!(
+                    "the transient ledger {} is unusable ({why}); the mdevs without a \
+                     definition that it recorded are treated as another tool's until removed",
+                    path.display()
+                );
+                loaded.warning = Some(match loaded.warning.take() {
+                    Some(w) => format!("{w}; {warning}"),
+                    None => warning,
+                });
+            }
+            transient::Read::Good { mdevs, .. } => {
+                for (uuid, record) in mdevs {
+                    loaded.ledger.mdevs.entry(uuid).or_insert(record);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn load_main(&self) -> Result<Loaded, LedgerError> {
         let main = self.parse(&self.path())?;
         let main_problem = match main {
             Parsed::Good(ledger) => {
@@ -405,31 +452,83 @@ impl LedgerStore {
         }
     }
 
-    /// Writes `ledger` atomically; the old main file becomes the previous generation.
+    /// Writes `ledger` atomically: the main file (durable; the old one becomes the previous
+    /// generation) only when its bytes change, the transient records (see [`transient`]) only
+    /// when theirs do.
     ///
-    /// On any error the main file is what it was before the call (the temporary is removed).
+    /// On any error the ledger loads as it did before the call (temporaries are removed, a
+    /// transient file already replaced is put back). A record moving into the main file
+    /// (a running vGPU gaining a definition) stays in the transient file until the main file
+    /// holds it, and one moving out (a definition removed from a running vGPU) is in the
+    /// transient file before the main file drops it, so no instant forgets it.
     pub fn save(&self, ledger: &Ledger) -> Result<(), LedgerError> {
-        let tmp = self.dir.join(LEDGER_TMP_FILE);
-        let result = self.save_via(ledger, &tmp);
-        if result.is_err() {
-            // Best effort: a leftover temporary is harmless (overwritten next time).
-            let _ = fs::remove_file(&tmp);
-            let _ = fs::remove_file(self.dir.join(LEDGER_PREV_TMP_FILE));
+        let (main, new_transient) = transient::split(ledger);
+        let tpath = self.transient_path();
+        let ttmp = self.dir.join(transient::LEDGER_TRANSIENT_TMP_FILE);
+        let read = transient::read(&tpath).map_err(|source| LedgerError::Read {
+            path: tpath.clone(),
+            source,
+        })?;
+        let (old_transient, old_bytes) = match read {
+            transient::Read::Good { mdevs, bytes } => (mdevs, Some(bytes)),
+            transient::Read::Missing => (BTreeMap::new(), None),
+            // Rewritten below: the bytes differ from any good file's.
+            transient::Read::Bad(_) => (BTreeMap::new(), Some(Vec::new())),
+        };
+        let moving_in: BTreeMap<Uuid, MdevRecord> = old_transient
+            .into_iter()
+            .filter(|(uuid, _)| main.mdevs.contains_key(uuid))
+            .collect();
+        let mut interim = new_transient.clone();
+        interim.extend(moving_in.clone());
+        let interim_bytes = transient::encode(&interim);
+        let unchanged = match &old_bytes {
+            Some(b) => *b == interim_bytes,
+            None => interim.is_empty(),
+        };
+        let transient_err = |e: AtomicError| self.write_err(e.op, &e.path, e.source);
+        if !unchanged {
+            transient::write(&tpath, &ttmp, &interim_bytes).map_err(transient_err)?;
         }
-        result
+        let main_bytes = Self::encode_main(&main, &self.path())?;
+        if fs::read(self.path()).ok().as_deref() != Some(main_bytes.as_slice()) {
+            let tmp = self.dir.join(LEDGER_TMP_FILE);
+            if let Err(e) = self.save_via(&main_bytes, &tmp) {
+                // Best effort: a leftover temporary is harmless (overwritten next time).
+                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(self.dir.join(LEDGER_PREV_TMP_FILE));
+                if !unchanged {
+                    let _ = match &old_bytes {
+                        Some(b) => transient::write(&tpath, &ttmp, b),
+                        None => fs::remove_file(&tpath)
+                            .map_err(|e| AtomicError::new("remove", &tpath, e)),
+                    };
+                }
+                return Err(e);
+            }
+        }
+        if !moving_in.is_empty() {
+            transient::write(&tpath, &ttmp, &transient::encode(&new_transient))
+                .map_err(transient_err)?;
+        }
+        Ok(())
     }
 
-    fn save_via(&self, ledger: &Ledger, tmp: &Path) -> Result<(), LedgerError> {
-        let mut text = serde_json::to_vec_pretty(ledger).map_err(|e| LedgerError::Write {
+    fn encode_main(main: &Ledger, path: &Path) -> Result<Vec<u8>, LedgerError> {
+        let mut text = serde_json::to_vec_pretty(main).map_err(|e| LedgerError::Write {
             op: "serialise the ledger for",
-            path: self.path(),
+            path: path.to_path_buf(),
             source: io::Error::other(e),
         })?;
         text.push(b'\n');
+        Ok(text)
+    }
+
+    fn save_via(&self, text: &[u8], tmp: &Path) -> Result<(), LedgerError> {
         let main = self.path();
         Replace::new(&main, tmp)
             .create_dir()
-            .write_then(&text, || {
+            .write_then(text, || {
                 // Keep the current generation as .prev: link it under a temporary name and
                 // rename that over .prev, so at every instant both a main file and a previous
                 // one exist.

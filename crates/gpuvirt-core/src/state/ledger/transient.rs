@@ -1,0 +1,107 @@
+//! The ledger's second file: records of mdevs with no persistent definition, which live only
+//! as long as the device does (until it is removed, or the host reboots).
+//!
+//! Such a record says one thing: gpuvirt wrote this device's `create`, so it may remove it.
+//! The device cannot outlive a power loss, so neither needs its record: the file is replaced
+//! atomically (temporary + rename, so a killed daemon finds the old file or the new one) but
+//! not fsynced, as mdevctl does not sync its files either. That takes the two fsyncs (about
+//! 10 ms on an ext4 /var) out of every `CreateMdev` of a transient vGPU. Everything else (slots,
+//! defined mdevs, VFs, SR-IOV counts) stays in the durable main file, which is rewritten only
+//! when its bytes change. May import: crate::host::atomic, super (the ledger's types).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Ledger, MdevRecord, LEDGER_VERSION, MAX_LEDGER_BYTES};
+use crate::host::atomic::{AtomicError, Replace};
+
+/// The transient records' file name inside the state directory.
+pub const LEDGER_TRANSIENT_FILE: &str = "ledger-transient.json";
+pub(super) const LEDGER_TRANSIENT_TMP_FILE: &str = "ledger-transient.json.tmp";
+
+/// What the transient file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TransientFile {
+    version: u32,
+    #[serde(default)]
+    mdevs: BTreeMap<Uuid, MdevRecord>,
+}
+
+/// Whether a record belongs in the transient file: no definition keeps it past the device.
+pub(super) fn is_transient(record: &MdevRecord) -> bool {
+    !record.defined
+}
+
+/// `ledger` split into what the main file keeps and the transient records.
+pub(super) fn split(ledger: &Ledger) -> (Ledger, BTreeMap<Uuid, MdevRecord>) {
+    let mut main = ledger.clone();
+    let transient = std::mem::take(&mut main.mdevs);
+    let (transient, durable): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        transient.into_iter().partition(|(_, r)| is_transient(r));
+    main.mdevs = durable;
+    (main, transient)
+}
+
+/// The file's bytes for `mdevs`.
+pub(super) fn encode(mdevs: &BTreeMap<Uuid, MdevRecord>) -> Vec<u8> {
+    let file = TransientFile {
+        version: LEDGER_VERSION,
+        mdevs: mdevs.clone(),
+    };
+    let mut text = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    text.push(b'\n');
+    text
+}
+
+/// What reading the transient file found.
+pub(super) enum Read {
+    /// No file: no transient records.
+    Missing,
+    /// Unusable, and why.
+    Bad(String),
+    Good {
+        mdevs: BTreeMap<Uuid, MdevRecord>,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Reads the transient file at `path`; only an I/O error other than "not found" is an error.
+pub(super) fn read(path: &Path) -> io::Result<Read> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() as u64 > MAX_LEDGER_BYTES {
+        return Ok(Read::Bad(format!(
+            "it is larger than {MAX_LEDGER_BYTES} bytes"
+        )));
+    }
+    let file: TransientFile = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(e) => return Ok(Read::Bad(format!("it is not a valid ledger file: {e}"))),
+    };
+    if file.version > LEDGER_VERSION {
+        return Ok(Read::Bad(format!(
+            "it has format version {}, newer than this gpuvirt understands ({LEDGER_VERSION})",
+            file.version
+        )));
+    }
+    Ok(Read::Good {
+        mdevs: file.mdevs,
+        bytes,
+    })
+}
+
+/// Replaces the transient file with `bytes` (atomic, not synced; see the module comment).
+pub(super) fn write(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
+    Replace::new(path, tmp)
+        .create_dir()
+        .not_durable()
+        .write(bytes)
+}
