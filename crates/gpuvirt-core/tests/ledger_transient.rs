@@ -9,8 +9,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use gpuvirt_core::ledger::{
-    FunctionRecord, Ledger, LedgerError, LedgerStore, MdevRecord, MdevStart, SlotRecord,
-    SlotState, LEDGER_TRANSIENT_FILE,
+    FunctionRecord, Ledger, LedgerError, LedgerStore, MdevRecord, MdevStart, SlotRecord, SlotState,
+    LEDGER_TRANSIENT_FILE,
 };
 use uuid::Uuid;
 
@@ -101,7 +101,11 @@ fn a_transient_record_is_saved_without_touching_the_main_file() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["ledger-transient.json", "ledger.json"], "temporaries left");
+    assert_eq!(
+        names,
+        ["ledger-transient.json", "ledger.json"],
+        "temporaries left"
+    );
 }
 
 #[test]

@@ -685,6 +685,49 @@ fn a_batch_of_mdevs_reads_their_parent_once() {
     );
 }
 
+/// The events of one creation (the mdev's `add`, its vfio group's, `bind`) name the mdev, its
+/// parent's instance counts and its new group: the batch reads the parent and the group once,
+/// as the mdev's own step does, not again for the targets that name them.
+#[test]
+fn one_creations_events_read_the_parent_and_group_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TreeBuilder::new(dir.path());
+    runbook_host(&t);
+    let s = scanner(dir.path());
+    let before = s.scan();
+    let gpu = v100();
+    let uuid = "bc127e23-aaaa-4d06-a7aa-88db2dd538ff";
+    t.mdev(
+        uuid,
+        gpu.sysfs_path(),
+        "nvidia-300",
+        Some("vfio_mdev"),
+        Some(300),
+    );
+    let mut types = v100_types();
+    types[0].available_instances = 1;
+    for ty in &types {
+        t.mdev_type(&Path::new("sys").join(gpu.sysfs_path()), ty);
+    }
+    let mdev = RefreshTarget::Mdev(uuid.parse().unwrap());
+    let targets = [
+        mdev.clone(),
+        RefreshTarget::MdevInstances("0000:41:00.0".into()),
+        RefreshTarget::IommuGroup(300),
+    ];
+    let mut batched = before.clone();
+    let (stats, scope) = s.refresh_batch(&mut batched, &targets);
+    for target in &targets {
+        assert_scope_covers(&before, &batched, &scope, target);
+    }
+    assert_same(&batched, &s.scan(), "one creation's batch");
+    // The mdev alone reads its parent's instances and its group: the other two add nothing.
+    let mut alone = before.clone();
+    let (mdev_only, _) = s.refresh_batch(&mut alone, std::slice::from_ref(&mdev));
+    assert_eq!(alone, batched);
+    assert_eq!(stats, mdev_only, "the batch read the parent or group twice");
+}
+
 #[test]
 fn refresh_of_touched_targets_equals_a_fresh_scan() {
     let dir = tempfile::tempdir().unwrap();

@@ -140,19 +140,38 @@ pub fn targets(ev: &KernelEvent) -> Vec<Target> {
             "mdev" => vec![Target::All],
             _ => vec![Target::Modules],
         },
-        _ => match nearest_pci_ancestor(&ev.devpath) {
+        _ => match nearest_device_ancestor(&ev.devpath) {
             // drm/sound/... children of a PCI device: the device's own state may change.
-            Some(address) => vec![Target::Pci(address)],
+            Some(Ancestor::Pci(address)) => vec![Target::Pci(address)],
+            // A child of an mdev (its `vfio-dev/vfioN` node, made with every vfio mdev on
+            // kernels since 6.0): only the mdev. Re-reading the parent card instead, all its
+            // types' names and descriptions included, was most of one CreateMdev's refresh.
+            Some(Ancestor::Mdev(uuid)) => vec![Target::Mdev(uuid)],
             None => vec![Target::All],
         },
     }
 }
 
-fn nearest_pci_ancestor(devpath: &str) -> Option<PciAddress> {
-    devpath
-        .rsplit('/')
-        .skip(1)
-        .find_map(|part| part.parse::<PciAddress>().ok())
+/// The device an event's child node belongs to.
+#[derive(Debug, PartialEq, Eq)]
+enum Ancestor {
+    Pci(PciAddress),
+    Mdev(Uuid),
+}
+
+/// The nearest PCI function or mdev above the event's own node.
+fn nearest_device_ancestor(devpath: &str) -> Option<Ancestor> {
+    devpath.rsplit('/').skip(1).find_map(|part| {
+        if let Ok(address) = part.parse::<PciAddress>() {
+            Some(Ancestor::Pci(address))
+        } else {
+            // Only the hyphenated form: sysfs names mdevs by it.
+            (part.len() == 36)
+                .then(|| part.parse::<Uuid>().ok())
+                .flatten()
+                .map(Ancestor::Mdev)
+        }
+    })
 }
 
 /// Why an event source could not start.
@@ -504,6 +523,24 @@ mod tests {
                 "add",
                 "/devices/pci0000:00/0000:00:02.0/drm/card0",
                 "drm"
+            )),
+            [Target::Pci("0000:00:02.0".parse().unwrap())]
+        );
+        // An mdev's vfio device node (kernel >= 6.0) concerns the mdev, not its parent card.
+        assert_eq!(
+            targets(&ev(
+                "add",
+                &format!("/devices/pci0000:40/0000:40:01.1/0000:41:00.0/{uuid}/vfio-dev/vfio3"),
+                "vfio-dev"
+            )),
+            [Target::Mdev(uuid.parse().unwrap())]
+        );
+        // A 32-digit name without hyphens is not an mdev: sysfs names mdevs hyphenated.
+        assert_eq!(
+            targets(&ev(
+                "add",
+                "/devices/pci0000:00/0000:00:02.0/aa6180898b164d01a13625a0f3c73123/x",
+                "misc"
             )),
             [Target::Pci("0000:00:02.0".parse().unwrap())]
         );

@@ -15,7 +15,7 @@ use gpuvirt_core::{Root, Scanner};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::actor::{Actor, ActorHandle, Counts, InventorySource, RememberingScanner};
+use crate::actor::{Actor, ActorHandle, Counts, InventorySource, RememberingScanner, Writes};
 use crate::args::{Args, EventSource};
 use crate::auth::Bouncer;
 use crate::bus::{BusSink, Jobs, ManagerInterface, RootObjectManager, Services};
@@ -94,7 +94,8 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     // The policy is validated against the scan; applying it waits for the actor's loop.
     let policy_runtime = PolicyRuntime::start(args.policy.clone(), door.clone(), &inventory);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let actor_handle = ActorHandle::new(cmd_tx);
+    let writes = Writes::default();
+    let actor_handle = ActorHandle::new(cmd_tx, writes.clone());
     let builder = match (&args.bus_address, args.session) {
         (Some(address), _) => zbus::connection::Builder::address(address.as_str()),
         (None, true) => zbus::connection::Builder::session(),
@@ -152,6 +153,7 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     let (counts_tx, mut counts_rx) = watch::channel(Counts::default());
     let actor = Actor::new(scanner, inventory, tree, sink, lookup_tx, counts_tx)
         .with_policy(policy_runtime)
+        .hold_events_during(writes)
         .notify_parent_added(parent_tx);
     tokio::spawn(actor.run(event_rx, cmd_rx));
     let runner = services.runner.clone();

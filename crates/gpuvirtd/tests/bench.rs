@@ -952,10 +952,15 @@ async fn create_calls() {
         mut daemon,
         bus,
         mount,
+        dir,
         ..
     } = host;
     let _ = daemon.kill();
     let _ = daemon.wait();
+    // For profiling (run with RUST_LOG=gpuvirtd=debug): the daemon's log outlives the run.
+    if let Ok(keep) = std::env::var("BENCH_DAEMON_LOG") {
+        std::fs::copy(dir.path().join("gpuvirtd.log"), keep).unwrap();
+    }
     drop(bus);
     mount.unmount().unwrap();
 }

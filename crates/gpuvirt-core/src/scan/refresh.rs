@@ -40,7 +40,14 @@ pub enum RefreshTarget {
 #[derive(Clone, Copy)]
 pub(super) enum Step<'a> {
     One(&'a RefreshTarget),
-    Mdevs(&'a [Uuid]),
+    /// Mdevs, plus the parents whose instance counts and the groups a batch's events named
+    /// (the mdevs' own parents and groups among them, as a new mdev's events name both): each
+    /// is read once.
+    Mdevs {
+        uuids: &'a [Uuid],
+        instances: &'a [String],
+        groups: &'a [u32],
+    },
 }
 
 impl Scanner {
@@ -89,6 +96,28 @@ impl Scanner {
                 _ => None,
             })
             .collect();
+        // With mdevs in the batch, their step also reads the instance counts and groups the
+        // batch names (the usual batch of one creation names the parent and the new group).
+        let (instances, groups): (Vec<String>, Vec<u32>) = if mdevs.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                targets
+                    .iter()
+                    .filter_map(|t| match t {
+                        RefreshTarget::MdevInstances(name) => Some(name.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                targets
+                    .iter()
+                    .filter_map(|t| match t {
+                        RefreshTarget::IommuGroup(id) => Some(*id),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        };
         let mut stats = ScanStats::default();
         let mut scope = RefreshScope::default();
         let mut merge = |(s, sc): (ScanStats, RefreshScope)| {
@@ -96,10 +125,23 @@ impl Scanner {
             scope.merge(sc);
         };
         if !mdevs.is_empty() {
-            merge(self.refresh_step(inv, Step::Mdevs(&mdevs)));
+            merge(self.refresh_step(
+                inv,
+                Step::Mdevs {
+                    uuids: &mdevs,
+                    instances: &instances,
+                    groups: &groups,
+                },
+            ));
         }
         for target in targets {
-            if !matches!(target, RefreshTarget::Mdev(_)) {
+            let in_mdev_step = match target {
+                RefreshTarget::Mdev(_) => true,
+                RefreshTarget::MdevInstances(name) => instances.contains(name),
+                RefreshTarget::IommuGroup(id) => groups.contains(id),
+                _ => false,
+            };
+            if !in_mdev_step {
                 merge(self.refresh_step(inv, Step::One(target)));
             }
         }
@@ -116,12 +158,23 @@ impl Scanner {
         let mut touched = Touched::default();
         // An mdev is read as a step of one, so that its parent is read the same way.
         let step = match step {
-            Step::One(RefreshTarget::Mdev(uuid)) => Step::Mdevs(std::slice::from_ref(uuid)),
+            Step::One(RefreshTarget::Mdev(uuid)) => Step::Mdevs {
+                uuids: std::slice::from_ref(uuid),
+                instances: &[],
+                groups: &[],
+            },
             other => other,
         };
         let target = match step {
-            Step::Mdevs(uuids) => {
+            Step::Mdevs {
+                uuids,
+                instances,
+                groups,
+            } => {
                 let mut parents = ParentReads::default();
+                parents.instances.extend(instances.iter().cloned());
+                parents.groups.extend(groups.iter().copied());
+                touched.parents.extend(instances.iter().cloned());
                 for uuid in uuids {
                     self.refresh_mdev(&mut r, inv, *uuid, &mut touched, &mut parents);
                 }

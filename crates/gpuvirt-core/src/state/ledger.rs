@@ -237,6 +237,17 @@ impl Ledger {
     }
 }
 
+/// `ledger` split into what the main file keeps and the records of mdevs without a
+/// definition (which no definition keeps past the device: see [`transient`]).
+fn split_transient(ledger: &Ledger) -> (Ledger, BTreeMap<Uuid, MdevRecord>) {
+    let mut main = ledger.clone();
+    let (transient, durable): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut main.mdevs)
+        .into_iter()
+        .partition(|(_, r)| !r.defined);
+    main.mdevs = durable;
+    (main, transient)
+}
+
 /// Why the ledger could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -350,9 +361,11 @@ impl LedgerStore {
     pub fn load_reporting(&self) -> Result<Loaded, LedgerError> {
         let mut loaded = self.load_main()?;
         let path = self.transient_path();
-        let read = transient::read(&path).map_err(|source| LedgerError::Read {
-            path: path.clone(),
-            source,
+        let read = transient::read(&path, LEDGER_VERSION, MAX_LEDGER_BYTES).map_err(|source| {
+            LedgerError::Read {
+                path: path.clone(),
+                source,
+            }
         })?;
         match read {
             transient::Read::Missing => {}
@@ -462,12 +475,14 @@ impl LedgerStore {
     /// holds it, and one moving out (a definition removed from a running vGPU) is in the
     /// transient file before the main file drops it, so no instant forgets it.
     pub fn save(&self, ledger: &Ledger) -> Result<(), LedgerError> {
-        let (main, new_transient) = transient::split(ledger);
+        let (main, new_transient) = split_transient(ledger);
         let tpath = self.transient_path();
         let ttmp = self.dir.join(transient::LEDGER_TRANSIENT_TMP_FILE);
-        let read = transient::read(&tpath).map_err(|source| LedgerError::Read {
-            path: tpath.clone(),
-            source,
+        let read = transient::read(&tpath, LEDGER_VERSION, MAX_LEDGER_BYTES).map_err(|source| {
+            LedgerError::Read {
+                path: tpath.clone(),
+                source,
+            }
         })?;
         let (old_transient, old_bytes) = match read {
             transient::Read::Good { mdevs, bytes } => (mdevs, Some(bytes)),
@@ -481,7 +496,7 @@ impl LedgerStore {
             .collect();
         let mut interim = new_transient.clone();
         interim.extend(moving_in.clone());
-        let interim_bytes = transient::encode(&interim);
+        let interim_bytes = transient::encode(LEDGER_VERSION, &interim);
         let unchanged = match &old_bytes {
             Some(b) => *b == interim_bytes,
             None => interim.is_empty(),
@@ -508,8 +523,12 @@ impl LedgerStore {
             }
         }
         if !moving_in.is_empty() {
-            transient::write(&tpath, &ttmp, &transient::encode(&new_transient))
-                .map_err(transient_err)?;
+            transient::write(
+                &tpath,
+                &ttmp,
+                &transient::encode(LEDGER_VERSION, &new_transient),
+            )
+            .map_err(transient_err)?;
         }
         Ok(())
     }

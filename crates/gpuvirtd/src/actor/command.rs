@@ -1,11 +1,12 @@
 //! What the rest of the daemon may ask of the actor: the [`Command`]s its loop answers, and
-//! the counters it publishes. May import: crate::policy (its requests), crate::tree,
-//! crate::events.
+//! the counters it publishes. May import: actor/writes.rs, crate::policy (its requests),
+//! crate::tree, crate::events.
 
 use gpuvirt_core::policy::matching::OriginalDrivers;
 use gpuvirt_core::Inventory;
 use tokio::sync::oneshot;
 
+use super::writes::WriteWindow;
 use crate::events::Target;
 use crate::policy::{ManualSubject, PolicyViolation, Request};
 use crate::tree::ObjectSpec;
@@ -25,9 +26,10 @@ pub enum Command {
     /// The checks of one manual mutation in one trip: the policy's verdict on its subjects,
     /// then (when allowed) its closure on the live inventory.
     Check(Check),
-    /// Re-reads `targets` now (after a mutation, without waiting for its uevents); replies
-    /// when the tree is updated.
-    Refresh(Vec<Target>, oneshot::Sender<()>),
+    /// Re-reads `targets` now (after a mutation, without waiting for its uevents), with the
+    /// events held while its writes ran; replies when the tree is updated. The window closes
+    /// once they are taken.
+    Refresh(Vec<Target>, WriteWindow, oneshot::Sender<()>),
     /// The served objects that carry any of these interfaces (all objects when empty), as
     /// the tree holds them (the properties are shared, not copied).
     Objects(Vec<String>, oneshot::Sender<Vec<(String, ObjectSpec)>>),

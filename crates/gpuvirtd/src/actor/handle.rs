@@ -1,6 +1,6 @@
 //! [`ActorHandle`]: the typed way to ask the actor something. Every request is a send and a
 //! one-shot reply; a closed channel means the daemon is stopping ([`OpError::gone`]).
-//! May import: actor/command.rs, crate::policy, crate::error, crate::events, crate::tree.
+//! May import: actor/command.rs, actor/writes.rs, crate::policy, crate::error, crate::events, crate::tree.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use gpuvirt_core::Inventory;
 use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Check, Command, FreshTargets, Inspector};
+use super::writes::{WriteWindow, Writes};
 use crate::error::OpError;
 use crate::events::Target;
 use crate::policy::{ManualSubject, Request};
@@ -18,11 +19,18 @@ use crate::tree::ObjectSpec;
 #[derive(Debug, Clone)]
 pub struct ActorHandle {
     commands: mpsc::Sender<Command>,
+    writes: Writes,
 }
 
 impl ActorHandle {
-    pub fn new(commands: mpsc::Sender<Command>) -> Self {
-        Self { commands }
+    /// `writes` is the count the actor watches (see [`Writes`]).
+    pub fn new(commands: mpsc::Sender<Command>, writes: Writes) -> Self {
+        Self { commands, writes }
+    }
+
+    /// Opens the window of one operation's kernel writes; pass it to [`ActorHandle::refresh`].
+    pub fn writing(&self) -> WriteWindow {
+        self.writes.open()
     }
 
     /// Sends the command `make` builds around a reply channel and waits for the reply.
@@ -94,13 +102,14 @@ impl ActorHandle {
         .await?
     }
 
-    /// Re-reads `targets` so the tree (and its signals) show a mutation's result. Bounded:
-    /// the uevents refresh the tree anyway if the actor is slow.
-    pub async fn refresh(&self, targets: Vec<Target>) {
+    /// Re-reads `targets` so the tree (and its signals) show a mutation's result, with the
+    /// events held while `window` was open. Bounded: the uevents refresh the tree anyway if
+    /// the actor is slow.
+    pub async fn refresh(&self, targets: Vec<Target>, window: WriteWindow) {
         let (tx, rx) = oneshot::channel();
         if self
             .commands
-            .send(Command::Refresh(targets, tx))
+            .send(Command::Refresh(targets, window, tx))
             .await
             .is_ok()
         {

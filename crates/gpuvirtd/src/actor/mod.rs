@@ -10,6 +10,7 @@
 mod command;
 mod handle;
 mod source;
+mod writes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 pub use command::{Command, Counts, Inspector};
 pub use handle::ActorHandle;
 pub use source::{InventorySource, RememberingScanner};
+pub use writes::{Writes, HOLD_LIMIT};
 
 use crate::events::{self, SourceMessage, Target};
 use crate::policy::{self, PolicyHost, PolicyRuntime};
@@ -74,6 +76,19 @@ pub struct Actor {
     policy: Option<PolicyRuntime>,
     /// Read right after the command being handled has replied (see [`Actor::defer_refresh`]).
     deferred: BTreeSet<Target>,
+    /// Kernel writes in flight (see [`Writes`]); `None`: events are never held.
+    writes: Option<watch::Receiver<usize>>,
+    /// Events that came while a write was in flight, for its refresh to read.
+    held: Option<Held>,
+}
+
+/// Events held for the refresh of a write in flight.
+#[derive(Debug)]
+struct Held {
+    targets: BTreeSet<Target>,
+    announced: BTreeSet<String>,
+    /// Read by then, whether the write has returned or not.
+    until: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Actor {
@@ -144,7 +159,16 @@ impl Actor {
             parent_added: None,
             policy: None,
             deferred: BTreeSet::new(),
+            writes: None,
+            held: None,
         }
+    }
+
+    /// Holds the events that come while a write counted by `writes` is in flight, at most
+    /// [`HOLD_LIMIT`], for the refresh that follows it.
+    pub fn hold_events_during(mut self, writes: Writes) -> Self {
+        self.writes = Some(writes.watch());
+        self
     }
 
     /// Sends the names of the shard parents that appeared on `tx` (see [`appeared_parents`]).
@@ -167,6 +191,8 @@ impl Actor {
         mut commands: mpsc::Receiver<Command>,
     ) {
         let mut events_open = true;
+        // Out of `self`, so `select!` can wait on it beside the fields it borrows.
+        let mut writes = self.writes.take();
         loop {
             if !self.deferred.is_empty() {
                 // The reply's task was woken on this worker: let it run and zbus write the
@@ -180,9 +206,11 @@ impl Actor {
                 let mut announced = BTreeSet::new();
                 // The applied writes' own uevents are likely queued: one pass for both.
                 fold_queued(&mut events, &mut targets, &mut announced);
+                self.take_held(&mut targets, &mut announced);
                 self.update_and_react(targets, announced).await;
                 continue;
             }
+            let hold_until = self.held.as_ref().map(|h| h.until);
             tokio::select! {
                 msg = events.recv(), if events_open => {
                     let Some(first) = msg else {
@@ -195,8 +223,33 @@ impl Actor {
                     // Fold whatever else is queued into the same pass: a burst costs one
                     // refresh per distinct device, not one per event.
                     fold_queued(&mut events, &mut targets, &mut announced);
+                    let writing = writes.as_ref().is_some_and(|w| *w.borrow() > 0);
+                    let now = tokio::time::Instant::now();
+                    if writing && hold_until.is_none_or(|until| now < until) {
+                        let held = self.held.get_or_insert_with(|| Held {
+                            targets: BTreeSet::new(),
+                            announced: BTreeSet::new(),
+                            until: now + HOLD_LIMIT,
+                        });
+                        held.targets.append(&mut targets);
+                        held.announced.append(&mut announced);
+                        continue;
+                    }
+                    self.take_held(&mut targets, &mut announced);
                     self.update_and_react(targets, announced).await;
                 }
+                // The write returned and no refresh took the events (it had no targets), or
+                // it has not returned in time: read them now.
+                _ = async {
+                    match writes.as_mut() {
+                        Some(w) => {
+                            let _ = w.wait_for(|n| *n == 0).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                }, if hold_until.is_some() => self.read_held().await,
+                _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if hold_until.is_some() => self.read_held().await,
                 _ = policy::sleep_until(self.policy.as_ref().and_then(|p| p.due())) => {
                     if let Some(mut rt) = self.policy.take() {
                         policy::on_due(&mut self, &mut rt).await;
@@ -257,8 +310,9 @@ impl Actor {
                     .collect();
                 let _ = reply.send(objects);
             }
-            Command::Refresh(targets, reply) => {
+            Command::Refresh(targets, window, reply) => {
                 let touched = self.refresh_now(targets, events).await;
+                drop(window);
                 let _ = reply.send(());
                 self.react(touched).await;
             }
@@ -287,9 +341,32 @@ impl Actor {
         let mut targets: BTreeSet<Target> = targets.into_iter().collect();
         let mut announced = BTreeSet::new();
         let folded = fold_queued(events, &mut targets, &mut announced);
-        let touched = (folded && self.policy.is_some()).then(|| targets.clone());
+        let held = self.take_held(&mut targets, &mut announced);
+        let touched = ((folded || held) && self.policy.is_some()).then(|| targets.clone());
         self.update_announced(targets, announced).await;
         touched
+    }
+
+    /// Adds the held events to a pass; true when there were any.
+    fn take_held(
+        &mut self,
+        targets: &mut BTreeSet<Target>,
+        announced: &mut BTreeSet<String>,
+    ) -> bool {
+        let Some(mut held) = self.held.take() else {
+            return false;
+        };
+        targets.append(&mut held.targets);
+        announced.append(&mut held.announced);
+        true
+    }
+
+    /// Reads the held events in a pass of their own.
+    async fn read_held(&mut self) {
+        let (mut targets, mut announced) = (BTreeSet::new(), BTreeSet::new());
+        if self.take_held(&mut targets, &mut announced) {
+            self.update_and_react(targets, announced).await;
+        }
     }
 
     /// Lets the device policy react to what events touched.
@@ -337,6 +414,7 @@ impl Actor {
             // the thread's allocations went to a second malloc arena.
             self.source.refresh(&mut self.inventory, &targets)
         };
+        let read = started.elapsed();
         let synced = tree::sync_inventory(&mut self.served, &mut self.inventory, &scope);
         let changes = tree::update(&mut self.tree, &self.inventory, synced);
         // Publish first: a client reacting to a signal must find the object by lookup.
@@ -349,6 +427,7 @@ impl Actor {
                 .send_replace(Arc::new(Lookup::of(&self.inventory)));
         }
         let n = changes.len();
+        let diffed = started.elapsed();
         let appeared = appeared_parents(&changes, announced, &self.inventory);
         if let Err(e) = self.sink.apply(changes).await {
             tracing::error!(error = %e, "updating the D-Bus objects failed");
@@ -364,7 +443,7 @@ impl Actor {
             *c = counts;
             changed
         });
-        tracing::debug!(changes = n, elapsed = ?started.elapsed(), "inventory updated");
+        tracing::debug!(changes = n, ?read, ?diffed, elapsed = ?started.elapsed(), "inventory updated");
     }
 }
 

@@ -134,6 +134,9 @@ impl Runner {
         work: Work,
     ) -> Result<String, OpError> {
         let door = self.door.clone();
+        // Open until the refresh has taken the events these writes cause (see
+        // `crate::actor::Writes`).
+        let window = self.actor.writing();
         let handle = tokio::task::spawn_blocking(move || {
             // Held until the kernel returns, even when the caller stopped waiting.
             let lock = lock;
@@ -157,8 +160,10 @@ impl Runner {
                 ),
             )),
         };
-        if !targets.is_empty() {
-            self.actor.refresh(targets).await;
+        if targets.is_empty() {
+            drop(window);
+        } else {
+            self.actor.refresh(targets, window).await;
         }
         result
     }

@@ -7,17 +7,18 @@
 //! not fsynced, as mdevctl does not sync its files either. That takes the two fsyncs (about
 //! 10 ms on an ext4 /var) out of every `CreateMdev` of a transient vGPU. Everything else (slots,
 //! defined mdevs, VFs, SR-IOV counts) stays in the durable main file, which is rewritten only
-//! when its bytes change. May import: crate::host::atomic, super (the ledger's types).
+//! when its bytes change. Generic over the record type, so it needs nothing of its parent.
+//! May import: crate::host::atomic.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Ledger, MdevRecord, LEDGER_VERSION, MAX_LEDGER_BYTES};
 use crate::host::atomic::{AtomicError, Replace};
 
 /// The transient records' file name inside the state directory.
@@ -26,31 +27,17 @@ pub(super) const LEDGER_TRANSIENT_TMP_FILE: &str = "ledger-transient.json.tmp";
 
 /// What the transient file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct TransientFile {
+#[serde(bound(deserialize = "R: DeserializeOwned"))]
+struct TransientFile<R> {
     version: u32,
-    #[serde(default)]
-    mdevs: BTreeMap<Uuid, MdevRecord>,
+    #[serde(default = "BTreeMap::new")]
+    mdevs: BTreeMap<Uuid, R>,
 }
 
-/// Whether a record belongs in the transient file: no definition keeps it past the device.
-pub(super) fn is_transient(record: &MdevRecord) -> bool {
-    !record.defined
-}
-
-/// `ledger` split into what the main file keeps and the transient records.
-pub(super) fn split(ledger: &Ledger) -> (Ledger, BTreeMap<Uuid, MdevRecord>) {
-    let mut main = ledger.clone();
-    let transient = std::mem::take(&mut main.mdevs);
-    let (transient, durable): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        transient.into_iter().partition(|(_, r)| is_transient(r));
-    main.mdevs = durable;
-    (main, transient)
-}
-
-/// The file's bytes for `mdevs`.
-pub(super) fn encode(mdevs: &BTreeMap<Uuid, MdevRecord>) -> Vec<u8> {
+/// The file's bytes for `mdevs`, in format `version`.
+pub(super) fn encode<R: Serialize + Clone>(version: u32, mdevs: &BTreeMap<Uuid, R>) -> Vec<u8> {
     let file = TransientFile {
-        version: LEDGER_VERSION,
+        version,
         mdevs: mdevs.clone(),
     };
     let mut text = serde_json::to_vec_pretty(&file).unwrap_or_default();
@@ -59,36 +46,39 @@ pub(super) fn encode(mdevs: &BTreeMap<Uuid, MdevRecord>) -> Vec<u8> {
 }
 
 /// What reading the transient file found.
-pub(super) enum Read {
+pub(super) enum Read<R> {
     /// No file: no transient records.
     Missing,
     /// Unusable, and why.
     Bad(String),
     Good {
-        mdevs: BTreeMap<Uuid, MdevRecord>,
+        mdevs: BTreeMap<Uuid, R>,
         bytes: Vec<u8>,
     },
 }
 
-/// Reads the transient file at `path`; only an I/O error other than "not found" is an error.
-pub(super) fn read(path: &Path) -> io::Result<Read> {
+/// Reads the transient file at `path` (at most `max_bytes`, format `version` or older); only
+/// an I/O error other than "not found" is an error.
+pub(super) fn read<R: DeserializeOwned>(
+    path: &Path,
+    version: u32,
+    max_bytes: u64,
+) -> io::Result<Read<R>> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
         Err(e) => return Err(e),
     };
-    if bytes.len() as u64 > MAX_LEDGER_BYTES {
-        return Ok(Read::Bad(format!(
-            "it is larger than {MAX_LEDGER_BYTES} bytes"
-        )));
+    if bytes.len() as u64 > max_bytes {
+        return Ok(Read::Bad(format!("it is larger than {max_bytes} bytes")));
     }
-    let file: TransientFile = match serde_json::from_slice(&bytes) {
+    let file: TransientFile<R> = match serde_json::from_slice(&bytes) {
         Ok(f) => f,
         Err(e) => return Ok(Read::Bad(format!("it is not a valid ledger file: {e}"))),
     };
-    if file.version > LEDGER_VERSION {
+    if file.version > version {
         return Ok(Read::Bad(format!(
-            "it has format version {}, newer than this gpuvirt understands ({LEDGER_VERSION})",
+            "it has format version {}, newer than this gpuvirt understands ({version})",
             file.version
         )));
     }
