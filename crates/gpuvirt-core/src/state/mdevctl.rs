@@ -22,7 +22,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use gpuvirt_types::mdevctl::{
-    dump_json, is_safe_parent_name, parse_config, parse_document, MdevctlConfig, MdevctlError,
+    dump_json, is_dumpjson, is_safe_parent_name, names_from_path, parse_config, parse_document,
+    parse_import, MdevctlConfig, MdevctlError,
 };
 
 use crate::host::atomic::Replace;
@@ -357,6 +358,20 @@ pub fn make_primary(ledger: &mut Ledger, uuid: Uuid, parent: &str) {
     }
     if list.is_empty() {
         ledger.more_mdev_definitions.remove(&uuid);
+    }
+}
+
+/// Moves the record of `uuid` out of [`Ledger::mdevs`] before a device of that UUID is created
+/// from a definition the ledger does not hold (one of mdevctl's files): a definition is kept
+/// beside, under its parent, where [`settle`] finds it again; an undefined record is dropped.
+pub fn step_aside(ledger: &mut Ledger, uuid: Uuid) {
+    if let Some(old) = ledger.mdevs.remove(&uuid) {
+        if old.defined {
+            let list = ledger.more_mdev_definitions.entry(uuid).or_default();
+            list.retain(|m| m.parent != old.parent);
+            list.push(old);
+            list.sort_by(|a, b| a.parent.cmp(&b.parent));
+        }
     }
 }
 
