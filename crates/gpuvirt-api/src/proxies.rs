@@ -161,10 +161,11 @@ interface_proxies! {
             uuid: &str,
             options: HashMap<&str, Value<'_>>,
         ) -> Result<String, Error>;
-        /// Drops an mdev's definition; an active mdev stays.
+        /// Drops an mdev's definition; an active mdev stays. Option `parent` (a string) picks
+        /// one of a UUID defined under several parents.
         fn undefine_mdev(&self, uuid: &str, options: HashMap<&str, Value<'_>>) -> Result<(), Error>;
-        /// Defines a persistent mdev from mdevctl's JSON: (parent, uuid or empty, config,
-        /// options) → its UUID.
+        /// Defines persistent mdevs from mdevctl's JSON, one definition or a `list --dumpjson`
+        /// document, all or none: (parent, uuid, config, options) → the UUIDs, one per line.
         fn import_mdev_definition(
             &self,
             parent: &str,
@@ -177,7 +178,8 @@ interface_proxies! {
             &self,
             options: HashMap<&str, Value<'_>>,
         ) -> Result<Vec<MdevDefinitionWire>, Error>;
-        /// Creates a defined mdev and returns its object.
+        /// Creates a defined mdev (gpuvirt's or mdevctl's) and returns its object. Option
+        /// `parent` (a string) picks one of a UUID defined under several parents.
         fn start_mdev(
             &self,
             uuid: &str,

@@ -353,10 +353,8 @@ fn mdev_import_export_round_trips_mdevctl_json() {
     );
     assert_eq!(out.trim(), UUID);
     assert!(!mdev_exists(&host, UUID), "manual: defined, not started");
-    assert_eq!(
-        ok(&bus, &["mdev", "export", "--mdevctl", UUID]),
-        format!("{manual}\n")
-    );
+    // The file's bytes exactly: no trailing newline, as mdevctl writes its files.
+    assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl", UUID]), manual);
 
     // The dumpjson form names parent and UUID itself.
     let dump = format!(
@@ -372,7 +370,7 @@ fn mdev_import_export_round_trips_mdevctl_json() {
     assert!(mdev_exists(&host, UUID2), "auto: started at once");
     assert_eq!(
         ok(&bus, &["mdev", "export", "--mdevctl", UUID2]),
-        "{\n  \"mdev_type\": \"nvidia-300\",\n  \"start\": \"auto\",\n  \"attrs\": []\n}\n"
+        "{\n  \"mdev_type\": \"nvidia-300\",\n  \"start\": \"auto\",\n  \"attrs\": []\n}"
     );
     // Everything at once, as `mdevctl list --dumpjson` prints it (UUID sorts before UUID2).
     let all = ok(&bus, &["mdev", "export", "--mdevctl"]);
@@ -390,7 +388,7 @@ fn mdev_import_export_round_trips_mdevctl_json() {
     assert_eq!(
         all,
         format!(
-            "[\n  {{\n    \"0000:41:00.0\": [\n      {{\n        \"{UUID}\": {indented}\n      }},\n      {{\n        \"{UUID2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]\n"
+            "[\n  {{\n    \"0000:41:00.0\": [\n      {{\n        \"{UUID}\": {indented}\n      }},\n      {{\n        \"{UUID2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]"
         )
     );
 
@@ -450,5 +448,136 @@ fn mdev_import_export_round_trips_mdevctl_json() {
             .matches("\"uuid\"")
             .count(),
         2
+    );
+}
+
+/// The corpus of gpuvirt-types, `NAME.json`.
+fn corpus(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../gpuvirt-types/tests/corpus/{name}.json"))
+}
+
+/// mdevctl's documents through the CLI: an empty host exports `[]` exactly and imports it
+/// as nothing to do; a file named `invalid-uuid-value` is refused for its name; a UUID under
+/// two parents imports whole, is listed and exported under both (whole export and the
+/// UUID's), and `start`/`undefine` need `-p`; export gives back mdevctl's bytes.
+#[test]
+fn mdev_import_export_of_empty_multi_parent_and_misnamed_documents() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &host, true);
+    // An empty host: `[]`, byte for byte, and importing it back is nothing to do.
+    assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl"]), "[]");
+    let empty = corpus("valid-empty");
+    assert_eq!(
+        ok(
+            &bus,
+            &["mdev", "import", "--mdevctl", empty.to_str().unwrap()]
+        ),
+        ""
+    );
+    assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl"]), "[]");
+
+    // A file in a parent's directory whose name is not a UUID: the name is the problem.
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().join("0000:41:00.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let misnamed = dir.join("invalid-uuid-value");
+    std::fs::copy(corpus("valid-single-file"), &misnamed).unwrap();
+    let out = ctl(
+        &bus,
+        &["mdev", "import", "--mdevctl", misnamed.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the file name is not a UUID"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("parent must be given"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl"]), "[]");
+
+    // A refused document defines nothing, however late its bad entry.
+    let late = corpus("bad-late-entry");
+    let out = ctl(
+        &bus,
+        &["mdev", "import", "--mdevctl", late.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("entry [0][\"0000:61:00.0\"][5]"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl"]), "[]");
+
+    // One UUID under two parents (absent ones: their types are ids), as mdevctl writes it.
+    let multi = corpus("valid-multi-parent");
+    let text = std::fs::read_to_string(&multi).unwrap();
+    let out = ok(
+        &bus,
+        &["mdev", "import", "--mdevctl", multi.to_str().unwrap()],
+    );
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl"]), text);
+    let twice = "7c2e5d4f-1c80-4f3b-8d72-3a9e1f5c8b21";
+    let table = ok(&bus, &["mdev", "list", "--defined"]);
+    assert_eq!(
+        table.lines().filter(|l| l.contains(twice)).count(),
+        2,
+        "{table}"
+    );
+    // The UUID's own export holds both, as `mdevctl list --dumpjson -u` prints them; -p one.
+    let both = ok(&bus, &["mdev", "export", "--mdevctl", twice]);
+    assert!(
+        both.starts_with('[') && both.matches(twice).count() == 2,
+        "{both}"
+    );
+    assert!(
+        both.contains("0000:00:02.0") && both.contains("0000:00:03.0"),
+        "{both}"
+    );
+    let one = ok(
+        &bus,
+        &["mdev", "export", "--mdevctl", twice, "-p", "0000:00:03.0"],
+    );
+    assert!(
+        one.starts_with("{\n  \"mdev_type\": \"vfio_ap-passthrough\""),
+        "{one}"
+    );
+    assert!(!one.ends_with('\n'));
+    // Start and undefine must be told which parent.
+    for verb in ["start", "undefine"] {
+        let out = ctl(&bus, &["mdev", verb, twice]);
+        assert_eq!(code(&out), 1, "{verb}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("defined under 2 parents (0000:00:02.0, 0000:00:03.0)"),
+            "{verb}: {}",
+            stderr(&out)
+        );
+    }
+    ok(
+        &bus,
+        &["mdev", "undefine", "--parent", "0000:00:03.0", twice],
+    );
+    let table = ok(&bus, &["mdev", "list", "--defined"]);
+    assert_eq!(
+        table.lines().filter(|l| l.contains(twice)).count(),
+        1,
+        "{table}"
+    );
+    ok(&bus, &["mdev", "undefine", twice]);
+    assert_eq!(
+        ok(&bus, &["mdev", "list", "--defined", "--json"])
+            .matches("\"uuid\"")
+            .count(),
+        1
     );
 }

@@ -1,7 +1,8 @@
 //! The policy runtime end to end: gpuvirtd on a private bus with the simulated runbook host
 //! and the example policy. Applied from scratch at start, nothing to do the second time, an
 //! invalid reload rejected with the previous policy still in force, `ValidatePolicy`
-//! diagnostics with positions, an invalid file at start reported in `PolicyError`.
+//! diagnostics with positions, an invalid file at start reported in `PolicyError`, a missing
+//! one "observe only" (INFO, `PolicyError` empty).
 //!
 //! These need `/dev/fuse` and root; they skip with a message otherwise.
 
@@ -346,4 +347,48 @@ async fn manual_defines_and_reconcile_keep_every_ledger_record() {
             "{record:?}"
         );
     }
+}
+
+/// A fresh install has no policy file: that is "observe only", said once at INFO, with an
+/// empty `PolicyError` and no ERROR in the log; a reload that still finds none leaves
+/// `PolicyError` empty too. Only a file that exists and is broken is an error (above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_policy_file_is_observe_only_not_an_error() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("runbook");
+    let policy = host.dir.path().join("etc-gpuvirt/policy.toml");
+    assert!(!policy.exists());
+    let state = host.dir.path().join("state");
+    let bus = Bus::start();
+    let d = Daemon::start(&bus, &host, &policy, &state).await;
+    let conn = bus.connect().await;
+    let m = manager(&conn).await;
+    assert_eq!(prop::<String>(&m, "PolicyError").await, "", "{}", d.log());
+    assert_eq!(prop::<String>(&m, "EnforcementMode").await, "");
+    let log = d.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no policy file at"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("INFO"), "{log}");
+    assert!(said[0].contains("observing only"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(!log.contains("no policy in force"), "{log}");
+    // Nothing happened to the host: observing.
+    assert!(mdevs(&host).is_empty());
+
+    // A reload that still finds no file is refused, and is no broken policy either.
+    let err = m
+        .call::<_, _, ()>("ReloadPolicy", &(no_options(),))
+        .await
+        .unwrap_err();
+    let zbus::Error::MethodError(name, _, _) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(name.as_str(), "org.gpuvirt.GpuVirt1.Error.PolicyInvalid");
+    assert_eq!(prop::<String>(&m, "PolicyError").await, "", "{}", d.log());
+    assert!(!d.log().contains("ERROR"), "{}", d.log());
 }

@@ -1116,3 +1116,331 @@ async fn sriov_vfs_return_with_their_card_and_held_vfs_are_not_disabled() {
     assert_eq!(numvfs(), "4", "nothing disabled: {report}");
     reconcile_until(&conn, "2 VFs", || numvfs() == "2").await;
 }
+
+/// mdevctl's files (path, bytes), the ledger's bytes, the active mdevs.
+type ImportState = (Vec<(String, Vec<u8>)>, Vec<u8>, Vec<String>);
+
+/// What a refused import must leave as it was: every file below `etc/mdevctl.d` (path and
+/// bytes), the ledger's bytes, and the active mdevs.
+fn import_state(host: &SimHost, state: &std::path::Path) -> ImportState {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&host.root().join("etc/mdevctl.d"), &mut files);
+    files.sort();
+    let ledger = std::fs::read(state.join("ledger.json")).unwrap_or_default();
+    let mut active: Vec<String> = std::fs::read_dir(host.root().join("sys/bus/mdev/devices"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    active.sort();
+    (files, ledger, active)
+}
+
+/// The document corpus of gpuvirt-types (`tests/corpus/`): `(name, text, expect)`.
+fn corpus() -> Vec<(String, String, String)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpuvirt-types/tests/corpus");
+    let mut out: Vec<(String, String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let name = name.strip_suffix(".json")?.to_owned();
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+            let expect = std::fs::read_to_string(dir.join(format!("{name}.expect"))).unwrap();
+            Some((name, text, expect))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Import is all or nothing: `[]` is nothing to do; every malformed document of the corpus,
+/// and a document whose late entry is defined already (AlreadyExists), is refused naming the
+/// entry, and leaves mdevctl's files, the ledger's bytes and the active mdevs as they were.
+/// A good document with one UUID under two parents then defines both at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_is_all_or_nothing_and_empty_is_nothing_to_do() {
+    if !fuse_available() {
+        return;
+    }
+    let host = runbook_with_mdevctl_file(U3);
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &[]).await;
+    let conn = bus.connect().await;
+    let import = |parent: &'static str, uuid: &'static str, text: String| {
+        let conn = conn.clone();
+        async move {
+            manager(
+                &conn,
+                "ImportMdevDefinition",
+                &(parent, uuid, text.as_str(), no_opts()),
+            )
+            .await
+            .map(|r| r.body().deserialize::<String>().unwrap())
+        }
+    };
+    // One auto definition first, so that the ledger and an active mdev exist.
+    let one = format!(
+        "[\n  {{\n    \"{V100}\": [\n      {{\n        \"{U1}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"auto\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]"
+    );
+    assert_eq!(import("", "", one).await.unwrap(), U1, "{}", d.log());
+    eventually("the auto import is active", || active(&host, U1)).await;
+
+    let before = import_state(&host, &state);
+    assert!(
+        !before.1.is_empty() && before.2 == [U1.to_string()],
+        "{before:?}"
+    );
+    // `mdevctl list --dumpjson` of an empty host: nothing to do.
+    assert_eq!(import("", "", "[]".into()).await.unwrap(), "");
+    assert_eq!(import_state(&host, &state), before);
+
+    // Every malformed corpus document (one definition given its parent and UUID).
+    let mut refused = 0;
+    for (name, text, expect) in corpus() {
+        let phrases: Vec<&str> = expect
+            .lines()
+            .filter_map(|l| l.strip_prefix("error: "))
+            .filter(|p| !p.contains("file name"))
+            .collect();
+        // Refusals of how a file is named are the CLI's (it names the definition from the
+        // path); the daemon is given parent and UUID.
+        if !expect.lines().any(|l| l.starts_with("error: "))
+            || expect.lines().any(|l| l.starts_with("file: "))
+        {
+            continue;
+        }
+        let (parent, uuid) = if text.trim_start().starts_with('[') {
+            ("", "")
+        } else {
+            (V100, U2)
+        };
+        let (error, message) = import(parent, uuid, text).await.unwrap_err();
+        assert_eq!(error, api::INVALID_ARGS_ERROR, "{name}: {message}");
+        assert!(
+            message.starts_with("argument 'config': "),
+            "{name}: {message}"
+        );
+        assert!(
+            !message.contains("mdevctl config"),
+            "{name}: stutters: {message}"
+        );
+        for p in phrases
+            .iter()
+            .filter(|p| !p.contains("does not name") && !p.contains("neither"))
+        {
+            assert!(message.contains(p), "{name}: {message:?} lacks {p:?}");
+        }
+        assert_eq!(
+            import_state(&host, &state),
+            before,
+            "{name} changed something"
+        );
+        refused += 1;
+    }
+    assert!(refused >= 16, "{refused}");
+
+    // A late entry that is defined already: nothing of the document is defined.
+    let late = format!(
+        "[\n  {{\n    \"{V100}\": [\n      {{\n        \"{U2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"manual\",\n          \"attrs\": []\n        }}\n      }},\n      {{\n        \"{U1}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"manual\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]"
+    );
+    let (error, message) = import("", "", late).await.unwrap_err();
+    assert_eq!(
+        error, "org.gpuvirt.GpuVirt1.Error.AlreadyExists",
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("mdev {U1} is defined under {V100} already")),
+        "{message}"
+    );
+    assert!(message.contains("nothing was defined"), "{message}");
+    assert_eq!(import_state(&host, &state), before);
+    assert_eq!(
+        definitions(&conn).await.len(),
+        2,
+        "U1 and mdevctl's U3 only: {}",
+        d.log()
+    );
+
+    // One UUID under two parents (one of them absent: the type is an id) is defined whole.
+    let other = "0000:61:00.0";
+    let two = format!(
+        "[\n  {{\n    \"{V100}\": [\n      {{\n        \"{U2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"manual\",\n          \"attrs\": []\n        }}\n      }}\n    ],\n    \"{other}\": [\n      {{\n        \"{U2}\": {{\n          \"mdev_type\": \"nvidia-300\",\n          \"start\": \"manual\",\n          \"attrs\": []\n        }}\n      }}\n    ]\n  }}\n]"
+    );
+    assert_eq!(
+        import("", "", two).await.unwrap(),
+        format!("{U2}\n{U2}"),
+        "{}",
+        d.log()
+    );
+    let listed: Vec<(String, String)> = definitions(&conn)
+        .await
+        .into_iter()
+        .map(|d| (d.0, d.1))
+        .collect();
+    assert!(
+        listed.contains(&(U2.to_string(), V100.to_string())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&(U2.to_string(), other.to_string())),
+        "{listed:?}"
+    );
+    assert_eq!(
+        import_state(&host, &state).0,
+        before.0,
+        "mdevctl's files untouched"
+    );
+}
+
+/// One UUID defined under two present parents: StartMdev and UndefineMdev without a parent
+/// are refused naming both; the `parent` option picks one; only one can be active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uuid_under_two_parents_is_started_and_undefined_by_parent() {
+    if !fuse_available() {
+        return;
+    }
+    let host = SimHost::boot("mdev-server-8gpu");
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &[]).await;
+    let conn = bus.connect().await;
+    for parent in [GPU3, GPU4] {
+        manager(
+            &conn,
+            "ImportMdevDefinition",
+            &(
+                parent,
+                U1,
+                mdevctl_json(MdevStart::Manual, &[]).as_str(),
+                no_opts(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    }
+    let parent = |p: &str| opts(&[("parent", Value::from(p.to_owned()))]);
+    let under = |defs: Vec<api::MdevDefinitionWire>| -> Vec<(String, bool)> {
+        defs.into_iter()
+            .filter(|d| d.0 == U1)
+            .map(|d| (d.1, d.6))
+            .collect()
+    };
+    assert_eq!(
+        under(definitions(&conn).await),
+        [(GPU3.to_string(), false), (GPU4.to_string(), false)]
+    );
+    for method in ["StartMdev", "UndefineMdev"] {
+        let (name, message) = manager(&conn, method, &(U1, no_opts())).await.unwrap_err();
+        assert_eq!(name, api::INVALID_ARGS_ERROR, "{method}: {message}");
+        assert!(
+            message.contains(&format!("defined under 2 parents ({GPU3}, {GPU4})"))
+                && message.contains("parent option"),
+            "{method}: {message}"
+        );
+    }
+    let (name, _) = manager(
+        &conn,
+        "StartMdev",
+        &(U1, opts(&[("parent", Value::Bool(true))])),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(name, api::INVALID_ARGS_ERROR);
+    manager(&conn, "StartMdev", &(U1, parent(GPU4)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    assert!(active(&host, U1));
+    assert_eq!(
+        under(definitions(&conn).await),
+        [(GPU3.to_string(), false), (GPU4.to_string(), true)]
+    );
+    let (name, message) = manager(&conn, "StartMdev", &(U1, parent(GPU3)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        name, "org.gpuvirt.GpuVirt1.Error.AlreadyExists",
+        "{message}"
+    );
+    assert!(message.contains(&format!("active on {GPU4}")), "{message}");
+    // Stopped, both definitions stay; then the other parent's starts.
+    manager(&conn, "StopMdev", &(U1, no_opts())).await.unwrap();
+    assert!(!active(&host, U1));
+    manager(&conn, "StartMdev", &(U1, parent(GPU3)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    assert_eq!(
+        under(definitions(&conn).await),
+        [(GPU3.to_string(), true), (GPU4.to_string(), false)]
+    );
+    // Undefining the inactive one leaves the active one, which then needs no parent.
+    manager(&conn, "UndefineMdev", &(U1, parent(GPU4)))
+        .await
+        .unwrap();
+    assert_eq!(under(definitions(&conn).await), [(GPU3.to_string(), true)]);
+    let (name, _) = manager(&conn, "UndefineMdev", &(U1, parent(GPU4)))
+        .await
+        .unwrap_err();
+    assert_eq!(name, "org.gpuvirt.GpuVirt1.Error.NoSuchDevice");
+    manager(&conn, "UndefineMdev", &(U1, no_opts()))
+        .await
+        .unwrap();
+    assert!(under(definitions(&conn).await).is_empty());
+    assert!(active(&host, U1), "undefine leaves the device, transient");
+}
+
+/// `StartMdev` of a definition only mdevctl has (its file below `etc/mdevctl.d`, listed as
+/// mdevctl's) starts it, as `mdevctl start -u` does, rather than saying it is not defined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_of_an_mdevctl_definition_starts_it() {
+    if !fuse_available() {
+        return;
+    }
+    let host = runbook_with_mdevctl_file(U3);
+    let bus = Bus::start();
+    let state = host.dir.path().join("state");
+    let events = format!("sim:{}", host.socket.display());
+    let d = Gpuvirtd::start(&bus.address, host.root(), &events, &state, &[]).await;
+    let conn = bus.connect().await;
+    assert_eq!(
+        definitions(&conn).await,
+        vec![definition(U3, "mdevctl", "manual", &[], false)]
+    );
+    manager(&conn, "StartMdev", &(U3, no_opts()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    assert!(active(&host, U3));
+    assert_eq!(
+        definitions(&conn).await,
+        vec![definition(U3, "mdevctl", "manual", &[], true)]
+    );
+    // gpuvirt created the device, so it may stop it; the definition stays mdevctl's.
+    manager(&conn, "StopMdev", &(U3, no_opts())).await.unwrap();
+    assert!(!active(&host, U3));
+    assert_eq!(
+        definitions(&conn).await,
+        vec![definition(U3, "mdevctl", "manual", &[], false)]
+    );
+    let (name, message) = manager(&conn, "StartMdev", &(U2, no_opts()))
+        .await
+        .unwrap_err();
+    assert_eq!(name, "org.gpuvirt.GpuVirt1.Error.NoSuchDevice", "{message}");
+    assert!(message.contains("is defined"), "{message}");
+}

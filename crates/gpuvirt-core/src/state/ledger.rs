@@ -157,6 +157,13 @@ pub struct Ledger {
     pub slots: BTreeMap<String, SlotRecord>,
     #[serde(default)]
     pub mdevs: BTreeMap<Uuid, MdevRecord>,
+    /// Definitions of a UUID under parents other than its record's in [`Ledger::mdevs`]:
+    /// mdevctl lets one UUID be defined under several parents, of which only one can be
+    /// active. The record in `mdevs` is the one started last (or defined first); these are
+    /// each `defined`, under parents that differ from each other's and from its. Written
+    /// only when there are some, so older ledgers read and write as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub more_mdev_definitions: BTreeMap<Uuid, Vec<MdevRecord>>,
     #[serde(default)]
     pub vgpus: BTreeMap<PciAddress, VgpuRecord>,
     #[serde(default)]
@@ -169,6 +176,7 @@ impl Default for Ledger {
             version: LEDGER_VERSION,
             slots: BTreeMap::new(),
             mdevs: BTreeMap::new(),
+            more_mdev_definitions: BTreeMap::new(),
             vgpus: BTreeMap::new(),
             sriov: BTreeMap::new(),
         }

@@ -22,7 +22,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use gpuvirt_types::mdevctl::{
-    dump_json, is_safe_parent_name, parse_config, parse_document, MdevctlConfig, MdevctlError,
+    dump_json, is_dumpjson, is_safe_parent_name, names_from_path, parse_config, parse_document,
+    parse_import, MdevctlConfig, MdevctlError,
 };
 
 use crate::host::atomic::Replace;
@@ -237,20 +238,181 @@ pub fn import(ledger: &mut Ledger, configs: &[MdevctlConfig]) -> ImportReport {
             report.kept_gpuvirt.push(config.uuid);
             continue;
         }
-        ledger.mdevs.insert(config.uuid, config.to_record());
+        add_definition(ledger, config.uuid, config.to_record());
         report.imported.push(config.uuid);
     }
     report
 }
 
 /// gpuvirt's own defined mdevs as mdevctl definitions (for `gpuvirtctl mdev export --mdevctl`).
+/// A UUID defined under several parents is exported under each.
 pub fn export(ledger: &Ledger) -> Vec<MdevctlConfig> {
-    ledger
-        .mdevs
-        .iter()
-        .filter(|(_, r)| r.defined && r.created_by_gpuvirt)
-        .map(|(uuid, r)| MdevctlConfig::from_record(*uuid, r))
+    all_definitions(ledger)
+        .filter(|(_, r)| r.created_by_gpuvirt)
+        .map(|(uuid, r)| MdevctlConfig::from_record(uuid, r))
         .collect()
+}
+
+/// Every defined record of the ledger with its UUID: those of [`Ledger::mdevs`] and those
+/// under other parents ([`Ledger::more_mdev_definitions`]).
+pub fn all_definitions(ledger: &Ledger) -> impl Iterator<Item = (Uuid, &MdevRecord)> {
+    let primary = ledger.mdevs.iter().filter(|(_, r)| r.defined);
+    let more = ledger
+        .more_mdev_definitions
+        .iter()
+        .flat_map(|(u, list)| list.iter().map(move |r| (u, r)));
+    primary.chain(more).map(|(u, r)| (*u, r))
+}
+
+/// Every definition of `uuid` in the ledger, sorted by parent.
+pub fn definitions_of<'a>(ledger: &'a Ledger, uuid: &Uuid) -> Vec<&'a MdevRecord> {
+    let mut out: Vec<&MdevRecord> = ledger
+        .mdevs
+        .get(uuid)
+        .filter(|r| r.defined)
+        .into_iter()
+        .collect();
+    out.extend(ledger.more_mdev_definitions.get(uuid).into_iter().flatten());
+    out.sort_by(|a, b| a.parent.cmp(&b.parent));
+    out
+}
+
+/// Why a request naming a UUID (and perhaps a parent) does not name one definition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    #[error(
+        "mdev {uuid} is defined under {} parents ({}); say which with the parent option",
+        parents.len(),
+        parents.join(", ")
+    )]
+    Ambiguous { uuid: Uuid, parents: Vec<String> },
+    #[error("mdev {uuid} is not defined under {parent}; it is defined under {}", parents.join(", "))]
+    NotUnder {
+        uuid: Uuid,
+        parent: String,
+        parents: Vec<String>,
+    },
+}
+
+/// The definition of `uuid` a request means: the one under `parent`, or the only one.
+/// `Ok(None)`: `uuid` is not defined at all (in the ledger).
+pub fn pick_definition<'a>(
+    ledger: &'a Ledger,
+    uuid: &Uuid,
+    parent: Option<&str>,
+) -> Result<Option<&'a MdevRecord>, PickError> {
+    let all = definitions_of(ledger, uuid);
+    let parents = || all.iter().map(|r| r.parent.clone()).collect::<Vec<_>>();
+    match parent {
+        _ if all.is_empty() => Ok(None),
+        Some(p) => all
+            .iter()
+            .find(|r| r.parent == p)
+            .map(|r| Some(*r))
+            .ok_or_else(|| PickError::NotUnder {
+                uuid: *uuid,
+                parent: p.to_string(),
+                parents: parents(),
+            }),
+        None if all.len() == 1 => Ok(Some(all[0])),
+        None => Err(PickError::Ambiguous {
+            uuid: *uuid,
+            parents: parents(),
+        }),
+    }
+}
+
+/// Records a definition of `uuid`. It becomes the record in [`Ledger::mdevs`] unless that
+/// holds one under another parent (defined, or the record of an active device), beside which
+/// it is kept in [`Ledger::more_mdev_definitions`]. One under the same parent is replaced.
+pub fn add_definition(ledger: &mut Ledger, uuid: Uuid, record: MdevRecord) {
+    match ledger.mdevs.get(&uuid) {
+        Some(r) if r.parent != record.parent => {
+            let list = ledger.more_mdev_definitions.entry(uuid).or_default();
+            list.retain(|m| m.parent != record.parent);
+            list.push(record);
+            list.sort_by(|a, b| a.parent.cmp(&b.parent));
+        }
+        _ => {
+            ledger.mdevs.insert(uuid, record);
+        }
+    }
+}
+
+/// Makes the definition of `uuid` under `parent` the record in [`Ledger::mdevs`], so that
+/// starting it keeps its start mode and attrs; the definition there before moves beside it.
+/// Nothing changes when it is there already or `uuid` is not defined under `parent`.
+pub fn make_primary(ledger: &mut Ledger, uuid: Uuid, parent: &str) {
+    let Some(list) = ledger.more_mdev_definitions.get_mut(&uuid) else {
+        return;
+    };
+    let Some(i) = list.iter().position(|r| r.parent == parent) else {
+        return;
+    };
+    let chosen = list.remove(i);
+    if let Some(old) = ledger.mdevs.insert(uuid, chosen) {
+        if old.defined {
+            list.push(old);
+            list.sort_by(|a, b| a.parent.cmp(&b.parent));
+        }
+    }
+    if list.is_empty() {
+        ledger.more_mdev_definitions.remove(&uuid);
+    }
+}
+
+/// Moves the record of `uuid` out of [`Ledger::mdevs`] before a device of that UUID is created
+/// from a definition the ledger does not hold (one of mdevctl's files): a definition is kept
+/// beside, under its parent, where [`settle`] finds it again; an undefined record is dropped.
+pub fn step_aside(ledger: &mut Ledger, uuid: Uuid) {
+    if let Some(old) = ledger.mdevs.remove(&uuid) {
+        if old.defined {
+            let list = ledger.more_mdev_definitions.entry(uuid).or_default();
+            list.retain(|m| m.parent != old.parent);
+            list.push(old);
+            list.sort_by(|a, b| a.parent.cmp(&b.parent));
+        }
+    }
+}
+
+/// Drops the definition of `uuid` under `parent`. When it is the record in
+/// [`Ledger::mdevs`] and the device is `active`, the record stays, no longer defined (the
+/// device is then a transient one, as `mdevctl undefine` leaves it); else another parent's
+/// definition, if any, takes its place.
+pub fn remove_definition(ledger: &mut Ledger, uuid: Uuid, parent: &str, active: bool) {
+    if let Some(list) = ledger.more_mdev_definitions.get_mut(&uuid) {
+        list.retain(|r| r.parent != parent);
+        if list.is_empty() {
+            ledger.more_mdev_definitions.remove(&uuid);
+        }
+    }
+    match ledger.mdevs.get_mut(&uuid) {
+        Some(r) if r.parent == parent && active => r.defined = false,
+        Some(r) if r.parent == parent => {
+            ledger.mdevs.remove(&uuid);
+        }
+        _ => {}
+    }
+    settle(ledger, uuid);
+}
+
+/// Keeps [`Ledger::more_mdev_definitions`] beside a record: when [`Ledger::mdevs`] lost
+/// the record of `uuid` (its device was removed and it was not defined), another parent's
+/// definition takes its place.
+pub fn settle(ledger: &mut Ledger, uuid: Uuid) {
+    if ledger.mdevs.contains_key(&uuid) {
+        return;
+    }
+    let Some(list) = ledger.more_mdev_definitions.get_mut(&uuid) else {
+        return;
+    };
+    if !list.is_empty() {
+        let first = list.remove(0);
+        ledger.mdevs.insert(uuid, first);
+    }
+    if list.is_empty() {
+        ledger.more_mdev_definitions.remove(&uuid);
+    }
 }
 
 /// One persistent mdev definition as gpuvirt reports it (`Manager.ListMdevDefinitions`).
@@ -260,7 +422,7 @@ pub struct Definition {
     /// [`Owner::Gpuvirt`] for gpuvirt's own definitions (it creates and may remove them),
     /// [`Owner::Mdevctl`] for mdevctl's files and definitions imported from them as mdevctl's.
     pub owner: Owner,
-    /// An mdev with this UUID exists now.
+    /// An mdev with this UUID exists now, on this definition's parent.
     pub active: bool,
 }
 
@@ -269,32 +431,34 @@ pub struct Definition {
 ///
 /// A ledger record imported from mdevctl is shown only while no file names its UUID: the file
 /// is the current truth for mdevctl's own definitions. A file with the UUID of one of gpuvirt's
-/// definitions is listed beside it, because mdevctl acts on that file too.
+/// definitions is listed beside it, because mdevctl acts on that file too. A UUID defined
+/// under several parents is listed under each; `is_active(uuid, parent)` says whether the
+/// device is active on that parent.
 pub fn definitions(
     ledger: &Ledger,
     configs: &[MdevctlConfig],
-    is_active: impl Fn(&Uuid) -> bool,
+    is_active: impl Fn(&Uuid, &str) -> bool,
 ) -> Vec<Definition> {
     let mut out: Vec<Definition> = Vec::new();
-    for (uuid, record) in ledger.mdevs.iter().filter(|(_, r)| r.defined) {
+    for (uuid, record) in all_definitions(ledger) {
         let owner = if record.created_by_gpuvirt {
             Owner::Gpuvirt
         } else {
             Owner::Mdevctl
         };
-        if owner == Owner::Mdevctl && configs.iter().any(|c| c.uuid == *uuid) {
+        if owner == Owner::Mdevctl && configs.iter().any(|c| c.uuid == uuid) {
             continue;
         }
         out.push(Definition {
-            config: MdevctlConfig::from_record(*uuid, record),
+            config: MdevctlConfig::from_record(uuid, record),
             owner,
-            active: is_active(uuid),
+            active: is_active(&uuid, &record.parent),
         });
     }
     out.extend(configs.iter().map(|c| Definition {
         config: c.clone(),
         owner: Owner::Mdevctl,
-        active: is_active(&c.uuid),
+        active: is_active(&c.uuid, &c.parent),
     }));
     out.sort_by(|a, b| {
         (&a.config.parent, a.config.uuid, a.owner.as_str()).cmp(&(

@@ -51,9 +51,19 @@ pub enum MdevCommand {
         manual: bool,
     },
     /// Drop a definition (an active device stays, as a transient one).
-    Undefine { uuid: String },
-    /// Create a defined mediated device.
-    Start { uuid: String },
+    Undefine {
+        uuid: String,
+        /// The parent whose definition to drop, for a UUID defined under several parents.
+        #[arg(short, long)]
+        parent: Option<String>,
+    },
+    /// Create a defined mediated device (gpuvirt's, or mdevctl's from /etc/mdevctl.d).
+    Start {
+        uuid: String,
+        /// The parent whose definition to start, for a UUID defined under several parents.
+        #[arg(short, long)]
+        parent: Option<String>,
+    },
     /// Remove a defined mediated device, keeping its definition.
     Stop { uuid: String },
     /// List mediated devices: UUID, parent, type, state.
@@ -64,17 +74,22 @@ pub enum MdevCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print definitions as mdevctl JSON: one device's file contents, or every definition (and
-    /// every active device without one) as `mdevctl list --dumpjson` prints them.
+    /// Print definitions as mdevctl JSON, with no trailing newline (the bytes of mdevctl's
+    /// files): one device's file contents, or every definition (and every active device
+    /// without one) as `mdevctl list --dumpjson` prints them (`[]` when there are none). A
+    /// UUID defined under several parents prints that document, holding each.
     Export {
         /// mdevctl's format (`mdevctl define --jsonfile` reads it); the only format.
         #[arg(long, required = true)]
         mdevctl: bool,
         /// One device (default: all).
         uuid: Option<String>,
+        /// Only the definitions under this parent.
+        #[arg(short, long)]
+        parent: Option<String>,
     },
-    /// Define mediated devices from mdevctl JSON (like `mdevctl define --jsonfile`); they are
-    /// gpuvirt's definitions from then on.
+    /// Define mediated devices from mdevctl JSON (like `mdevctl define --jsonfile`), all or
+    /// none; they are gpuvirt's definitions from then on. `[]` is nothing to do.
     Import {
         /// mdevctl's format; the only format.
         #[arg(long, required = true)]
@@ -151,17 +166,17 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             outln!("{defined}")?;
             Ok(())
         }
-        MdevCommand::Undefine { uuid } => ctx
+        MdevCommand::Undefine { uuid, parent } => ctx
             .manager()
             .await?
-            .undefine_mdev(&uuid, options(&[]))
+            .undefine_mdev(&uuid, parent_option(parent.as_deref()))
             .await
             .map_err(|e| ctx.api_error(e)),
-        MdevCommand::Start { uuid } => {
+        MdevCommand::Start { uuid, parent } => {
             let _path = ctx
                 .manager()
                 .await?
-                .start_mdev(&uuid, options(&[]))
+                .start_mdev(&uuid, parent_option(parent.as_deref()))
                 .await
                 .map_err(|e| ctx.api_error(e))?;
             Ok(())
@@ -196,7 +211,11 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
             print_table(&rows)?;
             Ok(())
         }
-        MdevCommand::Export { mdevctl: _, uuid } => export(ctx, uuid.as_deref()).await,
+        MdevCommand::Export {
+            mdevctl: _,
+            uuid,
+            parent,
+        } => export(ctx, uuid.as_deref(), parent.as_deref()).await,
         MdevCommand::Import {
             mdevctl: _,
             file,
@@ -239,10 +258,22 @@ async fn list_defined(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Definitions as they are (start mode and attrs included), one per UUID (gpuvirt's before
-/// mdevctl's), then active devices nobody defined, as mdevctl shows a transient device:
-/// started manually, no attrs.
-async fn export(ctx: &Ctx<'_>, uuid: Option<&str>) -> Result<(), CliError> {
+/// The `parent` option of StartMdev and UndefineMdev (a string), when given.
+fn parent_option(
+    parent: Option<&str>,
+) -> std::collections::HashMap<&'static str, zbus::zvariant::Value<'_>> {
+    let mut opts = options(&[]);
+    if let Some(p) = parent {
+        opts.insert("parent", zbus::zvariant::Value::from(p));
+    }
+    opts
+}
+
+/// Definitions as they are (start mode and attrs included), one per UUID and parent
+/// (gpuvirt's before mdevctl's), then active devices nobody defined, as mdevctl shows a
+/// transient device: started manually, no attrs. Printed as mdevctl writes its files: no
+/// trailing newline (mdevctl 1.2 and 1.3 print one more, see docs/cli.md).
+async fn export(ctx: &Ctx<'_>, uuid: Option<&str>, parent: Option<&str>) -> Result<(), CliError> {
     let wanted = match uuid {
         Some(u) => Some(
             u.parse::<Uuid>()
@@ -253,11 +284,12 @@ async fn export(ctx: &Ctx<'_>, uuid: Option<&str>) -> Result<(), CliError> {
     let malformed = || CliError::Daemon("gpuvirtd sent a malformed definition".to_owned());
     let mut configs: Vec<MdevctlConfig> = Vec::new();
     let mut defs = definitions(ctx).await?;
-    // gpuvirt's own first, so it wins a UUID mdevctl also has a file for.
+    // gpuvirt's own first, so it wins a UUID and parent mdevctl also has a file for.
     defs.sort_by_key(|d| d.owner != "gpuvirt");
+    let same = |a: &MdevctlConfig, b: &MdevctlConfig| a.uuid == b.uuid && a.parent == b.parent;
     for d in &defs {
         let c = d.to_mdevctl().ok_or_else(malformed)?;
-        if !configs.iter().any(|k| k.uuid == c.uuid) {
+        if !configs.iter().any(|k| same(k, &c)) {
             configs.push(c);
         }
     }
@@ -276,21 +308,31 @@ async fn export(ctx: &Ctx<'_>, uuid: Option<&str>) -> Result<(), CliError> {
             });
         }
     }
+    configs.retain(|c| wanted.is_none_or(|u| c.uuid == u) && parent.is_none_or(|p| c.parent == p));
     if let Some(u) = wanted {
-        let c = configs.iter().find(|c| c.uuid == u).ok_or_else(|| {
-            CliError::Daemon(format!(
-                "no mdev {u} is defined or active; `gpuvirtctl mdev list --defined` lists definitions"
-            ))
-        })?;
-        outln!("{}", c.to_json())?;
-        return Ok(());
+        // As `mdevctl list --dumpjson -u`: one definition alone, as in its file; several (one
+        // UUID under several parents) as the whole document.
+        match configs.as_slice() {
+            [] => {
+                return Err(CliError::Daemon(format!(
+                    "no mdev {u} is defined or active{}; `gpuvirtctl mdev list --defined` lists definitions",
+                    parent.map(|p| format!(" under {p}")).unwrap_or_default()
+                )))
+            }
+            [one] => {
+                out!("{}", one.to_json())?;
+                return Ok(());
+            }
+            _ => {}
+        }
     }
-    outln!("{}", mdevctl::dump_json(&configs))?;
+    out!("{}", mdevctl::dump_json(&configs))?;
     Ok(())
 }
 
-/// Reads `file` and defines what it holds through the daemon, which validates each
-/// definition again; prints each UUID defined.
+/// Reads `file` and has the daemon define what it holds, all or none (the daemon checks the
+/// whole document again before it records anything); prints each UUID defined. `[]` is
+/// nothing to do.
 async fn import(
     ctx: &Ctx<'_>,
     file: &str,
@@ -304,56 +346,59 @@ async fn import(
     }
     .map_err(|e| CliError::Daemon(format!("cannot read {file}: {e}")))?;
     let path = std::path::Path::new(file);
-    // A file from mdevctl.d names its definition: <parent>/<uuid>.
-    let uuid = match uuid {
-        Some(u) => Some(u.to_owned()),
-        None => path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| n.parse::<Uuid>().is_ok())
-            .map(str::to_owned),
-    };
-    let parent = match parent {
-        Some(p) => Some(p.to_owned()),
-        None if uuid.is_some() => path
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .map(str::to_owned),
-        None => None,
-    };
-    let parsed_uuid = match &uuid {
+    let parsed_uuid = match uuid {
         Some(u) => Some(
             u.parse::<Uuid>()
                 .map_err(|_| CliError::Daemon(format!("{u:?} is not a UUID")))?,
         ),
         None => None,
     };
-    let configs = mdevctl::parse_document(path, &text, parent.as_deref(), parsed_uuid)
-        .map_err(|e| CliError::Daemon(e.to_string()))?;
-    if configs.is_empty() {
-        return Err(CliError::Daemon(format!(
-            "{file} holds no definition{}",
-            if parent.is_some() || uuid.is_some() {
-                " for the given parent and UUID"
-            } else {
-                ""
-            }
-        )));
+    if file == "-" && !mdevctl::is_dumpjson(&text) && (parent.is_none() || parsed_uuid.is_none()) {
+        return Err(CliError::Daemon(
+            "standard input holds one definition, which names neither its parent nor its UUID; \
+             give --parent and --uuid"
+                .to_owned(),
+        ));
     }
-    for c in configs {
-        let defined = ctx
-            .manager()
-            .await?
-            .import_mdev_definition(
-                &c.parent,
-                &c.uuid.hyphenated().to_string(),
-                &c.to_json(),
-                options(&[]),
-            )
-            .await
-            .map_err(|e| ctx.api_error(e))?;
-        outln!("{defined}")?;
+    // Checked here first, so that errors name the file; the daemon checks again.
+    let configs = mdevctl::parse_import(path, &text, parent, parsed_uuid).map_err(|e| match e {
+        mdevctl::MdevctlError::BadFileName { .. } => CliError::Daemon(format!(
+            "{e}; give --uuid (and --parent) to import it from a file named otherwise"
+        )),
+        mdevctl::MdevctlError::Unnamed { missing, .. } => {
+            CliError::Daemon(format!("{e} (--{})", missing.to_lowercase()))
+        }
+        e => CliError::Daemon(e.to_string()),
+    })?;
+    let (parent, uuid) = if mdevctl::is_dumpjson(&text) {
+        if configs.is_empty() && (parent.is_some() || uuid.is_some()) {
+            let all = mdevctl::parse_document(path, &text, None, None)
+                .map_err(|e| CliError::Daemon(e.to_string()))?;
+            if !all.is_empty() {
+                return Err(CliError::Daemon(format!(
+                    "{file} holds no definition for the given parent and UUID"
+                )));
+            }
+        }
+        (
+            parent.unwrap_or("").to_owned(),
+            uuid.unwrap_or("").to_owned(),
+        )
+    } else {
+        // One definition: parent and UUID as its path or the options named them.
+        let c = configs
+            .first()
+            .ok_or_else(|| CliError::Daemon(format!("{file} holds no definition")))?;
+        (c.parent.clone(), c.uuid.hyphenated().to_string())
+    };
+    let defined = ctx
+        .manager()
+        .await?
+        .import_mdev_definition(&parent, &uuid, &text, options(&[]))
+        .await
+        .map_err(|e| ctx.api_error(e))?;
+    for line in defined.lines() {
+        outln!("{line}")?;
     }
     Ok(())
 }

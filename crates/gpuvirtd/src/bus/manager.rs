@@ -210,7 +210,9 @@ impl ManagerInterface {
         mutators::define_mdev(&self.services, parent, mdev_type, uuid, &header, options).await
     }
 
-    /// Drops an mdev's definition; an active mdev stays (mdevctl undefine).
+    /// Drops an mdev's definition; an active mdev stays (mdevctl undefine). Option `parent`
+    /// (a string) picks the definition of a UUID defined under several parents; without it
+    /// such a UUID is refused (InvalidArgs) naming the parents.
     async fn undefine_mdev(
         &self,
         #[zbus(header)] header: zbus::message::Header<'_>,
@@ -220,10 +222,16 @@ impl ManagerInterface {
         mutators::undefine_mdev(&self.services, uuid, &header, options).await
     }
 
-    /// Defines a persistent mdev from mdevctl's file format, as `mdevctl define` reads a JSON
-    /// file: (parent, uuid or empty, the JSON of `/etc/mdevctl.d/<parent>/<uuid>` with
-    /// `mdev_type`, `start` `auto`|`manual` and ordered `attrs`, options) → its UUID. The
-    /// definition is gpuvirt's from then on; an auto one starts now if its parent is present.
+    /// Defines persistent mdevs from mdevctl's formats, as `mdevctl define` reads its JSON
+    /// file: (parent, uuid, config, options) → the UUIDs defined, one per line. `config` is
+    /// one definition, the JSON of `/etc/mdevctl.d/<parent>/<uuid>` (`mdev_type`, `start`
+    /// `auto`|`manual`, ordered `attrs`; `uuid` empty: generated), or the JSON list `mdevctl
+    /// list` prints with its dumpjson option, from which a non-empty `parent` and `uuid`
+    /// select; the same
+    /// UUID may be defined under several parents. The whole document is checked first, every
+    /// entry and each against what is defined already (AlreadyExists), and then recorded at
+    /// once: on any refusal nothing is defined. `[]` defines nothing and returns "". The
+    /// definitions are gpuvirt's from then on; an auto one starts now if its parent is present.
     async fn import_mdev_definition(
         &self,
         #[zbus(header)] header: zbus::message::Header<'_>,
@@ -246,7 +254,10 @@ impl ManagerInterface {
         mutators::list_mdev_definitions(&self.services, options).await
     }
 
-    /// Creates a defined mdev (mdevctl start) and returns its object.
+    /// Creates a defined mdev (mdevctl start), gpuvirt's or mdevctl's
+    /// (`/etc/mdevctl.d/<parent>/<uuid>`), and returns its object. Option `parent` (a string)
+    /// picks the definition of a UUID defined under several parents; without it such a UUID
+    /// is refused (InvalidArgs) naming the parents.
     async fn start_mdev(
         &self,
         #[zbus(header)] header: zbus::message::Header<'_>,

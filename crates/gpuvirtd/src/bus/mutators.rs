@@ -13,7 +13,7 @@ use zbus::message::Header;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use super::errors::dbus_name;
-use super::options::{interactive, no_options, parse_options};
+use super::options::{interactive, no_options, parse_options, string_option};
 use super::services::{caller, Services};
 use crate::auth::Method;
 use crate::ops::{self, Options, Outcome, SlotJob, SlotOutcome};
@@ -159,7 +159,8 @@ pub async fn define_mdev(
         .to_string())
 }
 
-/// `Manager.ImportMdevDefinition(s parent, s uuid, s config, a{sv}) -> s uuid`.
+/// `Manager.ImportMdevDefinition(s parent, s uuid, s config, a{sv}) -> s uuids`: the UUIDs
+/// defined, one per line (empty for `[]`).
 pub async fn import_mdev_definition(
     s: &Services,
     parent: &str,
@@ -172,8 +173,10 @@ pub async fn import_mdev_definition(
     let outcome = ops::prepare_import(&s.runner, parent, uuid, config, opts).await?;
     Ok(finish(s, header, opts, outcome)
         .await?
-        .hyphenated()
-        .to_string())
+        .iter()
+        .map(|u| u.hyphenated().to_string())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// `Manager.UndefineMdev(s uuid, a{sv})`.
@@ -183,8 +186,9 @@ pub async fn undefine_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<(), CallError> {
-    let opts = parse_options(&options, &[])?;
-    let outcome = ops::prepare_undefine(&s.runner, uuid, opts).await?;
+    let opts = parse_options(&options, &["parent"])?;
+    let parent = string_option(&options, "parent")?;
+    let outcome = ops::prepare_undefine(&s.runner, uuid, parent.as_deref(), opts).await?;
     finish(s, header, opts, outcome).await
 }
 
@@ -195,8 +199,9 @@ pub async fn start_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<OwnedObjectPath, CallError> {
-    let opts = parse_options(&options, &[])?;
-    let outcome = ops::prepare_start(&s.runner, uuid, opts).await?;
+    let opts = parse_options(&options, &["parent"])?;
+    let parent = string_option(&options, "parent")?;
+    let outcome = ops::prepare_start(&s.runner, uuid, parent.as_deref(), opts).await?;
     let uuid = finish(s, header, opts, outcome).await?;
     Ok(api::mdev_path(&uuid))
 }

@@ -1,5 +1,6 @@
-//! Decoding the `a{sv}` options of the methods into [`Options`]: an unknown key or a value
-//! that is not a boolean is InvalidArgs naming it. May import: crate::ops (Options),
+//! Decoding the `a{sv}` options of the methods into [`Options`]: an unknown key, or a value
+//! of another type than its option's (a boolean; a string for `parent`), is InvalidArgs
+//! naming it. May import: crate::ops (Options),
 //! crate::error.
 
 use std::collections::HashMap;
@@ -48,6 +49,11 @@ pub fn parse_options(
                 ),
             ));
         }
+        if STRING_OPTIONS.contains(&key.as_str()) {
+            // Read by string_option; checked here only for its type.
+            string_option(options, key)?;
+            continue;
+        }
         let Value::Bool(b) = **value else {
             return Err(OpError::invalid_arg(
                 "options",
@@ -66,6 +72,30 @@ pub fn parse_options(
         }
     }
     Ok(parsed)
+}
+
+/// The options whose value is a string (`s`), not a boolean.
+const STRING_OPTIONS: [&str; 1] = ["parent"];
+
+/// Reads the string option `key` (`parent` of StartMdev and UndefineMdev): `None` when it is
+/// absent; any other type than a string is InvalidArgs naming it.
+pub fn string_option(
+    options: &HashMap<String, OwnedValue>,
+    key: &str,
+) -> Result<Option<String>, OpError> {
+    match options.get(key) {
+        None => Ok(None),
+        Some(v) => match &**v {
+            Value::Str(s) => Ok(Some(s.as_str().to_owned())),
+            other => Err(OpError::invalid_arg(
+                "options",
+                format!(
+                    "option '{key}' must be a string (s), not {}",
+                    other.value_signature()
+                ),
+            )),
+        },
+    }
 }
 
 /// Refuses any option, naming it, for the methods that define none yet (a typo is not

@@ -1,14 +1,17 @@
 //! Creating, starting, stopping and removing mdevs (`ShardParent.CreateMdev`, `Mdev.Remove`,
 //! `Manager.StartMdev`, `Manager.StopMdev`): single sysfs writes, answered directly (still
 //! bounded by the runner's timeout). Each reads the ledger once and asks the actor once for
-//! its checks. May import: ops/runner.rs, ops/options.rs, crate::actor, crate::policy,
+//! its checks. May import: ops/runner.rs, ops/options.rs, ops/definitions.rs (which
+//! definition a UUID names), crate::actor, crate::policy,
 //! crate::auth, crate::error, crate::events.
 
 use gpuvirt_core::exec;
+use gpuvirt_core::mdevctl;
 use gpuvirt_core::plan::Action;
 use gpuvirt_core::shard;
 use uuid::Uuid;
 
+use super::definitions::pick;
 use super::options::{check_type_spec, parse_uuid, Options};
 use super::runner::{run_actions, After, Outcome, Prepared, Runner};
 use crate::auth::Method;
@@ -126,12 +129,16 @@ async fn prepare_stop(
         let record = ex.ledger().mdevs.get(&uuid).cloned();
         if ex.ledger().owns_mdev(&uuid) {
             run_actions(ex, &actions)?;
-            // The executor forgets a removed mdev; a definition outlives the device.
+            // The executor forgets a removed mdev; a definition outlives the device, and so
+            // do the UUID's definitions under other parents.
             if let Some(record) = record.filter(|r| r.defined) {
                 ex.update_ledger(|l| {
                     l.mdevs.insert(uuid, record);
                 })
                 .map_err(|e| OpError::failed(gpuvirt_core::error_chain(&e)))?;
+            } else if ex.ledger().more_mdev_definitions.contains_key(&uuid) {
+                ex.update_ledger(|l| mdevctl::settle(l, uuid))
+                    .map_err(|e| OpError::failed(gpuvirt_core::error_chain(&e)))?;
             }
             Ok(format!("removed mdev {uuid}"))
         } else {
@@ -166,54 +173,144 @@ async fn prepare_stop(
     ))
 }
 
-/// `Manager.StartMdev(s uuid, a{sv}) -> o mdev`: creates a defined mdev (mdevctl start).
+/// A definition StartMdev may start: the ledger's (gpuvirt's), or one of mdevctl's files.
+#[derive(Debug, Clone)]
+struct Startable {
+    parent: String,
+    type_id: String,
+    /// mdevctl's file below `etc/mdevctl.d`, not in the ledger.
+    mdevctl_file: bool,
+}
+
+/// The definition of `uuid` to start: the ledger's (the `parent` option picks one of several),
+/// else mdevctl's file (what `mdev list --defined` shows as mdevctl's), as `mdevctl start -u`
+/// starts it.
+async fn startable(
+    runner: &Runner,
+    ledger: &gpuvirt_core::ledger::Ledger,
+    uuid: Uuid,
+    parent: Option<&str>,
+) -> Result<Startable, OpError> {
+    let from_ledger = pick(ledger, &uuid, parent);
+    if let Ok(Some(r)) = &from_ledger {
+        return Ok(Startable {
+            parent: r.parent.clone(),
+            type_id: r.type_id.clone(),
+            mdevctl_file: false,
+        });
+    }
+    // Ambiguous among the ledger's own: the caller must say which.
+    if let Err(e) = &from_ledger {
+        if e.kind == ErrorKind::InvalidArgs {
+            return Err(e.clone());
+        }
+    }
+    let root = runner.door().root().clone();
+    let scan = tokio::task::spawn_blocking(move || mdevctl::read_all(&root))
+        .await
+        .map_err(|e| OpError::failed(format!("reading mdevctl's definitions failed: {e}")))?;
+    let files: Vec<_> = scan
+        .configs
+        .into_iter()
+        .filter(|c| c.uuid == uuid && parent.is_none_or(|p| p == c.parent))
+        .collect();
+    match files.as_slice() {
+        [one] => Ok(Startable {
+            parent: one.parent.clone(),
+            type_id: one.mdev_type.clone(),
+            mdevctl_file: true,
+        }),
+        [] => Err(from_ledger.err().unwrap_or_else(|| {
+            OpError::new(
+                ErrorKind::NoSuchDevice,
+                format!(
+                    "no mdev {uuid} is defined{}; define it first (DefineMdev)",
+                    parent.map(|p| format!(" under {p}")).unwrap_or_default()
+                ),
+            )
+        })),
+        many => Err(OpError::new(
+            ErrorKind::InvalidArgs,
+            format!(
+                "mdev {uuid} is defined under {} parents ({}); say which with the parent option",
+                many.len(),
+                many.iter()
+                    .map(|c| c.parent.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `Manager.StartMdev(s uuid, a{sv}) -> o mdev`: creates a defined mdev (mdevctl start): one
+/// of gpuvirt's definitions or one of mdevctl's files. Option `parent` picks one of a UUID
+/// defined under several parents.
 pub async fn prepare_start(
     runner: &Runner,
     uuid: &str,
+    parent: Option<&str>,
     _opts: Options,
 ) -> Result<Outcome<Uuid>, OpError> {
     let uuid = parse_uuid("uuid", uuid)?;
     let snapshot = runner.snapshot()?;
-    let Some(record) = snapshot
-        .ledger()
-        .mdevs
-        .get(&uuid)
-        .filter(|r| r.defined)
-        .cloned()
-    else {
-        return Err(OpError::new(
-            ErrorKind::NoSuchDevice,
-            format!("no mdev {uuid} is defined; define it first (DefineMdev)"),
-        ));
-    };
+    let chosen = startable(runner, snapshot.ledger(), uuid, parent).await?;
     let originals = snapshot.ledger().original_drivers();
-    let (parent, type_id) = (record.parent.clone(), record.type_id.clone());
+    let (parent, type_id) = (chosen.parent.clone(), chosen.type_id.clone());
     let planned = runner
         .actor()
         .check(
-            vec![ManualSubject::MdevParent(record.parent.clone())],
+            vec![ManualSubject::MdevParent(chosen.parent.clone())],
             originals,
             None,
             move |inv| {
-                if inv.mdevs.contains_key(&uuid) {
-                    return Ok(None);
+                match inv.mdevs.get(&uuid) {
+                    Some(m) if m.parent == parent => return Ok(Ok(None)),
+                    Some(m) => return Ok(Err(m.parent.clone())),
+                    None => {}
                 }
-                shard::plan_create(inv, &parent, &type_id, Some(uuid), 1).map(Some)
+                shard::plan_create(inv, &parent, &type_id, Some(uuid), 1).map(|a| Ok(Some(a)))
             },
         )
         .await?
         .map_err(|e| OpError::from_shard(&e))?;
-    let Some(actions) = planned else {
-        return Ok(Outcome::Answered(uuid));
+    let actions = match planned {
+        Ok(None) => return Ok(Outcome::Answered(uuid)),
+        Ok(Some(actions)) => actions,
+        Err(on) => {
+            return Err(OpError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                "mdev {uuid} is active on {on}; stop it before starting its definition under {}",
+                chosen.parent
+            ),
+            ))
+        }
     };
+    let (parent, from_file) = (chosen.parent.clone(), chosen.mdevctl_file);
     Ok(Outcome::Commit(
         Box::new(Prepared {
             method: Method::StartMdev,
             claim: Some((format!("mdev {uuid}"), "start")),
             what: format!("starting mdev {uuid}"),
-            targets: mdev_targets(&record.parent, uuid),
+            targets: mdev_targets(&chosen.parent, uuid),
             snapshot: Some(snapshot),
-            work: Box::new(move |ex| run_actions(ex, &actions)),
+            work: Box::new(move |ex| {
+                // The executor keeps what the record of this UUID in the ledger says (start
+                // mode, attrs): make it the definition being started.
+                let primary = ex.ledger().mdevs.get(&uuid).map(|r| r.parent.clone());
+                if primary.is_some_and(|p| p != parent) {
+                    ex.update_ledger(|l| {
+                        if from_file {
+                            mdevctl::step_aside(l, uuid);
+                        } else {
+                            mdevctl::make_primary(l, uuid, &parent);
+                        }
+                    })
+                    .map_err(|e| OpError::failed(gpuvirt_core::error_chain(&e)))?;
+                }
+                run_actions(ex, &actions)
+            }),
             after: After::Nothing,
         }),
         uuid,

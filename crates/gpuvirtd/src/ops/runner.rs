@@ -252,11 +252,11 @@ impl Runner {
 }
 
 /// What a synchronous mutator does once authorised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum After {
     Nothing,
-    /// Start the auto definition `uuid` now if its parent is present.
-    Recreate(Uuid),
+    /// Start these auto definitions now where their parents are present.
+    Recreate(Vec<Uuid>),
 }
 
 /// A checked synchronous operation: everything is known but the caller's authorization.
@@ -307,8 +307,8 @@ impl Prepared {
             .run(&self.what, lock, self.snapshot, self.targets, self.work)
             .await?;
         drop(_in_flight);
-        if let After::Recreate(uuid) = self.after {
-            runner.recreate(|u, _| *u == uuid).await;
+        if let After::Recreate(uuids) = self.after {
+            runner.recreate(|u, _| uuids.contains(u)).await;
         }
         Ok(done)
     }

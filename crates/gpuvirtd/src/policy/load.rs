@@ -18,6 +18,14 @@ pub enum LoadError {
     Invalid(PathBuf, String),
 }
 
+impl LoadError {
+    /// No policy file at all: the normal "observe only" state of a fresh install, not an
+    /// error of the file (there is none).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, LoadError::Read(_, e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// The text `PolicyError` shows for `e`: the diagnostics alone for an invalid file.
 pub(super) fn error_text(e: &LoadError) -> String {
     match e {

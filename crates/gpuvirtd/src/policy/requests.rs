@@ -108,13 +108,20 @@ async fn reload(host: &mut impl PolicyHost, rt: &mut PolicyRuntime) -> Result<()
             }
         }
         Err(e) => {
-            let text = error_text(&e);
-            tracing::error!(
-                "policy reload rejected, the previous policy stays in force: {}",
-                gpuvirt_core::error_chain(&e)
-            );
-            rt.props.policy_error = text.clone();
-            publish(host, rt).await;
+            // A missing file is no broken policy: PolicyError stays as it was.
+            if e.is_missing() {
+                tracing::info!(
+                    "policy reload found no policy file at {}; the previous policy (if any) stays in force",
+                    path.display()
+                );
+            } else {
+                tracing::error!(
+                    "policy reload rejected, the previous policy stays in force: {}",
+                    gpuvirt_core::error_chain(&e)
+                );
+                rt.props.policy_error = error_text(&e);
+                publish(host, rt).await;
+            }
             Err(OpError::new(
                 ErrorKind::PolicyInvalid,
                 format!(

@@ -81,8 +81,8 @@ pub struct PolicyRuntime {
 }
 
 impl PolicyRuntime {
-    /// Loads `path` (an invalid or missing file leaves no policy in force and sets
-    /// `PolicyError`). A reconcile is scheduled to run at once. Applies open their executor
+    /// Loads `path`: an invalid file leaves no policy in force and sets `PolicyError`; a
+    /// missing one is "observe only", said once at info level, `PolicyError` empty. A reconcile is scheduled to run at once. Applies open their executor
     /// through `door`, under its lock, the one the mutating API's operations take.
     pub fn start(path: PathBuf, door: Arc<LedgerDoor>, inventory: &Inventory) -> Self {
         let mut rt = PolicyRuntime {
@@ -102,6 +102,12 @@ impl PolicyRuntime {
         };
         match load(&rt.path, inventory) {
             Ok(policy) => rt.install(policy),
+            // Nothing installs a policy: observing is the normal state, not an error.
+            Err(e) if e.is_missing() => tracing::info!(
+                "no policy file at {}: observing only (gpuvirtd reports the devices and acts \
+                 only when asked); install one and reload to have a policy applied",
+                rt.path.display()
+            ),
             Err(e) => {
                 tracing::error!("no policy in force: {}", gpuvirt_core::error_chain(&e));
                 rt.props.policy_error = error_text(&e);
