@@ -4,7 +4,7 @@
 //! report exactly how many files, links and directories one scan touched, and so every failure
 //! becomes a [`ScanWarning`] naming the file relative to the root instead of a panic.
 //!
-//! May import: crate::host::root.
+//! May import: crate::host::root, nix (openat).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -99,6 +99,9 @@ pub struct Reader<'a> {
     root: &'a Root,
     pub stats: ScanStats,
     pub warnings: Vec<ScanWarning>,
+    /// A directory (relative to the root) opened once; files below it are opened relative to
+    /// it (see [`Reader::anchor`]).
+    anchor: Option<(PathBuf, File)>,
 }
 
 impl<'a> Reader<'a> {
@@ -107,7 +110,49 @@ impl<'a> Reader<'a> {
             root,
             stats: ScanStats::default(),
             warnings: Vec::new(),
+            anchor: None,
         }
+    }
+
+    /// Opens the directory `rel` once: until the next anchor (or [`Reader::unanchor`]), files
+    /// below it are opened relative to it (`openat`), so a parent's many type attributes cost
+    /// one walk of the path to their directory instead of one each. On the simulated kernel's
+    /// FUSE sysfs (zero TTLs: every component of every walk is a lookup, through the class
+    /// link) a relative open took a seventh of a full one. A directory that cannot be opened
+    /// leaves no anchor: reads then walk the full path, and fail or succeed as they would.
+    pub fn anchor(&mut self, rel: &Path) {
+        self.anchor = File::open(self.abs(rel))
+            .ok()
+            .map(|dir| (rel.to_path_buf(), dir));
+    }
+
+    /// Drops the anchor: every read walks its full path again.
+    pub fn unanchor(&mut self) {
+        self.anchor = None;
+    }
+
+    /// Opens `rel` for reading, relative to the anchor when it lies below it.
+    fn open(&self, rel: &Path) -> io::Result<File> {
+        if let Some((dir, fd)) = &self.anchor {
+            if let Ok(below) = rel.strip_prefix(dir) {
+                if below
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)))
+                    && below.components().next().is_some()
+                {
+                    use nix::fcntl::{openat, OFlag};
+                    return openat(
+                        fd,
+                        below,
+                        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .map(File::from)
+                    .map_err(io::Error::from);
+                }
+            }
+        }
+        File::open(self.abs(rel))
     }
 
     pub fn root(&self) -> &Root {
@@ -142,7 +187,7 @@ impl<'a> Reader<'a> {
     /// Reads raw bytes of at most `cap` bytes.
     pub fn read_bytes(&mut self, rel: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
         self.stats.files_read += 1;
-        let mut file = File::open(self.abs(rel)).map_err(classify)?;
+        let mut file = self.open(rel).map_err(classify)?;
         // A sysfs attribute is handed over whole by the first read; a regular file (tmpfs,
         // ext4) only reads short at its end. So a read that does not fill the buffer is taken
         // as the end of the file, saving the zero-length EOF read on every attribute (a

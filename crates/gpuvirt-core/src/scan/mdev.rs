@@ -114,6 +114,8 @@ pub(super) fn read_parent(
         }
     };
     let mut types = Vec::with_capacity(ids.len());
+    // Up to four attributes per type, often 30 types: opened relative to the types directory.
+    r.anchor(&types_dir);
     for id in ids {
         let dir = types_dir.join(&id);
         let (name, description, device_api) = match known
@@ -150,6 +152,7 @@ pub(super) fn read_parent(
             available_instances,
         });
     }
+    r.unanchor();
     Some(MdevParent {
         name: name.to_string(),
         sysfs_path,
