@@ -159,7 +159,12 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     let runner = services.runner.clone();
     tokio::spawn(async move { runner.recreate_loop(parent_rx).await });
 
-    // 5. READY.
+    // 5. READY, with the signal handlers in place first: a SIGHUP (systemd's ExecReload) or
+    // SIGTERM sent the moment READY arrives would otherwise meet the default action and kill
+    // the daemon (seen as a lost reload in the live test, under load).
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let status = |c: Counts| {
         format!(
             "STATUS=Serving {} GPUs, {} IOMMU groups, {} mdevs",
@@ -170,9 +175,6 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     notifier.notify(&format!("READY=1\n{}", status(counts)));
     tracing::info!(name = api::BUS_NAME, "ready");
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let watchdog = Notifier::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     loop {
