@@ -123,16 +123,7 @@ async fn hundred_clients_during_a_storm_with_a_slow_subscriber() {
     }
     let host = SimHost::boot("runbook");
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let d = Gpuvirtd::start(
-        &bus.address,
-        host.root(),
-        &format!("sim:{}", host.socket.display()),
-        &state,
-        &[],
-    )
-    .await;
-    let conn = bus.connect().await;
+    let (d, conn, state) = start_on(&host, &bus, &[]).await;
     let hwm_before = vm_hwm(d.pid());
     let slow = slow_client(&bus.address);
 

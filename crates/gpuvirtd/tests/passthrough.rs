@@ -29,16 +29,7 @@ async fn workstation(vfio_loaded: bool) -> (SimHost, Bus, Gpuvirtd, zbus::Connec
         host.with_kernel_mut(|k| k.load_module("vfio_pci").unwrap());
     }
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let d = Gpuvirtd::start(
-        &bus.address,
-        host.root(),
-        &format!("sim:{}", host.socket.display()),
-        &state,
-        &[],
-    )
-    .await;
-    let conn = bus.connect().await;
+    let (d, conn, _) = start_on(&host, &bus, &[]).await;
     (host, bus, d, conn)
 }
 

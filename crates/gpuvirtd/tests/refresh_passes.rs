@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{exported, fuse_available, Bus, SimHost};
 use gpuvirt_api as api;
-use support::{call, gpu_path, no_opts, Gpuvirtd};
+use support::{call, gpu_path, no_opts, start_on, Gpuvirtd};
 
 const V100: &str = "0000:41:00.0";
 const UUID: &str = "aa618089-8b16-4d01-a136-25a0f3c73123";
@@ -44,16 +44,7 @@ async fn a_create_and_a_remove_each_cost_one_refresh_pass() {
     }
     let host = SimHost::boot("runbook");
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let d = Gpuvirtd::start(
-        &bus.address,
-        host.root(),
-        &format!("sim:{}", host.socket.display()),
-        &state,
-        &[],
-    )
-    .await;
-    let conn = bus.connect().await;
+    let (d, conn, _) = start_on(&host, &bus, &[]).await;
     // A pass after the next uevent costs more than HOLD_LIMIT only on a machine this loaded.
     let quiet = Duration::from_millis(400);
     let before = settled_passes(&d, quiet).await;

@@ -82,16 +82,7 @@ fn active(host: &SimHost, uuid: &str) -> bool {
 async fn runbook() -> (SimHost, Bus, Gpuvirtd, zbus::Connection, PathBuf) {
     let host = SimHost::boot("runbook");
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let d = Gpuvirtd::start(
-        &bus.address,
-        host.root(),
-        &format!("sim:{}", host.socket.display()),
-        &state,
-        &[],
-    )
-    .await;
-    let conn = bus.connect().await;
+    let (d, conn, state) = start_on(&host, &bus, &[]).await;
     (host, bus, d, conn, state)
 }
 
@@ -494,16 +485,7 @@ async fn a_stopped_definition_waits_through_unrelated_hotplug_but_returns_with_i
         host.with_kernel_mut(|k| k.mdevs().into_iter().map(|m| m.0.to_string()).collect());
     assert!(!foreign.is_empty());
     let bus = Bus::start();
-    let state = host.dir.path().join("state");
-    let d = Gpuvirtd::start(
-        &bus.address,
-        host.root(),
-        &format!("sim:{}", host.socket.display()),
-        &state,
-        &[],
-    )
-    .await;
-    let conn = bus.connect().await;
+    let (d, conn, _) = start_on(&host, &bus, &[]).await;
     // U1 auto on GPU 3, started then stopped; U2 auto on GPU 3 and left running.
     for u in [U1, U2] {
         manager(&conn, "DefineMdev", &(GPU3, "GRID V100-8Q", u, no_opts()))

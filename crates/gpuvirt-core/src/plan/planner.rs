@@ -39,6 +39,23 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// Plans `action`, the removal of one of more shards than `rule` wants (`why`: how many it
+    /// wants of what, and how many exist).
+    pub(super) fn remove_surplus(
+        &mut self,
+        action: Action,
+        rule: &GpuRule,
+        gpu: PciAddress,
+        why: String,
+    ) {
+        self.removals.push(PlannedAction::new(
+            action,
+            format!("rule {:?} wants {why}", rule.name),
+            Some(&rule.name),
+            Some(gpu),
+        ));
+    }
+
     /// Every function of the GPU's slot, GPU first.
     pub(super) fn slot_functions(&self, gpu: PciAddress) -> Vec<&'a PciFunction> {
         let inventory = self.inventory;

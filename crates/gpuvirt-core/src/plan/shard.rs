@@ -141,19 +141,16 @@ impl Planner<'_> {
             removable.sort_by_key(|m| m.uuid);
             for m in removable.into_iter().take(surplus as usize) {
                 surplus -= 1;
-                self.removals.push(PlannedAction::new(
+                self.remove_surplus(
                     Action::RemoveMdev {
                         parent: parent.clone(),
                         type_id: m.type_id.clone(),
                         uuid: m.uuid,
                     },
-                    format!(
-                        "rule {:?} wants {want} × {label} on {desc}; {have} exist",
-                        rule.name
-                    ),
-                    Some(&rule.name),
-                    Some(gpu),
-                ));
+                    rule,
+                    gpu,
+                    format!("{want} × {label} on {desc}; {have} exist"),
+                );
             }
             if surplus > 0 {
                 self.refuse(
@@ -260,18 +257,15 @@ impl Planner<'_> {
                     break;
                 }
                 surplus -= 1;
-                self.removals.push(PlannedAction::new(
+                self.remove_surplus(
                     Action::ClearVgpuType {
                         vf: vf.address,
                         type_id,
                     },
-                    format!(
-                        "rule {:?} wants {want} × {label} on {desc}; {have} exist",
-                        rule.name
-                    ),
-                    Some(&rule.name),
-                    Some(gpu),
-                ));
+                    rule,
+                    gpu,
+                    format!("{want} × {label} on {desc}; {have} exist"),
+                );
             }
             if surplus > 0 {
                 self.refuse(

@@ -50,20 +50,11 @@ pub fn config_dir(root: &Root) -> PathBuf {
 
 /// Reads one definition file; its parent and UUID come from its path.
 pub fn read_config(path: &Path) -> Result<MdevctlConfig, MdevctlError> {
-    let uuid = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| Uuid::parse_str(n).ok())
-        .ok_or_else(|| MdevctlError::BadFileName {
-            path: path.to_path_buf(),
-        })?;
-    let parent = path
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| MdevctlError::BadParentName {
-            name: path.display().to_string(),
-        })?;
+    let (parent, uuid) = gpuvirt_types::mdevctl::names_from_path(path)?;
+    let parent = parent.ok_or_else(|| MdevctlError::BadParentName {
+        name: path.display().to_string(),
+    })?;
+    let parent = parent.as_str();
     let read_err = |source| MdevctlError::Read {
         path: path.to_path_buf(),
         source,

@@ -41,6 +41,24 @@ async fn finish<R>(
     }
 }
 
+/// One answered-or-committed mutation in the order every one keeps: its options (only
+/// `allowed` keys), `prepare` (arguments, policy, state, dry run), then the bouncer and the
+/// commit ([`finish`]).
+async fn mutate<R, Fut>(
+    s: &Services,
+    header: &Header<'_>,
+    options: &Opts,
+    allowed: &[&str],
+    prepare: impl FnOnce(Options) -> Fut,
+) -> Result<R, CallError>
+where
+    Fut: std::future::Future<Output = Result<Outcome<R>, crate::error::OpError>>,
+{
+    let opts = parse_options(options, allowed)?;
+    let outcome = prepare(opts).await?;
+    finish(s, header, opts, outcome).await
+}
+
 /// `Gpu.AssignPassthrough` and `Gpu.ReturnToHost`: (job, plan).
 pub async fn slot(
     s: &Arc<Services>,
@@ -124,9 +142,10 @@ pub async fn create_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<OwnedObjectPath, CallError> {
-    let opts = parse_options(&options, &[])?;
-    let outcome = ops::prepare_create(&s.runner, parent, type_spec, uuid, opts).await?;
-    let uuid = finish(s, header, opts, outcome).await?;
+    let uuid = mutate(s, header, &options, &[], |opts| {
+        ops::prepare_create(&s.runner, parent, type_spec, uuid, opts)
+    })
+    .await?;
     Ok(api::mdev_path(&uuid))
 }
 
@@ -137,9 +156,10 @@ pub async fn remove_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<(), CallError> {
-    let opts = parse_options(&options, &["force"])?;
-    let outcome = ops::prepare_remove(&s.runner, uuid, opts).await?;
-    finish(s, header, opts, outcome).await
+    mutate(s, header, &options, &["force"], |opts| {
+        ops::prepare_remove(&s.runner, uuid, opts)
+    })
+    .await
 }
 
 /// `Manager.DefineMdev(s parent, s type, s uuid, a{sv}) -> s uuid`.
@@ -151,12 +171,12 @@ pub async fn define_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<String, CallError> {
-    let opts = parse_options(&options, &["auto"])?;
-    let outcome = ops::prepare_define_mdev(&s.runner, parent, type_spec, uuid, opts).await?;
-    Ok(finish(s, header, opts, outcome)
-        .await?
-        .hyphenated()
-        .to_string())
+    Ok(mutate(s, header, &options, &["auto"], |opts| {
+        ops::prepare_define_mdev(&s.runner, parent, type_spec, uuid, opts)
+    })
+    .await?
+    .hyphenated()
+    .to_string())
 }
 
 /// `Manager.ImportMdevDefinition(s parent, s uuid, s config, a{sv}) -> s uuids`: the UUIDs
@@ -169,14 +189,14 @@ pub async fn import_mdev_definition(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<String, CallError> {
-    let opts = parse_options(&options, &[])?;
-    let outcome = ops::prepare_import(&s.runner, parent, uuid, config, opts).await?;
-    Ok(finish(s, header, opts, outcome)
-        .await?
-        .iter()
-        .map(|u| u.hyphenated().to_string())
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(mutate(s, header, &options, &[], |opts| {
+        ops::prepare_import(&s.runner, parent, uuid, config, opts)
+    })
+    .await?
+    .iter()
+    .map(|u| u.hyphenated().to_string())
+    .collect::<Vec<_>>()
+    .join("\n"))
 }
 
 /// `Manager.UndefineMdev(s uuid, a{sv})`.
@@ -186,10 +206,12 @@ pub async fn undefine_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<(), CallError> {
-    let opts = parse_options(&options, &["parent"])?;
-    let parent = string_option(&options, "parent")?;
-    let outcome = ops::prepare_undefine(&s.runner, uuid, parent.as_deref(), opts).await?;
-    finish(s, header, opts, outcome).await
+    mutate(s, header, &options, &["parent"], |opts| {
+        // Read after the keys were checked (parse_options also checked its type).
+        let parent = string_option(&options, "parent");
+        async move { ops::prepare_undefine(&s.runner, uuid, parent?.as_deref(), opts).await }
+    })
+    .await
 }
 
 /// `Manager.StartMdev(s uuid, a{sv}) -> o mdev`.
@@ -199,10 +221,12 @@ pub async fn start_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<OwnedObjectPath, CallError> {
-    let opts = parse_options(&options, &["parent"])?;
-    let parent = string_option(&options, "parent")?;
-    let outcome = ops::prepare_start(&s.runner, uuid, parent.as_deref(), opts).await?;
-    let uuid = finish(s, header, opts, outcome).await?;
+    let uuid = mutate(s, header, &options, &["parent"], |opts| {
+        // Read after the keys were checked (parse_options also checked its type).
+        let parent = string_option(&options, "parent");
+        async move { ops::prepare_start(&s.runner, uuid, parent?.as_deref(), opts).await }
+    })
+    .await?;
     Ok(api::mdev_path(&uuid))
 }
 
@@ -213,9 +237,10 @@ pub async fn stop_mdev(
     header: &Header<'_>,
     options: Opts,
 ) -> Result<(), CallError> {
-    let opts = parse_options(&options, &[])?;
-    let outcome = ops::prepare_stop_mdev(&s.runner, uuid, opts).await?;
-    finish(s, header, opts, outcome).await
+    mutate(s, header, &options, &[], |opts| {
+        ops::prepare_stop_mdev(&s.runner, uuid, opts)
+    })
+    .await
 }
 
 /// `Manager.ListMdevDefinitions(a{sv})`: reads only.

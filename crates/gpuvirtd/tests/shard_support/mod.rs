@@ -97,6 +97,25 @@ impl Drop for Gpuvirtd {
     }
 }
 
+/// gpuvirtd on `host`'s simulated kernel and its uevents, its state in `<host dir>/state`,
+/// with `extra` arguments; also a connection to `bus` and the state directory.
+pub async fn start_on(
+    host: &crate::common::SimHost,
+    bus: &crate::common::Bus,
+    extra: &[&str],
+) -> (Gpuvirtd, zbus::Connection, PathBuf) {
+    let state = host.dir.path().join("state");
+    let d = Gpuvirtd::start(
+        &bus.address,
+        host.root(),
+        &format!("sim:{}", host.socket.display()),
+        &state,
+        extra,
+    )
+    .await;
+    (d, bus.connect().await, state)
+}
+
 /// A method error as (name, message).
 pub type CallErr = (String, String);
 

@@ -106,11 +106,7 @@ impl Parser {
         message: String,
         allowed: Option<String>,
     ) {
-        let loc = self.map.locate(span);
-        let d = self
-            .map
-            .diagnostic(Severity::Error, &loc, path, message, allowed);
-        self.diagnostics.push(d);
+        self.diagnose(Severity::Error, span, path, message, allowed);
     }
 
     pub(super) fn warn_at(
@@ -120,10 +116,19 @@ impl Parser {
         message: String,
         allowed: Option<String>,
     ) {
+        self.diagnose(Severity::Warning, span, path, message, allowed);
+    }
+
+    fn diagnose(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        path: &str,
+        message: String,
+        allowed: Option<String>,
+    ) {
         let loc = self.map.locate(span);
-        let d = self
-            .map
-            .diagnostic(Severity::Warning, &loc, path, message, allowed);
+        let d = self.map.diagnostic(severity, &loc, path, message, allowed);
         self.diagnostics.push(d);
     }
 
