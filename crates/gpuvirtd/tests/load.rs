@@ -123,7 +123,7 @@ async fn hundred_clients_during_a_storm_with_a_slow_subscriber() {
     }
     let host = SimHost::boot("runbook");
     let bus = Bus::start();
-    let (d, conn, state) = start_on(&host, &bus, &[]).await;
+    let (d, conn, _) = start_on(&host, &bus, &[]).await;
     let hwm_before = vm_hwm(d.pid());
     let slow = slow_client(&bus.address);
 
