@@ -54,9 +54,13 @@ async fn mutate<R, Fut>(
 where
     Fut: std::future::Future<Output = Result<Outcome<R>, crate::error::OpError>>,
 {
+    let started = std::time::Instant::now();
     let opts = parse_options(options, allowed)?;
     let outcome = prepare(opts).await?;
-    finish(s, header, opts, outcome).await
+    let checked = started.elapsed();
+    let result = finish(s, header, opts, outcome).await;
+    tracing::debug!(member = ?header.member(), ?checked, elapsed = ?started.elapsed(), "mutation answered");
+    result
 }
 
 /// `Gpu.AssignPassthrough` and `Gpu.ReturnToHost`: (job, plan).

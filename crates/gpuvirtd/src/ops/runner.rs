@@ -145,6 +145,7 @@ impl Runner {
                 .map_err(|e| OpError::failed(gpuvirt_core::error_chain(&e)))?;
             work(&mut executor)
         });
+        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(self.timeout, handle).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(OpError::failed(format!("{what} crashed: {e}"))),
@@ -160,11 +161,13 @@ impl Runner {
                 ),
             )),
         };
+        let worked = started.elapsed();
         if targets.is_empty() {
             drop(window);
         } else {
             self.actor.refresh(targets, window).await;
         }
+        tracing::debug!(what, ?worked, elapsed = ?started.elapsed(), "operation ran");
         result
     }
 }
