@@ -282,3 +282,93 @@ fn sriov_and_nvidia_vgpus_on_the_hopper_host() {
     assert!(exec.ledger().sriov.is_empty());
     assert!(executor(&mnt, &state).ledger().sriov.is_empty());
 }
+
+/// A definition's attributes (mdevctl's ordered `attrs`) are written to the new device after its
+/// create, in order; the first that fails is the creation's error, the half-made device is
+/// removed and the ledger holds the definition as before, not a running device.
+#[test]
+fn a_definitions_attributes_are_written_in_order_and_a_failed_one_removes_the_device() {
+    if !fuse_available() {
+        return;
+    }
+    use gpuvirt_core::ledger::{MdevRecord, MdevStart};
+    let (mnt, state, _dir) = mount("runbook");
+    let mut exec = executor(&mnt, &state);
+    let define = |exec: &mut Executor, uuid: Uuid, attrs: &[(&str, &str)]| {
+        exec.update_ledger(|l| {
+            l.mdevs.insert(
+                uuid,
+                MdevRecord {
+                    parent: PARENT.into(),
+                    type_id: TYPE.into(),
+                    start: MdevStart::Manual,
+                    attrs: attrs
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
+                        .collect(),
+                    rule: None,
+                    defined: true,
+                    created_by_gpuvirt: false,
+                },
+            );
+        })
+        .unwrap();
+    };
+    // Written in order, after the create (`uevent` takes any write: "change" and "add" make
+    // the kernel send that event).
+    let good = Uuid::from_u128(0xa11);
+    define(&mut exec, good, &[("uevent", "change"), ("uevent", "add")]);
+    let r = exec.run(&create(good, TYPE), None);
+    assert!(r.error.is_none(), "{r}");
+    assert!(mdev_exists(&mnt, good));
+    let writes: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.description.starts_with("write "))
+        .map(|s| s.description.as_str())
+        .collect();
+    let attr = |v: &str| format!("write {v} to sys/bus/mdev/devices/{good}/uevent");
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert!(writes[0].ends_with("/create"), "{writes:?}");
+    assert_eq!(writes[1..], [attr("change"), attr("add")], "{writes:?}");
+    assert!(exec.ledger().owns_mdev(&good));
+
+    // The second attribute does not exist: the creation fails naming it, the device is gone.
+    let bad = Uuid::from_u128(0xbad);
+    define(
+        &mut exec,
+        bad,
+        &[("uevent", "x"), ("no_such_attribute", "1")],
+    );
+    let before = exec.ledger().mdevs[&bad].clone();
+    let r = exec.run(&create(bad, TYPE), None);
+    let err = r
+        .error
+        .as_ref()
+        .expect("the failed attribute write is the error");
+    let text = gpuvirt_core::error_chain(err);
+    assert!(
+        text.contains("no_such_attribute") && text.contains("removed"),
+        "{text}"
+    );
+    assert!(
+        !mdev_exists(&mnt, bad),
+        "the half-made device was left behind"
+    );
+    assert_eq!(
+        exec.ledger().mdevs[&bad],
+        before,
+        "the ledger kept the failed device"
+    );
+
+    // An attribute name that is not a file name is refused the same way.
+    let odd = Uuid::from_u128(0x0dd);
+    define(&mut exec, odd, &[("../remove", "1")]);
+    let r = exec.run(&create(odd, TYPE), None);
+    assert_eq!(
+        r.error.as_ref().map(|e| e.kind()),
+        Some(ErrorKind::InvalidArgs),
+        "{r}"
+    );
+    assert!(!mdev_exists(&mnt, odd));
+}

@@ -58,6 +58,10 @@ pub enum ExecError {
     NotOwned { what: String },
     #[error("{} exists and was not written by gpuvirt (no '{OWNED_FILE_MARKER}' header); move it aside or merge it by hand", path.display())]
     ForeignFile { path: PathBuf },
+    #[error(
+        "mdev {uuid}'s attribute name {name:?} is not a sysfs file name; the device was removed"
+    )]
+    BadAttribute { uuid: Uuid, name: String },
     #[error("{what} failed")]
     Write {
         what: String,
@@ -111,7 +115,9 @@ impl ExecError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ExecError::InvalidName(_) | ExecError::ForeignFunction { .. } => ErrorKind::InvalidArgs,
+            ExecError::InvalidName(_)
+            | ExecError::ForeignFunction { .. }
+            | ExecError::BadAttribute { .. } => ErrorKind::InvalidArgs,
             ExecError::DeviceGone { .. } | ExecError::NoSuchParent { .. } => {
                 ErrorKind::NoSuchDevice
             }

@@ -214,6 +214,10 @@ impl Executor {
             StepOutcome::Done,
             t,
         );
+        if let Err(err) = self.write_attrs(steps, uuid) {
+            self.undo_create_records(steps, vec![(uuid, previous)]);
+            return Err(err);
+        }
         Ok(())
     }
 
@@ -389,6 +393,13 @@ impl Executor {
                     error.as_ref().map_or(StepOutcome::Done, failed),
                     t,
                 );
+                if there && error.is_none() {
+                    error = self.write_attrs(&mut item.steps, item.uuid).err();
+                    if error.is_some() {
+                        let previous = item.previous.take();
+                        self.undo_create_records(&mut item.steps, vec![(item.uuid, previous)]);
+                    }
+                }
             }
             reports.push(report(item.planned, item.steps, error));
         }
@@ -398,6 +409,43 @@ impl Executor {
             reports.extend(check_failure);
         }
         reports
+    }
+
+    /// Writes the mdev's recorded attributes (mdevctl's `attrs`) to its sysfs directory, in
+    /// order, as mdevctl does after a create. The first write that fails is the operation's
+    /// error, and the half-made device is removed (its record is put back by the caller).
+    fn write_attrs(&self, steps: &mut Steps, uuid: Uuid) -> Result<(), ExecError> {
+        let attrs = self
+            .ledger
+            .mdevs
+            .get(&uuid)
+            .map(|r| r.attrs.clone())
+            .unwrap_or_default();
+        let dir = PathBuf::from(format!("sys/bus/mdev/devices/{uuid}"));
+        for (name, value) in &attrs {
+            let written = if gpuvirt_types::names::is_safe_component(name) {
+                self.write(steps, &dir.join(name), value)
+                    .map_err(|source| ExecError::Write {
+                        what: format!(
+                            "writing attribute {name}={value:?} of mdev {uuid} (a definition's \
+                             attributes are written in order after the create; the device was \
+                             removed)"
+                        ),
+                        source,
+                    })
+            } else {
+                Err(ExecError::BadAttribute {
+                    uuid,
+                    name: name.clone(),
+                })
+            };
+            if let Err(e) = written {
+                // Best effort: the error above is what the caller needs to know.
+                let _ = self.write(steps, &dir.join("remove"), "1");
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn remove_mdev(&mut self, uuid: Uuid, steps: &mut Steps) -> Result<(), ExecError> {
