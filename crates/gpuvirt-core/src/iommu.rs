@@ -26,40 +26,90 @@ fn is_bridge(member: &GroupMember) -> bool {
     member.class.is_some_and(|c| c >> 8 == 0x0604)
 }
 
-/// Whether a whole group can be given to a VM.
+/// Whether a whole group can be given to a VM, and which members stand in the way.
 ///
-/// Bridges are ignored. Members that are unbound or bound to a VFIO driver or pci-stub are
-/// ready; the group is viable when the members still bound to host drivers all belong to one
-/// slot (one card, whose functions are rebound together when it is passed through). Otherwise
-/// every member bound to a host driver is named.
-pub fn assess_group(members: &[GroupMember]) -> Viability {
-    let host_bound: Vec<&GroupMember> = members
+/// Bridges are ignored, and so are members that are unbound or bound to a VFIO driver or
+/// pci-stub. The group's cards are the slots holding a display function (a GPU with its audio
+/// or USB functions): passing a card through rebinds its whole slot to vfio-pci, so the card's
+/// own functions are never its problems. The group is viable when one card (in a group
+/// without a card, one slot) holds every member still bound to a host driver. Otherwise each
+/// member that would stay on the host is named, with its class, driver and why.
+pub fn assess_group(id: u32, members: &[GroupMember]) -> Viability {
+    let host_bound: Vec<&GroupMember> = members.iter().filter(|m| is_host_bound(m)).collect();
+    let mut cards: Vec<PciSlot> = members
         .iter()
-        .filter(|m| !is_bridge(m))
-        .filter(|m| m.driver.as_deref().is_some_and(|d| !is_vm_safe_driver(d)))
+        .filter(|m| !is_bridge(m) && m.class.is_some_and(|c| c >> 16 == 0x03))
+        .filter_map(|m| m.pci_address.map(|a| a.slot()))
         .collect();
-    if single_slot(&host_bound) {
+    cards.sort_unstable();
+    cards.dedup();
+    let candidates: Vec<PciSlot> = if cards.is_empty() {
+        host_bound
+            .iter()
+            .filter_map(|m| m.pci_address.map(|a| a.slot()))
+            .collect()
+    } else {
+        cards.clone()
+    };
+    let moves_with = |slot: PciSlot| host_bound.iter().all(|m| in_slot(m, slot));
+    if host_bound.is_empty() || candidates.into_iter().any(moves_with) {
         return Viability {
             viable: true,
             problems: Vec::new(),
         };
     }
+    let problems = host_bound
+        .iter()
+        .filter_map(|m| {
+            let desc = describe(m);
+            let own = m
+                .pci_address
+                .map(|a| a.slot())
+                .filter(|s| cards.contains(s));
+            Some(match own {
+                _ if cards.is_empty() => format!("{desc} is bound to a host driver"),
+                None => format!("{desc} shares IOMMU group {id} and would stay on the host"),
+                // The only card's own functions move with it.
+                Some(_) if cards.len() == 1 => return None,
+                Some(own) => {
+                    let others: Vec<String> = cards
+                        .iter()
+                        .filter(|s| **s != own)
+                        .map(ToString::to_string)
+                        .collect();
+                    let (noun, rest) = if others.len() == 1 {
+                        ("card", "the other")
+                    } else {
+                        ("cards", "the others")
+                    };
+                    format!(
+                        "{desc} belongs to the card at {own}, which shares IOMMU group {id} with \
+                         the {noun} at {}: passing one through would leave {rest} on the host",
+                        others.join(", ")
+                    )
+                }
+            })
+        })
+        .collect();
     Viability {
         viable: false,
-        problems: host_bound.iter().map(|m| host_driver_problem(m)).collect(),
+        problems,
     }
 }
 
-/// Whether the card in `slot` can be given to a VM given the rest of its group: members of
-/// `slot` itself move with the card, so only the other (non-bridge) members must be unbound
-/// or bound to VFIO/pci-stub.
-pub fn assess_group_for_slot(members: &[GroupMember], slot: PciSlot) -> Viability {
+/// Whether the card in `slot` can be given to a VM given the rest of its group `id`: members
+/// of `slot` itself move with the card, so only the other (non-bridge) members must be
+/// unbound or bound to VFIO/pci-stub; each one that is not would stay on the host.
+pub fn assess_group_for_slot(id: u32, members: &[GroupMember], slot: PciSlot) -> Viability {
     let problems: Vec<String> = members
         .iter()
-        .filter(|m| !is_bridge(m))
-        .filter(|m| m.pci_address.map(|a| a.slot()) != Some(slot))
-        .filter(|m| m.driver.as_deref().is_some_and(|d| !is_vm_safe_driver(d)))
-        .map(host_driver_problem)
+        .filter(|m| is_host_bound(m) && !in_slot(m, slot))
+        .map(|m| {
+            format!(
+                "{} shares IOMMU group {id} and would stay on the host",
+                describe(m)
+            )
+        })
         .collect();
     Viability {
         viable: problems.is_empty(),
@@ -67,29 +117,26 @@ pub fn assess_group_for_slot(members: &[GroupMember], slot: PciSlot) -> Viabilit
     }
 }
 
-/// Whether all `members` belong to one PCI slot (true for none).
-fn single_slot(members: &[&GroupMember]) -> bool {
-    if members.len() <= 1 {
-        return true;
-    }
-    let mut slots = members.iter().map(|m| m.pci_address.map(|a| a.slot()));
-    match slots.next() {
-        None => true,
-        // A non-PCI member (an mdev, a platform device) is never part of a card's slot.
-        Some(None) => false,
-        Some(Some(first)) => slots.all(|s| s == Some(first)),
-    }
+/// A non-bridge member bound to a driver that keeps it on the host.
+fn is_host_bound(member: &GroupMember) -> bool {
+    !is_bridge(member)
+        && member
+            .driver
+            .as_deref()
+            .is_some_and(|d| !is_vm_safe_driver(d))
 }
 
-fn host_driver_problem(member: &GroupMember) -> String {
-    let driver = member.driver.as_deref().unwrap_or_default();
+/// Whether `member` is a function of the card in `slot` (a non-PCI member never is).
+fn in_slot(member: &GroupMember, slot: PciSlot) -> bool {
+    member.pci_address.map(|a| a.slot()) == Some(slot)
+}
+
+/// `0000:04:00.0 (Ethernet controller, igb)`: the member, its class and its driver.
+fn describe(member: &GroupMember) -> String {
+    let driver = member.driver.as_deref().unwrap_or("no driver");
     match member.class {
-        Some(class) => format!(
-            "{} ({}) is bound to host driver {driver}",
-            member.name,
-            class_name(class)
-        ),
-        None => format!("{} is bound to host driver {driver}", member.name),
+        Some(class) => format!("{} ({}, {driver})", member.name, class_name(class)),
+        None => format!("{} ({driver})", member.name),
     }
 }
 

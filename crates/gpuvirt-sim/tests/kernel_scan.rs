@@ -130,3 +130,20 @@ fn scan_follows_changes() {
     assert_eq!(got.parents["mbochs"]["mbochs-small"].available_instances, 0);
     assert_eq!(got.mdevs.len(), 4);
 }
+
+#[test]
+fn nic_shared_group_names_only_the_members_left_on_the_host() {
+    let k = Kernel::from_fixture(&Fixture::bundled("nic-shared-group").unwrap()).unwrap();
+    let (_, inv) = scanned(&k);
+    let g = &inv.groups[&12];
+    assert!(!g.viable);
+    // The T4 at 03:00.0 is the card being passed through, not a problem of its own group.
+    assert_eq!(
+        g.problems,
+        [
+            "0000:04:00.0 (Ethernet controller, igb) shares IOMMU group 12 and would stay on the host",
+            "0000:04:00.1 (Ethernet controller, igb) shares IOMMU group 12 and would stay on the host",
+        ]
+    );
+    assert!(inv.groups[&20].viable);
+}

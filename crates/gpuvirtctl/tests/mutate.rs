@@ -76,6 +76,10 @@ fn passthrough_and_return_on_the_workstation() {
     // The real thing waits for the job and reports its end.
     let out = ok(&bus, &["passthrough", card]);
     assert!(out.contains("done:"), "{out}");
+    assert!(
+        !out.contains("done: done:"),
+        "the prefix is said once: {out}"
+    );
     assert_eq!(driver_of(&host, card), "vfio-pci");
 
     // Again: nothing to do, no job.

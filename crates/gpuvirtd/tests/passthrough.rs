@@ -241,6 +241,22 @@ async fn group_shared_with_a_nic_is_not_viable() {
         message.contains("0000:04:00.0") && message.contains("igb"),
         "{message}"
     );
+    // The group's ViabilityProblems name the NIC's functions, which would stay on the host,
+    // and not the card that is to be passed through.
+    let group = api::IommuGroupProxy::builder(&conn)
+        .path("/org/gpuvirt/GpuVirt1/iommu_groups/12")
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    assert!(!group.viable().await.unwrap());
+    assert_eq!(
+        group.viability_problems().await.unwrap(),
+        [
+            "0000:04:00.0 (Ethernet controller, igb) shares IOMMU group 12 and would stay on the host",
+            "0000:04:00.1 (Ethernet controller, igb) shares IOMMU group 12 and would stay on the host",
+        ]
+    );
 }
 
 /// A `modprobe` under the root that hangs, standing in for a kernel write that never returns.

@@ -285,8 +285,8 @@ impl<'a> Planner<'a> {
         let mut problems = Vec::new();
         for g in &groups {
             if let Some(group) = self.inventory.groups.get(g) {
-                let v = assess_group_for_slot(&group.members, gpu.slot());
-                problems.extend(v.problems.into_iter().map(|p| format!("group {g}: {p}")));
+                let v = assess_group_for_slot(*g, &group.members, gpu.slot());
+                problems.extend(v.problems);
             }
         }
         if !problems.is_empty() {

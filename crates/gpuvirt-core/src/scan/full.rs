@@ -308,7 +308,7 @@ impl Scanner {
                 driver,
             });
         }
-        let verdict = assess_group(&members);
+        let verdict = assess_group(id, &members);
         Some(IommuGroup {
             id,
             members,

@@ -88,7 +88,7 @@ pub fn finish(inv: &mut Inventory) {
     inv.groups = members
         .into_iter()
         .map(|(id, members)| {
-            let v = assess_group(&members);
+            let v = assess_group(id, &members);
             (
                 id,
                 IommuGroup {

@@ -89,6 +89,43 @@ pub async fn run(
         return outcome.into_result().map(|_| ());
     }
     let message = outcome.into_result()?;
-    outln!("done: {message}")?;
+    outln!("{}", finished_text(&message))?;
     Ok(())
+}
+
+/// A finished job's message as printed: the daemon already writes one `done: <action>` line
+/// per action, so only a line without that prefix gets it (and an empty message reads `done`).
+fn finished_text(message: &str) -> String {
+    if message.trim().is_empty() {
+        return "done".to_owned();
+    }
+    message
+        .lines()
+        .map(|line| {
+            if line.starts_with("done: ") {
+                line.to_owned()
+            } else {
+                format!("done: {line}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finished_text;
+
+    #[test]
+    fn a_finished_job_says_done_once_per_action() {
+        assert_eq!(
+            finished_text("done: bind 0000:01:00 to vfio-pci\ndone: load vfio_pci"),
+            "done: bind 0000:01:00 to vfio-pci\ndone: load vfio_pci"
+        );
+        assert_eq!(
+            finished_text("returned 0000:01:00"),
+            "done: returned 0000:01:00"
+        );
+        assert_eq!(finished_text(""), "done");
+    }
 }
