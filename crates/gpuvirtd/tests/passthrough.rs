@@ -433,3 +433,83 @@ async fn an_iommu_that_is_off_is_not_supported_and_names_the_kernel_parameter() 
     }
     assert_eq!(driver(host.root(), GPU).as_deref(), Some("nouveau"));
 }
+
+/// A card removed while passed through comes back in its slot on its host drivers (a new
+/// device: no driver_override, probed as usual). The ledger still says `assigned`; the card is
+/// judged by what it is bound to now: a dry-run ReturnToHost says there is nothing to do, and a
+/// real one drops the stale record without rebinding anything (issue 18 point 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_back_on_its_host_driver_after_removal_has_nothing_to_return() {
+    if !fuse_available() {
+        return;
+    }
+    let (host, _bus, d, conn) = workstation(true).await;
+    let root = host.root().to_path_buf();
+    let (job, _) = passthrough(&conn, GPU, "AssignPassthrough", no_opts())
+        .await
+        .unwrap();
+    let (ok, name, message) = wait_job(&conn, job.as_str()).await;
+    assert!(ok, "{name}: {message}\n{}", d.log());
+    assert_eq!(driver(&root, GPU).as_deref(), Some("vfio-pci"));
+
+    host.with_kernel_mut(|k| {
+        for f in [AUDIO, GPU] {
+            k.hot_remove(f.parse().unwrap()).unwrap();
+        }
+        for f in [GPU, AUDIO] {
+            k.replug(f.parse().unwrap()).unwrap();
+        }
+    });
+    assert_eq!(driver(&root, GPU).as_deref(), Some("nouveau"));
+    assert_eq!(driver(&root, AUDIO).as_deref(), Some("snd_hda_intel"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gpu_driver_property(&conn, GPU).await != "nouveau" {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let state = host.dir.path().join("state");
+    let slot = GPU.parse::<gpuvirt_core::PciAddress>().unwrap().slot();
+    assert_eq!(
+        LedgerStore::new(&state)
+            .load()
+            .unwrap()
+            .slot(slot)
+            .map(|r| r.state),
+        Some(SlotState::Assigned),
+        "the stale record this test is about"
+    );
+
+    let (job, plan) = passthrough(
+        &conn,
+        GPU,
+        "ReturnToHost",
+        opts(&[("dry-run", Value::Bool(true))]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(job.as_str(), "/");
+    assert!(plan.starts_with("nothing to do"), "{plan}");
+    assert!(plan.contains(&format!("{GPU} on nouveau")), "{plan}");
+
+    let (job, _) = passthrough(&conn, GPU, "ReturnToHost", no_opts())
+        .await
+        .unwrap();
+    let (ok, name, message) = wait_job(&conn, job.as_str()).await;
+    assert!(ok, "{name}: {message}\n{}", d.log());
+    assert!(LedgerStore::new(&state)
+        .load()
+        .unwrap()
+        .slot(slot)
+        .is_none());
+    assert_eq!(driver(&root, GPU).as_deref(), Some("nouveau"));
+    assert_eq!(driver(&root, AUDIO).as_deref(), Some("snd_hda_intel"));
+    let (_, plan) = passthrough(
+        &conn,
+        GPU,
+        "ReturnToHost",
+        opts(&[("dry-run", Value::Bool(true))]),
+    )
+    .await
+    .unwrap();
+    assert!(plan.starts_with("nothing to do"), "{plan}");
+}

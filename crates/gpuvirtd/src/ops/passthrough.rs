@@ -215,6 +215,30 @@ pub async fn prepare_return(
             "nothing to do: slot {slot} is with the host already\n"
         )));
     }
+    // A card removed while passed through and back in its slot (a new device: no
+    // driver_override, probed by its host driver) is judged by what it is bound to now: with
+    // every function on a host driver there is nothing to return. The ledger's record of it
+    // is older than the card; a real ReturnToHost drops it (its driver_override writes find
+    // nothing to clear, and no function is rebound).
+    let stale = ledger.slot(slot).filter(|r| {
+        r.state == gpuvirt_core::ledger::SlotState::Assigned
+            && !any_vfio
+            && !card.functions.is_empty()
+            && card.functions.iter().all(|(_, d)| d.is_some())
+    });
+    if stale.is_some() && opts.dry_run {
+        let bound: Vec<String> = card
+            .functions
+            .iter()
+            .map(|(a, d)| format!("{a} on {}", d.as_deref().unwrap_or("-")))
+            .collect();
+        return Ok(SlotOutcome::Answered(format!(
+            "nothing to do: slot {slot} is with the host already ({}); gpuvirt's record of it \
+             as assigned dates from before the card was removed, and ReturnToHost without \
+             dry-run drops it\n",
+            bound.join(", ")
+        )));
+    }
     interlock::check_return(ledger, slot, &facts).map_err(|r| OpError::from_refusals(&r))?;
     let record = ledger
         .slot(slot)
