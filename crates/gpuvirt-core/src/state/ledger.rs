@@ -369,13 +369,7 @@ impl LedgerStore {
     pub fn load_reporting(&self) -> Result<Loaded, LedgerError> {
         let mut loaded = self.load_main()?;
         let path = self.transient_path();
-        let read = transient::read(&path, LEDGER_VERSION, MAX_LEDGER_BYTES).map_err(|source| {
-            LedgerError::Read {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        match read {
+        match self.read_transient()? {
             transient::Read::Missing => {}
             transient::Read::Bad(why) => {
                 let warning = format!(
@@ -395,6 +389,13 @@ impl LedgerStore {
             }
         }
         Ok(loaded)
+    }
+
+    /// The transient file as it is now; only an I/O error other than "not found" is an error.
+    fn read_transient(&self) -> Result<transient::Read<MdevRecord>, LedgerError> {
+        let path = self.transient_path();
+        transient::read(&path, LEDGER_VERSION, MAX_LEDGER_BYTES)
+            .map_err(|source| LedgerError::Read { path, source })
     }
 
     fn load_main(&self) -> Result<Loaded, LedgerError> {
@@ -486,13 +487,7 @@ impl LedgerStore {
         let (main, new_transient) = split_transient(ledger);
         let tpath = self.transient_path();
         let ttmp = self.dir.join(transient::LEDGER_TRANSIENT_TMP_FILE);
-        let read = transient::read(&tpath, LEDGER_VERSION, MAX_LEDGER_BYTES).map_err(|source| {
-            LedgerError::Read {
-                path: tpath.clone(),
-                source,
-            }
-        })?;
-        let (old_transient, old_bytes) = match read {
+        let (old_transient, old_bytes) = match self.read_transient()? {
             transient::Read::Good { mdevs, bytes } => (mdevs, Some(bytes)),
             transient::Read::Missing => (BTreeMap::new(), None),
             // Rewritten below: the bytes differ from any good file's.
