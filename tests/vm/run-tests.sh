@@ -11,7 +11,9 @@
 # Exits 0 with a loud "SKIPPED: <reason>" only when QEMU cannot run on this machine at all.
 # Artefacts: tests/vm/out/boot-<scenario>/ (console.log, setup/, <scenario>/results.txt, facts...).
 # Environment: VM_OUT_ROOT (default tests/vm/out), CARGO_PROFILE (debug|release, default debug),
-# and everything run-vm.sh reads (ACCEL, VM_MEM, VM_TIMEOUT, KVER...).
+# GUEST_RUST_LOG (gpuvirtd's RUST_LOG inside the guest, e.g. gpuvirtd=debug for the timing lines
+# of a profiling run; default info), and everything run-vm.sh reads (ACCEL, VM_MEM, VM_TIMEOUT,
+# KVER...).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -71,7 +73,7 @@ for name in "${SCENARIOS[@]}"; do
     rm -rf "$out"; mkdir -p "$out"
     t=$EPOCHREALTIME
     VM_OUT=$out "$HERE/run-vm.sh" run \
-        "export GPUVIRT_TARGET_DIR='$TARGET_DIR' GPUVIRT_PROFILE='$PROFILE'; '$HERE/guest/run-scenarios.sh' '$name'" \
+        "export GPUVIRT_TARGET_DIR='$TARGET_DIR' GPUVIRT_PROFILE='$PROFILE' RUST_LOG='${GUEST_RUST_LOG:-info}'; '$HERE/guest/run-scenarios.sh' '$name'" \
         2>&1 | tee "$out/console.log"
     rc=${PIPESTATUS[0]}
     BOOT_S[$name]=$(since "$t")

@@ -34,11 +34,13 @@ pub enum GenError {
 
 /// Runs the generator when argv is `<bin> __generate ...` and returns the exit code; otherwise
 /// returns `None` and the binary parses its arguments as usual.
-pub fn intercept(cmd: clap::Command, section: &str) -> Option<ExitCode> {
+pub fn intercept(cmd: impl FnOnce() -> clap::Command, section: &str) -> Option<ExitCode> {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).and_then(|a| a.to_str()) != Some(GENERATE_ARG) {
         return None;
     }
+    // Built only when asked: a full command tree costs a one-call client's start-up.
+    let cmd = cmd();
     let bin = cmd.get_name().to_owned();
     let result = match (
         args.get(2).and_then(|a| a.to_str()),

@@ -23,20 +23,63 @@ pub async fn connect(
     address: Option<&str>,
     session: bool,
 ) -> Result<(zbus::Connection, String), CliError> {
-    let (builder, bus) = match (address, session) {
-        (Some(a), _) => (zbus::connection::Builder::address(a), format!("bus at {a}")),
-        (None, true) => (zbus::connection::Builder::session(), "session bus".into()),
-        (None, false) => (zbus::connection::Builder::system(), "system bus".into()),
+    let (address, bus) = match (address, session) {
+        (Some(a), _) => (a.parse::<zbus::Address>(), format!("bus at {a}")),
+        (None, true) => (zbus::Address::session(), "session bus".into()),
+        (None, false) => (zbus::Address::system(), "system bus".into()),
     };
-    let connection = match builder {
-        Ok(b) => b.build().await,
-        Err(e) => Err(e),
-    }
-    .map_err(|source| CliError::Connect {
+    let failed = |reason: String| CliError::Connect {
         bus: bus.clone(),
-        reason: source.to_string(),
-    })?;
+        reason,
+    };
+    let address = address.map_err(|e| failed(e.to_string()))?;
+    let builder = match unix_socket(&address) {
+        // A local socket is connected here, synchronously: zbus would hand the connect(2)
+        // to a blocking-pool thread, and creating that thread and joining it at exit cost
+        // more than the whole method call in a one-call process (`gpuvirtctl mdev create`).
+        Some(path) => {
+            let stream = path.connect().map_err(|e| failed(e.to_string()))?;
+            zbus::connection::Builder::unix_stream(stream)
+        }
+        None => zbus::connection::Builder::address(address).map_err(|e| failed(e.to_string()))?,
+    };
+    let connection = builder.build().await.map_err(|e| failed(e.to_string()))?;
     Ok((connection, bus))
+}
+
+/// A unix socket a bus address names directly (a file or an abstract name).
+enum UnixPath {
+    File(std::path::PathBuf),
+    Abstract(std::ffi::OsString),
+}
+
+impl UnixPath {
+    /// Connects now (a unix socket's connect(2) does not wait) and hands the stream to tokio.
+    fn connect(&self) -> std::io::Result<tokio::net::UnixStream> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixStream};
+        let addr = match self {
+            UnixPath::File(path) => SocketAddr::from_pathname(path)?,
+            UnixPath::Abstract(name) => SocketAddr::from_abstract_name(name.as_encoded_bytes())?,
+        };
+        let stream = UnixStream::connect_addr(&addr)?;
+        stream.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(stream)
+    }
+}
+
+/// The socket of a `unix:path=` or `unix:abstract=` address; anything else (tcp, unix:dir,
+/// ...) is left to zbus.
+fn unix_socket(address: &zbus::Address) -> Option<UnixPath> {
+    use zbus::address::transport::{Transport, UnixSocket};
+    match address.transport() {
+        Transport::Unix(unix) => match unix.path() {
+            UnixSocket::File(path) => Some(UnixPath::File(path.clone())),
+            UnixSocket::Abstract(name) => Some(UnixPath::Abstract(name.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Everything a command needs to talk to the daemon and describe failures.

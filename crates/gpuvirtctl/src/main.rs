@@ -178,7 +178,7 @@ impl Command {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = cli_gen::intercept(<Cli as clap::CommandFactory>::command(), "1") {
+    if let Some(code) = cli_gen::intercept(<Cli as clap::CommandFactory>::command, "1") {
         return code;
     }
     let cli = Cli::parse();

@@ -46,7 +46,7 @@ fn init_logging(filter: &str) {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = gpuvirt_cli_gen::intercept(<Args as clap::CommandFactory>::command(), "8") {
+    if let Some(code) = gpuvirt_cli_gen::intercept(<Args as clap::CommandFactory>::command, "8") {
         return code;
     }
     let args = Args::parse();

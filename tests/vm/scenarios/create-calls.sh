@@ -88,6 +88,17 @@ wait_for 30 eval 'ctl types --json | jq -e "[.[] | select(.name == \"mtty\" or .
 mtty_room=$(attr "$MT/mtty/mdev_supported_types/mtty-2/available_instances")
 mdpy_room=$(attr "$MT/mdpy/mdev_supported_types/mdpy-vga/available_instances")
 info "room: mtty/mtty-2 $mtty_room, mdpy/mdpy-vga $mdpy_room"
+# Where the time goes (INFO only): each tool's process floor (`--version`: exec, start-up,
+# exit) and gpuvirtctl's bus floor (`version`: connect, Hello, one call to the daemon).
+floor() { # LABEL COMMAND... -- median of 8 timed runs
+    local label=$1 t0 t1 times=() i; shift
+    for i in $(seq 8); do t0=$EPOCHREALTIME; "$@" >/dev/null 2>&1; t1=$EPOCHREALTIME
+        times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)*1000}')"); done
+    info "floor: $label median $(printf '%s\n' "${times[@]}" | median) ms"
+}
+floor "mdevctl --version" mdevctl --version
+floor "gpuvirtctl --version" "$(bin_path gpuvirtctl)" --version
+floor "gpuvirtctl version (bus round trip)" ctl version
 measure mtty mtty-2 "$(( mtty_room < 8 ? mtty_room : 8 ))"
 measure mdpy mdpy-vga "$(( mdpy_room < 4 ? mdpy_room : 4 ))"
 finish
