@@ -5,12 +5,15 @@
 //! operations' commit step takes one, so a mutator that skips authorization does not compile.
 //!
 //! Reads and dry runs are open and never come here. When polkit is not on the bus the
-//! bouncer fails closed: only callers running as uid 0 are allowed.
+//! bouncer fails closed: only callers running as uid 0 are allowed. Once a call has found
+//! polkit absent, later calls skip asking it until its name gets an owner again (watched
+//! through NameOwnerChanged), which saves each of them a round trip.
 //! Ground level: may import crate::error.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures_util::{FutureExt, StreamExt};
 use zbus::zvariant::Value;
 
 use crate::error::{ErrorKind, OpError};
@@ -146,6 +149,40 @@ pub struct Bouncer {
     /// Unix uid by unique bus name. Unique names are never reused on a bus, so an entry can
     /// never describe another process.
     uids: Mutex<HashMap<String, u32>>,
+    polkit: Mutex<PolkitWatch>,
+}
+
+/// What the bouncer knows of polkit's presence.
+#[derive(Debug)]
+struct PolkitWatch {
+    /// A call found polkit's name without an owner, and no owner has appeared since.
+    absent: bool,
+    /// NameOwnerChanged of polkit's name; `None` when it could not be subscribed (then
+    /// every call asks polkit, as if it were present).
+    changes: Option<zbus::fdo::NameOwnerChangedStream>,
+}
+
+impl PolkitWatch {
+    /// Whether polkit is known to be absent now. The bus delivers messages in order, and
+    /// zbus queues a signal to its stream before it dispatches a later method call, so a
+    /// call sent after polkit took its name finds that change queued here.
+    fn known_absent(&mut self) -> bool {
+        while let Some(stream) = self.changes.as_mut() {
+            match stream.next().now_or_never() {
+                Some(Some(signal)) => match signal.args() {
+                    Ok(args) => self.absent = args.new_owner().is_none(),
+                    Err(_) => self.absent = false,
+                },
+                Some(None) => {
+                    // The subscription ended (the connection is closing): ask every time.
+                    self.changes = None;
+                    self.absent = false;
+                }
+                None => break,
+            }
+        }
+        self.absent && self.changes.is_some()
+    }
 }
 
 fn denied(message: impl Into<String>) -> OpError {
@@ -153,11 +190,45 @@ fn denied(message: impl Into<String>) -> OpError {
 }
 
 impl Bouncer {
-    pub fn new(connection: zbus::Connection) -> Self {
+    /// A bouncer on `connection`, subscribed to polkit's name owner changes.
+    pub async fn new(connection: zbus::Connection) -> Self {
+        let changes = match Self::watch_polkit(&connection).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch polkit's name; asking it on every call");
+                None
+            }
+        };
         Self {
             connection,
             uids: Mutex::new(HashMap::new()),
+            polkit: Mutex::new(PolkitWatch {
+                absent: false,
+                changes,
+            }),
         }
+    }
+
+    async fn watch_polkit(
+        connection: &zbus::Connection,
+    ) -> zbus::Result<zbus::fdo::NameOwnerChangedStream> {
+        let dbus = zbus::fdo::DBusProxy::new(connection).await?;
+        dbus.receive_name_owner_changed_with_args(&[(0, POLKIT_NAME)])
+            .await
+    }
+
+    fn polkit_known_absent(&self) -> bool {
+        self.polkit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .known_absent()
+    }
+
+    fn note_polkit_absent(&self) {
+        let mut watch = self.polkit.lock().unwrap_or_else(|e| e.into_inner());
+        // Changes queued before this answer came belong to the past: take them first.
+        watch.known_absent();
+        watch.absent = true;
     }
 
     /// Allows `caller` to run `method` (a [`Grant`]) or fails with `AccessDenied`.
@@ -171,12 +242,18 @@ impl Bouncer {
             method,
             _sealed: (),
         };
-        match self.ask_polkit(sender, action, caller.interactive).await {
+        let answer = if self.polkit_known_absent() {
+            Err(PolkitAbsent)
+        } else {
+            self.ask_polkit(sender, action, caller.interactive).await
+        };
+        match answer {
             Ok(true) => Ok(grant),
             Ok(false) => Err(denied(format!(
                 "polkit does not allow {sender} to {name} (action {action})"
             ))),
             Err(PolkitAbsent) => {
+                self.note_polkit_absent();
                 // Fail closed: without polkit only root may change the host.
                 let uid = self.uid_of(sender).await?;
                 if uid == 0 {

@@ -112,7 +112,7 @@ pub async fn run(args: Args) -> Result<(), StartError> {
             actor_handle.clone(),
             Duration::from_secs(args.unbind_timeout),
         )),
-        bouncer: Bouncer::new(connection.clone()),
+        bouncer: Bouncer::new(connection.clone()).await,
         jobs: Jobs::new(server.clone()),
     });
     let manager = ManagerInterface {

@@ -1,7 +1,8 @@
 //! Authorization matrix on a private bus: a second uid (`nobody`, via `setpriv`) is denied
 //! with `org.freedesktop.DBus.Error.AccessDenied` for every mutating method while polkit is
 //! absent (uid 0 is allowed) and while polkit says no, and gets through once python-dbusmock's
-//! polkitd template allows the actions.
+//! polkitd template allows the actions. Once polkit is known to be absent, the daemon stops
+//! asking it (a bus monitor counts the CheckAuthorization calls) until its name has an owner.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +12,11 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use common::*;
 use support::*;
@@ -153,7 +158,8 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() {
+    // Listening, not only bound: the socket file exists a moment before connect works.
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -217,7 +223,9 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
     .await
     .unwrap();
 
-    // Without polkit: nobody is denied everything (AssignPassthrough included).
+    // Without polkit: nobody is denied everything (AssignPassthrough included), and the
+    // daemon, which found polkit absent during the set-up above, does not ask it again.
+    let asked = count_polkit_calls(&address).await;
     let mut cases = matrix();
     cases.insert(0, (GPU_PATH, "Gpu", "AssignPassthrough", vec![]));
     cases.retain(|c| c.2 != "ReturnToHost"); // with the host now: a no-op, answered before polkit
@@ -229,6 +237,12 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
         );
         assert!(r.contains("only root"), "{r}");
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "CheckAuthorization calls while polkit is known to be absent"
+    );
     // Reads stay open, and validation comes before authorization.
     let r = as_nobody(
         &address,
@@ -274,6 +288,12 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
         );
         assert!(r.contains("polkit does not allow"), "{r}");
     }
+    // The monitor sees polkit asked again once it is there (so the zero above counts).
+    assert!(
+        asked.load(Ordering::SeqCst) >= cases.len(),
+        "CheckAuthorization calls with polkit present: {}",
+        asked.load(Ordering::SeqCst)
+    );
 
     // polkit says yes: every call gets through authorization.
     conn.call_method(
@@ -295,4 +315,40 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
             "{method} allowed by polkit: {r}"
         );
     }
+}
+
+/// Counts, from now on, the CheckAuthorization calls anyone sends on the bus at `address` (a
+/// monitor connection, kept by its counting task).
+async fn count_polkit_calls(address: &str) -> Arc<AtomicUsize> {
+    let monitor = zbus::connection::Builder::address(address)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::MethodCall)
+        .member("CheckAuthorization")
+        .unwrap()
+        .build();
+    zbus::fdo::MonitoringProxy::new(&monitor)
+        .await
+        .unwrap()
+        .become_monitor(&[rule], 0)
+        .await
+        .unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let mut messages = zbus::MessageStream::from(&monitor);
+    tokio::spawn(async move {
+        let _keep = &monitor;
+        while let Some(Ok(m)) = messages.next().await {
+            if m.header()
+                .member()
+                .is_some_and(|n| n == "CheckAuthorization")
+            {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    count
 }

@@ -151,7 +151,8 @@ async fn options_cannot_name_another_subject_and_polkit_sees_the_caller() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() {
+    // Listening, not only bound: the socket file exists a moment before connect works.
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -132,7 +132,8 @@ async fn bus_stops_queueing_for_a_client_that_never_reads() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() {
+    // Listening, not only bound: the socket file exists a moment before connect works.
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline, "dbus-daemon did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
