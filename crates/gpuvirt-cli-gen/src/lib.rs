@@ -176,7 +176,8 @@ Bad usage: unknown command or option, missing argument.
 Denied: polkit or the bus policy did not allow the call.
 .TP
 .B 4
-gpuvirtd is not running, or the bus cannot be reached.
+gpuvirtd is not running, or the bus cannot be reached. Not for \fBpolicy check\fR, which then
+checks the file offline (syntax, schema, the rules that need no host) and exits 0 or 1.
 .SH ENVIRONMENT
 .TP
 .B DBUS_SYSTEM_BUS_ADDRESS

@@ -25,7 +25,7 @@ pub use types::{
 };
 
 use crate::model::Inventory;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyOnHost};
 use action::VFIO_PCI;
 use boot_actions::boot_actions;
 use planner::Planner;

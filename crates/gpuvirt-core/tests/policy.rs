@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use gpuvirt_core::plan::{plan, PlanState};
 use gpuvirt_core::policy::{
-    render_diagnostics, EarlyMethod, Enforcement, Policy, PolicyDiagnostic, Role, RoleSettings,
-    Severity, ShardCount,
+    render_diagnostics, EarlyMethod, Enforcement, Policy, PolicyDiagnostic, PolicyOnHost, Role,
+    RoleSettings, Severity, ShardCount,
 };
 use gpuvirt_core::Inventory;
 

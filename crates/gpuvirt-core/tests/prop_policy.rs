@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 
 use gpuvirt_core::plan::action::Step;
 use gpuvirt_core::plan::{plan, PlanState};
-use gpuvirt_core::policy::{render_diagnostics, Policy};
+use gpuvirt_core::policy::{render_diagnostics, Policy, PolicyOnHost};
 use gpuvirt_core::Inventory;
 use proptest::prelude::*;
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use gpuvirt_core::plan::{plan, Action, Plan, PlanState, Step};
-use gpuvirt_core::policy::{render_diagnostics, Policy};
+use gpuvirt_core::policy::{render_diagnostics, Policy, PolicyOnHost};
 use gpuvirt_core::{scan, Inventory, Root};
 use gpuvirt_sim::fixture::{bundled_names, Fixture};
 use gpuvirt_sim::kernel::Kernel;

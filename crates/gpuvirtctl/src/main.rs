@@ -208,7 +208,24 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let (connection, bus) = client::connect(cli.bus_address.as_deref(), cli.session).await?;
+    // `policy check` needs no daemon: asked to (`--offline`), or with no bus to reach it on,
+    // it checks the file offline.
+    let check = match &cli.command {
+        Command::Policy { command } => command.check_args(),
+        _ => None,
+    };
+    if let Some((file, true)) = check {
+        return policy::check_offline(file, "--offline was given");
+    }
+    let (connection, bus) = match client::connect(cli.bus_address.as_deref(), cli.session).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            return match (check, policy::offline_reason(&e)) {
+                (Some((file, _)), Some(why)) => policy::check_offline(file, &why),
+                _ => Err(e),
+            }
+        }
+    };
     let ctx = Ctx {
         connection: &connection,
         bus: &bus,

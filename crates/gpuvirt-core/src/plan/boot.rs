@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::host::root::Root;
 use crate::model::{Inventory, PciAddress};
 use crate::policy::matching::OriginalDrivers;
-use crate::policy::{EarlyMethod, Policy, Role, RoleSettings};
+use crate::policy::{EarlyMethod, Policy, PolicyOnHost, Role, RoleSettings};
 use crate::reboot::{BootWants, EarlyFunction};
 
 /// modprobe.d: `[host]` blacklist/options and vfio-pci `ids=`/`softdep` for early binding.

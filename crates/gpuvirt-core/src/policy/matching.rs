@@ -2,13 +2,17 @@
 //! governs, and matching rules that disagree on role or settings put the card in conflict.
 //! Companion functions of a slot follow their GPU; SR-IOV virtual functions follow their PF.
 //!
-//! May import: crate::model, policy/types.
+//! The functions here are the bodies of [`PolicyOnHost`](super::PolicyOnHost)'s methods (the
+//! policy's types live in gpuvirt-policy, so the core adds to them through that trait).
+//!
+//! May import: crate::model, gpuvirt_policy (the types).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::types::{Match, Policy, Role};
+use gpuvirt_policy::{Match, Policy, Role};
+
 use crate::model::{Inventory, PciAddress, PciFunction};
 
 /// Drivers gpuvirt rebound, by function: the driver it found there (`None`: unbound). Matching
@@ -35,47 +39,43 @@ impl Assignment {
     }
 }
 
-impl Match {
-    /// Whether the function fits every key of the match. `original_driver` is the driver
-    /// gpuvirt found before rebinding the function, when it did.
-    pub fn matches(&self, f: &PciFunction, original_driver: Option<&Option<String>>) -> bool {
-        if self.address.is_some_and(|a| a != f.address) {
-            return false;
-        }
-        let ids = &f.ids;
-        if self.vendor.is_some_and(|v| v != ids.vendor)
-            || self.device.is_some_and(|v| v != ids.device)
-            || self
-                .subsystem_vendor
-                .is_some_and(|v| v != ids.subsystem_vendor)
-            || self
-                .subsystem_device
-                .is_some_and(|v| v != ids.subsystem_device)
-        {
-            return false;
-        }
-        if let Some(pattern) = &self.name {
-            match &f.device_name {
-                Some(name) if glob_matches(pattern, name) => {}
-                _ => return false,
-            }
-        }
-        if let Some(want) = &self.driver {
-            let effective = match original_driver {
-                Some(original) => original.as_deref(),
-                None => f.driver.as_deref(),
-            };
-            if effective != Some(want.as_str()) {
-                return false;
-            }
-        }
-        if let Some(want) = self.boot_vga {
-            if f.boot_vga.unwrap_or(false) != want {
-                return false;
-            }
-        }
-        true
+/// Whether the function fits every key of `m`. `original_driver` is the driver gpuvirt found
+/// before rebinding the function, when it did.
+fn matches(m: &Match, f: &PciFunction, original_driver: Option<&Option<String>>) -> bool {
+    if m.address.is_some_and(|a| a != f.address) {
+        return false;
     }
+    let ids = &f.ids;
+    if m.vendor.is_some_and(|v| v != ids.vendor)
+        || m.device.is_some_and(|v| v != ids.device)
+        || m.subsystem_vendor
+            .is_some_and(|v| v != ids.subsystem_vendor)
+        || m.subsystem_device
+            .is_some_and(|v| v != ids.subsystem_device)
+    {
+        return false;
+    }
+    if let Some(pattern) = &m.name {
+        match &f.device_name {
+            Some(name) if glob_matches(pattern, name) => {}
+            _ => return false,
+        }
+    }
+    if let Some(want) = &m.driver {
+        let effective = match original_driver {
+            Some(original) => original.as_deref(),
+            None => f.driver.as_deref(),
+        };
+        if effective != Some(want.as_str()) {
+            return false;
+        }
+    }
+    if let Some(want) = m.boot_vga {
+        if f.boot_vga.unwrap_or(false) != want {
+            return false;
+        }
+    }
+    true
 }
 
 /// Case-insensitive glob with `*` (any run) and `?` (one character); everything else is
@@ -112,82 +112,97 @@ pub fn governed_gpus(inventory: &Inventory) -> impl Iterator<Item = &PciFunction
         .filter(|f| f.physfn.is_none())
 }
 
-impl Policy {
-    /// Indices of the rules whose match fits `gpu`, in file order.
-    pub fn matching_rules(
-        &self,
-        gpu: &PciFunction,
-        original_drivers: &OriginalDrivers,
-    ) -> Vec<usize> {
-        let original = original_drivers.get(&gpu.address);
-        self.rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.matcher.matches(gpu, original))
-            .map(|(i, _)| i)
-            .collect()
-    }
+/// Indices of the rules whose match fits `gpu`, in file order.
+pub(super) fn matching_rules(
+    policy: &Policy,
+    gpu: &PciFunction,
+    original_drivers: &OriginalDrivers,
+) -> Vec<usize> {
+    let original = original_drivers.get(&gpu.address);
+    policy
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches(&r.matcher, gpu, original))
+        .map(|(i, _)| i)
+        .collect()
+}
 
-    /// The verdict for every governed GPU of the inventory.
-    pub fn assign(
-        &self,
-        inventory: &Inventory,
-        original_drivers: &OriginalDrivers,
-    ) -> BTreeMap<PciAddress, Assignment> {
-        governed_gpus(inventory)
-            .map(|f| (f.address, self.assign_gpu(f, original_drivers)))
-            .collect()
-    }
+/// The verdict for every governed GPU of the inventory.
+pub(super) fn assign(
+    policy: &Policy,
+    inventory: &Inventory,
+    original_drivers: &OriginalDrivers,
+) -> BTreeMap<PciAddress, Assignment> {
+    governed_gpus(inventory)
+        .map(|f| (f.address, assign_gpu(policy, f, original_drivers)))
+        .collect()
+}
 
-    fn assign_gpu(&self, gpu: &PciFunction, original_drivers: &OriginalDrivers) -> Assignment {
-        let matching = self.matching_rules(gpu, original_drivers);
-        let Some((&first, rest)) = matching.split_first() else {
-            return Assignment {
-                gpu: gpu.address,
-                role: self.default_role,
-                rule: None,
-                rule_name: None,
-                conflicts: Vec::new(),
-            };
-        };
-        let governing = &self.rules[first];
-        let conflicts = rest
-            .iter()
-            .copied()
-            .filter(|&i| self.rules[i].settings != governing.settings)
-            .collect();
-        Assignment {
+fn assign_gpu(
+    policy: &Policy,
+    gpu: &PciFunction,
+    original_drivers: &OriginalDrivers,
+) -> Assignment {
+    let matching = matching_rules(policy, gpu, original_drivers);
+    let Some((&first, rest)) = matching.split_first() else {
+        return Assignment {
             gpu: gpu.address,
-            role: governing.role(),
-            rule: Some(first),
-            rule_name: Some(governing.name.clone()),
-            conflicts,
-        }
-    }
-
-    /// The verdict for any PCI function: a GPU's own, its slot's GPU's for a companion, the
-    /// physical function's for a virtual function; `None` for functions no GPU owns.
-    pub fn assignment_for(
-        &self,
-        inventory: &Inventory,
-        original_drivers: &OriginalDrivers,
-        function: PciAddress,
-    ) -> Option<Assignment> {
-        let f = inventory.functions.get(&function)?;
-        if let Some(pf) = f.physfn {
-            return self.assignment_for(inventory, original_drivers, pf);
-        }
-        let gpu = if inventory.gpus.contains_key(&function) {
-            function
-        } else {
-            inventory
-                .gpus
-                .values()
-                .find(|g| g.companions.contains(&function))?
-                .address
+            role: policy.default_role,
+            rule: None,
+            rule_name: None,
+            conflicts: Vec::new(),
         };
-        let gpu = inventory.functions.get(&gpu)?;
-        Some(self.assign_gpu(gpu, original_drivers))
+    };
+    let governing = &policy.rules[first];
+    let conflicts = rest
+        .iter()
+        .copied()
+        .filter(|&i| policy.rules[i].settings != governing.settings)
+        .collect();
+    Assignment {
+        gpu: gpu.address,
+        role: governing.role(),
+        rule: Some(first),
+        rule_name: Some(governing.name.clone()),
+        conflicts,
+    }
+}
+
+/// The verdict for any PCI function: a GPU's own, its slot's GPU's for a companion, the
+/// physical function's for a virtual function; `None` for functions no GPU owns.
+pub(super) fn assignment_for(
+    policy: &Policy,
+    inventory: &Inventory,
+    original_drivers: &OriginalDrivers,
+    function: PciAddress,
+) -> Option<Assignment> {
+    let f = inventory.functions.get(&function)?;
+    if let Some(pf) = f.physfn {
+        return assignment_for(policy, inventory, original_drivers, pf);
+    }
+    let gpu = if inventory.gpus.contains_key(&function) {
+        function
+    } else {
+        inventory
+            .gpus
+            .values()
+            .find(|g| g.companions.contains(&function))?
+            .address
+    };
+    let gpu = inventory.functions.get(&gpu)?;
+    Some(assign_gpu(policy, gpu, original_drivers))
+}
+
+/// A GPU's one-line description for messages: `0000:41:00.0 (GV100GL [Tesla V100 PCIe 16GB])`.
+pub(crate) fn describe_gpu(inventory: &Inventory, address: PciAddress) -> String {
+    match inventory
+        .functions
+        .get(&address)
+        .and_then(|f| f.device_name.as_deref())
+    {
+        Some(name) => format!("{address} ({name})"),
+        None => address.to_string(),
     }
 }
 

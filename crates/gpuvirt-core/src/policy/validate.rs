@@ -1,24 +1,28 @@
 //! Semantic checks of a parsed policy against a live inventory, reported at the positions of
-//! the rules concerned.
+//! the rules concerned: the host-dependent rules (which GPUs each rule matches, rules that
+//! disagree on one card, what a card can be split into). Every rule that needs no host is the
+//! parser's, in gpuvirt-policy, so `gpuvirtctl policy check` makes it without a daemon.
 //!
-//! May import: crate::model, policy/{diagnostic, matching, shard, types}.
+//! May import: crate::model, gpuvirt_policy, policy/{matching, shard}.
 
-use super::diagnostic::{PolicyDiagnostic, Severity};
-use super::matching::{governed_gpus, OriginalDrivers};
+use gpuvirt_policy::{
+    EarlyMethod, Policy, PolicyDiagnostic, Role, RoleSettings, Severity, ShardCount,
+};
+
+use super::matching::{assign, describe_gpu, governed_gpus, matching_rules, OriginalDrivers};
 use super::shard::{shard_offers, ResolveError};
-use super::types::{describe_gpu, EarlyMethod, Policy, Role, RoleSettings, ShardCount};
 use crate::model::Inventory;
 
 pub(super) fn validate(policy: &Policy, inventory: &Inventory) -> Vec<PolicyDiagnostic> {
     let mut out = Vec::new();
     let none = OriginalDrivers::new();
-    let assignments = policy.assign(inventory, &none);
+    let assignments = assign(policy, inventory, &none);
     let line_of = |i: usize| policy.location(&format!("gpu[{i}]")).line;
 
     for (i, rule) in policy.rules.iter().enumerate() {
         let prefix = format!("gpu[{i}]");
         let matched: Vec<_> = governed_gpus(inventory)
-            .filter(|f| policy.matching_rules(f, &none).contains(&i))
+            .filter(|f| matching_rules(policy, f, &none).contains(&i))
             .collect();
         if matched.is_empty() {
             out.push(policy.diagnostic(

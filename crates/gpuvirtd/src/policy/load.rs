@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gpuvirt_core::policy::{render_diagnostics, Policy, PolicyDiagnostic};
+use gpuvirt_core::policy::{check_on_host, render_diagnostics, Policy, PolicyDiagnostic};
 use gpuvirt_core::Inventory;
 
 /// The file name diagnostics of `ValidatePolicy` carry (the caller knows the real one).
@@ -54,18 +54,8 @@ pub fn load(path: &Path, inv: &Inventory) -> Result<Policy, LoadError> {
 }
 
 /// Parses and validates `text`: the policy when it has no errors, and every diagnostic.
-/// `gpuvirtctl policy check` and `ValidatePolicy` both end here.
+/// `gpuvirtctl policy check` and `ValidatePolicy` both end here; with no daemon, gpuvirtctl
+/// makes the first half of the same check (gpuvirt-policy's) itself.
 pub fn check(text: &str, file: &str, inv: &Inventory) -> (Option<Policy>, Vec<PolicyDiagnostic>) {
-    match Policy::parse(text, file) {
-        Err(diagnostics) => (None, diagnostics),
-        Ok(policy) => {
-            let mut diagnostics = policy.warnings.clone();
-            diagnostics.extend(policy.validate_against(inv));
-            if diagnostics.iter().any(PolicyDiagnostic::is_error) {
-                (None, diagnostics)
-            } else {
-                (Some(policy), diagnostics)
-            }
-        }
-    }
+    check_on_host(text, file, inv)
 }

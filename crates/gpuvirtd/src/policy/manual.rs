@@ -3,7 +3,7 @@
 //! May import: policy/runtime.rs, crate::error.
 
 use gpuvirt_core::policy::matching::OriginalDrivers;
-use gpuvirt_core::policy::Role;
+use gpuvirt_core::policy::{PolicyOnHost, Role};
 use gpuvirt_core::{Inventory, PciAddress};
 
 use super::runtime::PolicyRuntime;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use gpuvirt_core::plan::boot_wants;
+use gpuvirt_core::policy::PolicyOnHost;
 use gpuvirt_core::reboot::{self, read_boot_id, BootChangeStore, BootChanges, BootWants, Running};
 use gpuvirt_core::{Inventory, PciAddress};
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpuvirt_core::plan::{read_boot_files, InitramfsTooling, PlanState};
-use gpuvirt_core::policy::{Policy, Role};
+use gpuvirt_core::policy::{Policy, PolicyOnHost, Role};
 use gpuvirt_core::{Inventory, PciAddress};
 use tokio::time::Instant;
 

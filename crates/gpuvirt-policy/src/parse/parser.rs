@@ -1,13 +1,13 @@
 //! The policy parser's state ([`Parser`]), the key lists and the typed getters every part
 //! of the parse uses (a value under a key, its type checked, with positioned diagnostics).
-//! May import: crate::model, policy/{diagnostic, types}.
+//! May import: crate::diagnostic.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use toml_edit::{Item, Key, TableLike, Value};
 
-use crate::policy::diagnostic::{suggest, Location, PolicyDiagnostic, Severity, SourceMap};
+use crate::diagnostic::{suggest, Location, PolicyDiagnostic, Severity, SourceMap};
 
 pub(super) const TOP_KEYS: &[&str] = &["version", "default_role", "enforcement", "host", "gpu"];
 pub(super) const HOST_KEYS: &[&str] = &["blacklist", "options"];

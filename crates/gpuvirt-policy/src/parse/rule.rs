@@ -1,19 +1,17 @@
 //! One `[[gpu]]` rule: its name, `match`, role and role settings (passthrough, shard).
-//! May import: crate::model, policy/{diagnostic, types}, parse/parser.
+//! May import: gpuvirt_types (PciAddress), crate::{diagnostic, types}, parse/parser.
 
 use std::ops::Range;
 
+use gpuvirt_types::PciAddress;
 use toml_edit::{TableLike, Value};
 
 use super::parser::{
     is_module_name, is_rule_name, join, quoted, Found, Parser, ID_ALLOWED, MATCH_KEYS,
     MODULE_ALLOWED, NAME_ALLOWED, ROLES, RULE_KEYS, SHARD_KEYS,
 };
-use crate::model::PciAddress;
-use crate::policy::diagnostic::suggest;
-use crate::policy::types::{
-    EarlyMethod, GpuRule, Match, Role, RoleSettings, ShardCount, ShardSpec,
-};
+use crate::diagnostic::suggest;
+use crate::types::{EarlyMethod, GpuRule, Match, Role, RoleSettings, ShardCount, ShardSpec};
 
 impl Parser {
     pub(super) fn rule(

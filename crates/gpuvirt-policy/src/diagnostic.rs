@@ -1,7 +1,7 @@
 //! Policy diagnostics: where in the file, what is wrong and what is allowed, rendered the way
 //! compilers do (`policy.toml:12:9: error: ...`, the offending line and a caret).
 //!
-//! May import: std only.
+//! May import: std and serde only.
 
 use std::fmt;
 use std::ops::Range;
@@ -39,7 +39,7 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyDiagnostic {
     pub severity: Severity,
-    /// The file name as given to [`Policy::parse`](super::Policy::parse).
+    /// The file name as given to [`Policy::parse`](crate::Policy::parse).
     pub file: String,
     /// 1-based; 0 when the problem has no position (an empty file).
     pub line: usize,

@@ -1,14 +1,15 @@
 //! The policy's typed vocabulary: roles, rule settings, matches and the parsed [`Policy`]
-//! itself, shared by the parser, the matcher, the validator and the planner.
-//! May import: crate::model, policy/diagnostic.
+//! itself, shared by the parser and (in gpuvirt-core) the matcher, the validator and the
+//! planner. May import: gpuvirt_types (PciAddress), crate::diagnostic.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
 
-use super::diagnostic::{Location, PolicyDiagnostic, Severity, SourceMap};
-use crate::model::{Inventory, PciAddress};
+use gpuvirt_types::PciAddress;
+
+use crate::diagnostic::{Location, PolicyDiagnostic, Severity, SourceMap};
 
 /// The only policy format version this build reads.
 pub const POLICY_VERSION: i64 = 1;
@@ -39,7 +40,7 @@ impl Role {
         }
     }
 
-    pub(super) fn from_name(name: &str) -> Option<Role> {
+    pub(crate) fn from_name(name: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
@@ -199,10 +200,10 @@ pub struct Policy {
     #[serde(skip)]
     pub warnings: Vec<PolicyDiagnostic>,
     #[serde(skip)]
-    pub(super) source: SourceMap,
+    pub(crate) source: SourceMap,
     /// Where each key path sits in the file, for semantic diagnostics.
     #[serde(skip)]
-    pub(super) locations: BTreeMap<String, Location>,
+    pub(crate) locations: BTreeMap<String, Location>,
 }
 
 impl Policy {
@@ -230,7 +231,9 @@ impl Policy {
         }
     }
 
-    pub(crate) fn diagnostic(
+    /// A diagnostic at `key_path` (or its nearest recorded parent), for checks made after
+    /// parsing (gpuvirt-core's host-dependent rules).
+    pub fn diagnostic(
         &self,
         severity: Severity,
         key_path: &str,
@@ -244,17 +247,5 @@ impl Policy {
             message,
             allowed,
         )
-    }
-}
-
-/// A GPU's one-line description for messages: `0000:41:00.0 (GV100GL [Tesla V100 PCIe 16GB])`.
-pub(crate) fn describe_gpu(inventory: &Inventory, address: PciAddress) -> String {
-    match inventory
-        .functions
-        .get(&address)
-        .and_then(|f| f.device_name.as_deref())
-    {
-        Some(name) => format!("{address} ({name})"),
-        None => address.to_string(),
     }
 }

@@ -1,6 +1,6 @@
 //! The top of a policy file: `version`, `default_role`, `enforcement`, `[host]` and the
 //! `[[gpu]]` array (each rule is parsed by parse/rule.rs), and duplicate rule names.
-//! May import: crate::model, policy/{diagnostic, types}, parse/parser.
+//! May import: crate::{diagnostic, types}, parse/parser.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -8,8 +8,8 @@ use std::ops::Range;
 use toml_edit::{Item, Key, TableLike, Value};
 
 use super::parser::{is_module_name, quoted, Found, Parser, HOST_KEYS, MODULE_ALLOWED, TOP_KEYS};
-use crate::policy::diagnostic::{suggest, Severity, SourceMap};
-use crate::policy::types::{Enforcement, GpuRule, HostSettings, Policy, Role, POLICY_VERSION};
+use crate::diagnostic::{suggest, Severity, SourceMap};
+use crate::types::{Enforcement, GpuRule, HostSettings, Policy, Role, POLICY_VERSION};
 
 impl Parser {
     pub(super) fn document(&mut self, root: &toml_edit::Table) -> Policy {

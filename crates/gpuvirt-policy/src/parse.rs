@@ -3,7 +3,7 @@
 //!
 //! Layout: parse/parser.rs holds the parser state and its typed getters, parse/document.rs
 //! the file's top level, parse/rule.rs one `[[gpu]]` rule.
-//! May import: policy/{diagnostic, types}, its own children.
+//! May import: crate::{diagnostic, types}, its own children.
 
 mod document;
 mod parser;
@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use toml_edit::ImDocument;
 
-use super::diagnostic::{PolicyDiagnostic, Severity, SourceMap};
-use super::types::Policy;
+use crate::diagnostic::{PolicyDiagnostic, Severity, SourceMap};
+use crate::types::Policy;
 use parser::Parser;
 
 pub(super) fn parse(text: &str, file_name: &str) -> Result<Policy, Vec<PolicyDiagnostic>> {
