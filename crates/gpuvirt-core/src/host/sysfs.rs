@@ -131,26 +131,30 @@ impl<'a> Reader<'a> {
         self.anchor = None;
     }
 
+    /// The anchor's directory and `rel` below it, when `rel` lies strictly below the anchor
+    /// by plain names (no `..`, no `.`).
+    fn below_anchor<'p>(&self, rel: &'p Path) -> Option<(&File, &'p Path)> {
+        let (dir, fd) = self.anchor.as_ref()?;
+        let below = rel.strip_prefix(dir).ok()?;
+        let plain = below
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+            && below.components().next().is_some();
+        plain.then_some((fd, below))
+    }
+
     /// Opens `rel` for reading, relative to the anchor when it lies below it.
     fn open(&self, rel: &Path) -> io::Result<File> {
-        if let Some((dir, fd)) = &self.anchor {
-            if let Ok(below) = rel.strip_prefix(dir) {
-                if below
-                    .components()
-                    .all(|c| matches!(c, Component::Normal(_)))
-                    && below.components().next().is_some()
-                {
-                    use nix::fcntl::{openat, OFlag};
-                    return openat(
-                        fd,
-                        below,
-                        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                        nix::sys::stat::Mode::empty(),
-                    )
-                    .map(File::from)
-                    .map_err(io::Error::from);
-                }
-            }
+        if let Some((fd, below)) = self.below_anchor(rel) {
+            use nix::fcntl::{openat, OFlag};
+            return openat(
+                fd,
+                below,
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(io::Error::from);
         }
         File::open(self.abs(rel))
     }
@@ -213,9 +217,14 @@ impl<'a> Reader<'a> {
         Ok(buf)
     }
 
-    /// One `readlink`.
+    /// One `readlink` (`readlinkat` relative to the anchor when `rel` lies below it).
     pub fn read_link(&mut self, rel: &Path) -> io::Result<PathBuf> {
         self.stats.links_read += 1;
+        if let Some((fd, below)) = self.below_anchor(rel) {
+            return nix::fcntl::readlinkat(fd, below)
+                .map(PathBuf::from)
+                .map_err(io::Error::from);
+        }
         std::fs::read_link(self.abs(rel))
     }
 

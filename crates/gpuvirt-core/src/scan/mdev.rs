@@ -255,6 +255,16 @@ pub(super) fn read_mdev(r: &mut Reader<'_>, name: &str) -> Option<Mdev> {
         );
         return None;
     };
+    // Three more links in the device's directory: read relative to it (one lookup each on
+    // a FUSE sysfs with zero TTLs, instead of a walk through the bus link every time).
+    r.anchor(&link);
+    let mdev = read_mdev_links(r, &link, uuid, parent);
+    r.unanchor();
+    mdev
+}
+
+/// The `mdev_type`, `driver` and `iommu_group` links of the mdev at `link`.
+fn read_mdev_links(r: &mut Reader<'_>, link: &Path, uuid: Uuid, parent: String) -> Option<Mdev> {
     let type_link = link.join("mdev_type");
     let type_id = match r.read_link(&type_link) {
         Ok(t) => basename(&t).map(str::to_string),
