@@ -331,6 +331,11 @@ fn doctor_runbook_passes_nic_shared_group_fails() {
     assert_eq!(code(&out), 1);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["passthrough_possible"], false);
+    // Each problem names its group once (it says "shares IOMMU group 12" itself).
+    let out = ctl(&bus, &["groups"]);
+    let text = stdout(&out);
+    assert!(!text.contains("group 12: "), "{text}");
+    check_golden("groups-nic-shared-group.txt", &text);
 }
 
 /// `mdev import --mdevctl` then `mdev export --mdevctl` gives back mdevctl's JSON unchanged:

@@ -35,8 +35,9 @@ pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
         .iter()
         .filter(|g| !g.viability_problems.is_empty())
     {
+        // Each problem names its group ("... shares IOMMU group 12 and ...").
         for p in &g.viability_problems {
-            outln!("group {}: {p}", g.id)?;
+            outln!("{p}")?;
         }
     }
     Ok(())
