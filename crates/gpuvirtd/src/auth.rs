@@ -32,6 +32,7 @@ pub enum Method {
     DefineMdev,
     ImportMdevDefinition,
     UndefineMdev,
+    ModifyMdev,
     StartMdev,
     StopMdev,
     ReloadPolicy,
@@ -40,7 +41,7 @@ pub enum Method {
 
 impl Method {
     #[cfg(test)]
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::AssignPassthrough,
         Method::ReturnToHost,
         Method::CreateMdev,
@@ -48,6 +49,7 @@ impl Method {
         Method::DefineMdev,
         Method::ImportMdevDefinition,
         Method::UndefineMdev,
+        Method::ModifyMdev,
         Method::StartMdev,
         Method::StopMdev,
         Method::ReloadPolicy,
@@ -64,6 +66,7 @@ impl Method {
             Method::DefineMdev => "Manager.DefineMdev",
             Method::ImportMdevDefinition => "Manager.ImportMdevDefinition",
             Method::UndefineMdev => "Manager.UndefineMdev",
+            Method::ModifyMdev => "Manager.ModifyMdev",
             Method::StartMdev => "Manager.StartMdev",
             Method::StopMdev => "Manager.StopMdev",
             Method::ReloadPolicy => "Manager.ReloadPolicy",
@@ -80,6 +83,7 @@ impl Method {
             | Method::DefineMdev
             | Method::ImportMdevDefinition
             | Method::UndefineMdev
+            | Method::ModifyMdev
             | Method::StartMdev
             | Method::StopMdev => ACTION_SHARD,
             Method::ReloadPolicy | Method::Reconcile => ACTION_POLICY,
