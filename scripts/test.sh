@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what is needed, then runs every tier.
 #   tiers: lint (fmt + clippy), unit + simulated kernel (cargo test, inside a private mount namespace
-#   so FUSE mounts never show on the host), umockdev (gpuvirtd's real udev monitor under umockdev,
+#   so FUSE mounts never show on the host), mdevctl compatibility (the real mdevctl beside gpuvirt,
+#   crates/gpuvirtd/tests/mdevctl_compat.rs), umockdev (gpuvirtd's real udev monitor under umockdev,
 #   tests/umockdev), VM (real Debian kernel under QEMU, tests/vm).
 # env: GPUVIRT_SKIP_VM=1 skips the VM tier (it says so loudly); CARGO_TEST_ARGS passes extra args.
 set -euo pipefail
@@ -40,8 +41,24 @@ export GPUVIRT_WORKSPACE_BUILT=1
 # The FUSE-backed simulated sysfs mounts inside this namespace only; if a test dies, its mounts die
 # with the namespace instead of lingering on the host.
 # The umockdev tier runs as its own step below, where it may not skip.
-GPUVIRT_SKIP_UMOCKDEV=1 unshare -m --propagation private cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
+# The mdevctl compatibility tier runs as its own step below, where it may not skip.
+GPUVIRT_SKIP_UMOCKDEV=1 GPUVIRT_SKIP_MDEVCTL_COMPAT=1 unshare -m --propagation private cargo test --workspace --no-fail-fast ${CARGO_TEST_ARGS:-}
 took[cargo-test]=$((SECONDS - s))
+
+step "mdevctl compatibility tier (the real mdevctl beside gpuvirt on simulated hosts, byte for byte)"
+s=$SECONDS
+# Debian's mdevctl 1.2 has no root option: it runs in a private mount namespace with each
+# simulated host's sys and etc/mdevctl.d bound over /sys and /etc/mdevctl.d (reads, and
+# writes only to the bound directory). The test prints how many documents and hosts it compared.
+if ! command -v mdevctl >/dev/null 2>&1; then
+    echo "!!! MDEVCTL COMPATIBILITY TIER SKIPPED: mdevctl is not installed (apt-get install mdevctl) !!!"
+elif ! command -v unshare >/dev/null 2>&1; then
+    echo "!!! MDEVCTL COMPATIBILITY TIER SKIPPED: unshare (util-linux) is not installed !!!"
+else
+    GPUVIRT_REQUIRE_MDEVCTL=1 unshare -m --propagation private \
+        cargo test --workspace --test mdevctl_compat -- --nocapture
+fi
+took[mdevctl]=$((SECONDS - s))
 
 step "umockdev tier (gpuvirtd's real udev monitor under umockdev's preload)"
 s=$SECONDS

@@ -78,6 +78,7 @@ pub const METHODS: &[MethodInfo] = &[
     guarded(MANAGER_INTERFACE, "Reconcile", ACTION_POLICY),
     guarded(MANAGER_INTERFACE, "DefineMdev", ACTION_SHARD),
     guarded(MANAGER_INTERFACE, "UndefineMdev", ACTION_SHARD),
+    guarded(MANAGER_INTERFACE, "ModifyMdev", ACTION_SHARD),
     guarded(MANAGER_INTERFACE, "ImportMdevDefinition", ACTION_SHARD),
     guarded(MANAGER_INTERFACE, "StartMdev", ACTION_SHARD),
     guarded(MANAGER_INTERFACE, "StopMdev", ACTION_SHARD),

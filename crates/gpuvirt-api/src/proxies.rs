@@ -164,6 +164,14 @@ interface_proxies! {
         /// Drops an mdev's definition; an active mdev stays. Option `parent` (a string) picks
         /// one of a UUID defined under several parents.
         fn undefine_mdev(&self, uuid: &str, options: HashMap<&str, Value<'_>>) -> Result<(), Error>;
+        /// Changes one of gpuvirt's definitions as `mdevctl modify` does (options `parent`,
+        /// `type`, `auto`, `manual`, `addattr`+`value` [`index`], `delattr` [`index`],
+        /// `jsonfile`, `live`, `dry-run`) → (parent, the definition as mdevctl's file).
+        fn modify_mdev(
+            &self,
+            uuid: &str,
+            options: HashMap<&str, Value<'_>>,
+        ) -> Result<(String, String), Error>;
         /// Defines persistent mdevs from mdevctl's JSON, one definition or a `list --dumpjson`
         /// document, all or none: (parent, uuid, config, options) → the UUIDs, one per line.
         fn import_mdev_definition(

@@ -121,7 +121,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create, remove, define, start, stop, list and export mediated devices (vGPUs).
+    /// Mediated devices (vGPUs), with mdevctl's verbs and flags: create, remove, define,
+    /// modify, undefine, start, stop, list, types, export, import.
     Mdev {
         #[command(subcommand)]
         command: mdev::MdevCommand,
@@ -158,10 +159,7 @@ impl Command {
             Command::Policy { command } => command.needs_authorization(),
             Command::Passthrough { dry_run, .. } | Command::Return { dry_run, .. } => !dry_run,
             // Anything but the reads, so a new mdev mutator is covered without a change here.
-            Command::Mdev { command } => !matches!(
-                command,
-                mdev::MdevCommand::List { .. } | mdev::MdevCommand::Export { .. }
-            ),
+            Command::Mdev { command } => !command.is_read(),
             Command::List { .. }
             | Command::Show { .. }
             | Command::Groups { .. }

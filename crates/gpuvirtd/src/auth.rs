@@ -35,6 +35,7 @@ pub enum Method {
     DefineMdev,
     ImportMdevDefinition,
     UndefineMdev,
+    ModifyMdev,
     StartMdev,
     StopMdev,
     ReloadPolicy,
@@ -43,7 +44,7 @@ pub enum Method {
 
 impl Method {
     #[cfg(test)]
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::AssignPassthrough,
         Method::ReturnToHost,
         Method::CreateMdev,
@@ -51,6 +52,7 @@ impl Method {
         Method::DefineMdev,
         Method::ImportMdevDefinition,
         Method::UndefineMdev,
+        Method::ModifyMdev,
         Method::StartMdev,
         Method::StopMdev,
         Method::ReloadPolicy,
@@ -67,6 +69,7 @@ impl Method {
             Method::DefineMdev => "Manager.DefineMdev",
             Method::ImportMdevDefinition => "Manager.ImportMdevDefinition",
             Method::UndefineMdev => "Manager.UndefineMdev",
+            Method::ModifyMdev => "Manager.ModifyMdev",
             Method::StartMdev => "Manager.StartMdev",
             Method::StopMdev => "Manager.StopMdev",
             Method::ReloadPolicy => "Manager.ReloadPolicy",
@@ -83,6 +86,7 @@ impl Method {
             | Method::DefineMdev
             | Method::ImportMdevDefinition
             | Method::UndefineMdev
+            | Method::ModifyMdev
             | Method::StartMdev
             | Method::StopMdev => ACTION_SHARD,
             Method::ReloadPolicy | Method::Reconcile => ACTION_POLICY,

@@ -124,6 +124,11 @@ async fn call_case(
             call(conn, MANAGER, interface, method, &(U2, no_opts())).await
         }
         ("Manager", "StopMdev") => call(conn, MANAGER, interface, method, &(U1, no_opts())).await,
+        // U2 is defined manual: making it auto is a change (no change is answered unasked).
+        ("Manager", "ModifyMdev") => {
+            let args = (U2, o(&[("auto", Value::Bool(true))]));
+            call(conn, MANAGER, interface, method, &args).await
+        }
         ("Manager", "ReloadPolicy" | "Reconcile") => {
             call(conn, MANAGER, interface, method, &(no_opts(),)).await
         }

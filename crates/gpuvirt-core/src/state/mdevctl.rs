@@ -12,7 +12,8 @@
 //!
 //! The format itself (parsing, validating, writing one definition's text, the dumpjson
 //! document) is the pure `gpuvirt_types::mdevctl`, re-exported here; this module adds the
-//! files below a root and the ledger. May import: gpuvirt-types, crate::host, crate::state::ledger.
+//! files below a root and the ledger; `modify` changes one definition as `mdevctl modify` does.
+//! May import: gpuvirt-types, crate::host, crate::state::ledger.
 
 use std::fs;
 use std::io;
@@ -25,6 +26,10 @@ pub use gpuvirt_types::mdevctl::{
     dump_json, is_dumpjson, is_safe_parent_name, names_from_path, parse_config, parse_document,
     parse_import, MdevctlConfig, MdevctlError,
 };
+
+mod modify;
+
+pub use modify::{AttrChange, Modification, ModifyError, Replacement};
 
 use crate::host::atomic::Replace;
 use crate::host::root::Root;

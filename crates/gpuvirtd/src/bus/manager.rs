@@ -222,6 +222,25 @@ impl ManagerInterface {
         mutators::undefine_mdev(&self.services, uuid, &header, options).await
     }
 
+    /// Changes one of gpuvirt's definitions in place (mdevctl modify): (uuid, options) →
+    /// (its parent, the new definition as mdevctl's file). Options: `parent` (s, picks one
+    /// of a UUID defined under several parents; the parent itself cannot change), `type` (s),
+    /// `auto` or `manual` (b), `addattr` (s) with `value` (s) inserted at `index` (u) or
+    /// appended, `delattr` (b) deleting the attribute at `index` or the last one, `jsonfile`
+    /// (s, a definition's JSON replacing type, start and attrs), `dry-run` (b). The whole
+    /// request is checked before anything changes. An active device keeps running as it is;
+    /// `live` (changing it too) is NotSupported. mdevctl's own files are not changed
+    /// (NotSupported).
+    #[zbus(out_args("parent", "config"))]
+    async fn modify_mdev(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        uuid: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(String, String), CallError> {
+        mutators::modify_mdev(&self.services, uuid, &header, options).await
+    }
+
     /// Defines persistent mdevs from mdevctl's formats, as `mdevctl define` reads its JSON
     /// file: (parent, uuid, config, options) → the UUIDs defined, one per line. `config` is
     /// one definition, the JSON of `/etc/mdevctl.d/<parent>/<uuid>` (`mdev_type`, `start`

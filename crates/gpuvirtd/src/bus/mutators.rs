@@ -13,7 +13,9 @@ use zbus::message::Header;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use super::errors::dbus_name;
-use super::options::{interactive, no_options, parse_options, string_option};
+use super::options::{
+    bool_option, index_option, interactive, no_options, parse_options, string_option,
+};
 use super::services::{caller, Services};
 use crate::auth::Method;
 use crate::ops::{self, Options, Outcome, SlotJob, SlotOutcome};
@@ -216,6 +218,42 @@ pub async fn undefine_mdev(
         async move { ops::prepare_undefine(&s.runner, uuid, parent?.as_deref(), opts).await }
     })
     .await
+}
+
+/// The options ModifyMdev takes (mdevctl modify's flags, `jsonfile` as the file's contents).
+const MODIFY_OPTIONS: [&str; 11] = [
+    "parent", "type", "auto", "manual", "addattr", "value", "delattr", "index", "jsonfile", "live",
+    "dry-run",
+];
+
+/// `Manager.ModifyMdev(s uuid, a{sv}) -> (s parent, s config)`.
+pub async fn modify_mdev(
+    s: &Services,
+    uuid: &str,
+    header: &Header<'_>,
+    options: Opts,
+) -> Result<(String, String), CallError> {
+    mutate(s, header, &options, &MODIFY_OPTIONS, |opts| {
+        // Read after the keys and their types were checked.
+        let request = modify_request(&options);
+        async move { ops::prepare_modify(&s.runner, uuid, request?, opts).await }
+    })
+    .await
+}
+
+fn modify_request(options: &Opts) -> Result<ops::ModifyRequest, crate::error::OpError> {
+    Ok(ops::ModifyRequest {
+        parent: string_option(options, "parent")?,
+        mdev_type: string_option(options, "type")?,
+        auto: bool_option(options, "auto"),
+        manual: bool_option(options, "manual"),
+        addattr: string_option(options, "addattr")?,
+        value: string_option(options, "value")?,
+        delattr: bool_option(options, "delattr"),
+        index: index_option(options)?,
+        jsonfile: string_option(options, "jsonfile")?,
+        live: bool_option(options, "live"),
+    })
 }
 
 /// `Manager.StartMdev(s uuid, a{sv}) -> o mdev`.

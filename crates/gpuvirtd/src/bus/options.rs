@@ -1,5 +1,6 @@
 //! Decoding the `a{sv}` options of the methods into [`Options`]: an unknown key, or a value
-//! of another type than its option's (a boolean; a string for `parent`), is InvalidArgs
+//! of another type than its option's (a boolean; a string for `parent`, `type`, `addattr`,
+//! `value`, `jsonfile`; a number for `index`), is InvalidArgs
 //! naming it. May import: crate::ops (Options),
 //! crate::error.
 
@@ -54,6 +55,11 @@ pub fn parse_options(
             string_option(options, key)?;
             continue;
         }
+        if key == "index" {
+            // Read by index_option; checked here only for its type.
+            index_option(options)?;
+            continue;
+        }
         let Value::Bool(b) = **value else {
             return Err(OpError::invalid_arg(
                 "options",
@@ -74,8 +80,43 @@ pub fn parse_options(
     Ok(parsed)
 }
 
-/// The options whose value is a string (`s`), not a boolean.
-const STRING_OPTIONS: [&str; 1] = ["parent"];
+/// The options whose value is a string (`s`), not a boolean (`index` is a number).
+const STRING_OPTIONS: [&str; 5] = ["parent", "type", "addattr", "value", "jsonfile"];
+
+/// Reads the boolean option `key` when it is present (parse_options checked its type).
+pub fn bool_option(options: &HashMap<String, OwnedValue>, key: &str) -> bool {
+    matches!(options.get(key).map(|v| &**v), Some(Value::Bool(true)))
+}
+
+/// Reads the `index` option of ModifyMdev: an unsigned integer (`u`, `t`, `q`, `y`) or a
+/// non-negative signed one (`i`, `x`, `n`), as different clients send numbers; `None` when
+/// absent.
+pub fn index_option(options: &HashMap<String, OwnedValue>) -> Result<Option<u32>, OpError> {
+    let Some(v) = options.get("index") else {
+        return Ok(None);
+    };
+    let n: Option<i64> = match **v {
+        Value::U8(n) => Some(n.into()),
+        Value::U16(n) => Some(n.into()),
+        Value::U32(n) => Some(n.into()),
+        Value::U64(n) => i64::try_from(n).ok(),
+        Value::I16(n) => Some(n.into()),
+        Value::I32(n) => Some(n.into()),
+        Value::I64(n) => Some(n),
+        _ => {
+            return Err(OpError::invalid_arg(
+                "options",
+                format!(
+                    "option 'index' must be an unsigned integer (u), not {}",
+                    v.value_signature()
+                ),
+            ))
+        }
+    };
+    n.and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| OpError::invalid_arg("options", "option 'index' must not be negative"))
+}
 
 /// Reads the string option `key` (`parent` of StartMdev and UndefineMdev): `None` when it is
 /// absent; any other type than a string is InvalidArgs naming it.

@@ -28,7 +28,7 @@ pub struct NewDefinition {
     pub attrs: Vec<(String, String)>,
 }
 
-fn check_parent(parent: &str) -> Result<(), OpError> {
+pub(super) fn check_parent(parent: &str) -> Result<(), OpError> {
     if exec::names::mdev_parent(parent).is_err() {
         return Err(OpError::invalid_arg(
             "parent",
