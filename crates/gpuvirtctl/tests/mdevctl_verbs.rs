@@ -84,13 +84,15 @@ fn the_runbooks_mdevctl_lines_work_verbatim() {
         .iter()
         .map(|u| format!("{u} {P} nvidia-300 manual (defined)\n"))
         .collect();
+    assert_eq!(ok(&bus, &["mdev", "list"]), format!("{active}\n"));
+    // -d and --defined are one flag, as in mdevctl.
     assert_eq!(
-        ok(&bus, &["mdev", "list", "--mdevctl"]),
-        format!("{active}\n")
+        ok(&bus, &["mdev", "list", "--defined"]),
+        format!("{expected}\n")
     );
-    // gpuvirtctl's own table is still the bare form.
-    assert!(ok(&bus, &["mdev", "list"]).starts_with("UUID"));
-    assert!(ok(&bus, &["mdev", "list", "--defined"]).starts_with("UUID"));
+    // gpuvirtctl's own table on request.
+    assert!(ok(&bus, &["mdev", "list", "--table"]).starts_with("UUID"));
+    assert!(ok(&bus, &["mdev", "list", "--defined", "--table"]).starts_with("UUID"));
     // One device's JSON, as its file holds it, with mdevctl 1.2's newline.
     assert_eq!(
         ok(&bus, &["mdev", "list", "-d", "--dumpjson", "-u", &uuids[0]]),

@@ -144,7 +144,7 @@ fn mdev_create_list_remove_on_the_runbook_host() {
     assert_eq!(fresh.len(), 36, "{fresh}");
     assert!(mdev_exists(&host, &fresh));
 
-    let list = ok(&bus, &["mdev", "list"]);
+    let list = ok(&bus, &["mdev", "list", "--table"]);
     assert!(list.starts_with("UUID"), "{list}");
     for uuid in [UUID, fresh.as_str()] {
         let line = list.lines().find(|l| l.contains(uuid)).unwrap();
@@ -175,7 +175,7 @@ fn mdev_create_list_remove_on_the_runbook_host() {
 
     ok(&bus, &["mdev", "remove", UUID]);
     assert!(!mdev_exists(&host, UUID));
-    let list = ok(&bus, &["mdev", "list"]);
+    let list = ok(&bus, &["mdev", "list", "--table"]);
     assert!(!list.contains(UUID) && list.contains(&fresh), "{list}");
     let out = ctl(&bus, &["mdev", "remove", UUID]);
     assert_eq!(code(&out), 1);
@@ -401,7 +401,7 @@ fn mdev_import_export_round_trips_mdevctl_json() {
         )
     );
 
-    let table = ok(&bus, &["mdev", "list", "--defined"]);
+    let table = ok(&bus, &["mdev", "list", "--defined", "--table"]);
     let header = table.lines().next().unwrap();
     for column in ["UUID", "PARENT", "TYPE", "START", "OWNER", "STATE"] {
         assert!(header.contains(column), "{table}");
@@ -537,7 +537,7 @@ fn mdev_import_export_of_empty_multi_parent_and_misnamed_documents() {
     assert_eq!(out.lines().count(), 3, "{out}");
     assert_eq!(ok(&bus, &["mdev", "export", "--mdevctl"]), text);
     let twice = "7c2e5d4f-1c80-4f3b-8d72-3a9e1f5c8b21";
-    let table = ok(&bus, &["mdev", "list", "--defined"]);
+    let table = ok(&bus, &["mdev", "list", "--defined", "--table"]);
     assert_eq!(
         table.lines().filter(|l| l.contains(twice)).count(),
         2,
@@ -576,7 +576,7 @@ fn mdev_import_export_of_empty_multi_parent_and_misnamed_documents() {
         &bus,
         &["mdev", "undefine", "--parent", "0000:00:03.0", twice],
     );
-    let table = ok(&bus, &["mdev", "list", "--defined"]);
+    let table = ok(&bus, &["mdev", "list", "--defined", "--table"]);
     assert_eq!(
         table.lines().filter(|l| l.contains(twice)).count(),
         1,

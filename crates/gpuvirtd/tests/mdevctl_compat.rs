@@ -251,17 +251,14 @@ impl Tally {
         for args in views(&defined) {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let theirs = mdevctl(sys, etc, &args);
-            let mut ours_args = args.clone();
-            if args == ["list"] {
-                ours_args.push("--mdevctl");
-            }
-            let ours = ctl(bus, &ours_args);
+            // The very same command line: `gpuvirtctl mdev` in place of `mdevctl`.
+            let ours = ctl(bus, &args);
             self.compared += 1;
             if theirs != ours {
                 self.failures.push(format!(
                     "{what}: `mdevctl {}` and `gpuvirtctl mdev {}` differ:\n{}",
                     args.join(" "),
-                    ours_args.join(" "),
+                    args.join(" "),
                     diff(&theirs, &ours)
                 ));
             }
@@ -273,10 +270,10 @@ impl Tally {
 /// after the import answered).
 fn settle(bus: &Bus) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = ctl(bus, &["list", "-d", "--dumpjson"]) + &ctl(bus, &["list", "--mdevctl"]);
+    let mut last = ctl(bus, &["list", "-d", "--dumpjson"]) + &ctl(bus, &["list"]);
     loop {
         std::thread::sleep(Duration::from_millis(150));
-        let now = ctl(bus, &["list", "-d", "--dumpjson"]) + &ctl(bus, &["list", "--mdevctl"]);
+        let now = ctl(bus, &["list", "-d", "--dumpjson"]) + &ctl(bus, &["list"]);
         if now == last || Instant::now() > deadline {
             return;
         }

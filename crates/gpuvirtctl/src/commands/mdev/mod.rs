@@ -172,27 +172,26 @@ pub enum MdevCommand {
     /// type, state; definitions with start mode and owner). With any of mdevctl's flags
     /// (-d, --dumpjson, -v, -u, -p) or --mdevctl: exactly what mdevctl 1.2 prints.
     List {
-        /// Persistent definitions (gpuvirt's and mdevctl's): gpuvirtctl's table.
-        #[arg(long)]
+        /// Persistent definitions (gpuvirt's and mdevctl's) instead of active devices.
+        #[arg(short, long)]
         defined: bool,
-        /// Persistent definitions, as `mdevctl list -d` prints them.
-        #[arg(short = 'd', conflicts_with = "json")]
-        defined_mdevctl: bool,
         /// mdevctl's JSON (`mdevctl list --dumpjson`).
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long, conflicts_with_all = ["json", "table"])]
         dumpjson: bool,
         /// With mdevctl's lines: each device's attributes.
-        #[arg(short, long, conflicts_with = "json")]
+        #[arg(short, long, conflicts_with_all = ["json", "table"])]
         verbose: bool,
         /// Only this device (mdevctl's listing).
-        #[arg(short, long, conflicts_with = "json")]
+        #[arg(short, long, conflicts_with_all = ["json", "table"])]
         uuid: Option<String>,
         /// Only devices of this parent (mdevctl's listing).
-        #[arg(short, long, conflicts_with = "json")]
+        #[arg(short, long, conflicts_with_all = ["json", "table"])]
         parent: Option<String>,
-        /// mdevctl's lines even without another mdevctl flag.
-        #[arg(long, conflicts_with = "json")]
-        mdevctl: bool,
+        /// gpuvirtctl's table (name, driver, group; with --defined: start mode and owner)
+        /// instead of mdevctl's lines.
+        #[arg(long)]
+        table: bool,
+        /// gpuvirtctl's JSON.
         #[arg(long)]
         json: bool,
     },
@@ -338,21 +337,16 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
         }
         MdevCommand::List {
             defined,
-            defined_mdevctl,
             dumpjson,
             verbose,
             uuid,
             parent,
-            mdevctl,
+            table,
             json,
         } => {
-            let mdevctl_form = mdevctl
-                || defined_mdevctl
-                || dumpjson
-                || verbose
-                || uuid.is_some()
-                || parent.is_some();
-            if !mdevctl_form {
+            // mdevctl's lines unless gpuvirtctl's own table or JSON is asked for, so every
+            // `mdevctl list ...` line works with `gpuvirtctl mdev list ...`.
+            if table || json {
                 return if defined {
                     listing::defined_table(ctx, json).await
                 } else {
@@ -360,7 +354,7 @@ pub async fn run(ctx: &Ctx<'_>, command: MdevCommand) -> Result<(), CliError> {
                 };
             }
             let opts = MdevctlList {
-                defined: defined || defined_mdevctl,
+                defined,
                 dumpjson,
                 verbose,
                 uuid: uuid.as_deref().map(parse_uuid).transpose()?,
