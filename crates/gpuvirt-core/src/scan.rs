@@ -22,6 +22,7 @@
 //! helpers and paths. May import: crate::host, crate::model, crate::iommu, crate::modalias,
 //! crate::pciids, crate::error.
 
+mod counts;
 mod device;
 mod full;
 mod mdev;

@@ -217,6 +217,32 @@ impl<'a> Reader<'a> {
         Ok(buf)
     }
 
+    /// Opens `rel` (relative to the anchor when below it) for a caller that keeps the file and
+    /// reads it again with [`Reader::reread`].
+    pub fn open_kept(&mut self, rel: &Path) -> Result<File, ReadError> {
+        self.open(rel).map_err(classify)
+    }
+
+    /// Reads a small attribute file from its start (one `pread` at offset 0: sysfs shows the
+    /// current value on every read from the start). A file that fills the first buffer is
+    /// refused as too large: kept files are instance counts.
+    pub fn reread(&mut self, file: &File) -> Result<String, ReadError> {
+        use std::os::unix::fs::FileExt;
+        self.stats.files_read += 1;
+        let mut chunk = [0u8; FIRST_READ];
+        let n = loop {
+            match file.read_at(&mut chunk, 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        };
+        if n == FIRST_READ {
+            return Err(ReadError::TooLarge);
+        }
+        String::from_utf8(chunk[..n].to_vec()).map_err(|_| ReadError::NotUtf8)
+    }
+
     /// One `readlink` (`readlinkat` relative to the anchor when `rel` lies below it).
     pub fn read_link(&mut self, rel: &Path) -> io::Result<PathBuf> {
         self.stats.links_read += 1;

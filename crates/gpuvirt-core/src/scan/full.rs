@@ -91,7 +91,7 @@ impl Scanner {
             &mut r,
             &parent_names,
             PARENTS_PER_THREAD,
-            |r, n| read_parent(r, n, None),
+            |r, n| read_parent(r, n, None, None),
         );
         for (name, p) in parent_names.into_iter().zip(parents) {
             if let Some(p) = p {

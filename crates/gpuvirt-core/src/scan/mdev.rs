@@ -1,11 +1,12 @@
 //! mdev parents (`/sys/class/mdev_bus`) with their types, and mdevs (`/sys/bus/mdev/devices`).
-//! May import: crate::host, crate::model, crate::error, scan/{scanner, read, scope}.
+//! May import: crate::host, crate::model, crate::error, scan/{scanner, read, scope, counts}.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::counts::CountFiles;
 use super::read::{MDEV_BUS, MDEV_DEVICES};
 use super::scanner::Scanner;
 use super::scope::Touched;
@@ -77,6 +78,7 @@ pub(super) fn read_parent(
     r: &mut Reader<'_>,
     name: &str,
     known: Option<&MdevParent>,
+    counts: Option<&CountFiles>,
 ) -> Option<MdevParent> {
     let link = Path::new(MDEV_BUS).join(name);
     let sysfs_path = match r.read_link(&link) {
@@ -133,8 +135,12 @@ pub(super) fn read_parent(
             ),
         };
         let available_path = dir.join("available_instances");
+        let text = match counts {
+            Some(kept) => kept.read(r, &available_path),
+            None => r.read(&available_path),
+        };
         let available_instances =
-            type_attr(r, &available_path, true).and_then(|v| match v.parse::<u32>() {
+            attr_text(r, &available_path, true, text).and_then(|v| match v.parse::<u32>() {
                 Ok(n) => Some(n),
                 Err(_) => {
                     r.warn(
@@ -163,7 +169,18 @@ pub(super) fn read_parent(
 
 /// One mdev type attribute, trimmed; missing files are warned only when `required`.
 pub(super) fn type_attr(r: &mut Reader<'_>, path: &Path, required: bool) -> Option<String> {
-    match r.read(path) {
+    let text = r.read(path);
+    attr_text(r, path, required, text)
+}
+
+/// [`type_attr`] of a read already made.
+fn attr_text(
+    r: &mut Reader<'_>,
+    path: &Path,
+    required: bool,
+    text: Result<String, ReadError>,
+) -> Option<String> {
+    match text {
         Ok(text) => {
             let value = text.trim();
             if value.is_empty() {
@@ -191,33 +208,47 @@ pub(super) fn type_attr(r: &mut Reader<'_>, path: &Path, required: bool) -> Opti
 /// What an mdev's creation or removal changes on its parent: the instance counts (and, as
 /// every read of a parent does, its link and type list). A parent not read before is read in
 /// full.
-pub(super) fn reload_instances(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
+pub(super) fn reload_instances(
+    r: &mut Reader<'_>,
+    inv: &mut Inventory,
+    name: &str,
+    counts: &CountFiles,
+) {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return;
     }
     let Some(known) = inv.mdev_parents.get(name).cloned() else {
-        return reload_parent(r, inv, name);
+        return reload_parent(r, inv, name, counts);
     };
     let prefix = Path::new(MDEV_BUS).join(name);
     inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    match read_parent(r, name, Some(&known)) {
+    match read_parent(r, name, Some(&known), Some(counts)) {
         Some(p) => {
             inv.mdev_parents.insert(name.to_string(), p);
         }
         None => {
+            counts.forget(&prefix);
             inv.mdev_parents.remove(name);
         }
     }
 }
 
-pub(super) fn reload_parent(r: &mut Reader<'_>, inv: &mut Inventory, name: &str) {
+/// Reads the parent `name` in full; its kept count files are closed first (its types may
+/// have changed: a full read follows an event on the parent itself).
+pub(super) fn reload_parent(
+    r: &mut Reader<'_>,
+    inv: &mut Inventory,
+    name: &str,
+    counts: &CountFiles,
+) {
     let prefix = Path::new(MDEV_BUS).join(name);
     // A name with a path separator cannot be an mdev_bus entry (and must not escape it).
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return;
     }
+    counts.forget(&prefix);
     inv.warnings.retain(|w| !w.path.starts_with(&prefix));
-    match read_parent(r, name, None) {
+    match read_parent(r, name, None, None) {
         Some(p) => {
             inv.mdev_parents.insert(name.to_string(), p);
         }

@@ -179,10 +179,10 @@ impl Scanner {
                     self.refresh_mdev(&mut r, inv, *uuid, &mut touched, &mut parents);
                 }
                 for p in &parents.whole {
-                    reload_parent(&mut r, inv, p);
+                    reload_parent(&mut r, inv, p, &self.counts);
                 }
                 for p in parents.instances.difference(&parents.whole) {
-                    reload_instances(&mut r, inv, p);
+                    reload_instances(&mut r, inv, p, &self.counts);
                 }
                 for g in parents.groups {
                     self.reload_group(&mut r, inv, g, &mut touched);
@@ -202,11 +202,11 @@ impl Scanner {
             Some(RefreshTarget::Pci(addr)) => self.refresh_pci(&mut r, inv, *addr, &mut touched),
             Some(RefreshTarget::MdevParent(name)) => {
                 touched.parents.insert(name.clone());
-                reload_parent(&mut r, inv, name);
+                reload_parent(&mut r, inv, name, &self.counts);
             }
             Some(RefreshTarget::MdevInstances(name)) => {
                 touched.parents.insert(name.clone());
-                reload_instances(&mut r, inv, name);
+                reload_instances(&mut r, inv, name, &self.counts);
             }
             Some(RefreshTarget::IommuGroup(id)) => {
                 self.reload_group(&mut r, inv, *id, &mut touched)
@@ -329,7 +329,7 @@ impl Scanner {
         // Binding a driver registers (or unregisters) the device as an mdev parent.
         for a in addresses {
             let name = a.to_string();
-            reload_parent(r, inv, &name);
+            reload_parent(r, inv, &name, &self.counts);
             touched.parents.insert(name);
         }
     }

@@ -1,7 +1,8 @@
 //! The [`Scanner`]: a root and what is loaded once for it (pci.ids, module aliases, the
 //! kernel release). May import: crate::host, crate::model, crate::modalias, crate::pciids,
-//! scan/read.
+//! scan/{read, counts}.
 
+use super::counts::CountFiles;
 use super::read::{read_kernel_release, PARALLEL_MAX_THREADS};
 use crate::host::root::Root;
 use crate::host::sysfs::{Reader, ScanStats};
@@ -22,6 +23,8 @@ pub struct Scanner {
     pub(super) load_stats: ScanStats,
     /// Most threads a scan splits its per-device reads over (see [`read_parallel`]).
     pub(super) threads: usize,
+    /// Count files kept open for the refresh after each create or remove.
+    pub(super) counts: CountFiles,
 }
 
 impl Scanner {
@@ -46,6 +49,7 @@ impl Scanner {
             threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(PARALLEL_MAX_THREADS),
+            counts: CountFiles::default(),
         }
     }
 
