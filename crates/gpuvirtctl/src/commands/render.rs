@@ -38,7 +38,7 @@ pub struct RenderArgs {
     #[arg(long)]
     pub x_vga: bool,
     /// libvirt's managed attribute of a PCI hostdev. Default no: gpuvirt binds the card to
-    /// vfio-pci (`gpuvirtctl assign`); yes lets libvirt bind it at start and rebind it at stop.
+    /// vfio-pci (`gpuvirtctl passthrough`); yes lets libvirt bind it at start and rebind it at stop.
     #[arg(long, value_name = "yes|no", value_parser = ["yes", "no"])]
     pub managed: Option<String>,
     /// A vGPU's display (QEMU display=on,rombar=0). Default: on when its type can display.
