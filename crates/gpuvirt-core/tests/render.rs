@@ -7,7 +7,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use gpuvirt_core::render::{render, GuestSlot, PassthroughOptions, RenderError, RenderTarget};
+use gpuvirt_core::render::{
+    mdev_type_can_display, render, RenderError, RenderOptions, RenderTarget,
+};
 use gpuvirt_core::{
     Inventory, Mdev, MdevParent, MdevType, NvidiaVfVgpu, PciAddress, PciFunction, PciIds, Sriov,
 };
@@ -150,7 +152,7 @@ fn runbook_mdev_renders_as_the_runbook_shows_it() {
     let r = render(
         &runbook(),
         RenderTarget::Mdev(RUNBOOK_MDEV.parse().unwrap()),
-        &PassthroughOptions::default(),
+        &RenderOptions::default(),
     )
     .unwrap();
     assert_eq!(
@@ -172,7 +174,7 @@ fn runbook_card_renders_as_one_unmanaged_pci_hostdev() {
     let r = render(
         &runbook(),
         RenderTarget::Card(addr(V100)),
-        &PassthroughOptions::default(),
+        &RenderOptions::default(),
     )
     .unwrap();
     assert_eq!(r.qemu_args, ["-device", "vfio-pci,host=0000:41:00.0"]);
@@ -184,9 +186,9 @@ fn runbook_card_renders_as_one_unmanaged_pci_hostdev() {
     let e = render(
         &runbook(),
         RenderTarget::Card(addr(V100)),
-        &PassthroughOptions {
+        &RenderOptions {
             x_vga: true,
-            guest: None,
+            ..RenderOptions::default()
         },
     )
     .unwrap_err();
@@ -198,50 +200,357 @@ fn runbook_card_renders_as_one_unmanaged_pci_hostdev() {
 
 #[test]
 fn workstation_gpu_and_audio_render_as_one_multifunction_guest_slot() {
-    let options = PassthroughOptions {
+    let options = RenderOptions {
         x_vga: true,
-        guest: Some(GuestSlot {
-            bus: 5,
-            slot: 0,
-            qemu_bus: "rp1".into(),
-        }),
+        guest_bus: Some(5),
+        guest_slot: Some(0),
+        qemu_bus: Some("rp1".into()),
+        ..RenderOptions::default()
     };
     // Either function names the card; the iGPU in another slot is not part of it.
     for target in ["0000:01:00.0", "0000:01:00.1"] {
         let r = render(&workstation(), RenderTarget::Card(addr(target)), &options).unwrap();
+        // The runbook's order: multifunction=on, then x-vga=on. A named bus: no root port.
         assert_eq!(
             r.qemu_args,
             [
                 "-device",
-                "vfio-pci,host=0000:01:00.0,bus=rp1,addr=00.0,x-vga=on,multifunction=on",
+                "vfio-pci,host=0000:01:00.0,bus=rp1,addr=00.0,multifunction=on,x-vga=on",
                 "-device",
                 "vfio-pci,host=0000:01:00.1,bus=rp1,addr=00.1",
             ]
         );
         assert_eq!(r.libvirt_xml.matches("<hostdev ").count(), 2);
         assert_eq!(r.libvirt_xml.matches("multifunction='on'").count(), 1);
-        assert!(!r.libvirt_xml.contains("bus='0x00' slot='0x02'"));
+        assert!(r.libvirt_xml.contains(
+            "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0' multifunction='on'/>"
+        ));
+        assert!(r.libvirt_xml.contains(
+            "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x1'/>"
+        ));
         golden("workstation-gpu-audio.xml", &r.libvirt_xml);
         golden("workstation-gpu-audio.qemu", &r.qemu_lines());
     }
-    // Without a guest slot each function goes where libvirt/QEMU put it, still all of them.
+    // Without options the functions still share one guest slot: slot 0 behind a root port of
+    // gpuvirt's (libvirt's controller 1, chassis 1 as libvirt numbers it).
     let r = render(
         &workstation(),
         RenderTarget::Card(addr("0000:01:00.0")),
-        &PassthroughOptions::default(),
+        &RenderOptions::default(),
     )
     .unwrap();
     assert_eq!(
         r.qemu_args,
         [
             "-device",
-            "vfio-pci,host=0000:01:00.0",
+            "pcie-root-port,id=gpuvirt-rp1,bus=pcie.0,chassis=1",
             "-device",
-            "vfio-pci,host=0000:01:00.1",
+            "vfio-pci,host=0000:01:00.0,bus=gpuvirt-rp1,addr=00.0,multifunction=on",
+            "-device",
+            "vfio-pci,host=0000:01:00.1,bus=gpuvirt-rp1,addr=00.1",
         ]
     );
-    assert!(!r.libvirt_xml.contains("<address type='pci'"));
+    assert_eq!(
+        r.libvirt_xml
+            .matches("<address type='pci' domain='0x0000' bus='0x01' slot='0x00'")
+            .count(),
+        2
+    );
+    assert_eq!(r.libvirt_xml.matches("multifunction='on'").count(), 1);
+    assert_eq!(r.libvirt_xml.matches("managed='no'").count(), 2);
+    golden("workstation-gpu-audio-default.xml", &r.libvirt_xml);
+    golden("workstation-gpu-audio-default.qemu", &r.qemu_lines());
+    // On the root bus: no root port, QEMU's pcie.0, a slot of the user's; managed='yes'.
+    let r = render(
+        &workstation(),
+        RenderTarget::Card(addr("0000:01:00.0")),
+        &RenderOptions {
+            guest_bus: Some(0),
+            guest_slot: Some(0x10),
+            managed: true,
+            ..RenderOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        r.qemu_args,
+        [
+            "-device",
+            "vfio-pci,host=0000:01:00.0,bus=pcie.0,addr=10.0,multifunction=on",
+            "-device",
+            "vfio-pci,host=0000:01:00.1,bus=pcie.0,addr=10.1",
+        ]
+    );
+    assert_eq!(r.libvirt_xml.matches("managed='yes'").count(), 2);
+    assert!(r
+        .libvirt_xml
+        .contains("bus='0x00' slot='0x10' function='0x1'"));
+}
+
+#[test]
+fn a_single_function_card_is_placed_only_when_asked() {
+    let r = render(
+        &runbook(),
+        RenderTarget::Card(addr(V100)),
+        &RenderOptions {
+            guest_bus: Some(3),
+            ..RenderOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        r.qemu_args,
+        [
+            "-device",
+            "pcie-root-port,id=gpuvirt-rp3,bus=pcie.0,chassis=3",
+            "-device",
+            "vfio-pci,host=0000:41:00.0,bus=gpuvirt-rp3,addr=00.0",
+        ]
+    );
+    assert!(r
+        .libvirt_xml
+        .contains("<address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>"));
     assert!(!r.libvirt_xml.contains("multifunction"));
+}
+
+/// Every bad option is refused before any device is looked at, naming the option; so are
+/// options the target does not take.
+#[test]
+fn bad_options_name_themselves() {
+    let inv = workstation();
+    let card = RenderTarget::Card(addr("0000:01:00.0"));
+    let cases: [(RenderOptions, &str); 6] = [
+        (
+            RenderOptions {
+                guest_slot: Some(32),
+                qemu_bus: Some("rp1".into()),
+                ..RenderOptions::default()
+            },
+            "guest-slot",
+        ),
+        (
+            RenderOptions {
+                guest_slot: Some(2),
+                ..RenderOptions::default()
+            },
+            "guest-slot",
+        ),
+        (
+            RenderOptions {
+                guest_bus: Some(0),
+                ..RenderOptions::default()
+            },
+            "guest-slot",
+        ),
+        (
+            RenderOptions {
+                qemu_bus: Some("1".into()),
+                ..RenderOptions::default()
+            },
+            "qemu-bus",
+        ),
+        (
+            RenderOptions {
+                display: Some(true),
+                ..RenderOptions::default()
+            },
+            "display",
+        ),
+        (
+            RenderOptions {
+                ramfb: true,
+                display: Some(false),
+                ..RenderOptions::default()
+            },
+            "ramfb",
+        ),
+    ];
+    for (options, option) in cases {
+        let e = render(&inv, card, &options).unwrap_err();
+        assert!(
+            matches!(&e, RenderError::Option { option: o, .. } if *o == option),
+            "{options:?}: {e}"
+        );
+        assert_eq!(e.kind(), gpuvirt_core::ErrorKind::InvalidArgs);
+        assert!(
+            e.to_string().starts_with(&format!("option '{option}': ")),
+            "{e}"
+        );
+    }
+    // A slot on a named bus may be anything up to 31.
+    let named = RenderOptions {
+        guest_slot: Some(31),
+        qemu_bus: Some("pci.1".into()),
+        ..RenderOptions::default()
+    };
+    assert!(render(&inv, card, &named).is_ok());
+    let mdev = RenderTarget::Mdev(RUNBOOK_MDEV.parse().unwrap());
+    for (options, option) in [
+        (
+            RenderOptions {
+                x_vga: true,
+                ..RenderOptions::default()
+            },
+            "x-vga",
+        ),
+        (
+            RenderOptions {
+                managed: true,
+                ..RenderOptions::default()
+            },
+            "managed",
+        ),
+        (
+            RenderOptions {
+                ramfb: true,
+                ..RenderOptions::default()
+            },
+            "ramfb",
+        ),
+    ] {
+        let e = render(&runbook(), mdev, &options).unwrap_err();
+        assert!(
+            matches!(&e, RenderError::Option { option: o, .. } if *o == option),
+            "{options:?}: {e}"
+        );
+    }
+}
+
+fn mdev_type(id: &str, name: &str, description: Option<&str>) -> MdevType {
+    MdevType {
+        id: id.into(),
+        name: Some(name.into()),
+        description: description.map(Into::into),
+        device_api: Some("vfio-pci".into()),
+        available_instances: Some(1),
+    }
+}
+
+#[test]
+fn which_types_can_display() {
+    for (t, display) in [
+        (
+            mdev_type("mbochs-small", "mbochs-small", Some("virtual display, 4 MB video memory")),
+            true,
+        ),
+        (
+            mdev_type("mdpy-hd", "mdpy-hd", Some("virtual display, 1920x1080 framebuffer")),
+            true,
+        ),
+        (mdev_type("mtty-1", "Single port serial", None), false),
+        (
+            mdev_type(
+                "i915-GVTg_V5_4",
+                "GVTg_V5_4",
+                Some("low_gm_size: 128MB\nhigh_gm_size: 512MB\nfence: 4\nresolution: 1920x1200\nweight: 4"),
+            ),
+            true,
+        ),
+        (mdev_type("nvidia-217", "GRID V100-8Q", None), true),
+        (mdev_type("nvidia-63", "GRID M60-2B", None), true),
+        (mdev_type("nvidia-300", "GRID V100-8C", None), false),
+        (mdev_type("nvidia-11", "GRID M60-1A", None), false),
+        (mdev_type("vendor-x", "Some Q", None), false),
+    ] {
+        assert_eq!(mdev_type_can_display(&t), display, "{t:?}");
+    }
+    let mut ccw = mdev_type(
+        "vfio_ccw-io",
+        "I/O subchannel (Non-QDIO)",
+        Some("virtual display"),
+    );
+    ccw.device_api = Some("vfio-ccw".into());
+    assert!(!mdev_type_can_display(&ccw));
+}
+
+/// mbochs' vGPU, as the VM tier's guest has it.
+fn mbochs() -> (Inventory, Uuid) {
+    let mut inv = Inventory::default();
+    inv.mdev_parents.insert(
+        "mbochs".into(),
+        MdevParent {
+            name: "mbochs".into(),
+            sysfs_path: PathBuf::from("devices/virtual/mbochs/mbochs"),
+            pci_address: None,
+            types: vec![mdev_type(
+                "mbochs-small",
+                "mbochs-small",
+                Some("virtual display, 4 MB video memory"),
+            )],
+        },
+    );
+    let uuid: Uuid = "4dd511f6-ec08-11e8-b839-2f163ddee3b3".parse().unwrap();
+    let mut mdev = runbook().mdevs.into_values().next().unwrap();
+    mdev.uuid = uuid;
+    mdev.parent = "mbochs".into();
+    mdev.type_id = Some("mbochs-small".into());
+    inv.mdevs.insert(uuid, mdev);
+    (inv, uuid)
+}
+
+#[test]
+fn a_display_vgpu_renders_with_the_runbooks_display_on() {
+    let (inv, uuid) = mbochs();
+    let r = render(&inv, RenderTarget::Mdev(uuid), &RenderOptions::default()).unwrap();
+    assert_eq!(
+        r.qemu_args,
+        [
+            "-device",
+            "vfio-pci,sysfsdev=/sys/bus/mdev/devices/4dd511f6-ec08-11e8-b839-2f163ddee3b3,display=on,rombar=0"
+        ]
+    );
+    assert!(r
+        .libvirt_xml
+        .starts_with("<hostdev mode='subsystem' type='mdev' model='vfio-pci' display='on'>"));
+    golden("mbochs-display.xml", &r.libvirt_xml);
+    golden("mbochs-display.qemu", &r.qemu_lines());
+    // ramfb: QEMU's vfio-pci-nohotplug; a guest slot; display off overrides the type.
+    let r = render(
+        &inv,
+        RenderTarget::Mdev(uuid),
+        &RenderOptions {
+            ramfb: true,
+            guest_bus: Some(2),
+            ..RenderOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        r.qemu_args,
+        [
+            "-device",
+            "pcie-root-port,id=gpuvirt-rp2,bus=pcie.0,chassis=2",
+            "-device",
+            "vfio-pci-nohotplug,sysfsdev=/sys/bus/mdev/devices/4dd511f6-ec08-11e8-b839-2f163ddee3b3,bus=gpuvirt-rp2,addr=00.0,display=on,ramfb=on,rombar=0"
+        ]
+    );
+    assert!(r.libvirt_xml.contains("display='on' ramfb='on'>"));
+    assert!(r
+        .libvirt_xml
+        .contains("<address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>"));
+    golden("mbochs-display-ramfb.xml", &r.libvirt_xml);
+    let r = render(
+        &inv,
+        RenderTarget::Mdev(uuid),
+        &RenderOptions {
+            display: Some(false),
+            ..RenderOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!r.qemu_args[1].contains("display"));
+    assert!(r.libvirt_xml.contains("display='off'"));
+    // The runbook's C profile cannot display, but the option turns it on.
+    let r = render(
+        &runbook(),
+        RenderTarget::Mdev(RUNBOOK_MDEV.parse().unwrap()),
+        &RenderOptions {
+            display: Some(true),
+            ..RenderOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(r.qemu_args[1].ends_with(",display=on,rombar=0"));
 }
 
 #[test]
@@ -250,7 +559,7 @@ fn nvidia_per_vf_vgpu_renders_as_its_vf() {
     let r = render(
         &inv,
         RenderTarget::VgpuVf(addr("0000:18:00.4")),
-        &PassthroughOptions::default(),
+        &RenderOptions::default(),
     )
     .unwrap();
     assert_eq!(r.qemu_args, ["-device", "vfio-pci,host=0000:18:00.4"]);
@@ -260,7 +569,7 @@ fn nvidia_per_vf_vgpu_renders_as_its_vf() {
         render(
             &inv,
             RenderTarget::VgpuVf(addr("0000:18:00.5")),
-            &PassthroughOptions::default()
+            &RenderOptions::default()
         ),
         Err(RenderError::NotAVgpu {
             address: addr("0000:18:00.5")
@@ -270,7 +579,7 @@ fn nvidia_per_vf_vgpu_renders_as_its_vf() {
         render(
             &inv,
             RenderTarget::Card(addr("0000:18:00.4")),
-            &PassthroughOptions::default()
+            &RenderOptions::default()
         ),
         Err(RenderError::IsVirtualFunction {
             address: addr("0000:18:00.4")
@@ -280,7 +589,7 @@ fn nvidia_per_vf_vgpu_renders_as_its_vf() {
     let r = render(
         &inv,
         RenderTarget::Card(addr("0000:18:00.0")),
-        &PassthroughOptions::default(),
+        &RenderOptions::default(),
     )
     .unwrap();
     assert_eq!(r.qemu_args, ["-device", "vfio-pci,host=0000:18:00.0"]);
@@ -291,18 +600,14 @@ fn unknown_devices_and_device_apis_are_errors() {
     let inv = runbook();
     let missing: Uuid = "00000000-0000-4000-8000-000000000001".parse().unwrap();
     assert_eq!(
-        render(
-            &inv,
-            RenderTarget::Mdev(missing),
-            &PassthroughOptions::default()
-        ),
+        render(&inv, RenderTarget::Mdev(missing), &RenderOptions::default()),
         Err(RenderError::NoSuchMdev { uuid: missing })
     );
     assert!(matches!(
         render(
             &inv,
             RenderTarget::Card(addr("0000:42:00.0")),
-            &PassthroughOptions::default()
+            &RenderOptions::default()
         ),
         Err(RenderError::NoSuchDevice { .. })
     ));
@@ -311,7 +616,7 @@ fn unknown_devices_and_device_apis_are_errors() {
     let e = render(
         &odd,
         RenderTarget::Mdev(RUNBOOK_MDEV.parse().unwrap()),
-        &PassthroughOptions::default(),
+        &RenderOptions::default(),
     )
     .unwrap_err();
     assert!(matches!(e, RenderError::UnknownDeviceApi { .. }), "{e}");

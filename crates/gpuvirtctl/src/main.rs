@@ -127,21 +127,21 @@ enum Command {
         #[command(subcommand)]
         command: mdev::MdevCommand,
     },
-    /// Print the libvirt <hostdev> XML for a GPU (PCI address) or a vGPU (UUID).
+    /// Print the libvirt <hostdev> XML for a GPU (PCI address) or a vGPU (UUID): a card's
+    /// functions in one guest slot, multifunction='on' on function 0.
     Xml {
-        /// PCI address or mdev UUID.
+        /// PCI address (any function of the card), a vGPU's VF, or an mdev UUID.
         target: String,
-        /// Mark the card as the guest's primary VGA (x-vga=on).
-        #[arg(long)]
-        x_vga: bool,
+        #[command(flatten)]
+        render: render::RenderArgs,
     },
-    /// Print the QEMU command-line arguments for a GPU (PCI address) or a vGPU (UUID).
+    /// Print the QEMU command-line arguments for a GPU (PCI address) or a vGPU (UUID), one per
+    /// line: a card's functions in one guest slot, multifunction=on on function 0.
     QemuArgs {
-        /// PCI address or mdev UUID.
+        /// PCI address (any function of the card), a vGPU's VF, or an mdev UUID.
         target: String,
-        /// Mark the card as the guest's primary VGA (x-vga=on).
-        #[arg(long)]
-        x_vga: bool,
+        #[command(flatten)]
+        render: render::RenderArgs,
     },
     /// Check whether this host can pass GPUs through: IOMMU, vfio, each GPU's IOMMU group.
     /// Exits 1 when something blocks passthrough.
@@ -251,11 +251,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             json,
         } => passthrough::run(ctx, passthrough::Direction::Return, &address, dry_run, json).await,
         Command::Mdev { command } => mdev::run(ctx, command).await,
-        Command::Xml { target, x_vga } => {
-            render::run(ctx, &target, x_vga, render::Output::Xml).await
+        Command::Xml { target, render } => {
+            render::run(ctx, &target, &render, render::Output::Xml).await
         }
-        Command::QemuArgs { target, x_vga } => {
-            render::run(ctx, &target, x_vga, render::Output::QemuArgs).await
+        Command::QemuArgs { target, render } => {
+            render::run(ctx, &target, &render, render::Output::QemuArgs).await
         }
         Command::Doctor { json } => doctor::run(ctx, json).await,
     }

@@ -35,6 +35,8 @@ struct Host<'a> {
     mdev: Option<&'a str>,
     /// `doctor`'s exit code on this host (1: something blocks passthrough).
     doctor_exit: i32,
+    /// This host's own xml/qemu-args cases: (stem, arguments).
+    render: &'a [(&'a str, &'a [&'a str])],
 }
 
 /// One golden comparison: `gpuvirtctl ARGS` (and `ARGS --json` when `json`) must exit with
@@ -69,11 +71,38 @@ fn cases(host: &Host, dir: &Path) -> Vec<Case> {
         case("show", &["show", host.gpu], true, 0),
         case("xml", &["xml", host.gpu], false, 0),
         case("qemu-args", &["qemu-args", host.gpu], false, 0),
+        // Every card placed in a guest slot of the user's: bus 2's root port, slot 0.
+        case(
+            "xml-guest-address",
+            &["xml", host.gpu, "--guest-address", "02:00"],
+            false,
+            0,
+        ),
+        case(
+            "qemu-args-guest-address",
+            &["qemu-args", host.gpu, "--guest-address", "02:00"],
+            false,
+            0,
+        ),
     ];
     if let Some(uuid) = host.mdev {
         out.push(case("show-mdev", &["show", uuid], true, 0));
         out.push(case("xml-mdev", &["xml", uuid], false, 0));
         out.push(case("qemu-args-mdev", &["qemu-args", uuid], false, 0));
+        // The display set either way over the type's default.
+        for display in ["on", "off"] {
+            for (verb, stem) in [("xml", "xml"), ("qemu-args", "qemu-args")] {
+                out.push(case(
+                    &format!("{stem}-mdev-display-{display}"),
+                    &[verb, uuid, "--display", display],
+                    false,
+                    0,
+                ));
+            }
+        }
+    }
+    for (stem, args) in host.render {
+        out.push(case(stem, args, false, 0));
     }
     if dir.join("policy.toml").exists() {
         out.push(case("policy-plan", &["policy", "plan"], true, 0));
@@ -224,6 +253,7 @@ fn runbook_host() {
             gpu: "0000:41:00.0",
             mdev: Some(UUID),
             doctor_exit: 1,
+            render: &[],
         },
         |sim| {
             sim.write(
@@ -243,6 +273,21 @@ fn mdev_server_8gpu() {
             gpu: "0000:21:00.0",
             mdev: Some("0b3510b0-b46e-41da-b170-17a6205738d1"),
             doctor_exit: 0,
+            render: &[
+                // A Q profile displays by default; the runbook's ramfb form for its boot screen.
+                (
+                    "qemu-args-mdev-ramfb",
+                    &[
+                        "qemu-args",
+                        "0b3510b0-b46e-41da-b170-17a6205738d1",
+                        "--ramfb",
+                    ],
+                ),
+                (
+                    "xml-mdev-ramfb",
+                    &["xml", "0b3510b0-b46e-41da-b170-17a6205738d1", "--ramfb"],
+                ),
+            ],
         },
         |_| {},
     );
@@ -256,6 +301,38 @@ fn workstation() {
             gpu: "0000:01:00.0",
             mdev: None,
             doctor_exit: 1,
+            render: &[
+                // The runbook's whole-card line: GPU + HDMI audio on one guest slot of the
+                // VM's own root port, multifunction=on and x-vga=on on function 0.
+                (
+                    "qemu-args-runbook",
+                    &[
+                        "qemu-args",
+                        "0000:01:00.1",
+                        "--qemu-bus",
+                        "rp1",
+                        "--guest-bus",
+                        "1",
+                        "--x-vga",
+                    ],
+                ),
+                // On q35's root bus at slot 0x10, libvirt managing the binding.
+                (
+                    "xml-root-bus-managed",
+                    &[
+                        "xml",
+                        "0000:01:00.0",
+                        "--guest-address",
+                        "00:10",
+                        "--managed",
+                        "yes",
+                    ],
+                ),
+                (
+                    "qemu-args-root-bus",
+                    &["qemu-args", "0000:01:00.0", "--guest-address", "00:10"],
+                ),
+            ],
         },
         |_| {},
     );

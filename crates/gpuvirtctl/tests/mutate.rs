@@ -288,6 +288,39 @@ fn xml_and_qemu_args_golden() {
     let out = ctl(&bus, &["xml", "0000:41:00.0", "--x-vga"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("x-vga"), "{}", stderr(&out));
+    // Bad options are refused before the target is looked at, naming the option.
+    for (args, option) in [
+        (
+            &["qemu-args", "0000:41:00.0", "--guest-slot", "3"][..],
+            "guest-slot",
+        ),
+        (
+            &[
+                "xml",
+                "0000:99:00.0",
+                "--qemu-bus",
+                "rp1",
+                "--guest-slot",
+                "40",
+            ][..],
+            "guest-slot",
+        ),
+        (
+            &["xml", "0000:99:00.0", "--guest-bus", "256"][..],
+            "guest-bus",
+        ),
+        (&["xml", "0000:99:00.0", "--qemu-bus", "1"][..], "qemu-bus"),
+        (&["xml", UUID, "--managed", "yes"][..], "managed"),
+        (&["xml", "0000:41:00.0", "--display", "on"][..], "display"),
+    ] {
+        let out = ctl(&bus, args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("option '{option}'")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     check_golden("runbook-mdev.xml", &ok(&bus, &["xml", UUID]));
     check_golden("runbook-mdev.args", &ok(&bus, &["qemu-args", UUID]));
     let out = ctl(&bus, &["xml", "not-a-target"]);

@@ -84,6 +84,7 @@ fn render_name(e: &RenderError) -> ErrorName {
         RenderError::NoSuchDevice { .. } | RenderError::NoSuchMdev { .. } => {
             ErrorName::NoSuchDevice
         }
+        RenderError::Option { .. } => ErrorName::InvalidArgs,
         _ => ErrorName::NotSupported,
     }
 }

@@ -296,8 +296,22 @@ impl ManagerInterface {
         mutators::stop_mdev(&self.services, uuid, &header, options).await
     }
 
-    /// libvirt `<hostdev>` XML and QEMU arguments for `target`: a card (PCI address), an
-    /// NVIDIA per-VF vGPU (its VF) or an mdev (UUID). Option `x-vga` for a card.
+    /// libvirt `<hostdev>` XML and QEMU arguments for `target`: a card (any function's PCI
+    /// address), an NVIDIA per-VF vGPU (its VF) or an mdev (UUID). A card's functions share
+    /// one guest slot, `multifunction` on function 0; by default slot 0 behind a
+    /// `pcie-root-port` on guest bus 1 (libvirt's controller 1; for QEMU a root port
+    /// `gpuvirt-rp1`, chassis 1, printed first). Options, all checked before the target is
+    /// looked at (InvalidArgs naming the option): `guest-bus` (u, 0-255; 0 is q35's root bus
+    /// `pcie.0`, which then needs a `guest-slot`), `guest-slot` (u, 0-31; a root port has only
+    /// slot 0), `qemu-bus` (s, the QEMU id of a bus the VM has: no root port is printed and any
+    /// slot goes), `x-vga` (b, a card with a VGA function 0), `managed` (b, PCI only:
+    /// `managed='yes'`, libvirt binds and unbinds the device itself; default `managed='no'`,
+    /// the device stays as gpuvirt assigned it), for an mdev `display` (b; default: on when
+    /// its type can display (docs/passthrough-snippets.md); QEMU `display=on,rombar=0`) and
+    /// `ramfb` (b, a boot display: QEMU `vfio-pci-nohotplug,...,ramfb=on`, libvirt
+    /// `ramfb='on'`; needs the display on). A single-function device gets a guest address
+    /// only when an option asks for one.
+    #[zbus(out_args("xml", "qemu_args"))]
     async fn render_hostdev(
         &self,
         target: &str,

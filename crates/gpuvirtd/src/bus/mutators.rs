@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use gpuvirt_api::{self as api, CallError};
 use gpuvirt_core::ledger::MdevStart;
+use gpuvirt_core::render::RenderOptions;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use super::errors::dbus_name;
 use super::options::{
     bool_option, index_option, interactive, no_options, parse_options, string_option,
+    tristate_option, uint_option,
 };
 use super::services::{caller, Services};
 use crate::auth::Method;
@@ -312,14 +314,49 @@ pub async fn list_mdev_definitions(
         .collect())
 }
 
-/// `Manager.RenderHostdev(s target, a{sv}) -> (s xml, as args)`: reads only.
+/// `Manager.RenderHostdev(s target, a{sv}) -> (s xml, as qemu_args)`: reads only.
 pub async fn render_hostdev(
     s: &Services,
     target: &str,
     options: Opts,
 ) -> Result<(String, Vec<String>), CallError> {
-    let opts = parse_options(&options, &["x-vga"])?;
-    Ok(ops::render_hostdev(s.actor(), target, opts).await?)
+    parse_options(
+        &options,
+        &[
+            "x-vga",
+            "guest-bus",
+            "guest-slot",
+            "qemu-bus",
+            "managed",
+            "display",
+            "ramfb",
+        ],
+    )?;
+    let render = RenderOptions {
+        x_vga: bool_option(&options, "x-vga"),
+        guest_bus: byte_option(&options, "guest-bus", 255)?,
+        guest_slot: byte_option(&options, "guest-slot", 31)?,
+        qemu_bus: string_option(&options, "qemu-bus")?,
+        managed: bool_option(&options, "managed"),
+        display: tristate_option(&options, "display"),
+        ramfb: bool_option(&options, "ramfb"),
+    };
+    Ok(ops::render_hostdev(s.actor(), target, render).await?)
+}
+
+/// The number option `key`, at most `max`.
+fn byte_option(options: &Opts, key: &str, max: u8) -> Result<Option<u8>, CallError> {
+    match uint_option(options, key)? {
+        None => Ok(None),
+        Some(n) => match u8::try_from(n) {
+            Ok(b) if b <= max => Ok(Some(b)),
+            _ => Err(crate::error::OpError::invalid_arg(
+                "options",
+                format!("option '{key}': {n} is past {max}"),
+            )
+            .into()),
+        },
+    }
 }
 
 /// Biggest policy text `ValidatePolicy` accepts: real policies are a few kilobytes.

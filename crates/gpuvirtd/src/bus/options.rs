@@ -1,6 +1,6 @@
 //! Decoding the `a{sv}` options of the methods into [`Options`]: an unknown key, or a value
 //! of another type than its option's (a boolean; a string for `parent`, `type`, `addattr`,
-//! `value`, `jsonfile`; a number for `index`), is InvalidArgs
+//! `value`, `jsonfile`, `qemu-bus`; a number for `index`, `guest-bus`, `guest-slot`), is InvalidArgs
 //! naming it. May import: crate::ops (Options),
 //! crate::error.
 
@@ -55,9 +55,9 @@ pub fn parse_options(
             string_option(options, key)?;
             continue;
         }
-        if key == "index" {
-            // Read by index_option; checked here only for its type.
-            index_option(options)?;
+        if NUMBER_OPTIONS.contains(&key.as_str()) {
+            // Read by uint_option; checked here only for its type.
+            uint_option(options, key)?;
             continue;
         }
         let Value::Bool(b) = **value else {
@@ -73,26 +73,42 @@ pub fn parse_options(
             "dry-run" => parsed.dry_run = b,
             "force" => parsed.force = b,
             "auto" => parsed.auto = b,
-            "x-vga" => parsed.x_vga = b,
             _ => {}
         }
     }
     Ok(parsed)
 }
 
-/// The options whose value is a string (`s`), not a boolean (`index` is a number).
-const STRING_OPTIONS: [&str; 5] = ["parent", "type", "addattr", "value", "jsonfile"];
+/// The options whose value is a string (`s`), not a boolean.
+const STRING_OPTIONS: [&str; 6] = ["parent", "type", "addattr", "value", "jsonfile", "qemu-bus"];
+
+/// The options whose value is an unsigned number.
+const NUMBER_OPTIONS: [&str; 3] = ["index", "guest-bus", "guest-slot"];
 
 /// Reads the boolean option `key` when it is present (parse_options checked its type).
 pub fn bool_option(options: &HashMap<String, OwnedValue>, key: &str) -> bool {
     matches!(options.get(key).map(|v| &**v), Some(Value::Bool(true)))
 }
 
-/// Reads the `index` option of ModifyMdev: an unsigned integer (`u`, `t`, `q`, `y`) or a
-/// non-negative signed one (`i`, `x`, `n`), as different clients send numbers; `None` when
-/// absent.
+/// Reads the `index` option of ModifyMdev (see [`uint_option`]).
 pub fn index_option(options: &HashMap<String, OwnedValue>) -> Result<Option<u32>, OpError> {
-    let Some(v) = options.get("index") else {
+    uint_option(options, "index")
+}
+
+/// Reads the boolean option `key`: `None` when absent (parse_options checked its type), for
+/// options whose absence means "decide for me".
+pub fn tristate_option(options: &HashMap<String, OwnedValue>, key: &str) -> Option<bool> {
+    options.get(key).map(|v| matches!(**v, Value::Bool(true)))
+}
+
+/// Reads the number option `key` (`index` of ModifyMdev, `guest-bus`, `guest-slot` of
+/// RenderHostdev): an unsigned integer (`u`, `t`, `q`, `y`) or a non-negative signed one
+/// (`i`, `x`, `n`), as different clients send numbers; `None` when absent.
+pub fn uint_option(
+    options: &HashMap<String, OwnedValue>,
+    key: &str,
+) -> Result<Option<u32>, OpError> {
+    let Some(v) = options.get(key) else {
         return Ok(None);
     };
     let n: Option<i64> = match **v {
@@ -107,7 +123,7 @@ pub fn index_option(options: &HashMap<String, OwnedValue>) -> Result<Option<u32>
             return Err(OpError::invalid_arg(
                 "options",
                 format!(
-                    "option 'index' must be an unsigned integer (u), not {}",
+                    "option '{key}' must be an unsigned integer (u), not {}",
                     v.value_signature()
                 ),
             ))
@@ -115,7 +131,9 @@ pub fn index_option(options: &HashMap<String, OwnedValue>) -> Result<Option<u32>
     };
     n.and_then(|n| u32::try_from(n).ok())
         .map(Some)
-        .ok_or_else(|| OpError::invalid_arg("options", "option 'index' must not be negative"))
+        .ok_or_else(|| {
+            OpError::invalid_arg("options", format!("option '{key}' must not be negative"))
+        })
 }
 
 /// Reads the string option `key` (`parent` of StartMdev and UndefineMdev): `None` when it is

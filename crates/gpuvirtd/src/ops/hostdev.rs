@@ -1,12 +1,11 @@
 //! `Manager.RenderHostdev`: libvirt `<hostdev>` XML and QEMU arguments for a card, an NVIDIA
-//! per-VF vGPU or an mdev. Reads only: no authorization.
-//! May import: ops/options.rs, crate::actor, crate::error.
+//! per-VF vGPU or an mdev. Reads only: no authorization. The options are checked before the
+//! target is looked at. May import: crate::actor, crate::error.
 
-use gpuvirt_core::render::{self, PassthroughOptions, RenderTarget};
+use gpuvirt_core::render::{self, RenderOptions, RenderTarget};
 use gpuvirt_core::PciAddress;
 use uuid::Uuid;
 
-use super::options::Options;
 use crate::actor::ActorHandle;
 use crate::error::OpError;
 
@@ -15,8 +14,9 @@ use crate::error::OpError;
 pub async fn render_hostdev(
     actor: &ActorHandle,
     target: &str,
-    opts: Options,
+    opts: RenderOptions,
 ) -> Result<(String, Vec<String>), OpError> {
+    opts.check().map_err(OpError::from_render)?;
     let target_text = target.trim().to_string();
     let rendered = actor
         .inspect(move |inv| {
@@ -35,15 +35,7 @@ pub async fn render_hostdev(
             } else {
                 return Err(None);
             };
-            render::render(
-                inv,
-                target,
-                &PassthroughOptions {
-                    x_vga: opts.x_vga,
-                    guest: None,
-                },
-            )
-            .map_err(Some)
+            render::render(inv, target, &opts).map_err(Some)
         })
         .await?;
     match rendered {

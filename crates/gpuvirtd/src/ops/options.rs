@@ -14,8 +14,6 @@ pub struct Options {
     pub interactive: bool,
     /// `auto` of DefineMdev (start when the parent appears); default true.
     pub auto: bool,
-    /// `x-vga` of RenderHostdev.
-    pub x_vga: bool,
 }
 
 impl Default for Options {
@@ -25,7 +23,6 @@ impl Default for Options {
             force: false,
             interactive: true,
             auto: true,
-            x_vga: false,
         }
     }
 }
