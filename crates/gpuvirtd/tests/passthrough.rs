@@ -343,6 +343,7 @@ async fn restart_after_a_crash_mid_assignment_restores_the_original_drivers() {
             ],
             rule: None,
             state: SlotState::Pending,
+            removal: None,
         },
     );
     std::fs::create_dir_all(&state).unwrap();
