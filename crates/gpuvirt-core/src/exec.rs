@@ -182,7 +182,7 @@ impl Executor {
             .ledger
             .slots
             .iter()
-            .filter(|(_, r)| r.state != SlotState::Assigned)
+            .filter(|(_, r)| matches!(r.state, SlotState::Pending | SlotState::Returning))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         let mut reports = Vec::new();

@@ -312,6 +312,7 @@ fn returning_needs_ownership_and_no_holders() {
             }],
             rule: None,
             state: SlotState::Assigned,
+            removal: None,
         },
     );
     check_return(&ledger, slot(DGPU), &none).unwrap();

@@ -39,6 +39,7 @@ fn sample(generation: u32) -> Ledger {
             ],
             rule: Some(format!("vm-pool-{generation}")),
             state: SlotState::Assigned,
+            removal: None,
         },
     );
     l.mdevs.insert(

@@ -41,6 +41,7 @@ fn durable() -> Ledger {
             }],
             rule: None,
             state: SlotState::Assigned,
+            removal: None,
         },
     );
     l.mdevs.insert(DEFINED, mdev(true));

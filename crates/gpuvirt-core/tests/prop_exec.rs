@@ -275,6 +275,7 @@ fn return_to_a_hostile_original_driver() {
             functions: vec![FunctionRecord { address, original_driver: Some(original.clone()) }],
             rule: None,
             state: SlotState::Assigned,
+            removal: None,
         });
         host.store().save(&ledger).unwrap();
         let before = host.snapshot();

@@ -134,6 +134,28 @@ impl LedgerDoor {
         }
     }
 
+    /// Reads the ledger as saved, lets `change` edit it, and saves it when it changed (a
+    /// writer: `_lock` proves it holds the lock). It may fsync: call it from a blocking
+    /// worker.
+    pub fn update<R>(
+        &self,
+        _lock: &ExecGuard,
+        change: impl FnOnce(&mut Ledger) -> R,
+    ) -> Result<R, LedgerError> {
+        let store = self.store();
+        let loaded = store.load_reporting()?;
+        if let Some(w) = &loaded.warning {
+            tracing::warn!("{w}");
+        }
+        let mut ledger = loaded.ledger;
+        let before = ledger.clone();
+        let result = change(&mut ledger);
+        if ledger != before {
+            store.save(&ledger)?;
+        }
+        Ok(result)
+    }
+
     fn stamp(&self) -> Stamp {
         Stamp(
             self.store()

@@ -14,6 +14,7 @@ mod auth;
 mod bus;
 mod error;
 mod events;
+mod follow;
 mod ledger;
 mod ops;
 mod policy;

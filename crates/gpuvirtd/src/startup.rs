@@ -4,7 +4,7 @@
 //! and re-applied, which is harmless because applying an event twice changes nothing.
 //! May import: every layer (it wires them): crate::bus, crate::ops, crate::actor,
 //! crate::policy, crate::tree, crate::ledger, crate::auth, crate::events, crate::sd_notify,
-//! crate::args.
+//! crate::args, crate::follow.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -20,6 +20,7 @@ use crate::args::{Args, EventSource};
 use crate::auth::Bouncer;
 use crate::bus::{BusSink, Jobs, ManagerInterface, RootObjectManager, Services};
 use crate::events;
+use crate::follow;
 use crate::ledger::LedgerDoor;
 use crate::ops::Runner;
 use crate::policy::{PolicyRuntime, Request};
@@ -89,6 +90,9 @@ pub async fn run(args: Args) -> Result<(), StartError> {
         "scanned"
     );
 
+    // Slots whose card left or came back while no daemon watched: the ledger follows.
+    follow::at_start(&door, &inventory, &door.lock().await);
+
     // 3. Export everything, without a name yet.
     let (lookup_tx, lookup_rx) = watch::channel(Arc::new(Lookup::of(&inventory)));
     // The policy is validated against the scan; applying it waits for the actor's loop.
@@ -154,7 +158,8 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     let actor = Actor::new(scanner, inventory, tree, sink, lookup_tx, counts_tx)
         .with_policy(policy_runtime)
         .hold_events_during(writes)
-        .notify_parent_added(parent_tx);
+        .notify_parent_added(parent_tx)
+        .follow_ledger(follow::spawn(door.clone()));
     tokio::spawn(actor.run(event_rx, cmd_rx));
     let runner = services.runner.clone();
     tokio::spawn(async move { runner.recreate_loop(parent_rx).await });

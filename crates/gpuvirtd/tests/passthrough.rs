@@ -343,6 +343,7 @@ async fn restart_after_a_crash_mid_assignment_restores_the_original_drivers() {
             ],
             rule: None,
             state: SlotState::Pending,
+            removal: None,
         },
     );
     std::fs::create_dir_all(&state).unwrap();
@@ -435,9 +436,10 @@ async fn an_iommu_that_is_off_is_not_supported_and_names_the_kernel_parameter() 
 }
 
 /// A card removed while passed through comes back in its slot on its host drivers (a new
-/// device: no driver_override, probed as usual). The ledger still says `assigned`; the card is
-/// judged by what it is bound to now: a dry-run ReturnToHost says there is nothing to do, and a
-/// real one drops the stale record without rebinding anything (issue 18 point 9).
+/// device: no driver_override, probed as usual). The card is judged by what it is bound to
+/// now: a dry-run ReturnToHost says there is nothing to do, and where the ledger still says
+/// `assigned` (removal and return in one batch of events) a real one drops the stale record
+/// without rebinding anything (issue 18 point 9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_back_on_its_host_driver_after_removal_has_nothing_to_return() {
     if !fuse_available() {
@@ -469,16 +471,10 @@ async fn a_card_back_on_its_host_driver_after_removal_has_nothing_to_return() {
     }
     let state = host.dir.path().join("state");
     let slot = GPU.parse::<gpuvirt_core::PciAddress>().unwrap().slot();
-    assert_eq!(
-        LedgerStore::new(&state)
-            .load()
-            .unwrap()
-            .slot(slot)
-            .map(|r| r.state),
-        Some(SlotState::Assigned),
-        "the stale record this test is about"
-    );
-
+    // The removal and the return can reach the daemon in one batch (it never sees the slot
+    // empty, and the record stays `assigned`: the stale record this test is about) or in
+    // two (the ledger follows: `removed`, then dropped; see tests/hot_removal.rs). Either
+    // way there is nothing to return.
     let (job, plan) = passthrough(
         &conn,
         GPU,
@@ -489,18 +485,27 @@ async fn a_card_back_on_its_host_driver_after_removal_has_nothing_to_return() {
     .unwrap();
     assert_eq!(job.as_str(), "/");
     assert!(plan.starts_with("nothing to do"), "{plan}");
-    assert!(plan.contains(&format!("{GPU} on nouveau")), "{plan}");
-
-    let (job, _) = passthrough(&conn, GPU, "ReturnToHost", no_opts())
-        .await
-        .unwrap();
-    let (ok, name, message) = wait_job(&conn, job.as_str()).await;
-    assert!(ok, "{name}: {message}\n{}", d.log());
-    assert!(LedgerStore::new(&state)
-        .load()
-        .unwrap()
-        .slot(slot)
-        .is_none());
+    assert!(
+        plan.contains(&format!("{GPU} on nouveau")) || plan.contains("with the host already\n"),
+        "{plan}"
+    );
+    if plan.contains("dates from before the card was removed") {
+        let (job, _) = passthrough(&conn, GPU, "ReturnToHost", no_opts())
+            .await
+            .unwrap();
+        if job.as_str() != "/" {
+            let (ok, name, message) = wait_job(&conn, job.as_str()).await;
+            assert!(ok, "{name}: {message}\n{}", d.log());
+        }
+    }
+    eventually("the record dropped", || {
+        LedgerStore::new(&state)
+            .load()
+            .unwrap()
+            .slot(slot)
+            .is_none()
+    })
+    .await;
     assert_eq!(driver(&root, GPU).as_deref(), Some("nouveau"));
     assert_eq!(driver(&root, AUDIO).as_deref(), Some("snd_hda_intel"));
     let (_, plan) = passthrough(

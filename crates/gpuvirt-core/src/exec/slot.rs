@@ -67,7 +67,8 @@ impl Executor {
         }
 
         // Originals first: a record that already exists (a retry, an interrupted run) keeps
-        // the drivers it found the first time, never vfio-pci it may show now.
+        // the drivers it found the first time, never vfio-pci it may show now. A removed
+        // card's record speaks for the card in the slot now only where that is on vfio-pci.
         let key = Ledger::slot_key(slot);
         let previous = self.ledger.slots.get(&key).cloned();
         let record = SlotRecord {
@@ -75,7 +76,10 @@ impl Executor {
                 .iter()
                 .map(|(a, d)| FunctionRecord {
                     address: *a,
-                    original_driver: match previous.as_ref().and_then(|p| p.original_driver(*a)) {
+                    original_driver: match previous.as_ref().and_then(|p| {
+                        let speaks = p.is_open() || d.as_deref() == Some(VFIO_PCI);
+                        speaks.then(|| p.original_driver(*a)).flatten()
+                    }) {
                         Some(original) => original.map(str::to_string),
                         None => d.clone(),
                     },
@@ -85,6 +89,7 @@ impl Executor {
                 .map(str::to_string)
                 .or_else(|| previous.as_ref().and_then(|p| p.rule.clone())),
             state: SlotState::Pending,
+            removal: None,
         };
         let originals = record.functions.clone();
         self.commit(

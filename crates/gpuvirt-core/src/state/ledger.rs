@@ -10,10 +10,10 @@
 //!
 //! May import: gpuvirt-types (MdevStart), crate::host::atomic, crate::model.
 
+mod slot;
 mod transient;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use gpuvirt_types::MdevStart;
+pub use slot::{FunctionRecord, PresentFunction, Removal, Returned, SlotRecord, SlotState};
 pub use transient::LEDGER_TRANSIENT_FILE;
 
 use crate::host::atomic::{AtomicError, Replace};
@@ -65,56 +66,6 @@ impl std::fmt::Display for Owner {
 
 /// A ledger larger than this is not one gpuvirt wrote.
 const MAX_LEDGER_BYTES: u64 = 64 << 20;
-
-/// Where a slot is in its passthrough life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlotState {
-    /// Originals recorded, rebinding to vfio-pci started but not verified (a crash here means:
-    /// put the slot back to its original drivers).
-    Pending,
-    /// Every function verified bound to vfio-pci.
-    Assigned,
-    /// Returning to the host started but not verified.
-    Returning,
-}
-
-impl fmt::Display for SlotState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SlotState::Pending => "pending",
-            SlotState::Assigned => "assigned",
-            SlotState::Returning => "returning",
-        })
-    }
-}
-
-/// One function of a slot gpuvirt rebound, and the driver it found on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionRecord {
-    pub address: PciAddress,
-    /// The driver bound before gpuvirt touched it; `None`: it was unbound.
-    pub original_driver: Option<String>,
-}
-
-/// A slot (a whole card) gpuvirt gave, or is giving, to vfio-pci.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotRecord {
-    pub functions: Vec<FunctionRecord>,
-    /// The policy rule behind it; `None` for a manual D-Bus request.
-    pub rule: Option<String>,
-    pub state: SlotState,
-}
-
-impl SlotRecord {
-    /// The recorded original driver of `address`, `None` when the function is not in the slot.
-    pub fn original_driver(&self, address: PciAddress) -> Option<Option<&str>> {
-        self.functions
-            .iter()
-            .find(|f| f.address == address)
-            .map(|f| f.original_driver.as_deref())
-    }
-}
 
 /// An mdev gpuvirt knows about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,13 +152,42 @@ impl Ledger {
     }
 
     /// Every function gpuvirt rebound and its original driver (the planner's
-    /// `PlanState::original_drivers`).
+    /// `PlanState::original_drivers`). A removed slot's are left out: no card is there to
+    /// return, and one that comes back is judged by what it is bound to then.
     pub fn original_drivers(&self) -> BTreeMap<PciAddress, Option<String>> {
         self.slots
             .values()
+            .filter(|s| s.state != SlotState::Removed)
             .flat_map(|s| s.functions.iter())
             .map(|f| (f.address, f.original_driver.clone()))
             .collect()
+    }
+
+    /// Closes the open record of `slot`, whose every function is gone (see
+    /// [`SlotRecord::close_removed`]); true when it changed.
+    pub fn close_removed_slot(
+        &mut self,
+        slot: PciSlot,
+        at: u64,
+        ids: &BTreeMap<PciAddress, (u16, u16)>,
+    ) -> bool {
+        let record = self.slots.get_mut(&Self::slot_key(slot));
+        record.is_some_and(|r| r.close_removed(at, ids))
+    }
+
+    /// Judges the card now in `slot` against its removed record (see
+    /// [`SlotRecord::judge_return`]) and drops the record when the verdict says so.
+    pub fn card_returned(
+        &mut self,
+        slot: PciSlot,
+        present: &[PresentFunction],
+    ) -> Option<Returned> {
+        let key = Self::slot_key(slot);
+        let returned = self.slots.get_mut(&key)?.judge_return(present)?;
+        if returned.drops_record() {
+            self.slots.remove(&key);
+        }
+        Some(returned)
     }
 
     /// Whether gpuvirt created this mdev (and so may remove it).

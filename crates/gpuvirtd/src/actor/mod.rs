@@ -5,7 +5,7 @@
 //! D-Bus handlers never touch the inventory: lookups read an immutable index from a `watch`
 //! channel, and everything else is a [`Command`] sent through an [`ActorHandle`]. Only this
 //! task writes, so there is no lock to hold across `.await`.
-//! May import: actor/*, crate::policy, crate::tree, crate::events.
+//! May import: actor/*, crate::policy, crate::tree, crate::events, crate::follow.
 
 mod command;
 mod handle;
@@ -25,6 +25,7 @@ pub use source::{InventorySource, RememberingScanner};
 pub use writes::{Writes, HOLD_LIMIT};
 
 use crate::events::{self, SourceMessage, Target};
+use crate::follow::{self, Follow};
 use crate::policy::{self, PolicyHost, PolicyRuntime};
 use crate::tree::{
     self, Change, ChangedProperties, Iface, Kind, Lookup, ObjectTree, PolicyFacts, PolicyProps,
@@ -71,6 +72,9 @@ pub struct Actor {
     /// Told which shard parents appeared (hotplug, driver load, `MDEV_STATE=registered`), so
     /// defined mdevs are recreated on the parent's own readiness event, not after a sleep.
     parent_added: Option<mpsc::UnboundedSender<BTreeSet<String>>>,
+    /// Told which slots lost their last function or gained one, so the ledger follows the
+    /// hardware (see [`follow`]); never waited on.
+    follow: Option<Follow>,
     /// The device policy in force and its timers; taken out while it works (so the actor
     /// can rescan meanwhile) and always put back.
     policy: Option<PolicyRuntime>,
@@ -157,6 +161,7 @@ impl Actor {
             lookup,
             counts,
             parent_added: None,
+            follow: None,
             policy: None,
             deferred: BTreeSet::new(),
             writes: None,
@@ -174,6 +179,12 @@ impl Actor {
     /// Sends the names of the shard parents that appeared on `tx` (see [`appeared_parents`]).
     pub fn notify_parent_added(mut self, tx: mpsc::UnboundedSender<BTreeSet<String>>) -> Self {
         self.parent_added = Some(tx);
+        self
+    }
+
+    /// Sends what each pass saw of slots coming and going on `tx` (see [`follow::seen`]).
+    pub fn follow_ledger(mut self, tx: Follow) -> Self {
+        self.follow = Some(tx);
         self
     }
 
@@ -396,6 +407,10 @@ impl Actor {
     /// became ready (see [`appeared_parents`]).
     async fn update_announced(&mut self, targets: BTreeSet<Target>, announced: BTreeSet<String>) {
         let started = std::time::Instant::now();
+        let before = self
+            .follow
+            .as_ref()
+            .map(|_| follow::before(&self.inventory, &targets));
         let scope = if targets.contains(&Target::All) {
             // A full scan takes long on big hosts: off the runtime thread.
             let source = self.source.clone();
@@ -435,6 +450,12 @@ impl Actor {
         if !appeared.is_empty() {
             if let Some(tx) = &self.parent_added {
                 let _ = tx.send(appeared);
+            }
+        }
+        if let (Some(tx), Some(before)) = (&self.follow, before) {
+            let seen = follow::seen(&before, &self.inventory, &targets);
+            if !seen.is_empty() {
+                let _ = tx.send(seen);
             }
         }
         let counts = Counts::of(&self.inventory);

@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use gpuvirt_core::interlock::{self, Allowances, Facts};
+use gpuvirt_core::ledger::SlotState;
 use gpuvirt_core::plan::{Action, SlotFunction, SlotReturn};
 use gpuvirt_core::render;
 use gpuvirt_core::{Inventory, PciAddress, PciSlot};
@@ -215,28 +216,37 @@ pub async fn prepare_return(
             "nothing to do: slot {slot} is with the host already\n"
         )));
     }
+    // A removed record (the card left while passed through) is judged against the card that
+    // came back by the daemon's ledger follower; until then, a card with no function on
+    // vfio-pci has nothing to return, dry run or not.
+    if ledger
+        .slot(slot)
+        .is_some_and(|r| r.state == SlotState::Removed)
+        && !any_vfio
+    {
+        return Ok(SlotOutcome::Answered(format!(
+            "nothing to do: slot {slot} was removed while passed through, and the card in it \
+             now is with the host ({})\n",
+            bound_text(&card)
+        )));
+    }
     // A card removed while passed through and back in its slot (a new device: no
     // driver_override, probed by its host driver) is judged by what it is bound to now: with
     // every function on a host driver there is nothing to return. The ledger's record of it
     // is older than the card; a real ReturnToHost drops it (its driver_override writes find
     // nothing to clear, and no function is rebound).
     let stale = ledger.slot(slot).filter(|r| {
-        r.state == gpuvirt_core::ledger::SlotState::Assigned
+        r.state == SlotState::Assigned
             && !any_vfio
             && !card.functions.is_empty()
             && card.functions.iter().all(|(_, d)| d.is_some())
     });
     if stale.is_some() && opts.dry_run {
-        let bound: Vec<String> = card
-            .functions
-            .iter()
-            .map(|(a, d)| format!("{a} on {}", d.as_deref().unwrap_or("-")))
-            .collect();
         return Ok(SlotOutcome::Answered(format!(
             "nothing to do: slot {slot} is with the host already ({}); gpuvirt's record of it \
              as assigned dates from before the card was removed, and ReturnToHost without \
              dry-run drops it\n",
-            bound.join(", ")
+            bound_text(&card)
         )));
     }
     interlock::check_return(ledger, slot, &facts).map_err(|r| OpError::from_refusals(&r))?;
@@ -265,6 +275,16 @@ pub async fn prepare_return(
         snapshot,
         opts,
     ))
+}
+
+/// Each function with the driver it is on now (`A on D`, `-` when unbound).
+fn bound_text(card: &Card) -> String {
+    let bound: Vec<String> = card
+        .functions
+        .iter()
+        .map(|(a, d)| format!("{a} on {}", d.as_deref().unwrap_or("-")))
+        .collect();
+    bound.join(", ")
 }
 
 /// The shared end of AssignPassthrough and ReturnToHost: the plan text for a dry run, else
