@@ -87,6 +87,8 @@ async fn whole_slot_goes_to_vfio_and_back_as_jobs() {
     assert!(ok, "{name}: {message}\n{}", d.log());
     assert_eq!(driver(&root, GPU).as_deref(), Some("vfio-pci"));
     assert_eq!(driver(&root, AUDIO).as_deref(), Some("vfio-pci"));
+    // The log says a finished job's "done:" once.
+    assert!(!d.log().contains("done: done:"), "{}", d.log());
     // The tree was refreshed before the job finished.
     assert_eq!(gpu_driver_property(&conn, GPU).await, "vfio-pci");
     let ledger = LedgerStore::new(host.dir.path().join("state"))

@@ -130,7 +130,7 @@ async fn start_job(
         job.set_progress(0.1).await;
         let result = locked.run(&s.runner).await;
         match &result {
-            Ok(m) => tracing::info!(operation, "job done: {m}"),
+            Ok(m) => tracing::info!(operation, "job {m}"),
             Err(e) => {
                 tracing::warn!(operation, error = dbus_name(e), "job failed: {}", e.message)
             }
