@@ -201,6 +201,12 @@ interface_proxies! {
             target: &str,
             options: HashMap<&str, Value<'_>>,
         ) -> Result<(String, Vec<String>), Error>;
+        /// `yes`, `challenge` or `no`: may the caller pass cards through and return them.
+        fn can_passthrough(&self) -> Result<String, Error>;
+        /// `yes`, `challenge` or `no`: may the caller create, remove and (un)define vGPUs.
+        fn can_shard(&self) -> Result<String, Error>;
+        /// `yes`, `challenge` or `no`: may the caller reload and apply the policy.
+        fn can_manage_policy(&self) -> Result<String, Error>;
     }
     properties {
         #[zbus(property)]

@@ -271,6 +271,33 @@ impl Bouncer {
         }
     }
 
+    /// Whether `sender` may take `action`, asked without side effects and without a prompt
+    /// (polkit's CheckAuthorization with no flags), for clients that show what a user may do
+    /// before they try. The same fail-closed rule as [`Bouncer::authorize`]: without polkit
+    /// only uid 0 gets `yes`. It makes no [`Grant`]: knowing is not doing.
+    pub async fn capability(&self, sender: Option<&str>, action: &str) -> Capability {
+        let Some(sender) = sender else {
+            return Capability::No;
+        };
+        let answer = if self.polkit_known_absent() {
+            Err(PolkitAbsent)
+        } else {
+            self.query_polkit(sender, action, 0).await
+        };
+        match answer {
+            Ok((true, _)) => Capability::Yes,
+            Ok((false, true)) => Capability::Challenge,
+            Ok((false, false)) => Capability::No,
+            Err(PolkitAbsent) => {
+                self.note_polkit_absent();
+                match self.uid_of(sender).await {
+                    Ok(0) => Capability::Yes,
+                    _ => Capability::No,
+                }
+            }
+        }
+    }
+
     /// The grant for what a signal asks (SIGHUP's reload): only root, or the daemon's own
     /// user, can signal the daemon, so the kernel has authorised it already.
     pub fn grant_for_signal(&self, method: Method) -> Grant {
@@ -287,17 +314,30 @@ impl Bouncer {
         action: &str,
         interactive: bool,
     ) -> Result<bool, PolkitAbsent> {
+        let flags = if interactive {
+            ALLOW_USER_INTERACTION
+        } else {
+            0
+        };
+        self.query_polkit(sender, action, flags)
+            .await
+            .map(|(authorized, _challenge)| authorized)
+    }
+
+    /// polkit's (authorized, challenge) for `sender` and `action` under `flags`; `Err` when
+    /// polkit is not on the bus. Any other failure is a "no" without a challenge.
+    async fn query_polkit(
+        &self,
+        sender: &str,
+        action: &str,
+        flags: u32,
+    ) -> Result<(bool, bool), PolkitAbsent> {
         // The subject is the caller's unique name: polkit then checks the process behind it,
         // never the daemon's own (which is root).
         let mut subject_details: HashMap<&str, Value<'_>> = HashMap::new();
         subject_details.insert("name", Value::from(sender));
         let subject = ("system-bus-name", subject_details);
         let details: HashMap<&str, &str> = HashMap::new();
-        let flags = if interactive {
-            ALLOW_USER_INTERACTION
-        } else {
-            0
-        };
         let reply = self
             .connection
             .call_method(
@@ -318,17 +358,17 @@ impl Bouncer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, action, sender, "polkit check failed; denying");
-                return Ok(false);
+                return Ok((false, false));
             }
         };
         match message
             .body()
             .deserialize::<(bool, bool, HashMap<String, String>)>()
         {
-            Ok((authorized, _challenge, _details)) => Ok(authorized),
+            Ok((authorized, challenge, _details)) => Ok((authorized, challenge)),
             Err(e) => {
                 tracing::warn!(error = %e, "polkit replied with an unexpected body; denying");
-                Ok(false)
+                Ok((false, false))
             }
         }
     }
@@ -364,6 +404,26 @@ impl Bouncer {
 /// polkit is not on the bus.
 #[derive(Debug)]
 struct PolkitAbsent;
+
+/// What a `Can*` query answers, in logind's words: whether the caller would be allowed the
+/// action now (`yes`), only after proving who it is to polkit (`challenge`), or not (`no`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Yes,
+    Challenge,
+    No,
+}
+
+impl Capability {
+    /// The lowercase word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Yes => "yes",
+            Capability::Challenge => "challenge",
+            Capability::No => "no",
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

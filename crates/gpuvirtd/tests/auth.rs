@@ -41,6 +41,52 @@ except dbus.exceptions.DBusException as e:
     print(e.get_dbus_name() + " " + str(e.get_dbus_message()))
 "#;
 
+/// A `Can*` query as uid 65534: prints the answer or the error name.
+const CAN_CLIENT: &str = r#"
+import sys, dbus
+bus = dbus.bus.BusConnection(sys.argv[1])
+obj = bus.get_object("org.gpuvirt.GpuVirt1", "/org/gpuvirt/GpuVirt1/Manager", introspect=False)
+try:
+    print(obj.get_dbus_method(sys.argv[2], "org.gpuvirt.GpuVirt1.Manager")())
+except dbus.exceptions.DBusException as e:
+    print(e.get_dbus_name() + " " + str(e.get_dbus_message()))
+"#;
+
+/// The three `Can*` answers for uid 65534: passthrough, shard, policy.
+fn can_as_nobody(address: &str) -> [String; 3] {
+    ["CanPassthrough", "CanShard", "CanManagePolicy"].map(|method| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", CAN_CLIENT, address, method])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+/// The three `Can*` answers for this test's own connection (root).
+async fn can_as(conn: &zbus::Connection) -> [String; 3] {
+    let mut answers = [String::new(), String::new(), String::new()];
+    for (answer, method) in
+        answers
+            .iter_mut()
+            .zip(["CanPassthrough", "CanShard", "CanManagePolicy"])
+    {
+        let reply = conn
+            .call_method(
+                Some("org.gpuvirt.GpuVirt1"),
+                "/org/gpuvirt/GpuVirt1/Manager",
+                Some("org.gpuvirt.GpuVirt1.Manager"),
+                method,
+                &(),
+            )
+            .await
+            .unwrap();
+        *answer = reply.body().deserialize::<String>().unwrap();
+    }
+    answers
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -243,6 +289,15 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
         0,
         "CheckAuthorization calls while polkit is known to be absent"
     );
+    // The Can* queries say the same before anyone tries, and ask polkit nothing either.
+    assert_eq!(can_as_nobody(&address), ["no", "no", "no"]);
+    assert_eq!(can_as(&conn).await, ["yes", "yes", "yes"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "CheckAuthorization from Can*"
+    );
     // Reads stay open, and validation comes before authorization.
     let r = as_nobody(
         &address,
@@ -288,6 +343,7 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
         );
         assert!(r.contains("polkit does not allow"), "{r}");
     }
+    assert_eq!(can_as_nobody(&address), ["no", "no", "no"]);
     // The monitor sees polkit asked again once it is there (so the zero above counts).
     assert!(
         asked.load(Ordering::SeqCst) >= cases.len(),
@@ -315,6 +371,28 @@ async fn unprivileged_callers_are_denied_until_polkit_allows() {
             "{method} allowed by polkit: {r}"
         );
     }
+    // Can* follows polkit per action: the policy action was not allowed.
+    assert_eq!(can_as_nobody(&address), ["yes", "yes", "no"]);
+    // polkit would ask for a password (auth_admin): `challenge`, and no prompt is started.
+    conn.call_method(
+        Some("org.freedesktop.PolicyKit1"),
+        "/org/freedesktop/PolicyKit1/Authority",
+        Some("org.freedesktop.DBus.Mock"),
+        "AddMethod",
+        &(
+            "org.freedesktop.PolicyKit1.Authority",
+            "CheckAuthorization",
+            "(sa{sv})sa{ss}us",
+            "(bba{ss})",
+            "ret = (False, args[3] == 0, {})",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        can_as_nobody(&address),
+        ["challenge", "challenge", "challenge"]
+    );
 }
 
 /// Counts, from now on, the CheckAuthorization calls anyone sends on the bus at `address` (a

@@ -154,6 +154,9 @@ async fn call_case(
         ("Manager", "RenderHostdev") => {
             call(conn, MANAGER, interface, method, &(V100, no_opts())).await
         }
+        ("Manager", "CanPassthrough" | "CanShard" | "CanManagePolicy") => {
+            call(conn, MANAGER, interface, method, &()).await
+        }
         _ => return None,
     };
     Some(r.map(drop))
@@ -165,6 +168,7 @@ async fn every_mutating_method_is_denied_and_reads_and_dry_runs_are_open() {
     let methods = xml_methods();
     let mut mutating = Vec::new();
     let mut reads = Vec::new();
+    let mut owned = Vec::new();
     for (interface, name) in &methods {
         let info = api::method(interface, name).unwrap_or_else(|| {
             panic!("{interface}.{name} is in the XML but not in gpuvirt_api::METHODS")
@@ -172,6 +176,8 @@ async fn every_mutating_method_is_denied_and_reads_and_dry_runs_are_open() {
         match (info.mutating, info.action) {
             (true, Some(_)) => mutating.push((interface.clone(), name.clone())),
             (false, None) => reads.push((interface.clone(), name.clone())),
+            // Checked by ownership: only the caller that started a job may cancel it.
+            (true, None) if interface == api::JOB_INTERFACE => owned.push(name.clone()),
             _ => panic!("{interface}.{name} mutates without a polkit action"),
         }
     }
@@ -232,6 +238,17 @@ async fn every_mutating_method_is_denied_and_reads_and_dry_runs_are_open() {
         .await
         .unwrap();
     assert!(wait_job(&conn, job.as_str()).await.0, "{}", d.log());
+    // A job is cancelled only by the caller that started it (no polkit action to grant it).
+    assert_eq!(owned, ["Cancel"]);
+    let other = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let (name, message) = call(&other, job.as_str(), api::JOB_INTERFACE, "Cancel", &())
+        .await
+        .expect_err("Job.Cancel by another caller");
+    assert_eq!(name, "org.freedesktop.DBus.Error.AccessDenied", "{message}");
     allow.store(false, Ordering::SeqCst);
     denied(
         call_case(&conn, api::GPU_INTERFACE, "ReturnToHost", false).await,

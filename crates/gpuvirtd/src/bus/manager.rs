@@ -320,6 +320,33 @@ impl ManagerInterface {
         mutators::render_hostdev(&self.services, target, options).await
     }
 
+    /// Whether the caller may give cards to VMs and take them back (`Gpu.AssignPassthrough`,
+    /// `Gpu.ReturnToHost`; polkit action `org.gpuvirt.GpuVirt1.passthrough`): `yes`,
+    /// `challenge` (polkit would first ask the caller to authenticate) or `no`. Like logind's
+    /// `CanPowerOff`: asked without a prompt and without side effects, so a client can show
+    /// what its user may do before they try. Without polkit only root gets `yes`.
+    #[zbus(out_args("result"))]
+    async fn can_passthrough(&self, #[zbus(header)] header: zbus::message::Header<'_>) -> String {
+        mutators::capability(&self.services, &header, api::ACTION_PASSTHROUGH).await
+    }
+
+    /// Whether the caller may create, remove, define, start, stop, modify and undefine vGPUs
+    /// (`ShardParent.CreateMdev`, `Mdev.Remove`, `Manager.DefineMdev`, `ImportMdevDefinition`,
+    /// `UndefineMdev`, `ModifyMdev`, `StartMdev`, `StopMdev`; polkit action
+    /// `org.gpuvirt.GpuVirt1.shard`): `yes`, `challenge` or `no`, as `CanPassthrough`.
+    #[zbus(out_args("result"))]
+    async fn can_shard(&self, #[zbus(header)] header: zbus::message::Header<'_>) -> String {
+        mutators::capability(&self.services, &header, api::ACTION_SHARD).await
+    }
+
+    /// Whether the caller may reload and apply the device policy (`Manager.ReloadPolicy`,
+    /// `Manager.Reconcile`; polkit action `org.gpuvirt.GpuVirt1.policy`): `yes`, `challenge`
+    /// or `no`, as `CanPassthrough`.
+    #[zbus(out_args("result"))]
+    async fn can_manage_policy(&self, #[zbus(header)] header: zbus::message::Header<'_>) -> String {
+        mutators::capability(&self.services, &header, api::ACTION_POLICY).await
+    }
+
     #[zbus(property)]
     fn version(&self) -> String {
         self.props().version.clone()

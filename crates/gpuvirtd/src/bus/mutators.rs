@@ -424,3 +424,15 @@ pub async fn reconcile(
         .policy(|reply| Request::Reconcile { grant, reply })
         .await??)
 }
+
+/// A `Can*` query's answer for the caller of `header` and polkit `action`: `yes`,
+/// `challenge` or `no`. A read: no grant is made and nothing is prompted.
+pub async fn capability(services: &Services, header: &Header<'_>, action: &str) -> String {
+    let sender = header.sender().map(|s| s.as_str());
+    services
+        .bouncer
+        .capability(sender, action)
+        .await
+        .as_str()
+        .to_owned()
+}
