@@ -44,6 +44,22 @@ macro_rules! gpu_properties {
                 virtual_functions: Vec<String> => "VirtualFunctions",
                 sriov_total_vfs: u32 => "SriovTotalVfs",
                 sriov_num_vfs: u32 => "SriovNumVfs",
+                /// The DRM primary (KMS) node its driver registered, e.g. `/dev/dri/card1`
+                /// (from sysfs `<device>/drm/card*`); empty when it has none (no DRM driver
+                /// bound: on vfio-pci, or a driver without DRM such as nvidia without nvidia-drm).
+                drm_card: String => "DrmCard",
+                /// The DRM render node, e.g. `/dev/dri/renderD129` (sysfs `<device>/drm/renderD*`),
+                /// which virtio-gpu/virgl renders with; empty when none (KMS-only drivers such
+                /// as ast or bochs have none). The minor follows probe order and may change.
+                drm_render_node: String => "DrmRenderNode",
+                /// udev's stable name of the card node, `/dev/dri/by-path/pci-<address>-card`,
+                /// when that link exists and points at `DrmCard`; else empty (no udev, or not
+                /// made yet).
+                drm_card_by_path: String => "DrmCardByPath",
+                /// udev's stable name of the render node, `/dev/dri/by-path/pci-<address>-render`,
+                /// when that link exists and points at `DrmRenderNode`; else empty. The name a
+                /// VM definition should use: it follows the PCI address, not probe order.
+                drm_render_node_by_path: String => "DrmRenderNodeByPath",
             }
             $($rest)*
         }
@@ -154,13 +170,14 @@ macro_rules! job_properties {
 /// returns, straight from and into the fields: a property the reader does not know is skipped,
 /// one the sender left out keeps its default, one of another type is an error.
 macro_rules! properties_struct {
-    ($props:ident, $name:tt { $( $field:ident : $ty:ty => $dbus:tt ),* $(,)? }) => {
+    ($props:ident, $name:tt { $( $(#[$meta:meta])* $field:ident : $ty:ty => $dbus:tt ),* $(,)? }) => {
         #[doc = concat!("The properties of `", $name, "`.")]
         #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize, Type)]
         #[zvariant(signature = "a{sv}")]
         #[serde(default)]
         pub struct $props {
             $(
+                $(#[$meta])*
                 #[serde(rename = $dbus, with = "zbus::zvariant::as_value")]
                 pub $field: $ty,
             )*
@@ -309,7 +326,7 @@ mod tests {
         let bytes = to_bytes(ctx, &gpu()).unwrap();
         // The bytes are an a{sv} a variant-map reader understands...
         let generic: HashMap<String, OwnedValue> = bytes.deserialize().unwrap().0;
-        assert_eq!(generic.len(), 24);
+        assert_eq!(generic.len(), 28);
         assert_eq!(u16::try_from(&generic["VendorId"]).unwrap(), 0x10de);
         // ... and the struct reads back equal.
         let back: GpuProps = bytes.deserialize().unwrap().0;

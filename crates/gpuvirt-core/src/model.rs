@@ -82,6 +82,38 @@ pub struct PciFunction {
     /// For a virtual function: its physical function.
     pub physfn: Option<PciAddress>,
     pub nvidia_vgpu: Option<NvidiaVfVgpu>,
+    /// The DRM nodes its driver registered (`drm/card*`, `drm/renderD*`); `None` when it has
+    /// none (no DRM driver bound, e.g. on vfio-pci).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drm: Option<DrmNodes>,
+}
+
+/// A PCI function's DRM nodes: what a DRM driver registered under its sysfs directory
+/// (`<device>/drm/card1`, `<device>/drm/renderD129`) as `/dev/dri` paths, and udev's stable
+/// `/dev/dri/by-path/pci-<address>-card` and `-render` names where those links exist under
+/// the root and point at the same node.
+///
+/// The minors (`card1`, `renderD129`) follow probe order and can change from one boot (or
+/// rebind) to the next; the by-path names follow the PCI address and do not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrmNodes {
+    /// The primary (KMS) node, e.g. `/dev/dri/card1`.
+    pub card: Option<String>,
+    /// The render node, e.g. `/dev/dri/renderD129`; `None` for a KMS-only driver (ast,
+    /// bochs), which cannot render for a guest.
+    pub render: Option<String>,
+    /// `/dev/dri/by-path/pci-<address>-card`, when udev made it.
+    pub card_by_path: Option<String>,
+    /// `/dev/dri/by-path/pci-<address>-render`, when udev made it.
+    pub render_by_path: Option<String>,
+}
+
+impl DrmNodes {
+    /// The render node a VM definition should name: the by-path name where udev made one
+    /// (stable across boots and rebinds), else the minor's path.
+    pub fn preferred_render(&self) -> Option<&str> {
+        self.render_by_path.as_deref().or(self.render.as_deref())
+    }
 }
 
 impl PciFunction {

@@ -18,12 +18,14 @@
 //!
 //! Layout: `scanner` holds the [`Scanner`] and its databases; `full` the full scan and the
 //! scope settling; `refresh` the per-uevent refresh; `device` one PCI function's directory;
+//! `drm` its DRM nodes;
 //! `mdev` mdev parents and mdevs; `scope` what a refresh covered; `read` the shared reading
 //! helpers and paths. May import: crate::host, crate::model, crate::iommu, crate::modalias,
 //! crate::pciids, crate::error.
 
 mod counts;
 mod device;
+mod drm;
 mod full;
 mod mdev;
 mod read;

@@ -50,6 +50,7 @@ fn function(address: &str, class: u32, vendor: u16, device: u16) -> PciFunction 
         sriov: None,
         physfn: None,
         nvidia_vgpu: None,
+        drm: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn function(address: PciAddress, class: u32, vendor: u16) -> PciFunction {
         sriov: None,
         physfn: None,
         nvidia_vgpu: None,
+        drm: None,
     }
 }
 

@@ -19,4 +19,10 @@ pub trait Backend: Send + 'static {
 
     /// Uevents produced since the last call, with sequence numbers assigned, in order.
     fn take_uevents(&mut self) -> Vec<Uevent>;
+
+    /// Directories outside `sys` (plain files under the mounted root, written once at mount)
+    /// that changed since the last call, for the mount to copy out again: udev's `dev/dri`.
+    fn take_plain_changes(&mut self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }

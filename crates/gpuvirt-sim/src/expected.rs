@@ -27,6 +27,8 @@ pub struct ExpectedFunction {
     pub ids: PciIds,
     pub driver: Option<String>,
     pub iommu_group: Option<u32>,
+    /// DRM node names (`card1`, `renderD129`), card first.
+    pub drm: Vec<String>,
 }
 
 /// The facts compared per mdev type.
@@ -52,6 +54,13 @@ impl ExpectedInventory {
                         ids: f.ids,
                         driver: f.driver.clone(),
                         iommu_group: f.iommu_group,
+                        drm: f
+                            .drm
+                            .iter()
+                            .flat_map(|n| [&n.card, &n.render])
+                            .flatten()
+                            .map(|p| p.trim_start_matches("/dev/dri/").to_owned())
+                            .collect(),
                     },
                 )
             })

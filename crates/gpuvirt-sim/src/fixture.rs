@@ -231,6 +231,11 @@ pub struct PciSpec {
     /// NVIDIA per-VF vGPU (vGPU 17+ on Ada/Hopper-class): the VFs of this PF get `nvidia/` files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvidia_vgpu: Option<NvidiaVgpuSpec>,
+    /// The DRM minor N this function's nodes get while a DRM driver (a driver with `drm` set)
+    /// is bound: `drm/cardN`, and `drm/renderD<128+N>` when that driver renders, with udev's
+    /// `dev/dri` nodes and `by-path` links. None: no DRM nodes whatever the driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drm_minor: Option<u32>,
 }
 
 fn default_numa() -> i32 {
@@ -258,6 +263,7 @@ impl PciSpec {
             irq: None,
             sriov: None,
             nvidia_vgpu: None,
+            drm_minor: None,
         }
     }
 
@@ -391,6 +397,30 @@ pub struct DriverSpec {
     /// Implements `sriov_configure` (writing `sriov_numvfs` works).
     #[serde(default)]
     pub sriov: bool,
+    /// The DRM nodes a bound device with a `drm_minor` gets; default none.
+    #[serde(default, skip_serializing_if = "DrmSupport::is_none")]
+    pub drm: DrmSupport,
+}
+
+/// Which DRM nodes a driver registers for a device it binds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrmSupport {
+    /// Not a DRM driver (vfio-pci, snd_hda_intel; nvidia without nvidia-drm, as the catalogue
+    /// has it).
+    #[default]
+    None,
+    /// A card node only (`card<N>`): a KMS-only driver such as ast or bochs (no render node:
+    /// nothing for virgl to render with).
+    Kms,
+    /// A card node and a render node (`renderD<128+N>`): i915, amdgpu, nouveau, radeon.
+    Render,
+}
+
+impl DrmSupport {
+    pub fn is_none(&self) -> bool {
+        *self == DrmSupport::None
+    }
 }
 
 impl DriverSpec {

@@ -314,6 +314,10 @@ impl<B: Backend> Backend for Faults<B> {
     fn take_uevents(&mut self) -> Vec<crate::uevent::Uevent> {
         self.inner.take_uevents()
     }
+
+    fn take_plain_changes(&mut self) -> Vec<&'static str> {
+        self.inner.take_plain_changes()
+    }
 }
 
 impl<B: HostHooks> HostHooks for Faults<B> {

@@ -20,11 +20,12 @@
 //! The parts, each an `impl Kernel` block in `kernel/`, call one another one way only:
 //! `write` (sysfs store handlers) and `hooks` (modprobe, hotplug) call `semantics` (bind,
 //! probe, mdevs, VFs, removal, with uevents), which calls `alloc` (group ids, VFs) and `render`
-//! (model to tree); `build` (boot from a fixture) calls `alloc` and `render`; every part reads
+//! (model to tree), which calls `drm` (DRM nodes and udev's `dev/dri`); `build` (boot from a fixture) calls `alloc` and `render`; every part reads
 //! the types and queries in this file.
 
 mod alloc;
 mod build;
+mod drm;
 mod hooks;
 mod render;
 mod semantics;
@@ -201,6 +202,8 @@ struct Device {
     vgpu: Option<NvidiaVgpu>,
     /// On a VF: the vGPU type created on it.
     vgpu_current: Option<u32>,
+    /// DRM minor of its nodes while a DRM driver is bound (see `kernel/drm.rs`).
+    drm_minor: Option<u32>,
 }
 
 impl Device {
@@ -307,6 +310,8 @@ pub struct Kernel {
     next_irq: u32,
     /// The module `unload_module` is taking out, while it runs.
     unloading: Option<String>,
+    /// `dev/dri` changed since the mount last copied it out (see `kernel/drm.rs`).
+    dri_changed: bool,
 }
 
 /// `/proc/sys/kernel/random/boot_id` of a freshly booted simulated host. A real kernel makes

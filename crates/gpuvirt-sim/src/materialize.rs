@@ -51,6 +51,21 @@ pub fn materialize_subtree(
     materialize_filtered(tree, subtree, out, |_| false)
 }
 
+/// Replaces `root/<subtree>` with the tree's `subtree` (removing it when the tree has none):
+/// how a mount keeps a plain part that changes after mount time (udev's `dev/dri`) current.
+pub fn refresh_plain(tree: &Tree, root: &Path, subtree: &str) -> Result<(), MaterializeError> {
+    let out = root.join(subtree);
+    match fs::remove_dir_all(&out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(MaterializeError::Io { path: out, source }),
+    }
+    if tree.lookup(subtree).is_some() {
+        materialize_subtree(tree, subtree, &out)?;
+    }
+    Ok(())
+}
+
 /// Writes the contents of `subtree` into `out`, leaving out every node for which `skip` returns
 /// true (given the path relative to `subtree`) together with everything below it.
 ///

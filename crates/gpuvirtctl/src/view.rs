@@ -32,6 +32,31 @@ pub struct GpuView {
     pub sriov_total_vfs: u32,
     pub sriov_num_vfs: u32,
     pub shard: Option<ShardView>,
+    /// The DRM nodes (Gpu's `Drm*` properties); left out when the GPU has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drm: Option<DrmView>,
+}
+
+/// A GPU's DRM nodes, `/dev/dri` paths; a by-path name is empty where udev made none.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DrmView {
+    pub card: String,
+    pub render_node: String,
+    pub card_by_path: String,
+    pub render_node_by_path: String,
+}
+
+impl DrmView {
+    /// The view of `p`'s DRM properties, `None` when every one is empty.
+    fn of(p: &api::GpuProps) -> Option<DrmView> {
+        let view = DrmView {
+            card: p.drm_card.clone(),
+            render_node: p.drm_render_node.clone(),
+            card_by_path: p.drm_card_by_path.clone(),
+            render_node_by_path: p.drm_render_node_by_path.clone(),
+        };
+        (!(view.card.is_empty() && view.render_node.is_empty())).then_some(view)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -140,6 +165,7 @@ impl Host {
             if let Some(p) = interfaces.gpu {
                 host.gpus.push(GpuView {
                     path: path.to_owned(),
+                    drm: DrmView::of(&p),
                     vendor_id: hex4(p.vendor_id),
                     device_id: hex4(p.device_id),
                     subsystem_vendor_id: hex4(p.subsystem_vendor_id),

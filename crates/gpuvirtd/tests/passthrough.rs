@@ -34,12 +34,16 @@ async fn workstation(vfio_loaded: bool) -> (SimHost, Bus, Gpuvirtd, zbus::Connec
 }
 
 async fn gpu_driver_property(conn: &zbus::Connection, address: &str) -> String {
+    gpu_string_property(conn, address, "Driver").await
+}
+
+async fn gpu_string_property(conn: &zbus::Connection, address: &str, name: &str) -> String {
     let reply = call(
         conn,
         &gpu_path(address),
         "org.freedesktop.DBus.Properties",
         "Get",
-        &(api::GPU_INTERFACE, "Driver"),
+        &(api::GPU_INTERFACE, name),
     )
     .await
     .unwrap();
@@ -54,6 +58,20 @@ async fn whole_slot_goes_to_vfio_and_back_as_jobs() {
     }
     let (host, _bus, d, conn) = workstation(true).await;
     let root = host.root().to_path_buf();
+    // On nouveau the card has its DRM nodes, udev's by-path names included.
+    let render_by_path = format!("/dev/dri/by-path/pci-{GPU}-render");
+    assert_eq!(
+        gpu_string_property(&conn, GPU, "DrmRenderNode").await,
+        "/dev/dri/renderD129"
+    );
+    assert_eq!(
+        gpu_string_property(&conn, GPU, "DrmRenderNodeByPath").await,
+        render_by_path
+    );
+    assert_eq!(
+        gpu_string_property(&conn, GPU, "DrmCard").await,
+        "/dev/dri/card1"
+    );
 
     // dry-run: the exact writes, no job, nothing touched.
     let (job, plan) = passthrough(
@@ -91,6 +109,19 @@ async fn whole_slot_goes_to_vfio_and_back_as_jobs() {
     assert!(!d.log().contains("done: done:"), "{}", d.log());
     // The tree was refreshed before the job finished.
     assert_eq!(gpu_driver_property(&conn, GPU).await, "vfio-pci");
+    // vfio-pci registers no DRM nodes: the card lost them, the iGPU kept its own.
+    for name in [
+        "DrmCard",
+        "DrmRenderNode",
+        "DrmCardByPath",
+        "DrmRenderNodeByPath",
+    ] {
+        assert_eq!(gpu_string_property(&conn, GPU, name).await, "", "{name}");
+    }
+    assert_eq!(
+        gpu_string_property(&conn, IGPU, "DrmRenderNode").await,
+        "/dev/dri/renderD128"
+    );
     let ledger = LedgerStore::new(host.dir.path().join("state"))
         .load()
         .unwrap();
@@ -140,6 +171,10 @@ async fn whole_slot_goes_to_vfio_and_back_as_jobs() {
     assert_eq!(driver(&root, GPU).as_deref(), Some("nouveau"));
     assert_eq!(driver(&root, AUDIO).as_deref(), Some("snd_hda_intel"));
     assert_eq!(gpu_driver_property(&conn, GPU).await, "nouveau");
+    assert_eq!(
+        gpu_string_property(&conn, GPU, "DrmRenderNodeByPath").await,
+        render_by_path
+    );
     let ledger = LedgerStore::new(host.dir.path().join("state"))
         .load()
         .unwrap();

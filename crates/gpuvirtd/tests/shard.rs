@@ -828,6 +828,7 @@ fn sriov_host() -> SimHost {
         override_only: false,
         modules_alias: true,
         sriov: true,
+        drm: gpuvirt_sim::fixture::DrmSupport::Render,
     });
     SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap())
 }

@@ -300,6 +300,11 @@ impl DeviceDir<'_, '_> {
         } else {
             None
         };
+        let drm = if self.has("drm") {
+            self.drm_nodes(address)?
+        } else {
+            None
+        };
 
         let ids = PciIds {
             vendor,
@@ -333,6 +338,7 @@ impl DeviceDir<'_, '_> {
             sriov,
             physfn,
             nvidia_vgpu,
+            drm,
         };
         Ok((function, known_class))
     }

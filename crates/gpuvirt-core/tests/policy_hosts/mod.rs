@@ -52,6 +52,7 @@ pub fn function(
         sriov: None,
         physfn: None,
         nvidia_vgpu: None,
+        drm: None,
     }
 }
 

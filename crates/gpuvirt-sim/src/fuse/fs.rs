@@ -1,5 +1,6 @@
 //! The FUSE request handlers: the `fuser::Filesystem` adapter serving a backend's `sys` subtree.
-//! May import: crate::backend, crate::socket, crate::tree; never fuse/mount.
+//! May import: crate::backend, crate::materialize, crate::socket, crate::tree; never
+//! fuse/mount.
 
 use std::ffi::OsStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,6 +14,7 @@ use fuser::{
 };
 
 use crate::backend::Backend;
+use crate::materialize::refresh_plain;
 use crate::socket::Broadcaster;
 use crate::tree::{Ino, Node, NodeKind, Tree};
 
@@ -38,8 +40,18 @@ pub fn lock_backend<B>(backend: &Mutex<B>) -> MutexGuard<'_, B> {
 pub(super) struct SimFs<B> {
     backend: Arc<Mutex<B>>,
     events: Arc<Broadcaster>,
+    /// The simulated root, whose plain parts (outside `sys`) a write may change.
+    root: std::path::PathBuf,
     /// Timestamp of every node (sysfs shows boot time for most files).
     epoch: SystemTime,
+}
+
+/// Copies the plain directories `backend` changed out under `root` again (a failure only
+/// leaves them stale, which the readers' checks against `sys` tolerate).
+pub(super) fn sync_plain<B: Backend>(backend: &mut B, root: &std::path::Path) {
+    for subtree in backend.take_plain_changes() {
+        let _ = refresh_plain(backend.tree(), root, subtree);
+    }
 }
 
 /// Runs a request handler, turning a panic into EIO for that request only: the reply is dropped
@@ -92,10 +104,15 @@ fn node_of(tree: &Tree, ino: INodeNo) -> Result<(InoMap, Ino, &Node), Errno> {
 
 impl<B: Backend> SimFs<B> {
     /// A server over `backend`; its nodes carry the time it was made.
-    pub(super) fn new(backend: Arc<Mutex<B>>, events: Arc<Broadcaster>) -> Self {
+    pub(super) fn new(
+        backend: Arc<Mutex<B>>,
+        events: Arc<Broadcaster>,
+        root: std::path::PathBuf,
+    ) -> Self {
         Self {
             backend,
             events,
+            root,
             epoch: SystemTime::now(),
         }
     }
@@ -382,6 +399,9 @@ impl<B: Backend> Filesystem for SimFs<B> {
             };
             let result = path.and_then(|path| backend.write(&path, data).map_err(errno));
             let events = backend.take_uevents();
+            // udev's part first, as udevd has made its links by the time a reader hears of the
+            // change. The plain parts are outside the mount: writing them under the lock is safe.
+            sync_plain(&mut *backend, &self.root);
             // Publishing under the backend lock keeps concurrent writers' events in seqnum
             // order; publish() only queues and never touches the mount, so this cannot deadlock.
             self.events.publish(&events);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
-use super::fs::{lock_backend, SimFs, FS_NAME, SYS};
+use super::fs::{lock_backend, sync_plain, SimFs, FS_NAME, SYS};
 use crate::backend::Backend;
 use crate::materialize::{materialize_filtered, MaterializeError};
 use crate::socket::{Broadcaster, SocketError};
@@ -83,7 +83,7 @@ impl<B: Backend> SimMount<B> {
         }
         std::fs::create_dir_all(&sys).map_err(prepare(&sys))?;
 
-        let fs = SimFs::new(Arc::clone(&backend), Arc::clone(&events));
+        let fs = SimFs::new(Arc::clone(&backend), Arc::clone(&events), root.clone());
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(FS_NAME.into()),
@@ -147,6 +147,7 @@ impl<B: Backend> SimMount<B> {
     pub fn publish_pending(&self) {
         let mut backend = lock_backend(&self.backend);
         let events = backend.take_uevents();
+        sync_plain(&mut *backend, &self.root);
         // Published under the backend lock so concurrent writers' events stay in seqnum order;
         // publish() never blocks, so this cannot stall the mount.
         self.events.publish(&events);

@@ -66,6 +66,7 @@ impl Kernel {
                 types: v.types.clone(),
             }),
             vgpu_current: None,
+            drm_minor: s.drm_minor,
         })
     }
 
@@ -120,6 +121,7 @@ impl Kernel {
             physfn: Some((pf_addr, index)),
             vgpu: None,
             vgpu_current: None,
+            drm_minor: None,
         };
         if self.iommu != IommuVendor::None {
             let g = self.alloc_group();

@@ -72,6 +72,7 @@ impl Kernel {
             seqnum: 1000,
             next_irq: 24,
             unloading: None,
+            dri_changed: false,
         };
         for spec in catalogue.drivers.iter().chain(&f.drivers) {
             k.add_driver(spec)?;
@@ -504,6 +505,7 @@ impl Kernel {
                     ids: d.ids,
                     driver: d.driver.clone(),
                     iommu_group: d.group,
+                    drm: self.drm_names(d),
                 },
             );
             if let Some(g) = d.group {

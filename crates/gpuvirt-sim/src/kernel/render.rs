@@ -319,6 +319,7 @@ impl Kernel {
             }
         }
         self.render_nvidia(a);
+        self.render_drm(a);
     }
 
     /// PCIe port type for the config space: root port, switch ports, or endpoint.
@@ -383,6 +384,7 @@ impl Kernel {
     /// Removes a device's directory and every link to it.
     pub(super) fn unrender_device(&mut self, d: &Device) {
         let a = d.addr;
+        self.unrender_drm(d);
         self.tree.remove(&d.path);
         self.tree.remove(&format!("sys/bus/pci/devices/{a}"));
         if let Some(drv) = &d.driver {

@@ -356,4 +356,12 @@ impl Backend for Kernel {
     fn take_uevents(&mut self) -> Vec<Uevent> {
         std::mem::take(&mut self.events)
     }
+
+    fn take_plain_changes(&mut self) -> Vec<&'static str> {
+        if self.take_dri_changed() {
+            vec!["dev/dri"]
+        } else {
+            Vec::new()
+        }
+    }
 }

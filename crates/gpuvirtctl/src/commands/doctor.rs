@@ -269,6 +269,7 @@ mod tests {
             sriov_total_vfs: 0,
             sriov_num_vfs: 0,
             shard: None,
+            drm: None,
         }
     }
 

@@ -78,6 +78,19 @@ fn print_show(g: &GpuView, host: &Host) -> Result<(), CliError> {
     kv("NUMA node", g.numa_node.to_string());
     kv("Reset methods", or_dash(&g.reset_methods.join(" ")));
     kv("Companions", or_dash(&g.companions.join(", ")));
+    if let Some(d) = &g.drm {
+        // The stable udev name beside the minor, which can change between boots.
+        let node = |path: &str, by_path: &str| match (path, by_path) {
+            ("", _) => "-".to_owned(),
+            (p, "") => p.to_owned(),
+            (p, b) => format!("{p} ({b})"),
+        };
+        kv("DRM card", node(&d.card, &d.card_by_path));
+        kv(
+            "DRM render node",
+            node(&d.render_node, &d.render_node_by_path),
+        );
+    }
     if !g.physical_function.is_empty() {
         kv("Physical function", g.physical_function.clone());
     }

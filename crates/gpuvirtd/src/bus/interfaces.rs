@@ -22,7 +22,7 @@ use crate::tree::{GpuProps, IommuGroupProps, MdevProps, ShardParentProps};
 macro_rules! read_only_interface {
     (
         $props:ident, $name:tt {
-            $( $field:ident : $ty:ty => $dbus:tt ),* $(,)?
+            $( $(#[$meta:meta])* $field:ident : $ty:ty => $dbus:tt ),* $(,)?
         }
         $(#[$doc:meta])*
         $iface:ident
@@ -66,6 +66,7 @@ macro_rules! read_only_interface {
         #[zbus::interface(name = $name)]
         impl $iface {
             $(
+                $(#[$meta])*
                 #[zbus(property(emits_changed_signal = "true"), name = $dbus)]
                 fn $field(&self) -> $ty {
                     self.props().$field.clone()

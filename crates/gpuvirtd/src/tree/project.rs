@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gpuvirt_api as api;
 use gpuvirt_api::TypeInfoWire;
-use gpuvirt_core::{Inventory, MdevParent, PciAddress, PciFunction};
+use gpuvirt_core::{DrmNodes, Inventory, MdevParent, PciAddress, PciFunction};
 use zbus::zvariant::OwnedObjectPath;
 
 use super::types::{
@@ -268,7 +268,19 @@ fn gpu_props(f: &PciFunction, companions: &[PciAddress]) -> GpuProps {
             .unwrap_or_default(),
         sriov_total_vfs: f.sriov.as_ref().map_or(0, |s| s.total_vfs),
         sriov_num_vfs: f.sriov.as_ref().map_or(0, |s| s.num_vfs),
+        drm_card: drm_path(f, |d| &d.card),
+        drm_render_node: drm_path(f, |d| &d.render),
+        drm_card_by_path: drm_path(f, |d| &d.card_by_path),
+        drm_render_node_by_path: drm_path(f, |d| &d.render_by_path),
     }
+}
+
+/// One of `f`'s DRM node paths, empty when it has none.
+fn drm_path(f: &PciFunction, which: impl Fn(&DrmNodes) -> &Option<String>) -> String {
+    f.drm
+        .as_ref()
+        .and_then(|d| which(d).clone())
+        .unwrap_or_default()
 }
 
 fn mdev_parent_props(inv: &Inventory, parent: &MdevParent) -> ShardParentProps {

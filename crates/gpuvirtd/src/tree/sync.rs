@@ -129,6 +129,7 @@ pub(super) fn same_function(a: &PciFunction, b: &PciFunction) -> bool {
         sriov,
         physfn,
         nvidia_vgpu,
+        drm,
     } = a;
     *address == b.address
         && *class == b.class
@@ -143,6 +144,7 @@ pub(super) fn same_function(a: &PciFunction, b: &PciFunction) -> bool {
         && sysfs_path.as_os_str() == b.sysfs_path.as_os_str()
         && *sriov == b.sriov
         && *nvidia_vgpu == b.nvidia_vgpu
+        && *drm == b.drm
         && *reset_methods == b.reset_methods
         && *kernel_modules == b.kernel_modules
         && *modalias == b.modalias

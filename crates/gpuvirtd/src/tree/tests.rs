@@ -41,6 +41,7 @@ pub fn function(addr: &str, class: u32, driver: Option<&str>, group: u32) -> Pci
         sriov: None,
         physfn: None,
         nvidia_vgpu: None,
+        drm: None,
     }
 }
 
@@ -433,7 +434,7 @@ fn served_part_leaves_out_what_no_object_shows() {
 fn same_function_agrees_with_eq() {
     let base = function("0000:41:00.0", 0x030200, Some("nvidia"), 66);
     type Edit = fn(&mut PciFunction);
-    let edits: [(&str, Edit); 19] = [
+    let edits: [(&str, Edit); 20] = [
         ("address", |f| f.address = "0000:42:00.0".parse().unwrap()),
         ("sysfs_path", |f| f.sysfs_path = "devices/x".into()),
         ("class", |f| f.class = 0x030000),
@@ -466,6 +467,12 @@ fn same_function_agrees_with_eq() {
             f.nvidia_vgpu = Some(NvidiaVfVgpu {
                 creatable_types: vec![],
                 current_type: None,
+            })
+        }),
+        ("drm", |f| {
+            f.drm = Some(gpuvirt_core::DrmNodes {
+                card: Some("/dev/dri/card0".into()),
+                ..Default::default()
             })
         }),
     ];

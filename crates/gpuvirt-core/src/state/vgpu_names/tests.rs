@@ -32,6 +32,7 @@ fn function(address: &str, device: u16, physfn: Option<&str>) -> PciFunction {
         sriov: None,
         physfn: physfn.map(|p| p.parse::<PciAddress>().unwrap()),
         nvidia_vgpu: None,
+        drm: None,
     }
 }
 
