@@ -16,6 +16,7 @@ PKGS=(
     libudev-dev pkg-config  # the udev crate links libudev
     umockdev libumockdev0 gir1.2-umockdev-1.0 python3-gi  # the umockdev test tier
     python3-dbusmock        # fake polkitd on the private bus (authorization tests)
+    libvirt-clients libxml2-utils  # virt-xml-validate + libvirt's schemas: golden <hostdev>s (lint tier)
 )
 
 . "$(dirname "$0")/as-root.sh" "$0" "$@"

@@ -98,7 +98,11 @@ install_packages() {
     # root). kmod: depmod here, modprobe in the guest. linux-headers-$KVER, make, gcc: the mdev
     # samples. xz-utils, cpio: unpack the source, pack the initramfs. dbus: the guest's private
     # bus. jq: the scenarios read the inventory JSON. python3: the QMP helper.
-    local need=(qemu-system-x86 udev kmod cpio xz-utils make gcc dbus jq python3 "linux-headers-$KVER")
+    # libvirt-daemon-system, libvirt-clients: libvirtd and virsh, run INSIDE the guest only (the
+    # libvirt scenario); libvirt-clients also ships virt-xml-validate, libvirt-daemon (pulled in)
+    # the RNG schemas in /usr/share/libvirt/schemas, libxml2-utils the xmllint it calls.
+    local need=(qemu-system-x86 udev kmod cpio xz-utils make gcc dbus jq python3 "linux-headers-$KVER"
+        libvirt-daemon-system libvirt-clients libxml2-utils)
     local missing=() p
     for p in "${need[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -107,8 +111,23 @@ install_packages() {
         [ "$(id -u)" = 0 ] || { echo "run-vm.sh: missing packages (${missing[*]}) and not root" >&2; return 1; }
         log "apt-get install ${missing[*]}"
         "${APT[@]}" update > "$CACHE/apt-update.log" 2>&1 || true
+        # The packages' maintainer scripts must not start services on THIS host (libvirtd,
+        # virtlogd, the default network): a policy-rc.d that denies every start (exit 101) is
+        # honoured by invoke-rc.d and deb-systemd-invoke. Docker images ship one; elsewhere one is
+        # put in place for the install and removed after it.
+        local policy=/usr/sbin/policy-rc.d own_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\n# run-vm.sh: no service starts during the VM tier package install\nexit 101\n' > "$policy"
+            chmod 0755 "$policy"; own_policy=1
+        fi
+        local install_rc=0
         DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends "${missing[@]}" \
-            > "$CACHE/apt-install.log" 2>&1 || { tail -20 "$CACHE/apt-install.log" >&2; return 1; }
+            > "$CACHE/apt-install.log" 2>&1 || install_rc=$?
+        [ "$own_policy" = 1 ] && rm -f "$policy"
+        [ "$install_rc" = 0 ] || { tail -20 "$CACHE/apt-install.log" >&2; return 1; }
+        if pgrep -x libvirtd >/dev/null || pgrep -x virtqemud >/dev/null; then
+            log "warning: a libvirt daemon runs on this host (not started by run-vm.sh; the tests use the guest's own)"
+        fi
     fi
     # Machines whose image ships a newer qemu-utils (10.x from bookworm-backports, not in the apt
     # sources) lose it when bookworm's qemu-system-x86 is installed: put qemu-img back, at the
