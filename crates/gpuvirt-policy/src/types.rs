@@ -126,6 +126,10 @@ pub enum RoleSettings {
     Passthrough {
         early: bool,
         early_method: EarlyMethod,
+        /// The card stays with the host until a VM that uses it starts: the libvirt hook
+        /// (or a manual AssignPassthrough/ReturnToHost) moves it, and the planner takes
+        /// either state as in policy.
+        on_demand: bool,
     },
     Shard(ShardSpec),
     Unmanaged,
