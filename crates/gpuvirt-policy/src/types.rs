@@ -183,6 +183,17 @@ impl GpuRule {
     pub fn role(&self) -> Role {
         self.settings.role()
     }
+
+    /// Whether the rule passes its cards through on demand (`on_demand = true`).
+    pub fn on_demand(&self) -> bool {
+        matches!(
+            self.settings,
+            RoleSettings::Passthrough {
+                on_demand: true,
+                ..
+            }
+        )
+    }
 }
 
 /// `[host]`: module blacklist and options written to modprobe.d (initramfs regenerated).
