@@ -59,7 +59,7 @@ cargo build -q "${profile_flag[@]}" -p gpuvirt-core --example inventory \
     || { echo "FAIL: vm tier: cargo build -p gpuvirt-core --example inventory"; exit 1; }
 # The daemon and the CLI are built when their packages have binaries; scenarios that need them
 # check for them and fail loudly when they are missing.
-for pkg in gpuvirtd gpuvirtctl; do
+for pkg in gpuvirtd gpuvirtctl gpuvirt-libvirt-hook; do
     cargo build -q "${profile_flag[@]}" -p "$pkg" --bins || { echo "FAIL: vm tier: cargo build -p $pkg"; exit 1; }
 done
 T_BUILD=$(since "$t")
