@@ -70,14 +70,18 @@ gpu_prop() { gv_prop "$(gv_gpu_path "$1")" "$GV_IF.Gpu" "$2"; }
 # start_domain NAME -- virsh start --paused; prints virsh's error on failure.
 start_domain() { local t0; t0=$(t_now); vsh start "$1" --paused > "$SCENARIO_OUT/start-$1.txt" 2>&1 && info "virsh start --paused $1 took $(elapsed "$t0")s"; }
 # firmware_buses DOMAIN SECONDS -- resume until the firmware has numbered every bridge, suspend.
+# Numbered means a secondary bus other than 0 (not yet) and 255 (SeaBIOS' temporary value while
+# it scans behind a bridge: seen once, mtty "behind bus 255"), the same on two reads in a row.
 firmware_buses() {
-    local end=$(( SECONDS + $2 ))
+    local end=$(( SECONDS + $2 )) last= now
     vsh resume "$1" >/dev/null || return 1
     while [ "$SECONDS" -lt "$end" ]; do
         vsh_pci "$1" > "$SCENARIO_OUT/pci-$1.json" 2>&1
-        if jq -e '[.[] | select(has("secondary"))] | length > 0 and all(.secondary != 0)' "$SCENARIO_OUT/pci-$1.json" >/dev/null 2>&1; then
+        now=$(jq -c '[.[] | select(has("secondary")) | [.secondary, .subordinate]]' "$SCENARIO_OUT/pci-$1.json" 2>/dev/null)
+        if jq -e 'length > 0 and all(.[0] != 0 and .[0] != 255)' <<<"$now" >/dev/null 2>&1 && [ "$now" = "$last" ]; then
             vsh suspend "$1" >/dev/null; return 0
         fi
+        last=$now
         sleep 0.5
     done
     vsh suspend "$1" >/dev/null; return 1
