@@ -134,6 +134,7 @@ macro_rules! manager_properties {
                 vfio_available: bool => "VfioAvailable",
                 mdev_available: bool => "MdevAvailable",
                 scan_warnings: Vec<String> => "ScanWarnings",
+                nvidia_vgpu_manager: String => "NvidiaVgpuManager",
                 policy_path: String => "PolicyPath",
                 policy_error: String => "PolicyError",
                 enforcement_mode: String => "EnforcementMode",

@@ -223,6 +223,8 @@ interface_proxies! {
         fn mdev_available(&self) -> zbus::Result<bool>;
         #[zbus(property)]
         fn scan_warnings(&self) -> zbus::Result<Vec<String>>;
+        #[zbus(property(emits_changed_signal = "false"))]
+        fn nvidia_vgpu_manager(&self) -> zbus::Result<String>;
         #[zbus(property)]
         fn policy_path(&self) -> zbus::Result<String>;
         #[zbus(property)]

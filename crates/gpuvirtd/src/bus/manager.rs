@@ -31,6 +31,8 @@ pub struct ManagerInterface {
     /// never wait for it (and never hold this interface's lock while waiting).
     pub lookup: watch::Receiver<Arc<Lookup>>,
     pub services: Arc<Services>,
+    /// The host root, for the one property read live (`NvidiaVgpuManager`).
+    pub root: gpuvirt_core::Root,
 }
 
 impl ManagerInterface {
@@ -385,6 +387,17 @@ impl ManagerInterface {
     #[zbus(property)]
     fn mdev_available(&self) -> bool {
         self.props().mdev_available
+    }
+
+    /// Whether NVIDIA's vGPU manager daemon runs, as the runbook checks it (`systemctl status
+    /// nvidia-vgpu-mgr`; read from the processes' names): `running`, `not-running`, or empty
+    /// when no NVIDIA driver is loaded. Read on each Get, so no change signal: a daemon start
+    /// is no device event.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn nvidia_vgpu_manager(&self) -> String {
+        gpuvirt_core::vgpu_manager::nvidia_vgpu_manager(&self.root)
+            .as_str()
+            .to_owned()
     }
 
     #[zbus(property)]
