@@ -10,6 +10,7 @@
 #   make check-docs           fails when docs/dbus-api.md is stale
 #   make deb                  packaging/build-deb.sh (cargo-deb, from this Makefile's file list)
 #   make list-files           prints every installed path (relative to DESTDIR), one a line
+#                             (files and the one symlink, the libvirt hook entry)
 #   PROFILE=dev               use the debug build (tests: no second, release compile)
 #
 # Files that services read only from fixed system directories (systemd units, udev rules,
@@ -17,13 +18,20 @@
 # polkitd never look under /usr/local/share. Fedora/RHEL: SYSTEMDUNITDIR=/usr/lib/systemd/system
 # UDEVRULESDIR=/usr/lib/udev/rules.d ZSHCOMPDIR=$(DATADIR)/zsh/site-functions.
 #
-# Nothing is ever installed to /etc: the policy (/etc/gpuvirt/policy.toml) is the operator's;
-# the annotated example goes to $(DOCDIR)/examples.
+# Nothing is installed to /etc but one program link: the policy (/etc/gpuvirt/policy.toml) is the
+# operator's, and the annotated example goes to $(DOCDIR)/examples. The exception is the libvirt
+# hook entry $(LIBVIRTHOOKDIR)/50-gpuvirt, a symlink to $(LIBEXECDIR)/gpuvirt-libvirt-hook:
+# libvirtd runs hooks only from /etc/libvirt/hooks/qemu.d (no /usr or /run directory exists for
+# them), and the entry is a link to a program, not configuration (the hook reads none; the
+# policy stays the operator's). Removing the entry disables the hook (libvirtd reads the
+# directory when it starts: restart it after installing or removing).
 
 PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec
+SYSCONFDIR ?= /etc
+LIBVIRTHOOKDIR ?= $(SYSCONFDIR)/libvirt/hooks/qemu.d
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 DOCDIR ?= $(DATADIR)/doc/gpuvirt
@@ -63,7 +71,7 @@ CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,--profile $(PR
 all: build gen
 
 build:
-	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd -p gpuvirt-libvirt-hook
 
 # Regenerated every time from the binaries just built: the clap definitions are the source.
 gen: build
@@ -78,10 +86,13 @@ install: all
 
 # ExecStart is rewritten to where the daemon really lands, whatever the unit in the tree says.
 install-files:
-	@test -x $(BUILDDIR)/gpuvirtd || { echo "make: $(BUILDDIR)/gpuvirtd is not built; run make first" >&2; exit 1; }
+	@for b in gpuvirtd gpuvirtctl gpuvirt-libvirt-hook; do test -x $(BUILDDIR)/$$b || { echo "make: $(BUILDDIR)/$$b is not built; run make first" >&2; exit 1; }; done
 	@test -d $(GENDIR)/man || { echo "make: $(GENDIR) is missing; run make first" >&2; exit 1; }
 	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtctl $(DESTDIR)$(BINDIR)/gpuvirtctl
 	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtd $(DESTDIR)$(LIBEXECDIR)/gpuvirtd
+	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirt-libvirt-hook $(DESTDIR)$(LIBEXECDIR)/gpuvirt-libvirt-hook
+	$(INSTALL) -d $(DESTDIR)$(LIBVIRTHOOKDIR)
+	ln -sfn $(LIBEXECDIR)/gpuvirt-libvirt-hook $(DESTDIR)$(LIBVIRTHOOKDIR)/50-gpuvirt
 	$(INSTALL) -d $(DESTDIR)$(SYSTEMDUNITDIR)
 	sed -E 's#^ExecStart=[^ ]*/gpuvirtd( |$$)#ExecStart=$(LIBEXECDIR)/gpuvirtd\1#' $(UNIT) > $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
 	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
@@ -105,6 +116,8 @@ list-files:
 	@printf '%s\n' \
 	  $(BINDIR)/gpuvirtctl \
 	  $(LIBEXECDIR)/gpuvirtd \
+	  $(LIBEXECDIR)/gpuvirt-libvirt-hook \
+	  $(LIBVIRTHOOKDIR)/50-gpuvirt \
 	  $(SYSTEMDUNITDIR)/gpuvirtd.service \
 	  $(addprefix $(DBUSDATADIR)/system.d/,$(notdir $(DBUS_CONF))) \
 	  $(addprefix $(DBUSDATADIR)/system-services/,$(notdir $(DBUS_SERVICE))) \

@@ -2,8 +2,8 @@
 # Builds the gpuvirt .deb with cargo-deb from the Makefile's own file list:
 #   1. make (release build, man pages, completions), unless GPUVIRT_DEB_NO_BUILD=1;
 #   2. make install-files DESTDIR=<stage> PREFIX=/usr (the Debian layout);
-#   3. a throwaway cargo-deb manifest whose assets are exactly the staged files (man pages
-#      gzipped, as Debian policy wants), with packaging/debian/{postinst,prerm,postrm};
+#   3. a throwaway cargo-deb manifest whose assets are exactly the staged files and symlinks (man
+#      pages gzipped, as Debian policy wants), with packaging/debian/{postinst,prerm,postrm};
 #   4. cargo deb --no-build  ->  target/debian/gpuvirt_<version>_<arch>.deb (path printed last).
 # So the package can never miss a file `make install` places, nor ship one it does not.
 # Needs cargo-deb (CARGO_DEB_VERSION below): cargo install cargo-deb --version $CARGO_DEB_VERSION --locked
@@ -28,7 +28,8 @@ rm -rf "$STAGE" "$PKGDIR"
 make -s install-files DESTDIR="$STAGE" PREFIX=/usr >/dev/null
 # Debian ships debug info in -dbgsym packages, not in the binaries (release builds keep
 # debug = 1 for profiling: ~130 MB unstripped, and minutes of xz).
-strip --strip-debug "$STAGE/usr/bin/gpuvirtctl" "$STAGE/usr/libexec/gpuvirtd"
+strip --strip-debug "$STAGE/usr/bin/gpuvirtctl" "$STAGE/usr/libexec/gpuvirtd" \
+    "$STAGE/usr/libexec/gpuvirt-libvirt-hook"
 # Debian policy: man pages compressed, reproducibly (-n: no name or time stamp).
 find "$STAGE/usr/share/man" -type f -name '*.[0-9]' -exec gzip -9nf {} +
 
@@ -69,7 +70,9 @@ extended-description = """\\
 gpuvirtd is a root daemon that keeps a live inventory of the host's GPUs, their IOMMU groups, \\
 SR-IOV functions, vGPU types and mediated devices, applies a declarative device policy \\
 (host, passthrough to vfio-pci, or sharding into vGPUs) and serves it all on the D-Bus system \\
-bus with polkit authorization. gpuvirtctl is its command-line client."""
+bus with polkit authorization. gpuvirtctl is its command-line client; gpuvirt-libvirt-hook \\
+(/etc/libvirt/hooks/qemu.d/50-gpuvirt) readies a domain's vGPUs and on-demand cards when \\
+libvirt starts it."""
 maintainer-scripts = "$scripts_abs"
 assets = [
 EOF
@@ -77,6 +80,13 @@ EOF
         rel=${f#./}
         mode=$(stat -c %a "$STAGE/$rel")
         printf '    ["%s/%s", "%s", "%s"],\n' "$stage_rel" "$rel" "$rel" "$mode"
+    done
+    # Symlinks (the libvirt hook entry) are created in the package as they are in the stage,
+    # pointing at the installed path (dangling in the stage, so not read as a file). Under /etc
+    # cargo-deb makes it a conffile: dpkg then keeps an operator's removal across upgrades.
+    (cd "$STAGE" && find . -type l | LC_ALL=C sort) | while read -r f; do
+        rel=${f#./}
+        printf '    { dest = "%s", link_name = "%s" },\n' "$rel" "$(readlink "$STAGE/$rel")"
     done
     echo "]"
 } > "$PKGDIR/Cargo.toml"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installation test: `make install` into a DESTDIR (Debian layout and the /usr/local default),
 # every expected file present and nothing unexpected, the unit's ExecStart pointing at the
-# installed daemon, `systemd-analyze verify` on the installed unit, man pages that render,
+# installed daemon, the libvirt hook entry (the one path under /etc) a link to the installed hook, `systemd-analyze verify` on the installed unit, man pages that render,
 # completions that load, docs/dbus-api.md not stale, `make uninstall` clean, and the .deb built
 # by packaging/build-deb.sh listing every installed file (`dpkg-deb -c`).
 #
@@ -37,6 +37,7 @@ mapfile -t subcommands < <("$bin_dir/gpuvirtctl" --help |
 expected=(
     usr/bin/gpuvirtctl
     usr/libexec/gpuvirtd
+    usr/libexec/gpuvirt-libvirt-hook
     lib/systemd/system/gpuvirtd.service
     usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf
     usr/share/dbus-1/system-services/org.gpuvirt.GpuVirt1.service
@@ -69,22 +70,35 @@ for f in "${expected[@]}"; do
     [ -f "$root/$f" ] || fail "missing after install: /$f"
 done
 ok "${#expected[@]} expected files present (${#subcommands[@]} subcommand pages: ${subcommands[*]})"
-[ ! -e "$root/etc" ] && ok "nothing installed under /etc" || fail "install wrote under /etc: $(find "$root/etc" | head -5)"
+# The libvirt hook entry: a link (absolute, as Debian wants across top-level directories) to
+# the installed hook, and the only thing under /etc.
+hook_entry=etc/libvirt/hooks/qemu.d/50-gpuvirt
+check_hook_entry() { # <root> <libexecdir>: the entry under <root> links to <libexecdir>/gpuvirt-libvirt-hook
+    local link
+    link=$(readlink "$1/$hook_entry" 2>/dev/null) || { fail "no symlink /$hook_entry under $1"; return; }
+    [ "$link" = "$2/gpuvirt-libvirt-hook" ] || { fail "/$hook_entry -> '$link', want $2/gpuvirt-libvirt-hook"; return; }
+    [ -f "$1$link" ] && [ -x "$1$link" ] || { fail "/$hook_entry -> $link, which is not an installed executable"; return; }
+    ok "/$hook_entry -> $link (installed, executable)"
+}
+check_hook_entry "$root" /usr/libexec
+others=$(cd "$root" && find etc ! -type d ! -path "$hook_entry" 2>/dev/null)
+[ -z "$others" ] && ok "nothing else installed under /etc" || fail "install wrote under /etc: $(echo "$others" | head -5)"
 
 # The installed tree is exactly `make list-files` (what uninstall removes and the .deb ships).
-(cd "$root" && find . -type f | sed 's|^\./||' | LC_ALL=C sort) > "$tmp/installed"
+(cd "$root" && find . \( -type f -o -type l \) | sed 's|^\./||' | LC_ALL=C sort) > "$tmp/installed"
 make -s list-files PREFIX=/usr | sed 's|^/||' | LC_ALL=C sort > "$tmp/listed"
 if diff -u "$tmp/listed" "$tmp/installed" > "$tmp/list.diff"; then
     ok "installed tree == make list-files ($(wc -l < "$tmp/installed") files)"
 else
     fail "installed tree differs from make list-files:"; cat "$tmp/list.diff" >&2
 fi
-for f in usr/bin/gpuvirtctl usr/libexec/gpuvirtd; do
+for f in usr/bin/gpuvirtctl usr/libexec/gpuvirtd usr/libexec/gpuvirt-libvirt-hook; do
     [ -x "$root/$f" ] || fail "/$f is not executable"
 done
 find "$root" -type f ! -path '*/usr/bin/*' ! -path '*/libexec/*' -perm /111 | grep . && fail "data files installed executable"
 "$root/usr/bin/gpuvirtctl" --version | grep "^gpuvirtctl " >/dev/null || fail "installed gpuvirtctl --version"
 "$root/usr/libexec/gpuvirtd" --version | grep "^gpuvirtd " >/dev/null || fail "installed gpuvirtd --version"
+"$root/usr/libexec/gpuvirt-libvirt-hook" --version | grep "^gpuvirt-libvirt-hook " >/dev/null || fail "installed gpuvirt-libvirt-hook --version"
 
 echo "--- systemd unit"
 unit=$root/lib/systemd/system/gpuvirtd.service
@@ -172,11 +186,13 @@ grep -q '^ExecStart=/usr/local/libexec/gpuvirtd ' "$local_root/usr/local/lib/sys
     && [ -x "$local_root/usr/local/libexec/gpuvirtd" ] && [ -x "$local_root/usr/local/bin/gpuvirtctl" ] \
     && ok "PREFIX=/usr/local: binaries under /usr/local, ExecStart follows" \
     || fail "PREFIX=/usr/local: ExecStart or binaries misplaced"
+# libvirtd looks only in /etc/libvirt/hooks, whatever the prefix; the link follows LIBEXECDIR.
+check_hook_entry "$local_root" /usr/local/libexec
 # Services read these only from system directories, whatever the prefix.
 [ -f "$local_root/usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf" ] && [ -f "$local_root/lib/udev/rules.d/70-gpuvirt.rules" ] \
     || fail "PREFIX=/usr/local: D-Bus conf or udev rule not where dbus-daemon/udev look"
 make -s uninstall DESTDIR="$local_root" >/dev/null
-left=$(find "$local_root" -type f)
+left=$(find "$local_root" \( -type f -o -type l \))
 [ -z "$left" ] && ok "make uninstall removes every installed file" || { fail "make uninstall left files:"; echo "$left" >&2; }
 
 echo "--- Debian package (cargo-deb $CARGO_DEB_VERSION)"
@@ -209,7 +225,14 @@ else
                 fail "dpkg-deb -c differs from make list-files:"; cat "$tmp/deb.diff" >&2
             fi
             dpkg-deb -c "$deb" | grep ' ./lib/systemd/system/gpuvirtd.service$' >/dev/null || fail ".deb lacks the unit"
+            dpkg-deb -c "$deb" | grep "^l.* \./$hook_entry -> /usr/libexec/gpuvirt-libvirt-hook\$" >/dev/null \
+                && ok ".deb: /$hook_entry -> /usr/libexec/gpuvirt-libvirt-hook" \
+                || fail ".deb lacks the symlink /$hook_entry -> /usr/libexec/gpuvirt-libvirt-hook"
+            dpkg-deb -I "$deb" conffiles 2>/dev/null | grep -qx "/$hook_entry" \
+                && ok ".deb: /$hook_entry is a conffile (an operator's removal survives upgrades)" \
+                || fail ".deb: /$hook_entry is not in conffiles"
             dpkg-deb -x "$deb" "$tmp/deb-root"
+            check_hook_entry "$tmp/deb-root" /usr/libexec
             grep -q '^ExecStart=/usr/libexec/gpuvirtd ' "$tmp/deb-root/lib/systemd/system/gpuvirtd.service" \
                 || fail ".deb unit's ExecStart is not /usr/libexec/gpuvirtd"
             for s in postinst prerm postrm; do

@@ -40,6 +40,11 @@ macro_rules! gpu_properties {
                 state: String => "State",
                 role: String => "Role",
                 policy_rule: String => "PolicyRule",
+                /// Whether the governing rule passes the card through on demand
+                /// (`on_demand = true`): it stays with the host until a VM that uses it starts,
+                /// and AssignPassthrough/ReturnToHost are allowed on it (the libvirt hook calls
+                /// them at the domain's prepare and release); false otherwise and with no policy.
+                on_demand: bool => "OnDemand",
                 physical_function: String => "PhysicalFunction",
                 virtual_functions: Vec<String> => "VirtualFunctions",
                 sriov_total_vfs: u32 => "SriovTotalVfs",

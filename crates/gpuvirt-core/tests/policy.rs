@@ -217,7 +217,8 @@ fn the_commented_passthrough_rule_is_valid_when_uncommented() {
         pool.settings,
         RoleSettings::Passthrough {
             early: true,
-            early_method: EarlyMethod::DriverOverride
+            early_method: EarlyMethod::DriverOverride,
+            on_demand: false,
         }
     );
     assert_eq!(pool.matcher.vendor, Some(0x10de));
@@ -317,4 +318,41 @@ fn matching_by_driver_uses_the_driver_gpuvirt_found() {
     inv.modules.vfio_pci = true;
     hosts::finish(&mut inv);
     assert!(plan(&policy, &inv, &state).is_empty());
+}
+
+#[test]
+fn an_on_demand_card_is_in_policy_on_its_host_driver_and_on_vfio_pci() {
+    let text = "version = 1\n[[gpu]]\nname = \"vm-card\"\nmatch = { address = \"0000:01:00.0\" }\nrole = \"passthrough\"\non_demand = true\n";
+    let policy = Policy::parse(text, "p.toml").unwrap();
+    assert_eq!(
+        policy.rules[0].settings,
+        RoleSettings::Passthrough {
+            early: false,
+            early_method: EarlyMethod::DriverOverride,
+            on_demand: true,
+        }
+    );
+    let mut inv = hosts::workstation();
+    let dgpu = hosts::addr(hosts::DGPU);
+    let mut state = PlanState::default();
+    // On its host driver: nothing to bind (without on_demand the plan binds the slot).
+    let planned = plan(&policy, &inv, &state);
+    assert!(planned.is_empty(), "{}", planned.render());
+    let eager = Policy::parse(&text.replace("on_demand = true\n", ""), "p.toml").unwrap();
+    assert!(!plan(&eager, &inv, &state).actions.is_empty());
+    // Assigned by hand (the hook's AssignPassthrough): nothing to return either.
+    for f in [dgpu, hosts::addr(hosts::DGPU_AUDIO)] {
+        let original = inv.functions[&f].driver.clone();
+        state.original_drivers.insert(f, original);
+        inv.functions.get_mut(&f).unwrap().driver = Some("vfio-pci".into());
+    }
+    inv.modules.vfio_pci = true;
+    hosts::finish(&mut inv);
+    let planned = plan(&policy, &inv, &state);
+    assert!(planned.is_empty(), "{}", planned.render());
+    assert!(
+        gpuvirt_core::plan::boot_wants(&policy, &inv, &state.original_drivers)
+            .early
+            .is_empty()
+    );
 }

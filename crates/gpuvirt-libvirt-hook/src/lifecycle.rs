@@ -171,12 +171,6 @@ fn card_refusal(card: &Card<'_>, functions: &[&PciHostdev], off_vfio: &[String])
     }
 }
 
-/// Whether the card's policy rule lets the hook move it (`on_demand = true`). The Gpu object
-/// does not say so yet: until it does, no card is.
-fn on_demand(_gpu: &api::GpuProps) -> bool {
-    false
-}
-
 /// Checks the domain's PCI hostdevs; the cards to assign (on-demand ones) are checked with a
 /// dry run, which names boot-VGA, IOMMU-group and holder problems.
 async fn pci_steps(
@@ -217,7 +211,9 @@ async fn pci_steps(
             continue;
         }
         let address = card.gpu.pci_address.clone();
-        if on_demand(card.gpu) {
+        // The card's passthrough rule says on_demand = true (gpuvirtd then allows
+        // AssignPassthrough and ReturnToHost on it).
+        if card.gpu.on_demand {
             match daemon.assign(&card.path, &address, true).await {
                 Ok(()) => steps.push(Step::AssignCard {
                     path: card.path.clone(),

@@ -126,6 +126,10 @@ pub enum RoleSettings {
     Passthrough {
         early: bool,
         early_method: EarlyMethod,
+        /// The card stays with the host until a VM that uses it starts: the libvirt hook
+        /// (or a manual AssignPassthrough/ReturnToHost) moves it, and the planner takes
+        /// either state as in policy.
+        on_demand: bool,
     },
     Shard(ShardSpec),
     Unmanaged,
@@ -178,6 +182,17 @@ pub struct GpuRule {
 impl GpuRule {
     pub fn role(&self) -> Role {
         self.settings.role()
+    }
+
+    /// Whether the rule passes its cards through on demand (`on_demand = true`).
+    pub fn on_demand(&self) -> bool {
+        matches!(
+            self.settings,
+            RoleSettings::Passthrough {
+                on_demand: true,
+                ..
+            }
+        )
     }
 }
 

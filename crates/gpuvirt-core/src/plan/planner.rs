@@ -103,10 +103,16 @@ impl<'a> Planner<'a> {
         }
         match &rule.settings {
             RoleSettings::Unmanaged => {}
+            // On the host or on vfio-pci, both in policy: the libvirt hook (or a manual
+            // AssignPassthrough/ReturnToHost) moves the card when a VM needs it.
+            RoleSettings::Passthrough {
+                on_demand: true, ..
+            } => {}
             RoleSettings::Host => self.host(a.gpu, Some(rule)),
             RoleSettings::Passthrough {
                 early,
                 early_method,
+                ..
             } => {
                 if self.passthrough(a.gpu, rule) && *early {
                     let functions = self

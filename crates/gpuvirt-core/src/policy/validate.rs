@@ -39,6 +39,7 @@ pub(super) fn validate(policy: &Policy, inventory: &Inventory) -> Vec<PolicyDiag
         if let RoleSettings::Passthrough {
             early: true,
             early_method: EarlyMethod::Modprobe,
+            ..
         } = rule.settings
         {
             // vfio-pci's ids= option binds every card with those ids, not just this rule's.

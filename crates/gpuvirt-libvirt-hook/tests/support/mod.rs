@@ -112,6 +112,13 @@ impl SimHost {
         self.mount.root()
     }
 
+    /// Changes the simulated kernel (loads a module, say) and publishes what it emitted.
+    pub fn with_kernel_mut<R>(&self, f: impl FnOnce(&mut Kernel) -> R) -> R {
+        let r = f(&mut gpuvirt_sim::fuse::lock_backend(self.mount.backend()));
+        self.mount.publish_pending();
+        r
+    }
+
     pub fn mdev_exists(&self, uuid: &str) -> bool {
         self.root()
             .join(format!("sys/bus/mdev/devices/{uuid}"))

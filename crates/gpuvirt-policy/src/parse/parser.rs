@@ -16,6 +16,7 @@ pub(super) const RULE_KEYS: &[&str] = &[
     "match",
     "role",
     "early",
+    "on_demand",
     "early_method",
     "shard",
     "allow_boot_vga",

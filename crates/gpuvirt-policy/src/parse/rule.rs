@@ -117,6 +117,8 @@ impl Parser {
                 None => None,
             }
         });
+        let on_demand = self.get(table, prefix, "on_demand");
+        let on_demand_value = on_demand.as_ref().and_then(|f| self.boolean(f));
         let shard = self.get(table, prefix, "shard");
         let shard_value = shard
             .as_ref()
@@ -128,7 +130,7 @@ impl Parser {
         // Settings that belong to another role are mistakes, not silently ignored.
         if let Some(role) = role {
             if role != Role::Passthrough {
-                for found in [&early, &early_method].into_iter().flatten() {
+                for found in [&early, &early_method, &on_demand].into_iter().flatten() {
                     self.error_at(
                         found.span.clone(),
                         &found.path,
@@ -165,6 +167,37 @@ impl Parser {
                     Some("shard = { type = \"GRID V100-8C\", count = 2 }".into()),
                 );
             }
+            // On demand, the card stays with the host until a VM takes it: keeping host
+            // drivers off it from boot contradicts that.
+            if role == Role::Passthrough
+                && on_demand_value == Some(true)
+                && early_value == Some(true)
+            {
+                if let Some(found) = &early {
+                    self.error_at(
+                        found.span.clone(),
+                        &found.path,
+                        "`early = true` contradicts on_demand = true: an on-demand card stays \
+                         with the host until a VM that uses it starts"
+                            .into(),
+                        Some("one of early = true, on_demand = true".into()),
+                    );
+                }
+            }
+            // The hook assigns an on-demand card with gpuvirtd's AssignPassthrough, which
+            // never takes the boot GPU: the allowance would promise what no one does.
+            if role == Role::Passthrough && on_demand_value == Some(true) {
+                if let Some(found) = &allow_boot_vga {
+                    self.warn_at(
+                        found.span.clone(),
+                        &found.path,
+                        "`allow_boot_vga` has no effect with on_demand = true: the libvirt \
+                         hook assigns with AssignPassthrough, which never takes the boot GPU"
+                            .into(),
+                        None,
+                    );
+                }
+            }
             if role == Role::Passthrough && early_value != Some(true) {
                 if let (Some(found), Some(_)) = (&early_method, early_method_value) {
                     self.warn_at(
@@ -185,6 +218,7 @@ impl Parser {
             Role::Passthrough => RoleSettings::Passthrough {
                 early: early_value.unwrap_or(false),
                 early_method: early_method_value.unwrap_or_default(),
+                on_demand: on_demand_value.unwrap_or(false),
             },
             Role::Shard => RoleSettings::Shard(shard_value?),
         };
@@ -401,7 +435,7 @@ impl Parser {
 
 pub(super) fn role_keys(role: Role) -> &'static str {
     match role {
-        Role::Passthrough => "name, match, role, early, early_method, allow_boot_vga",
+        Role::Passthrough => "name, match, role, early, early_method, on_demand, allow_boot_vga",
         Role::Shard => "name, match, role, shard",
         Role::Host | Role::Unmanaged => "name, match, role",
     }

@@ -101,7 +101,7 @@ async fn card_and_facts(
     let (card, view) = runner
         .actor()
         .check(
-            vec![ManualSubject::Pci(address)],
+            vec![ManualSubject::Slot(address)],
             snapshot.ledger().original_drivers(),
             Some(Box::new(move |inv| {
                 card_of(inv, address)

@@ -1,9 +1,11 @@
 //! Manual operations against the policy: a card the policy manages (any role but
-//! `unmanaged`) is refused to the mutating API, naming the rule and the way out.
+//! `unmanaged`) is refused to the mutating API, naming the rule and the way out; a card whose
+//! passthrough rule says `on_demand = true` may still be moved whole (AssignPassthrough,
+//! ReturnToHost: what the libvirt hook does when a VM starts and stops).
 //! May import: policy/runtime.rs, crate::error.
 
 use gpuvirt_core::policy::matching::OriginalDrivers;
-use gpuvirt_core::policy::{PolicyOnHost, Role};
+use gpuvirt_core::policy::{Assignment, Policy, PolicyOnHost, Role};
 use gpuvirt_core::{Inventory, PciAddress};
 
 use super::runtime::PolicyRuntime;
@@ -27,8 +29,10 @@ pub struct PolicyViolation {
 /// What a manual operation touches; the card behind it is looked up in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManualSubject {
-    /// Any PCI function of a card (the GPU, a companion function, a VF).
-    Pci(PciAddress),
+    /// A function of a card (the GPU, a companion function) whose whole slot goes to
+    /// vfio-pci or back (AssignPassthrough, ReturnToHost): allowed also where the card's
+    /// passthrough rule says `on_demand = true`.
+    Slot(PciAddress),
     /// An mdev parent by its `mdev_bus` name (a PCI address for PCI parents).
     MdevParent(String),
     /// An active mdev: its parent's card.
@@ -46,7 +50,7 @@ impl ManualSubject {
                 .or_else(|| name.parse().ok())
         };
         match self {
-            ManualSubject::Pci(a) => Some(*a),
+            ManualSubject::Slot(a) => Some(*a),
             ManualSubject::MdevParent(name) => parent(name),
             ManualSubject::Mdev(u) => inv.mdevs.get(u).and_then(|m| parent(&m.parent)),
         }
@@ -59,29 +63,43 @@ impl From<PolicyViolation> for OpError {
     }
 }
 
+/// Whether the card's governing rule passes it through on demand; rules in conflict leave the
+/// card as it is, to the policy and to hands alike.
+pub(super) fn on_demand(policy: &Policy, a: &Assignment) -> bool {
+    !a.in_conflict() && a.rule.is_some_and(|i| policy.rules[i].on_demand())
+}
+
 /// Refuses a manual operation on `address` (a GPU, a companion function, a VF or an mdev
-/// parent's PCI address) when the policy manages the card, naming the rule. `originals` is
-/// what the ledger the operation read records (the one read it makes).
+/// parent's PCI address) when the policy manages the card, naming the rule; with `slot`, a
+/// card whose rule passes it through on demand is allowed. `originals` is what the ledger the
+/// operation read records (the one read it makes).
 fn check_manual(
     rt: &PolicyRuntime,
     inv: &Inventory,
     originals: &OriginalDrivers,
     address: PciAddress,
+    slot: bool,
 ) -> Result<(), PolicyViolation> {
     let Some(policy) = &rt.policy else {
         return Ok(());
     };
-    match policy.assignment_for(inv, originals, address) {
-        Some(a) if a.role != Role::Unmanaged => Err(PolicyViolation {
-            address,
-            rule: a
-                .rule_name
-                .unwrap_or_else(|| format!("default_role = \"{}\"", a.role)),
-            role: a.role,
-            file: rt.path.display().to_string(),
-        }),
-        _ => Ok(()),
+    let Some(a) = policy.assignment_for(inv, originals, address) else {
+        return Ok(());
+    };
+    if a.role == Role::Unmanaged {
+        return Ok(());
     }
+    if slot && on_demand(policy, &a) {
+        return Ok(());
+    }
+    Err(PolicyViolation {
+        address,
+        rule: a
+            .rule_name
+            .unwrap_or_else(|| format!("default_role = \"{}\"", a.role)),
+        role: a.role,
+        file: rt.path.display().to_string(),
+    })
 }
 
 /// [`check_manual`] for every subject a mutating method touches; with no runtime (the daemon
@@ -95,8 +113,11 @@ pub fn check_manual_subjects(
     let Some(rt) = rt else {
         return Ok(());
     };
-    for address in subjects.iter().filter_map(|s| s.address(inv)) {
-        check_manual(rt, inv, originals, address)?;
+    for subject in subjects {
+        if let Some(address) = subject.address(inv) {
+            let slot = matches!(subject, ManualSubject::Slot(_));
+            check_manual(rt, inv, originals, address, slot)?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The policy's served properties: the Manager's policy half (reboot reasons included) and
-//! each GPU's `Role`/`PolicyRule`, published through the [`PolicyHost`].
-//! May import: policy/host.rs, policy/runtime.rs, crate::tree.
+//! each GPU's `Role`/`PolicyRule`/`OnDemand`, published through the [`PolicyHost`].
+//! May import: policy/host.rs, policy/manual.rs, policy/runtime.rs, crate::tree.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,7 @@ use gpuvirt_core::reboot::{self, read_boot_id, BootChangeStore, BootChanges, Boo
 use gpuvirt_core::{Inventory, PciAddress};
 
 use super::host::PolicyHost;
+use super::manual::on_demand;
 use super::runtime::PolicyRuntime;
 use crate::tree::PolicyFacts;
 
@@ -24,11 +25,13 @@ pub(super) fn gpu_facts(rt: &PolicyRuntime, inv: &Inventory) -> BTreeMap<PciAddr
         .keys()
         .filter_map(|&address| {
             let a = policy.assignment_for(inv, &originals, address)?;
+            let on_demand = on_demand(policy, &a);
             Some((
                 address,
                 PolicyFacts {
                     role: a.role.as_str().to_owned(),
                     rule: a.rule_name.unwrap_or_default(),
+                    on_demand,
                 },
             ))
         })

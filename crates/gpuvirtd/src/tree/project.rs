@@ -20,11 +20,14 @@ pub(super) fn with_policy_facts(spec: &mut ObjectSpec, facts: Option<&PolicyFact
     let Some(gpu) = spec.gpu.as_mut() else {
         return;
     };
-    let (role, rule) = facts.map_or(("", ""), |f| (f.role.as_str(), f.rule.as_str()));
-    if gpu.role != role || gpu.policy_rule != rule {
+    let (role, rule, on_demand) = facts.map_or(("", "", false), |f| {
+        (f.role.as_str(), f.rule.as_str(), f.on_demand)
+    });
+    if gpu.role != role || gpu.policy_rule != rule || gpu.on_demand != on_demand {
         let props = Arc::make_mut(gpu);
         props.role = role.to_owned();
         props.policy_rule = rule.to_owned();
+        props.on_demand = on_demand;
     }
 }
 
@@ -260,6 +263,7 @@ fn gpu_props(f: &PciFunction, companions: &[PciAddress]) -> GpuProps {
         // The policy's verdict, filled in by `with_policy_facts`.
         role: String::new(),
         policy_rule: String::new(),
+        on_demand: false,
         physical_function: f.physfn.map(|a| a.to_string()).unwrap_or_default(),
         virtual_functions: f
             .sriov

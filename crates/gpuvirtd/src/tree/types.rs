@@ -123,6 +123,8 @@ pub struct PolicyFacts {
     pub role: String,
     /// The governing rule's name; "" when the policy's default role applies.
     pub rule: String,
+    /// The governing rule passes the card through on demand (and no other rule disagrees).
+    pub on_demand: bool,
 }
 
 /// One interface's properties, tagged with which interface it is.
