@@ -45,6 +45,11 @@ macro_rules! gpu_properties {
                 /// and AssignPassthrough/ReturnToHost are allowed on it (the libvirt hook calls
                 /// them at the domain's prepare and release); false otherwise and with no policy.
                 on_demand: bool => "OnDemand",
+                /// Who writes to the card, from its governing rule's `owner`: `gpuvirt`, or an
+                /// engine that manages it itself (`kubevirt`, `nova`, `proxmox`, `external`),
+                /// in which case gpuvirt only observes it and refuses every manual operation
+                /// with PolicyViolation naming the owner; empty with no policy in force.
+                owner: String => "Owner",
                 physical_function: String => "PhysicalFunction",
                 virtual_functions: Vec<String> => "VirtualFunctions",
                 sriov_total_vfs: u32 => "SriovTotalVfs",

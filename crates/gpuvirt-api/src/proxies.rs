@@ -305,6 +305,8 @@ interface_proxies! {
         #[zbus(property)]
         fn on_demand(&self) -> zbus::Result<bool>;
         #[zbus(property)]
+        fn owner(&self) -> zbus::Result<String>;
+        #[zbus(property)]
         fn physical_function(&self) -> zbus::Result<String>;
         #[zbus(property)]
         fn virtual_functions(&self) -> zbus::Result<Vec<String>>;

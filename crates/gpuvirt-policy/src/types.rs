@@ -167,6 +167,57 @@ impl Match {
     }
 }
 
+/// Who writes to a card (`owner`). One writer per device: an engine that manages cards itself
+/// (KubeVirt's own mdev configuration, Nova's `create_mdev`, Proxmox's VM start) and gpuvirt
+/// both binding drivers or creating mdevs on one card is how their worst bugs happen, so a
+/// card another engine owns is only observed and reported by gpuvirt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// gpuvirt: the rule's role applies (the default).
+    #[default]
+    Gpuvirt,
+    Kubevirt,
+    Nova,
+    Proxmox,
+    /// Any other engine or person.
+    External,
+}
+
+impl Owner {
+    pub const ALL: [Owner; 5] = [
+        Owner::Gpuvirt,
+        Owner::Kubevirt,
+        Owner::Nova,
+        Owner::Proxmox,
+        Owner::External,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Owner::Gpuvirt => "gpuvirt",
+            Owner::Kubevirt => "kubevirt",
+            Owner::Nova => "nova",
+            Owner::Proxmox => "proxmox",
+            Owner::External => "external",
+        }
+    }
+
+    pub fn is_gpuvirt(&self) -> bool {
+        *self == Owner::Gpuvirt
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Owner> {
+        Owner::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One `[[gpu]]` rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GpuRule {
@@ -177,6 +228,9 @@ pub struct GpuRule {
     pub settings: RoleSettings,
     /// Interlock allowance: passing through the boot/console GPU.
     pub allow_boot_vga: bool,
+    /// Who writes to the matched cards; another engine's cards have role `unmanaged`.
+    #[serde(skip_serializing_if = "Owner::is_gpuvirt")]
+    pub owner: Owner,
 }
 
 impl GpuRule {

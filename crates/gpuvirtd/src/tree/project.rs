@@ -20,14 +20,24 @@ pub(super) fn with_policy_facts(spec: &mut ObjectSpec, facts: Option<&PolicyFact
     let Some(gpu) = spec.gpu.as_mut() else {
         return;
     };
-    let (role, rule, on_demand) = facts.map_or(("", "", false), |f| {
-        (f.role.as_str(), f.rule.as_str(), f.on_demand)
+    let (role, rule, on_demand, owner) = facts.map_or(("", "", false, ""), |f| {
+        (
+            f.role.as_str(),
+            f.rule.as_str(),
+            f.on_demand,
+            f.owner.as_str(),
+        )
     });
-    if gpu.role != role || gpu.policy_rule != rule || gpu.on_demand != on_demand {
+    if gpu.role != role
+        || gpu.policy_rule != rule
+        || gpu.on_demand != on_demand
+        || gpu.owner != owner
+    {
         let props = Arc::make_mut(gpu);
         props.role = role.to_owned();
         props.policy_rule = rule.to_owned();
         props.on_demand = on_demand;
+        props.owner = owner.to_owned();
     }
 }
 
@@ -264,6 +274,7 @@ fn gpu_props(f: &PciFunction, companions: &[PciAddress]) -> GpuProps {
         role: String::new(),
         policy_rule: String::new(),
         on_demand: false,
+        owner: String::new(),
         physical_function: f.physfn.map(|a| a.to_string()).unwrap_or_default(),
         virtual_functions: f
             .sriov
