@@ -50,6 +50,10 @@ macro_rules! gpu_properties {
                 /// in which case gpuvirt only observes it and refuses every manual operation
                 /// with PolicyViolation naming the owner; empty with no policy in force.
                 owner: String => "Owner",
+                /// The governing rule's `resource`: the Kubernetes extended resource name the
+                /// device plugin advertises the card (a passthrough card) or its vGPUs under;
+                /// empty for the plugin's default (NVIDIA's plugin's naming).
+                resource_name: String => "ResourceName",
                 physical_function: String => "PhysicalFunction",
                 virtual_functions: Vec<String> => "VirtualFunctions",
                 sriov_total_vfs: u32 => "SriovTotalVfs",

@@ -307,6 +307,8 @@ interface_proxies! {
         #[zbus(property)]
         fn owner(&self) -> zbus::Result<String>;
         #[zbus(property)]
+        fn resource_name(&self) -> zbus::Result<String>;
+        #[zbus(property)]
         fn physical_function(&self) -> zbus::Result<String>;
         #[zbus(property)]
         fn virtual_functions(&self) -> zbus::Result<Vec<String>>;

@@ -276,11 +276,16 @@ async fn without_an_owner_the_same_unmanaged_card_takes_manual_operations() {
     let d = daemon(
         &bus,
         &host,
-        "version = 1\n[[gpu]]\nname = \"k8s\"\nmatch = { address = \"0000:41:00.0\" }\nrole = \"unmanaged\"\n",
+        "version = 1\n[[gpu]]\nname = \"k8s\"\nmatch = { address = \"0000:41:00.0\" }\nrole = \"unmanaged\"\nresource = \"example.com/vdi-v100\"\n",
     )
     .await;
     let conn = bus.connect().await;
     wait_owner(&conn, V100, "gpuvirt", &d).await;
+    // The device plugin's name for the card, from the rule.
+    assert_eq!(
+        gpu_string(&conn, V100, "ResourceName").await,
+        "example.com/vdi-v100"
+    );
     let r = call(
         &conn,
         &gpu_path(V100),

@@ -21,6 +21,7 @@ pub(super) const RULE_KEYS: &[&str] = &[
     "shard",
     "allow_boot_vga",
     "owner",
+    "resource",
 ];
 pub(super) const MATCH_KEYS: &[&str] = &[
     "address",

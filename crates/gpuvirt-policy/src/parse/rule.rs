@@ -11,7 +11,10 @@ use super::parser::{
     MODULE_ALLOWED, NAME_ALLOWED, OWNERS, ROLES, RULE_KEYS, SHARD_KEYS,
 };
 use crate::diagnostic::suggest;
-use crate::types::{EarlyMethod, GpuRule, Match, Owner, Role, RoleSettings, ShardCount, ShardSpec};
+use crate::types::{
+    resource_name_problem, EarlyMethod, GpuRule, Match, Owner, Role, RoleSettings, ShardCount,
+    ShardSpec,
+};
 
 impl Parser {
     pub(super) fn rule(
@@ -234,9 +237,11 @@ impl Parser {
             }
         }
 
+        let resource = self.resource(table, prefix);
         let name = name?;
         let matcher = matcher?;
         let owner = owner?;
+        let resource = resource?;
         let settings = match role? {
             Role::Host => RoleSettings::Host,
             Role::Unmanaged => RoleSettings::Unmanaged,
@@ -253,7 +258,30 @@ impl Parser {
             settings,
             allow_boot_vga: allow_boot_vga_value.unwrap_or(false),
             owner,
+            resource,
         })
+    }
+
+    /// The rule's `resource` (absent: `Some(None)`); `None` after an error.
+    fn resource(&mut self, table: &dyn TableLike, prefix: &str) -> Option<Option<String>> {
+        let Some(found) = self.get(table, prefix, "resource") else {
+            return Some(None);
+        };
+        let allowed =
+            "a Kubernetes extended resource name <domain>/<name>, e.g. \"example.com/vdi-v100\"";
+        let name = self.string(&found, Some(allowed.into()))?;
+        match resource_name_problem(name) {
+            None => Some(Some(name.to_owned())),
+            Some(problem) => {
+                self.error_at(
+                    found.span.clone(),
+                    &found.path,
+                    format!("resource {} is not allowed: {problem}", quoted(name)),
+                    Some(allowed.into()),
+                );
+                None
+            }
+        }
     }
 
     /// The rule's `owner` (absent: gpuvirt); `None` after an error.
@@ -485,8 +513,10 @@ impl Parser {
 
 pub(super) fn role_keys(role: Role) -> &'static str {
     match role {
-        Role::Passthrough => "name, match, role, early, early_method, on_demand, allow_boot_vga",
-        Role::Shard => "name, match, role, shard",
-        Role::Host | Role::Unmanaged => "name, match, role",
+        Role::Passthrough => {
+            "name, match, role, early, early_method, on_demand, allow_boot_vga, owner, resource"
+        }
+        Role::Shard => "name, match, role, shard, owner, resource",
+        Role::Host | Role::Unmanaged => "name, match, role, owner, resource",
     }
 }

@@ -26,7 +26,9 @@ pub(super) fn gpu_facts(rt: &PolicyRuntime, inv: &Inventory) -> BTreeMap<PciAddr
         .filter_map(|&address| {
             let a = policy.assignment_for(inv, &originals, address)?;
             let on_demand = on_demand(policy, &a);
-            let owner = a.rule.map_or("gpuvirt", |i| policy.rules[i].owner.as_str());
+            let rule = a.rule.map(|i| &policy.rules[i]);
+            let owner = rule.map_or("gpuvirt", |r| r.owner.as_str());
+            let resource_name = rule.and_then(|r| r.resource.clone()).unwrap_or_default();
             Some((
                 address,
                 PolicyFacts {
@@ -34,6 +36,7 @@ pub(super) fn gpu_facts(rt: &PolicyRuntime, inv: &Inventory) -> BTreeMap<PciAddr
                     rule: a.rule_name.unwrap_or_default(),
                     on_demand,
                     owner: owner.to_owned(),
+                    resource_name,
                 },
             ))
         })

@@ -127,6 +127,8 @@ pub struct PolicyFacts {
     pub on_demand: bool,
     /// The governing rule's `owner` (`gpuvirt` without one).
     pub owner: String,
+    /// The governing rule's `resource` ("" without one).
+    pub resource_name: String,
 }
 
 /// One interface's properties, tagged with which interface it is.
