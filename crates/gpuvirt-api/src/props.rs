@@ -45,6 +45,15 @@ macro_rules! gpu_properties {
                 /// and AssignPassthrough/ReturnToHost are allowed on it (the libvirt hook calls
                 /// them at the domain's prepare and release); false otherwise and with no policy.
                 on_demand: bool => "OnDemand",
+                /// Who writes to the card, from its governing rule's `owner`: `gpuvirt`, or an
+                /// engine that manages it itself (`kubevirt`, `nova`, `proxmox`, `external`),
+                /// in which case gpuvirt only observes it and refuses every manual operation
+                /// with PolicyViolation naming the owner; empty with no policy in force.
+                owner: String => "Owner",
+                /// The governing rule's `resource`: the Kubernetes extended resource name the
+                /// device plugin advertises the card (a passthrough card) or its vGPUs under;
+                /// empty for the plugin's default (NVIDIA's plugin's naming).
+                resource_name: String => "ResourceName",
                 physical_function: String => "PhysicalFunction",
                 virtual_functions: Vec<String> => "VirtualFunctions",
                 sriov_total_vfs: u32 => "SriovTotalVfs",
@@ -139,6 +148,7 @@ macro_rules! manager_properties {
                 vfio_available: bool => "VfioAvailable",
                 mdev_available: bool => "MdevAvailable",
                 scan_warnings: Vec<String> => "ScanWarnings",
+                nvidia_vgpu_manager: String => "NvidiaVgpuManager",
                 policy_path: String => "PolicyPath",
                 policy_error: String => "PolicyError",
                 enforcement_mode: String => "EnforcementMode",

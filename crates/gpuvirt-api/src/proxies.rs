@@ -223,6 +223,8 @@ interface_proxies! {
         fn mdev_available(&self) -> zbus::Result<bool>;
         #[zbus(property)]
         fn scan_warnings(&self) -> zbus::Result<Vec<String>>;
+        #[zbus(property(emits_changed_signal = "false"))]
+        fn nvidia_vgpu_manager(&self) -> zbus::Result<String>;
         #[zbus(property)]
         fn policy_path(&self) -> zbus::Result<String>;
         #[zbus(property)]
@@ -302,6 +304,10 @@ interface_proxies! {
         fn policy_rule(&self) -> zbus::Result<String>;
         #[zbus(property)]
         fn on_demand(&self) -> zbus::Result<bool>;
+        #[zbus(property)]
+        fn owner(&self) -> zbus::Result<String>;
+        #[zbus(property)]
+        fn resource_name(&self) -> zbus::Result<String>;
         #[zbus(property)]
         fn physical_function(&self) -> zbus::Result<String>;
         #[zbus(property)]

@@ -41,6 +41,7 @@ pub mod scan;
 pub mod shard;
 pub mod state;
 pub mod testing;
+pub mod vgpu_manager;
 
 // The modules' old top-level paths, kept for the other crates.
 pub use host::names as pathsafe;

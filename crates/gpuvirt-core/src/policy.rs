@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 pub use gpuvirt_policy::diagnostic;
 pub use gpuvirt_policy::{
     check, render_diagnostics, EarlyMethod, Enforcement, GpuRule, HostSettings, Location, Match,
-    Policy, PolicyDiagnostic, Role, RoleSettings, Severity, ShardCount, ShardSpec, POLICY_VERSION,
+    Owner, Policy, PolicyDiagnostic, Role, RoleSettings, Severity, ShardCount, ShardSpec,
+    POLICY_VERSION,
 };
 pub use matching::Assignment;
 pub use shard::{ShardBackend, ShardOffer, ShardOffers};

@@ -622,3 +622,219 @@ fn unknown_devices_and_device_apis_are_errors() {
     .unwrap_err();
     assert!(matches!(e, RenderError::UnknownDeviceApi { .. }), "{e}");
 }
+
+/// The workstation with the iGPU on i915 (render node and by-path name) and a GVT-g vGPU on it.
+fn workstation_with_drm() -> (Inventory, Uuid) {
+    let mut inv = workstation();
+    let igpu = inv.functions.get_mut(&addr("0000:00:02.0")).unwrap();
+    igpu.driver = Some("i915".into());
+    igpu.drm = Some(gpuvirt_core::DrmNodes {
+        card: Some("/dev/dri/card0".into()),
+        render: Some("/dev/dri/renderD128".into()),
+        card_by_path: Some("/dev/dri/by-path/pci-0000:00:02.0-card".into()),
+        render_by_path: Some("/dev/dri/by-path/pci-0000:00:02.0-render".into()),
+    });
+    inv.mdev_parents.insert(
+        "0000:00:02.0".into(),
+        MdevParent {
+            name: "0000:00:02.0".into(),
+            sysfs_path: PathBuf::from("devices/pci0000:00/0000:00:02.0"),
+            pci_address: Some(addr("0000:00:02.0")),
+            types: vec![mdev_type("i915-GVTg_V5_4", "GVTg_V5_4", None)],
+        },
+    );
+    let uuid: Uuid = "4dd511f6-ec08-11e8-b839-2f163ddee3b3".parse().unwrap();
+    let mut mdev = runbook().mdevs.into_values().next().unwrap();
+    mdev.uuid = uuid;
+    mdev.parent = "0000:00:02.0".into();
+    mdev.type_id = Some("i915-GVTg_V5_4".into());
+    inv.mdevs.insert(uuid, mdev);
+    (inv, uuid)
+}
+
+fn graphics(path: &str, backend: Option<&str>, node: Option<&str>) -> RenderOptions {
+    RenderOptions {
+        graphics: Some(path.parse().unwrap()),
+        display_backend: backend.map(|b| b.parse().unwrap()),
+        render_node: node.map(str::to_owned),
+        ..RenderOptions::default()
+    }
+}
+
+#[test]
+fn virgl_renders_on_the_gpus_own_render_node_and_passes_nothing_through() {
+    let (inv, _) = workstation_with_drm();
+    let igpu = RenderTarget::Card(addr("0000:00:02.0"));
+    let r = render(&inv, igpu, &graphics("virgl", None, None)).unwrap();
+    // The runbook's 3D line: a GL display and a virtio VGA with virgl; the card stays home.
+    assert_eq!(
+        r.qemu_args,
+        [
+            "-display",
+            "gtk,gl=on",
+            "-vga",
+            "none",
+            "-device",
+            "virtio-vga-gl"
+        ]
+    );
+    assert!(!r.libvirt_xml.contains("<hostdev"), "{}", r.libvirt_xml);
+    assert!(r.libvirt_xml.contains("<acceleration accel3d='yes'/>"));
+    let headless = render(&inv, igpu, &graphics("virgl", Some("egl-headless"), None)).unwrap();
+    assert_eq!(
+        headless.qemu_args[..2],
+        [
+            "-display",
+            "egl-headless,rendernode=/dev/dri/by-path/pci-0000:00:02.0-render"
+        ]
+    );
+    let chosen = render(
+        &inv,
+        igpu,
+        &graphics("virgl", Some("spice"), Some("/dev/dri/renderD129")),
+    )
+    .unwrap();
+    assert!(chosen.qemu_args[1].ends_with(",gl=on,rendernode=/dev/dri/renderD129"));
+    assert!(chosen
+        .libvirt_xml
+        .contains("<gl enable='yes' rendernode='/dev/dri/renderD129'/>"));
+}
+
+#[test]
+fn virgl_on_a_card_without_a_render_node_says_why() {
+    let (inv, _) = workstation_with_drm();
+    // 01:00.0 is on vfio-pci in this inventory: passed through, no DRM node on the host.
+    let e = render(
+        &inv,
+        RenderTarget::Card(addr("0000:01:00.1")),
+        &graphics("virgl", None, None),
+    )
+    .unwrap_err();
+    assert!(matches!(e, RenderError::NoRenderNode { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "0000:01:00.0 has no DRM render node on the host (it is on vfio-pci, passed through to VMs), so virgl cannot render on it"
+    );
+}
+
+#[test]
+fn primary_makes_the_card_the_only_display() {
+    let (inv, _) = workstation_with_drm();
+    let r = render(
+        &inv,
+        RenderTarget::Card(addr("0000:01:00.0")),
+        &graphics("primary", None, None),
+    )
+    .unwrap();
+    assert_eq!(r.qemu_args[..4], ["-vga", "none", "-display", "none"]);
+    assert!(r
+        .qemu_args
+        .iter()
+        .any(|a| a.ends_with(",multifunction=on,x-vga=on")));
+    assert!(r
+        .libvirt_xml
+        .starts_with("<video>\n  <model type='none'/>\n</video>\n"));
+    assert_eq!(r.libvirt_xml.matches("<hostdev").count(), 2);
+}
+
+#[test]
+fn a_vgpu_display_renders_on_its_parents_render_node() {
+    let (inv, uuid) = workstation_with_drm();
+    let r = render(
+        &inv,
+        RenderTarget::Mdev(uuid),
+        &graphics("vgpu-display", Some("egl-headless"), None),
+    )
+    .unwrap();
+    assert_eq!(
+        r.qemu_args,
+        [
+            "-display",
+            "egl-headless,rendernode=/dev/dri/by-path/pci-0000:00:02.0-render",
+            "-device",
+            "vfio-pci,sysfsdev=/sys/bus/mdev/devices/4dd511f6-ec08-11e8-b839-2f163ddee3b3,display=on,rombar=0",
+        ]
+    );
+    // VNC has no GL: headless EGL renders for it on the parent's node.
+    let vnc = render(
+        &inv,
+        RenderTarget::Mdev(uuid),
+        &graphics("vgpu-display", Some("vnc"), None),
+    )
+    .unwrap();
+    assert_eq!(
+        vnc.qemu_args[..4],
+        [
+            "-display",
+            "egl-headless,rendernode=/dev/dri/by-path/pci-0000:00:02.0-render",
+            "-vnc",
+            "127.0.0.1:0"
+        ]
+    );
+    // mbochs' parent is virtual: no render node, plain VNC.
+    let (inv, uuid) = mbochs();
+    let plain = render(
+        &inv,
+        RenderTarget::Mdev(uuid),
+        &graphics("vgpu-display", Some("vnc"), None),
+    )
+    .unwrap();
+    assert_eq!(plain.qemu_args[..2], ["-vnc", "127.0.0.1:0"]);
+}
+
+#[test]
+fn graphics_options_that_do_not_fit_name_themselves() {
+    let (inv, uuid) = workstation_with_drm();
+    let card = RenderTarget::Card(addr("0000:00:02.0"));
+    let mdev = RenderTarget::Mdev(uuid);
+    let backend_alone = RenderOptions {
+        display_backend: Some("vnc".parse().unwrap()),
+        ..RenderOptions::default()
+    };
+    let display_off = RenderOptions {
+        display: Some(false),
+        ..graphics("vgpu-display", None, None)
+    };
+    let cases: Vec<(RenderTarget, RenderOptions, &str)> = vec![
+        (card, backend_alone, "display-backend"),
+        (
+            card,
+            graphics("primary", Some("vnc"), None),
+            "display-backend",
+        ),
+        (
+            card,
+            graphics("primary", None, Some("/dev/dri/renderD128")),
+            "render-node",
+        ),
+        (
+            card,
+            graphics("virgl", None, Some("/dev/dri/renderD128")),
+            "render-node",
+        ),
+        (
+            card,
+            graphics("virgl", Some("vnc"), Some("/dev/sda")),
+            "render-node",
+        ),
+        (
+            card,
+            graphics("virgl", Some("vnc"), Some("/dev/dri/x,gl=off")),
+            "render-node",
+        ),
+        (mdev, display_off, "display"),
+        (mdev, graphics("virgl", None, None), "graphics=virgl"),
+        (mdev, graphics("primary", None, None), "graphics=primary"),
+        (
+            card,
+            graphics("vgpu-display", None, None),
+            "graphics=vgpu-display",
+        ),
+    ];
+    for (target, options, named) in cases {
+        match render(&inv, target, &options) {
+            Err(RenderError::Option { option, .. }) => assert_eq!(option, named, "{options:?}"),
+            other => panic!("{options:?}: expected option {named} refused, got {other:?}"),
+        }
+    }
+}

@@ -19,8 +19,8 @@ mod types;
 
 pub use diagnostic::{render_diagnostics, Location, PolicyDiagnostic, Severity};
 pub use types::{
-    EarlyMethod, Enforcement, GpuRule, HostSettings, Match, Policy, Role, RoleSettings, ShardCount,
-    ShardSpec, POLICY_VERSION,
+    EarlyMethod, Enforcement, GpuRule, HostSettings, Match, Owner, Policy, Role, RoleSettings,
+    ShardCount, ShardSpec, POLICY_VERSION,
 };
 
 impl Policy {

@@ -167,6 +167,57 @@ impl Match {
     }
 }
 
+/// Who writes to a card (`owner`). One writer per device: an engine that manages cards itself
+/// (KubeVirt's own mdev configuration, Nova's `create_mdev`, Proxmox's VM start) and gpuvirt
+/// both binding drivers or creating mdevs on one card is how their worst bugs happen, so a
+/// card another engine owns is only observed and reported by gpuvirt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Owner {
+    /// gpuvirt: the rule's role applies (the default).
+    #[default]
+    Gpuvirt,
+    Kubevirt,
+    Nova,
+    Proxmox,
+    /// Any other engine or person.
+    External,
+}
+
+impl Owner {
+    pub const ALL: [Owner; 5] = [
+        Owner::Gpuvirt,
+        Owner::Kubevirt,
+        Owner::Nova,
+        Owner::Proxmox,
+        Owner::External,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Owner::Gpuvirt => "gpuvirt",
+            Owner::Kubevirt => "kubevirt",
+            Owner::Nova => "nova",
+            Owner::Proxmox => "proxmox",
+            Owner::External => "external",
+        }
+    }
+
+    pub fn is_gpuvirt(&self) -> bool {
+        *self == Owner::Gpuvirt
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Owner> {
+        Owner::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One `[[gpu]]` rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GpuRule {
@@ -177,6 +228,52 @@ pub struct GpuRule {
     pub settings: RoleSettings,
     /// Interlock allowance: passing through the boot/console GPU.
     pub allow_boot_vga: bool,
+    /// Who writes to the matched cards; another engine's cards have role `unmanaged`.
+    #[serde(skip_serializing_if = "Owner::is_gpuvirt")]
+    pub owner: Owner,
+    /// The Kubernetes extended resource name the device plugin advertises the cards (or their
+    /// vGPUs) under, over its default (NVIDIA's plugin's naming).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+/// Why `name` is not a Kubernetes extended resource name (`<domain>/<name>`): the domain a DNS
+/// subdomain of at most 253 characters, not `kubernetes.io` or under it (reserved), the name
+/// at most 63 characters of `[A-Za-z0-9._-]`, starting and ending with a letter or digit.
+pub fn resource_name_problem(name: &str) -> Option<String> {
+    let Some((domain, short)) = name.split_once('/') else {
+        return Some("it is not <domain>/<name>, e.g. \"nvidia.com/GRID_V100-8C\"".into());
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return Some(format!(
+            "domain {domain:?} is not a DNS subdomain (lower case letters, digits, '-', '.')"
+        ));
+    }
+    if domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") {
+        return Some("the kubernetes.io domain is reserved for Kubernetes' own resources".into());
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if short.is_empty()
+        || short.len() > 63
+        || !short
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        || !alnum(short.chars().next())
+        || !alnum(short.chars().last())
+    {
+        return Some(format!(
+            "name {short:?} must be 1-63 letters, digits, '.', '_', '-', starting and ending with a letter or digit"
+        ));
+    }
+    None
 }
 
 impl GpuRule {

@@ -129,6 +129,10 @@ pub struct KernelSpec {
     pub modules: Vec<String>,
     #[serde(default)]
     pub iommu: IommuVendor,
+    /// Processes running on the host, by name (`comm`): `proc/<pid>/comm` from pid 1500 on
+    /// (the NVIDIA vGPU manager, `nvidia-vgpu-mgr`, is what gpuvirt looks for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<String>,
 }
 
 fn default_release() -> String {
@@ -142,6 +146,7 @@ impl Default for KernelSpec {
             cmdline: None,
             modules: Vec::new(),
             iommu: IommuVendor::Intel,
+            processes: Vec::new(),
         }
     }
 }

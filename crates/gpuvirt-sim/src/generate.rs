@@ -613,6 +613,7 @@ pub fn generate(p: &GenParams) -> Result<Fixture, GenerateError> {
             cmdline: None,
             modules: vec!["nvidia_vgpu_vfio".into(), "vfio_pci".into(), "mdev".into()],
             iommu: IommuVendor::Amd,
+            processes: vec!["nvidia-vgpu-mgr".into()],
         },
         devices: b.devices,
         drivers: Vec::new(),

@@ -281,6 +281,8 @@ pub struct Kernel {
     release: String,
     kver: (u32, u32),
     cmdline: String,
+    /// The fixture's processes (`proc/<pid>/comm`).
+    processes: Vec<String>,
     iommu: IommuVendor,
     drivers: BTreeMap<String, Driver>,
     /// Driver names in the order they appear in `modules.alias`.

@@ -45,7 +45,9 @@ struct Case {
     stem: String,
     args: Vec<String>,
     json: bool,
-    exit: i32,
+    /// The exit code it must have; `None`: whichever, and the golden holds it (`exit N` and
+    /// stderr when not 0): the graphics cases run on every host, and some hosts refuse them.
+    exit: Option<i32>,
 }
 
 fn case(stem: &str, args: &[&str], json: bool, exit: i32) -> Case {
@@ -53,8 +55,50 @@ fn case(stem: &str, args: &[&str], json: bool, exit: i32) -> Case {
         stem: stem.to_owned(),
         args: args.iter().map(|a| (*a).to_owned()).collect(),
         json,
-        exit,
+        exit: Some(exit),
     }
+}
+
+/// A case whose outcome, success or refusal, is itself the golden.
+fn outcome(stem: &str, args: &[&str]) -> Case {
+    Case {
+        exit: None,
+        ..case(stem, args, false, 0)
+    }
+}
+
+/// The runbook's Graphics paths on `gpu` (and `mdev`), on every host: what each host offers or
+/// why it refuses (no render node on a card bound to nvidia or vfio-pci, no VGA function).
+fn graphics_cases(gpu: &str, mdev: Option<&str>) -> Vec<Case> {
+    let mut out = Vec::new();
+    for verb in ["xml", "qemu-args"] {
+        out.push(outcome(
+            &format!("{verb}-virgl"),
+            &[verb, gpu, "--graphics", "virgl"],
+        ));
+        out.push(outcome(
+            &format!("{verb}-primary"),
+            &[verb, gpu, "--graphics", "primary"],
+        ));
+        if let Some(uuid) = mdev {
+            out.push(outcome(
+                &format!("{verb}-mdev-vgpu-display"),
+                &[verb, uuid, "--graphics", "vgpu-display"],
+            ));
+            out.push(outcome(
+                &format!("{verb}-mdev-vgpu-display-vnc"),
+                &[
+                    verb,
+                    uuid,
+                    "--graphics",
+                    "vgpu-display",
+                    "--display-backend",
+                    "vnc",
+                ],
+            ));
+        }
+    }
+    out
 }
 
 fn cases(host: &Host, dir: &Path) -> Vec<Case> {
@@ -101,8 +145,9 @@ fn cases(host: &Host, dir: &Path) -> Vec<Case> {
             }
         }
     }
+    out.extend(graphics_cases(host.gpu, host.mdev));
     for (stem, args) in host.render {
-        out.push(case(stem, args, false, 0));
+        out.push(outcome(stem, args));
     }
     if dir.join("policy.toml").exists() {
         out.push(case("policy-plan", &["policy", "plan"], true, 0));
@@ -184,14 +229,15 @@ fn check_goldens(bus: &Bus, host: &Host) {
             }
             // In the fixture's directory: `policy check FILE` prints the path it was given.
             let out = ctl_in(bus, &dir, &argv);
+            let exit = case.exit.unwrap_or(code(&out));
             assert_eq!(
                 code(&out),
-                case.exit,
+                exit,
                 "gpuvirtctl {argv:?}: {}{}",
                 stdout(&out),
                 stderr(&out)
             );
-            if case.exit != 0 {
+            if exit != 0 {
                 // Failing commands say why on stderr, in words.
                 assert!(
                     stderr(&out).starts_with("gpuvirtctl: error: "),
@@ -199,7 +245,11 @@ fn check_goldens(bus: &Bus, host: &Host) {
                     stderr(&out)
                 );
             }
-            let actual = stdout(&out);
+            let actual = if case.exit.is_none() && exit != 0 {
+                format!("exit {exit}\n{}{}", stdout(&out), stderr(&out))
+            } else {
+                stdout(&out)
+            };
             if json {
                 // Valid JSON, not just text that looks like it.
                 serde_json::from_str::<serde_json::Value>(&actual)
@@ -331,6 +381,89 @@ fn workstation() {
                 (
                     "qemu-args-root-bus",
                     &["qemu-args", "0000:01:00.0", "--guest-address", "00:10"],
+                ),
+                // virgl on the iGPU, each back end: its by-path render node where one is named.
+                (
+                    "qemu-args-virgl-igpu-egl-headless",
+                    &[
+                        "qemu-args",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--display-backend",
+                        "egl-headless",
+                    ],
+                ),
+                (
+                    "xml-virgl-igpu-egl-headless",
+                    &[
+                        "xml",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--display-backend",
+                        "egl-headless",
+                    ],
+                ),
+                (
+                    "qemu-args-virgl-igpu-spice",
+                    &[
+                        "qemu-args",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--display-backend",
+                        "spice",
+                    ],
+                ),
+                (
+                    "xml-virgl-igpu-spice",
+                    &[
+                        "xml",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--display-backend",
+                        "spice",
+                    ],
+                ),
+                (
+                    "qemu-args-virgl-igpu-vnc-render-node",
+                    &[
+                        "qemu-args",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--display-backend",
+                        "vnc",
+                        "--render-node",
+                        "/dev/dri/renderD129",
+                    ],
+                ),
+                (
+                    "xml-virgl-igpu-vnc-render-node",
+                    &[
+                        "xml",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--display-backend",
+                        "vnc",
+                        "--render-node",
+                        "/dev/dri/renderD129",
+                    ],
+                ),
+                // Refused before the device is looked at: gtk takes no render node.
+                (
+                    "qemu-args-virgl-gtk-render-node",
+                    &[
+                        "qemu-args",
+                        "0000:00:02.0",
+                        "--graphics",
+                        "virgl",
+                        "--render-node",
+                        "/dev/dri/renderD128",
+                    ],
                 ),
             ],
         },

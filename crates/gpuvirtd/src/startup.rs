@@ -124,6 +124,7 @@ pub async fn run(args: Args) -> Result<(), StartError> {
         policy: RwLock::new(policy_runtime.served_props()),
         lookup: lookup_rx,
         services: services.clone(),
+        root: root.clone(),
     };
     let export = async {
         server

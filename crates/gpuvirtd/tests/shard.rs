@@ -562,28 +562,6 @@ async fn a_stopped_definition_waits_through_unrelated_hotplug_but_returns_with_i
     );
 }
 
-/// `(VF, current_vgpu_type)` of every VF of `pf` that carries a vGPU, read from the sim.
-fn vgpus_of(host: &SimHost, pf: &str) -> Vec<(String, String)> {
-    let prefix = &pf[..pf.len() - 4];
-    let mut out: Vec<(String, String)> = std::fs::read_dir(host.root().join("sys/bus/pci/devices"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|a| a.starts_with(prefix) && a != pf)
-        .filter_map(|a| {
-            let t = std::fs::read_to_string(
-                host.root()
-                    .join(format!("sys/bus/pci/devices/{a}/nvidia/current_vgpu_type")),
-            )
-            .ok()?;
-            let t = t.trim().to_string();
-            (t != "0").then_some((a, t))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// The Hopper host's GPU 1 sharded into `count` vGPUs of type 1151, named by id (by name:
 /// `a_per_vf_type_named_by_name_stays_valid_on_a_full_card_across_restarts`).
 fn hopper_policy(count: &str) -> String {
@@ -802,45 +780,6 @@ async fn gpuvirtd_with_policy(bus: &Bus, host: &SimHost, policy: &std::path::Pat
     let events = format!("sim:{}", host.socket.display());
     let extra = ["--policy", policy.to_str().unwrap()];
     Gpuvirtd::start(&bus.address, host.root(), &events, &state, &extra).await
-}
-
-/// The plain SR-IOV GPU of [`sriov_host`].
-const SRIOV_PF: &str = "0000:9a:00.0";
-
-/// The Hopper host's second card as a plain SR-IOV GPU (an AMD id, no NVIDIA vGPU files):
-/// 32 VFs possible, none enabled, on an SR-IOV-capable driver of its own (which probes it
-/// again when the card returns from a hot-unplug).
-fn sriov_host() -> SimHost {
-    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
-    let spec = fixture
-        .devices
-        .iter_mut()
-        .find(|d| d.address.to_string() == SRIOV_PF)
-        .unwrap();
-    spec.id = "1002:74a1".into();
-    spec.nvidia_vgpu = None;
-    spec.driver = Some("amdgpu".into());
-    fixture.drivers.push(gpuvirt_sim::fixture::DriverSpec {
-        name: "amdgpu".into(),
-        module: None,
-        builtin: true,
-        ids: vec!["1002:*".into()],
-        override_only: false,
-        modules_alias: true,
-        sriov: true,
-        drm: gpuvirt_sim::fixture::DrmSupport::Render,
-    });
-    SimHost::with_kernel(gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap())
-}
-
-/// The [`SRIOV_PF`]'s `sriov_numvfs`, "" while the card is gone.
-fn numvfs(host: &SimHost) -> String {
-    std::fs::read_to_string(
-        host.root()
-            .join(format!("sys/bus/pci/devices/{SRIOV_PF}/sriov_numvfs")),
-    )
-    .map(|s| s.trim().to_string())
-    .unwrap_or_default()
 }
 
 /// A policy that wants `count` VFs on [`SRIOV_PF`].

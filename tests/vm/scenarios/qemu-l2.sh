@@ -11,14 +11,16 @@
 #   2. an mdpy vGPU (mdpy-xga, a type that can display) and an mtty vGPU, created with
 #      `gpuvirtctl mdev start -p PARENT -t TYPE`;
 #   3. the snippets: the card with the defaults (its own root port gpuvirt-rp1, 00.0 + 00.1,
-#      multifunction=on on 00.0), mdpy with `--guest-address 00:10` (pcie.0 slot 0x10, display=on
-#      by the type table), mtty with `--guest-bus 2` (root port gpuvirt-rp2); the text is checked
+#      multifunction=on on 00.0), mdpy with `--guest-address 00:10 --graphics vgpu-display
+#      --display-backend vnc` (pcie.0 slot 0x10, display=on, the runbook's vGPU display path shown
+#      by VNC on 127.0.0.1: mdpy's parent is virtual, so no render node and no GL), mtty with `--guest-bus 2` (root port gpuvirt-rp2); the text is checked
 #      for the forms the runbook asks for, then handed to
 #      `qemu-system-x86_64 -S -machine q35 -accel tcg -nodefaults -display none -qmp ...` verbatim;
 #   4. QMP, paused: QOM shows every vfio-pci device realised on the bus and at the addr its snippet
 #      named (the card's two functions behind the root port the snippet printed, function 0 with
 #      multifunction), each root port on pcie.0 with its chassis;
 #   5. QMP: one QemuConsole, and it belongs to the mdpy device (display=on made vfio's display);
+#      `query-vnc`: the VNC server the snippet asked for, enabled on 127.0.0.1:5900;
 #      `screendump` of it gives mdpy-xga's 1024x768 (with display=off there is no console and
 #      screendump fails: "There is no console");
 #   6. the firmware runs until it has numbered the root ports, then QEMU is stopped again:
@@ -61,7 +63,7 @@ MTTY=$(l2_mdev_start mtty mtty-1) && pass "vGPU mtty-1 $MTTY created" || { fail 
 
 # 3. The snippets, as printed.
 ctl qemu-args "$CARD" > "$SCENARIO_OUT/card.args" 2>&1 || fail "gpuvirtctl qemu-args $CARD: $(cat "$SCENARIO_OUT/card.args")"
-ctl qemu-args "$MDPY" --guest-address 00:10 > "$SCENARIO_OUT/mdpy.args" 2>&1 || fail "gpuvirtctl qemu-args $MDPY: $(cat "$SCENARIO_OUT/mdpy.args")"
+ctl qemu-args "$MDPY" --guest-address 00:10 --graphics vgpu-display --display-backend vnc > "$SCENARIO_OUT/mdpy.args" 2>&1 || fail "gpuvirtctl qemu-args $MDPY: $(cat "$SCENARIO_OUT/mdpy.args")"
 ctl qemu-args "$MTTY" --guest-bus 2 > "$SCENARIO_OUT/mtty.args" 2>&1 || fail "gpuvirtctl qemu-args $MTTY: $(cat "$SCENARIO_OUT/mtty.args")"
 for f in card mdpy mtty; do info "qemu-args $f: $(tr '\n' ' ' < "$SCENARIO_OUT/$f.args")"; done
 grep -qx "vfio-pci,host=$CARD,bus=gpuvirt-rp1,addr=00.0,multifunction=on" "$SCENARIO_OUT/card.args" \
@@ -69,6 +71,9 @@ grep -qx "vfio-pci,host=$CARD,bus=gpuvirt-rp1,addr=00.0,multifunction=on" "$SCEN
     && pass "card snippet: both functions in one guest slot, multifunction=on on 00.0" || fail "card snippet: $(tr '\n' ' ' < "$SCENARIO_OUT/card.args")"
 grep -q "^vfio-pci,sysfsdev=/sys/bus/mdev/devices/$MDPY,.*display=on,rombar=0" "$SCENARIO_OUT/mdpy.args" \
     && pass "mdpy snippet: display=on,rombar=0 (a type that can display)" || fail "mdpy snippet: $(tr '\n' ' ' < "$SCENARIO_OUT/mdpy.args")"
+[ "$(head -2 "$SCENARIO_OUT/mdpy.args" | tr '\n' ' ')" = "-vnc 127.0.0.1:0 " ] \
+    && pass "mdpy snippet: the vGPU display's back end first (-vnc 127.0.0.1:0, no GL without a render node)" \
+    || fail "mdpy snippet's display back end: $(tr '\n' ' ' < "$SCENARIO_OUT/mdpy.args")"
 grep -q 'display=' "$SCENARIO_OUT/mtty.args" && fail "mtty snippet names a display: $(tr '\n' ' ' < "$SCENARIO_OUT/mtty.args")" \
     || pass "mtty snippet: no display"
 
@@ -116,6 +121,12 @@ qmp consoles > "$SCENARIO_OUT/l2-consoles.json" || fail "QMP consoles: $(cat "$S
 MDPY_PATH=$(dev sysfsdev "/sys/bus/mdev/devices/$MDPY" | jq -r .path)
 cons=$(jq -r 'map(.device) | join(" ")' "$SCENARIO_OUT/l2-consoles.json")
 [ "$cons" = "$MDPY_PATH" ] && pass "one display console, the mdpy vGPU's ($MDPY_PATH)" || fail "consoles show '$cons', expected the mdpy vGPU $MDPY_PATH"
+if vnc=$(qmp run '{"execute":"query-vnc"}' 2>&1); then
+    got=$(jq -r '[.enabled, .host, .service] | map(tostring) | join(" ")' <<<"$vnc")
+    [ "$got" = "true 127.0.0.1 5900" ] && pass "query-vnc: the snippet's VNC display is up ($got)" || fail "query-vnc: '$got', expected 'true 127.0.0.1 5900'"
+else
+    fail "query-vnc: $vnc"
+fi
 rm -f /run/gpuvirt-test/l2-screen.ppm
 if out=$(qmp run '{"execute":"screendump","arguments":{"filename":"/run/gpuvirt-test/l2-screen.ppm"}}' 2>&1); then
     hdr=$(head -c 20 /run/gpuvirt-test/l2-screen.ppm | head -2 | tr '\n' ' ')

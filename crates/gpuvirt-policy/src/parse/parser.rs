@@ -20,6 +20,8 @@ pub(super) const RULE_KEYS: &[&str] = &[
     "early_method",
     "shard",
     "allow_boot_vga",
+    "owner",
+    "resource",
 ];
 pub(super) const MATCH_KEYS: &[&str] = &[
     "address",
@@ -33,6 +35,7 @@ pub(super) const MATCH_KEYS: &[&str] = &[
 ];
 pub(super) const SHARD_KEYS: &[&str] = &["type", "count"];
 pub(super) const ROLES: &str = "\"host\", \"passthrough\", \"shard\", \"unmanaged\"";
+pub(super) const OWNERS: &str = "\"gpuvirt\", \"kubevirt\", \"nova\", \"proxmox\", \"external\"";
 pub(super) const ID_ALLOWED: &str =
     "four hex digits as a string (\"10de\", \"0x10de\") or an integer (0x10de)";
 pub(super) const NAME_ALLOWED: &str =

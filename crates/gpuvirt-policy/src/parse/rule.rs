@@ -8,10 +8,13 @@ use toml_edit::{TableLike, Value};
 
 use super::parser::{
     is_module_name, is_rule_name, join, quoted, Found, Parser, ID_ALLOWED, MATCH_KEYS,
-    MODULE_ALLOWED, NAME_ALLOWED, ROLES, RULE_KEYS, SHARD_KEYS,
+    MODULE_ALLOWED, NAME_ALLOWED, OWNERS, ROLES, RULE_KEYS, SHARD_KEYS,
 };
 use crate::diagnostic::suggest;
-use crate::types::{EarlyMethod, GpuRule, Match, Role, RoleSettings, ShardCount, ShardSpec};
+use crate::types::{
+    resource_name_problem, EarlyMethod, GpuRule, Match, Owner, Role, RoleSettings, ShardCount,
+    ShardSpec,
+};
 
 impl Parser {
     pub(super) fn rule(
@@ -63,7 +66,11 @@ impl Parser {
                 .table(&found, MATCH_KEYS)
                 .and_then(|t| self.matcher(t, &found)),
         };
+        let owner = self.owner(table, prefix);
         let role = match self.get(table, prefix, "role") {
+            // Another engine's card has no gpuvirt role: gpuvirt only observes it. (After a
+            // bad owner, whether a role was needed is unknown: one error is enough.)
+            None if owner.is_none_or(|o| !o.is_gpuvirt()) => Some(Role::Unmanaged),
             None => {
                 self.error_at(
                     span.clone(),
@@ -93,6 +100,26 @@ impl Parser {
                 None => None,
             },
         };
+
+        if let (Some(owner), Some(role)) = (owner, role) {
+            if !owner.is_gpuvirt() && role != Role::Unmanaged {
+                if let Some(found) = self.get(table, prefix, "role") {
+                    self.error_at(
+                        found.span.clone(),
+                        &found.path,
+                        format!(
+                            "role = \"{role}\" contradicts owner = \"{owner}\": a card {owner} \
+                             owns is only observed by gpuvirt, which never binds, creates or \
+                             removes anything on it"
+                        ),
+                        Some(
+                            "drop `role` (or set role = \"unmanaged\"), or owner = \"gpuvirt\""
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
 
         let early = self.get(table, prefix, "early");
         let early_value = early.as_ref().and_then(|f| self.boolean(f));
@@ -210,8 +237,11 @@ impl Parser {
             }
         }
 
+        let resource = self.resource(table, prefix);
         let name = name?;
         let matcher = matcher?;
+        let owner = owner?;
+        let resource = resource?;
         let settings = match role? {
             Role::Host => RoleSettings::Host,
             Role::Unmanaged => RoleSettings::Unmanaged,
@@ -227,7 +257,55 @@ impl Parser {
             matcher,
             settings,
             allow_boot_vga: allow_boot_vga_value.unwrap_or(false),
+            owner,
+            resource,
         })
+    }
+
+    /// The rule's `resource` (absent: `Some(None)`); `None` after an error.
+    fn resource(&mut self, table: &dyn TableLike, prefix: &str) -> Option<Option<String>> {
+        let Some(found) = self.get(table, prefix, "resource") else {
+            return Some(None);
+        };
+        let allowed =
+            "a Kubernetes extended resource name <domain>/<name>, e.g. \"example.com/vdi-v100\"";
+        let name = self.string(&found, Some(allowed.into()))?;
+        match resource_name_problem(name) {
+            None => Some(Some(name.to_owned())),
+            Some(problem) => {
+                self.error_at(
+                    found.span.clone(),
+                    &found.path,
+                    format!("resource {} is not allowed: {problem}", quoted(name)),
+                    Some(allowed.into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The rule's `owner` (absent: gpuvirt); `None` after an error.
+    fn owner(&mut self, table: &dyn TableLike, prefix: &str) -> Option<Owner> {
+        let Some(found) = self.get(table, prefix, "owner") else {
+            return Some(Owner::Gpuvirt);
+        };
+        let name = self.string(&found, Some(OWNERS.into()))?;
+        match Owner::from_name(name) {
+            Some(owner) => Some(owner),
+            None => {
+                let names: Vec<&str> = Owner::ALL.iter().map(Owner::as_str).collect();
+                let hint = suggest(name, &names)
+                    .map(|s| format!("; did you mean \"{s}\"?"))
+                    .unwrap_or_default();
+                self.error_at(
+                    found.span.clone(),
+                    &found.path,
+                    format!("unknown owner {}{hint}", quoted(name)),
+                    Some(OWNERS.into()),
+                );
+                None
+            }
+        }
     }
 
     pub(super) fn matcher(&mut self, table: &dyn TableLike, found: &Found<'_>) -> Option<Match> {
@@ -435,8 +513,10 @@ impl Parser {
 
 pub(super) fn role_keys(role: Role) -> &'static str {
     match role {
-        Role::Passthrough => "name, match, role, early, early_method, on_demand, allow_boot_vga",
-        Role::Shard => "name, match, role, shard",
-        Role::Host | Role::Unmanaged => "name, match, role",
+        Role::Passthrough => {
+            "name, match, role, early, early_method, on_demand, allow_boot_vga, owner, resource"
+        }
+        Role::Shard => "name, match, role, shard, owner, resource",
+        Role::Host | Role::Unmanaged => "name, match, role, owner, resource",
     }
 }

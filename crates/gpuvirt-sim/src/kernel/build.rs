@@ -51,6 +51,7 @@ impl Kernel {
                 format!("BOOT_IMAGE=/boot/vmlinuz-{release} root=/dev/sda1 ro quiet")
             }),
             release,
+            processes: f.kernel.processes.clone(),
             iommu: f.kernel.iommu,
             drivers: BTreeMap::new(),
             alias_order: Vec::new(),

@@ -24,6 +24,13 @@ impl Kernel {
             0o444,
         );
         t.set_file("usr/share/misc/pci.ids", PCI_IDS, 0o644);
+        for (i, comm) in self.processes.iter().enumerate() {
+            t.set_file(
+                &format!("proc/{}/comm", 1500 + i),
+                format!("{comm}\n"),
+                0o444,
+            );
+        }
         for p in [
             "sys/bus/pci/devices",
             "sys/bus/pci/drivers",

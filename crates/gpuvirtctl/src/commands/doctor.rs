@@ -1,6 +1,8 @@
 //! `gpuvirtctl doctor`: can this host pass GPUs through? The runbook's checks (IOMMU on in
-//! dmesg, vfio modules, each GPU's IOMMU group) answered from gpuvirtd's properties only. May
-//! import: crate::client, crate::errors, crate::view.
+//! dmesg, vfio modules, each GPU's IOMMU group, `systemctl status nvidia-vgpu-mgr`) answered
+//! from gpuvirtd's properties only, then which of the runbook's three graphics paths (3D with
+//! virgl, PCI passthrough, vGPUs) the host can serve and why not. May import: crate::client,
+//! crate::errors, crate::view.
 
 use gpuvirt_api as api;
 
@@ -48,6 +50,8 @@ pub struct HostFacts {
     pub scan_warnings: Vec<String>,
     pub reboot_required: bool,
     pub reboot_reasons: Vec<String>,
+    /// `running`, `not-running`, or empty (no NVIDIA driver).
+    pub nvidia_vgpu_manager: String,
 }
 
 impl HostFacts {
@@ -61,6 +65,7 @@ impl HostFacts {
             scan_warnings: p.scan_warnings,
             reboot_required: p.reboot_required,
             reboot_reasons: p.reboot_reasons,
+            nvidia_vgpu_manager: p.nvidia_vgpu_manager,
         }
     }
 }
@@ -194,6 +199,174 @@ pub fn diagnose(facts: &HostFacts, host: &Host) -> Vec<Finding> {
             )),
         }
     }
+    out.extend(graphics_paths(facts, host).into_iter().map(|p| p.finding));
+    out
+}
+
+/// One of the runbook's graphics paths and whether the host can serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphicsPathVerdict {
+    /// `3d`, `passthrough`, `vgpu`.
+    pub path: &'static str,
+    pub possible: bool,
+    /// The finding doctor prints (`path <name>`): ok when possible, a note otherwise.
+    pub finding: Finding,
+}
+
+fn path_verdict(
+    path: &'static str,
+    possible: bool,
+    detail: String,
+    todo: &str,
+) -> GraphicsPathVerdict {
+    let verdict = if possible { Verdict::Ok } else { Verdict::Note };
+    GraphicsPathVerdict {
+        path,
+        possible,
+        finding: finding(&format!("path {path}"), verdict, detail, todo),
+    }
+}
+
+/// The runbook's Graphics section, host by host: 3D through virtio-gpu/virgl (a render node,
+/// no IOMMU), native performance by passthrough (IOMMU, vfio-pci, a card that may go), and
+/// sharing a card as vGPUs (a vGPU parent with types; NVIDIA's manager daemon).
+pub fn graphics_paths(facts: &HostFacts, host: &Host) -> Vec<GraphicsPathVerdict> {
+    let mut out = Vec::new();
+    // 3D: any GPU with a render node on the host.
+    let renderers: Vec<String> = host
+        .gpus
+        .iter()
+        .filter_map(|g| {
+            let d = g.drm.as_ref()?;
+            let node = [&d.render_node_by_path, &d.render_node]
+                .into_iter()
+                .find(|n| !n.is_empty())?;
+            Some(format!("{} ({}, {node})", g.pci_address, g.driver))
+        })
+        .collect();
+    out.push(if renderers.is_empty() {
+        // Grouped by reason: a host of eight cards on one driver gives one line, not eight.
+        let mut why: Vec<(String, Vec<&str>)> = Vec::new();
+        for g in &host.gpus {
+            let reason = match g.driver.as_str() {
+                "" => "no driver".to_owned(),
+                "vfio-pci" => "on vfio-pci".to_owned(),
+                d => format!("on {d}, which registers no render node"),
+            };
+            match why.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, gpus)) => gpus.push(&g.pci_address),
+                None => why.push((reason, vec![&g.pci_address])),
+            }
+        }
+        let why: Vec<String> = why
+            .into_iter()
+            .map(|(reason, gpus)| format!("{} {reason}", gpus.join(", ")))
+            .collect();
+        path_verdict(
+            "3d",
+            false,
+            if why.is_empty() {
+                "3D with virgl: no GPU on this host".to_owned()
+            } else {
+                format!(
+                    "3D with virgl: no GPU has a DRM render node ({})",
+                    why.join("; ")
+                )
+            },
+            "bind a GPU to its DRM driver (i915, amdgpu, nouveau, ...) to render for guests \
+             (`gpuvirtctl xml GPU --graphics virgl`); no IOMMU is needed",
+        )
+    } else {
+        path_verdict(
+            "3d",
+            true,
+            format!(
+                "3D with virgl can render on {} (no IOMMU needed; `--graphics virgl`)",
+                renderers.join(", ")
+            ),
+            "",
+        )
+    });
+    // Passthrough: the host-wide checks, then a card that may go.
+    let ready: Vec<&str> = host
+        .gpus
+        .iter()
+        .filter(|g| !g.boot_vga && g.physical_function.is_empty())
+        .filter(|g| {
+            g.iommu_group
+                .and_then(|id| host.groups.iter().find(|x| x.id == id))
+                .is_some_and(|x| x.viable)
+        })
+        .map(|g| g.pci_address.as_str())
+        .collect();
+    let mut missing = Vec::new();
+    if !facts.iommu_enabled {
+        missing.push("the IOMMU is off".to_owned());
+    }
+    if !facts.vfio_available {
+        missing.push("vfio-pci is not available".to_owned());
+    }
+    if ready.is_empty() {
+        missing.push("no card is outside the boot VGA with a viable IOMMU group".to_owned());
+    }
+    out.push(if missing.is_empty() {
+        path_verdict(
+            "passthrough",
+            true,
+            format!("PCI passthrough of {}", ready.join(", ")),
+            "",
+        )
+    } else {
+        path_verdict(
+            "passthrough",
+            false,
+            format!("PCI passthrough: {}", missing.join("; ")),
+            "see the iommu, vfio and gpu findings above",
+        )
+    });
+    // vGPUs: a parent offering types, and for NVIDIA the manager daemon.
+    let parents: Vec<String> = host
+        .gpus
+        .iter()
+        .filter_map(|g| g.shard.as_ref())
+        .chain(host.other_parents.iter())
+        .filter(|p| !p.types.is_empty())
+        .map(|p| format!("{} ({}, {} types)", p.name, p.backend, p.types.len()))
+        .collect();
+    let nvidia_parent = host
+        .gpus
+        .iter()
+        .any(|g| g.shard.is_some() && g.driver == "nvidia");
+    out.push(if parents.is_empty() {
+        path_verdict(
+            "vgpu",
+            false,
+            "vGPUs: no GPU offers vGPU types (no vGPU host driver bound)".to_owned(),
+            "install and load the vendor's vGPU host driver (NVIDIA vGPU, i915 GVT-g) to share a card",
+        )
+    } else if nvidia_parent && facts.nvidia_vgpu_manager == "not-running" {
+        path_verdict(
+            "vgpu",
+            false,
+            format!(
+                "vGPUs on {}: nvidia-vgpu-mgr is not running, so a guest gets no working vGPU",
+                parents.join(", ")
+            ),
+            "start it: `systemctl enable --now nvidia-vgpu-mgr` (from NVIDIA's vGPU host package)",
+        )
+    } else {
+        let manager = if nvidia_parent && facts.nvidia_vgpu_manager == "running" {
+            "; nvidia-vgpu-mgr is running"
+        } else {
+            ""
+        };
+        path_verdict(
+            "vgpu",
+            true,
+            format!("vGPUs on {}{manager}", parents.join(", ")),
+            "",
+        )
+    });
     out
 }
 
@@ -207,9 +380,14 @@ pub async fn run(ctx: &Ctx<'_>, json: bool) -> Result<(), CliError> {
         .filter(|f| f.verdict == Verdict::Blocking)
         .count();
     if json {
+        let paths: serde_json::Map<String, serde_json::Value> = graphics_paths(&facts, &host)
+            .into_iter()
+            .map(|p| (p.path.to_owned(), serde_json::Value::Bool(p.possible)))
+            .collect();
         print_json(&serde_json::json!({
             "kernel": facts.kernel_release,
             "passthrough_possible": blocking == 0,
+            "graphics_paths": paths,
             "findings": findings,
         }))?;
     } else {
@@ -315,6 +493,81 @@ mod tests {
         let f = diagnose(&facts, &host);
         assert_eq!(blocking(&f), ["gpu 0000:02:00.0"]);
         assert!(f.iter().any(|x| x.detail.contains("a NIC shares it")));
+    }
+
+    fn path<'a>(paths: &'a [GraphicsPathVerdict], name: &str) -> &'a GraphicsPathVerdict {
+        paths.iter().find(|p| p.path == name).expect("the path")
+    }
+
+    #[test]
+    fn graphics_paths_say_what_the_host_lacks() {
+        let mut nvidia = gpu("0000:41:00.0", 1, false);
+        nvidia.driver = "nvidia".into();
+        nvidia.shard = Some(crate::view::ShardView {
+            path: String::new(),
+            name: "0000:41:00.0".into(),
+            backend: "mdev".into(),
+            types: vec![gpuvirt_api::TypeInfo {
+                id: "nvidia-300".into(),
+                name: "GRID V100-8C".into(),
+                description: String::new(),
+                device_api: "vfio-pci".into(),
+                available_instances: 2,
+            }],
+            children: vec![],
+        });
+        let mut igpu = gpu("0000:00:02.0", 2, true);
+        igpu.driver = "i915".into();
+        igpu.drm = Some(crate::view::DrmView {
+            card: "/dev/dri/card0".into(),
+            render_node: "/dev/dri/renderD128".into(),
+            card_by_path: String::new(),
+            render_node_by_path: String::new(),
+        });
+        let host = Host {
+            gpus: vec![igpu, nvidia],
+            groups: vec![group(1, true), group(2, true)],
+            ..Host::default()
+        };
+        let mut facts = HostFacts {
+            iommu_enabled: true,
+            vfio_available: true,
+            mdev_available: true,
+            nvidia_vgpu_manager: "not-running".into(),
+            ..HostFacts::default()
+        };
+        let paths = graphics_paths(&facts, &host);
+        assert!(path(&paths, "3d").possible);
+        assert!(path(&paths, "3d")
+            .finding
+            .detail
+            .contains("/dev/dri/renderD128"));
+        // The boot VGA stays; the V100 may go.
+        assert!(path(&paths, "passthrough")
+            .finding
+            .detail
+            .ends_with("of 0000:41:00.0"));
+        let vgpu = path(&paths, "vgpu");
+        assert!(!vgpu.possible, "{vgpu:?}");
+        assert!(vgpu
+            .finding
+            .detail
+            .contains("nvidia-vgpu-mgr is not running"));
+        assert!(vgpu
+            .finding
+            .todo
+            .contains("systemctl enable --now nvidia-vgpu-mgr"));
+        facts.nvidia_vgpu_manager = "running".into();
+        facts.iommu_enabled = false;
+        let paths = graphics_paths(&facts, &host);
+        assert!(path(&paths, "vgpu").possible);
+        assert!(!path(&paths, "passthrough").possible);
+        assert!(path(&paths, "passthrough")
+            .finding
+            .detail
+            .contains("the IOMMU is off"));
+        // Only the paths' notes, never a blocking verdict: doctor's exit code stays passthrough's.
+        assert!(paths.iter().all(|p| p.finding.verdict != Verdict::Blocking));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `gpuvirtctl xml|qemu-args TARGET [OPTIONS]`: Manager.RenderHostdev, printed as libvirt XML or
 //! as QEMU arguments (one per line, ready for a shell's `$(...)` or a script's array); the
-//! flags are its options (guest bus and slot, `x-vga`, `managed`, a vGPU's display). May
+//! flags are its options (guest bus and slot, `x-vga`, `managed`, a vGPU's display, the
+//! runbook's graphics paths and display back ends). May
 //! import: crate::client, crate::errors.
 
 use std::collections::HashMap;
@@ -47,6 +48,19 @@ pub struct RenderArgs {
     /// A boot display for the vGPU (QEMU vfio-pci-nohotplug,ramfb=on; libvirt ramfb='on').
     #[arg(long)]
     pub ramfb: bool,
+    /// The guest's display, as the runbook's Graphics section: virgl (3D virtio-gpu on this
+    /// GPU's render node; the GPU stays with the host), primary (the passed-through card is the
+    /// guest's screen), vgpu-display (the vGPU's own display).
+    #[arg(long, value_name = "PATH", value_parser = ["virgl", "primary", "vgpu-display"])]
+    pub graphics: Option<String>,
+    /// How the host shows it: gtk (default, -display gtk,gl=on), egl-headless, spice (local
+    /// socket, GL) or vnc (127.0.0.1).
+    #[arg(long, value_name = "BACKEND", requires = "graphics",
+          value_parser = ["gtk", "egl-headless", "spice", "vnc"])]
+    pub display_backend: Option<String>,
+    /// The /dev/dri render node GL uses, over the default (the GPU's own, by-path name first).
+    #[arg(long, value_name = "NODE", requires = "graphics")]
+    pub render_node: Option<String>,
 }
 
 /// A decimal or `0x` hexadecimal number.
@@ -94,6 +108,15 @@ impl RenderArgs {
         }
         if self.ramfb {
             o.insert("ramfb", Value::Bool(true));
+        }
+        for (key, value) in [
+            ("graphics", &self.graphics),
+            ("display-backend", &self.display_backend),
+            ("render-node", &self.render_node),
+        ] {
+            if let Some(v) = value {
+                o.insert(key, Value::from(v.as_str()));
+            }
         }
         o
     }

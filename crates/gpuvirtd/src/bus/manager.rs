@@ -31,6 +31,8 @@ pub struct ManagerInterface {
     /// never wait for it (and never hold this interface's lock while waiting).
     pub lookup: watch::Receiver<Arc<Lookup>>,
     pub services: Arc<Services>,
+    /// The host root, for the one property read live (`NvidiaVgpuManager`).
+    pub root: gpuvirt_core::Root,
 }
 
 impl ManagerInterface {
@@ -310,7 +312,17 @@ impl ManagerInterface {
     /// its type can display (docs/passthrough-snippets.md); QEMU `display=on,rombar=0`) and
     /// `ramfb` (b, a boot display: QEMU `vfio-pci-nohotplug,...,ramfb=on`, libvirt
     /// `ramfb='on'`; needs the display on). A single-function device gets a guest address
-    /// only when an option asks for one.
+    /// only when an option asks for one. The runbook's Graphics paths: `graphics` (s) `virgl`
+    /// (target: a GPU that stays with the host; no hostdev, a 3D `virtio-vga-gl` and the back
+    /// end on the GPU's DRM render node; NotSupported when it has none), `primary` (the card is
+    /// the guest's display: `x-vga=on`, `-vga none -display none`, libvirt video model `none`)
+    /// or `vgpu-display` (an mdev with its display on, shown by the back end, rendering on its
+    /// parent's render node where it has one); `display-backend` (s: `gtk`, the default, as the
+    /// runbook's `-display gtk,gl=on` (libvirt: SPICE with GL, no listener), `egl-headless`,
+    /// `spice` (local socket, GL), `vnc` (127.0.0.1, with headless EGL where GL is needed));
+    /// `render-node` (s, a `/dev/dri/` path over the default; not with `gtk`). `xml` then holds
+    /// the `<video>`/`<graphics>` elements before the hostdevs, `qemu_args` the display
+    /// arguments before the devices.
     #[zbus(out_args("xml", "qemu_args"))]
     async fn render_hostdev(
         &self,
@@ -375,6 +387,17 @@ impl ManagerInterface {
     #[zbus(property)]
     fn mdev_available(&self) -> bool {
         self.props().mdev_available
+    }
+
+    /// Whether NVIDIA's vGPU manager daemon runs, as the runbook checks it (`systemctl status
+    /// nvidia-vgpu-mgr`; read from the processes' names): `running`, `not-running`, or empty
+    /// when no NVIDIA driver is loaded. Read on each Get, so no change signal: a daemon start
+    /// is no device event.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn nvidia_vgpu_manager(&self) -> String {
+        gpuvirt_core::vgpu_manager::nvidia_vgpu_manager(&self.root)
+            .as_str()
+            .to_owned()
     }
 
     #[zbus(property)]

@@ -330,6 +330,9 @@ pub async fn render_hostdev(
             "managed",
             "display",
             "ramfb",
+            "graphics",
+            "display-backend",
+            "render-node",
         ],
     )?;
     let render = RenderOptions {
@@ -340,8 +343,24 @@ pub async fn render_hostdev(
         managed: bool_option(&options, "managed"),
         display: tristate_option(&options, "display"),
         ramfb: bool_option(&options, "ramfb"),
+        graphics: choice_option(&options, "graphics")?,
+        display_backend: choice_option(&options, "display-backend")?,
+        render_node: string_option(&options, "render-node")?,
     };
     Ok(ops::render_hostdev(s.actor(), target, render).await?)
+}
+
+/// The string option `key`, one of the choices `T` parses (`graphics`, `display-backend`).
+fn choice_option<T>(options: &Opts, key: &str) -> Result<Option<T>, CallError>
+where
+    T: std::str::FromStr<Err = gpuvirt_core::render::graphics::UnknownChoice>,
+{
+    match string_option(options, key)? {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e| {
+            crate::error::OpError::invalid_arg("options", format!("option '{key}': {e}")).into()
+        }),
+    }
 }
 
 /// The number option `key`, at most `max`.

@@ -80,7 +80,17 @@ pub fn parse_options(
 }
 
 /// The options whose value is a string (`s`), not a boolean.
-const STRING_OPTIONS: [&str; 6] = ["parent", "type", "addattr", "value", "jsonfile", "qemu-bus"];
+const STRING_OPTIONS: [&str; 9] = [
+    "parent",
+    "type",
+    "addattr",
+    "value",
+    "jsonfile",
+    "qemu-bus",
+    "graphics",
+    "display-backend",
+    "render-node",
+];
 
 /// The options whose value is an unsigned number.
 const NUMBER_OPTIONS: [&str; 3] = ["index", "guest-bus", "guest-slot"];

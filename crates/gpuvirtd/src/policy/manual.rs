@@ -1,11 +1,13 @@
 //! Manual operations against the policy: a card the policy manages (any role but
 //! `unmanaged`) is refused to the mutating API, naming the rule and the way out; a card whose
 //! passthrough rule says `on_demand = true` may still be moved whole (AssignPassthrough,
-//! ReturnToHost: what the libvirt hook does when a VM starts and stops).
+//! ReturnToHost: what the libvirt hook does when a VM starts and stops). A card whose rule
+//! names another `owner` (kubevirt, nova, proxmox, external) is refused every manual
+//! operation, on_demand or not: one writer per device.
 //! May import: policy/runtime.rs, crate::error.
 
 use gpuvirt_core::policy::matching::OriginalDrivers;
-use gpuvirt_core::policy::{Assignment, Policy, PolicyOnHost, Role};
+use gpuvirt_core::policy::{Assignment, Owner, Policy, PolicyOnHost, Role};
 use gpuvirt_core::{Inventory, PciAddress};
 
 use super::runtime::PolicyRuntime;
@@ -13,17 +15,30 @@ use crate::error::{ErrorKind, OpError};
 
 /// A manual operation the policy forbids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{address} is managed by policy rule {rule:?} (role {role}) of {file}: the policy makes \
-     the changes on cards it manages, so manual operations on them are refused; to operate on \
-     it by hand, change that rule or give the card role = \"unmanaged\", then reload the policy"
-)]
-pub struct PolicyViolation {
-    pub address: PciAddress,
-    pub rule: String,
-    pub role: Role,
-    /// The policy file, so the way out names the file to edit.
-    pub file: String,
+pub enum PolicyViolation {
+    #[error(
+        "{address} is managed by policy rule {rule:?} (role {role}) of {file}: the policy makes \
+         the changes on cards it manages, so manual operations on them are refused; to operate on \
+         it by hand, change that rule or give the card role = \"unmanaged\", then reload the policy"
+    )]
+    Managed {
+        address: PciAddress,
+        rule: String,
+        role: Role,
+        /// The policy file, so the way out names the file to edit.
+        file: String,
+    },
+    #[error(
+        "{address} is owned by {owner} (policy rule {rule:?} of {file}): gpuvirt only observes \
+         a card another engine manages and never binds, creates or removes anything on it; make \
+         the change through {owner}, or set owner = \"gpuvirt\" in that rule and reload the policy"
+    )]
+    OwnedElsewhere {
+        address: PciAddress,
+        owner: Owner,
+        rule: String,
+        file: String,
+    },
 }
 
 /// What a manual operation touches; the card behind it is looked up in the inventory.
@@ -86,13 +101,22 @@ fn check_manual(
     let Some(a) = policy.assignment_for(inv, originals, address) else {
         return Ok(());
     };
+    let owner = a.rule.map_or(Owner::Gpuvirt, |i| policy.rules[i].owner);
+    if !owner.is_gpuvirt() {
+        return Err(PolicyViolation::OwnedElsewhere {
+            address,
+            owner,
+            rule: a.rule_name.unwrap_or_default(),
+            file: rt.path.display().to_string(),
+        });
+    }
     if a.role == Role::Unmanaged {
         return Ok(());
     }
     if slot && on_demand(policy, &a) {
         return Ok(());
     }
-    Err(PolicyViolation {
+    Err(PolicyViolation::Managed {
         address,
         rule: a
             .rule_name

@@ -1,5 +1,5 @@
 //! The policy's served properties: the Manager's policy half (reboot reasons included) and
-//! each GPU's `Role`/`PolicyRule`/`OnDemand`, published through the [`PolicyHost`].
+//! each GPU's `Role`/`PolicyRule`/`OnDemand`/`Owner`, published through the [`PolicyHost`].
 //! May import: policy/host.rs, policy/manual.rs, policy/runtime.rs, crate::tree.
 
 use std::collections::BTreeMap;
@@ -26,12 +26,17 @@ pub(super) fn gpu_facts(rt: &PolicyRuntime, inv: &Inventory) -> BTreeMap<PciAddr
         .filter_map(|&address| {
             let a = policy.assignment_for(inv, &originals, address)?;
             let on_demand = on_demand(policy, &a);
+            let rule = a.rule.map(|i| &policy.rules[i]);
+            let owner = rule.map_or("gpuvirt", |r| r.owner.as_str());
+            let resource_name = rule.and_then(|r| r.resource.clone()).unwrap_or_default();
             Some((
                 address,
                 PolicyFacts {
                     role: a.role.as_str().to_owned(),
                     rule: a.rule_name.unwrap_or_default(),
                     on_demand,
+                    owner: owner.to_owned(),
+                    resource_name,
                 },
             ))
         })

@@ -20,14 +20,20 @@ pub(super) fn with_policy_facts(spec: &mut ObjectSpec, facts: Option<&PolicyFact
     let Some(gpu) = spec.gpu.as_mut() else {
         return;
     };
-    let (role, rule, on_demand) = facts.map_or(("", "", false), |f| {
-        (f.role.as_str(), f.rule.as_str(), f.on_demand)
-    });
-    if gpu.role != role || gpu.policy_rule != rule || gpu.on_demand != on_demand {
+    let empty = PolicyFacts::default();
+    let f = facts.unwrap_or(&empty);
+    if gpu.role != f.role
+        || gpu.policy_rule != f.rule
+        || gpu.on_demand != f.on_demand
+        || gpu.owner != f.owner
+        || gpu.resource_name != f.resource_name
+    {
         let props = Arc::make_mut(gpu);
-        props.role = role.to_owned();
-        props.policy_rule = rule.to_owned();
-        props.on_demand = on_demand;
+        props.role = f.role.clone();
+        props.policy_rule = f.rule.clone();
+        props.on_demand = f.on_demand;
+        props.owner = f.owner.clone();
+        props.resource_name = f.resource_name.clone();
     }
 }
 
@@ -264,6 +270,8 @@ fn gpu_props(f: &PciFunction, companions: &[PciAddress]) -> GpuProps {
         role: String::new(),
         policy_rule: String::new(),
         on_demand: false,
+        owner: String::new(),
+        resource_name: String::new(),
         physical_function: f.physfn.map(|a| a.to_string()).unwrap_or_default(),
         virtual_functions: f
             .sriov

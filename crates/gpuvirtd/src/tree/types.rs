@@ -125,6 +125,10 @@ pub struct PolicyFacts {
     pub rule: String,
     /// The governing rule passes the card through on demand (and no other rule disagrees).
     pub on_demand: bool,
+    /// The governing rule's `owner` (`gpuvirt` without one).
+    pub owner: String,
+    /// The governing rule's `resource` ("" without one).
+    pub resource_name: String,
 }
 
 /// One interface's properties, tagged with which interface it is.

@@ -226,3 +226,66 @@ pub async fn last_apply(conn: &zbus::Connection) -> String {
     .unwrap();
     String::try_from(reply.body().deserialize::<OwnedValue>().unwrap()).unwrap()
 }
+
+/// `(VF, current_vgpu_type)` of every VF of `pf` that carries a vGPU, read from the sim.
+pub fn vgpus_of(host: &crate::common::SimHost, pf: &str) -> Vec<(String, String)> {
+    let prefix = &pf[..pf.len() - 4];
+    let mut out: Vec<(String, String)> = std::fs::read_dir(host.root().join("sys/bus/pci/devices"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|a| a.starts_with(prefix) && a != pf)
+        .filter_map(|a| {
+            let t = std::fs::read_to_string(
+                host.root()
+                    .join(format!("sys/bus/pci/devices/{a}/nvidia/current_vgpu_type")),
+            )
+            .ok()?;
+            let t = t.trim().to_string();
+            (t != "0").then_some((a, t))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The plain SR-IOV GPU of [`sriov_host`].
+pub const SRIOV_PF: &str = "0000:9a:00.0";
+
+/// The Hopper host's second card as a plain SR-IOV GPU (an AMD id, no NVIDIA vGPU files):
+/// 32 VFs possible, none enabled, on an SR-IOV-capable driver of its own (which probes it
+/// again when the card returns from a hot-unplug).
+pub fn sriov_host() -> crate::common::SimHost {
+    let mut fixture = gpuvirt_sim::fixture::Fixture::bundled("hopper-sriov").unwrap();
+    let spec = fixture
+        .devices
+        .iter_mut()
+        .find(|d| d.address.to_string() == SRIOV_PF)
+        .unwrap();
+    spec.id = "1002:74a1".into();
+    spec.nvidia_vgpu = None;
+    spec.driver = Some("amdgpu".into());
+    fixture.drivers.push(gpuvirt_sim::fixture::DriverSpec {
+        name: "amdgpu".into(),
+        module: None,
+        builtin: true,
+        ids: vec!["1002:*".into()],
+        override_only: false,
+        modules_alias: true,
+        sriov: true,
+        drm: gpuvirt_sim::fixture::DrmSupport::Render,
+    });
+    crate::common::SimHost::with_kernel(
+        gpuvirt_sim::kernel::Kernel::from_fixture(&fixture).unwrap(),
+    )
+}
+
+/// The [`SRIOV_PF`]'s `sriov_numvfs`, "" while the card is gone.
+pub fn numvfs(host: &crate::common::SimHost) -> String {
+    std::fs::read_to_string(
+        host.root()
+            .join(format!("sys/bus/pci/devices/{SRIOV_PF}/sriov_numvfs")),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_default()
+}
