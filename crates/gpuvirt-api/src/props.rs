@@ -341,7 +341,7 @@ mod tests {
         let bytes = to_bytes(ctx, &gpu()).unwrap();
         // The bytes are an a{sv} a variant-map reader understands...
         let generic: HashMap<String, OwnedValue> = bytes.deserialize().unwrap().0;
-        assert_eq!(generic.len(), 29);
+        assert_eq!(generic.len(), 31);
         assert_eq!(u16::try_from(&generic["VendorId"]).unwrap(), 0x10de);
         // ... and the struct reads back equal.
         let back: GpuProps = bytes.deserialize().unwrap().0;
