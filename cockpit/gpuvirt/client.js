@@ -151,8 +151,13 @@ export class GpuvirtClient {
     }
 
     /** A request from model.requests: the call exactly as the confirmation showed it. */
-    request(req) {
-        return this.dbus.call(req.path, req.iface, req.method, req.args, { type: req.signature, flags: "" });
+    async request(req) {
+        try {
+            return await this.dbus.call(req.path, req.iface, req.method, req.args, { type: req.signature, flags: "" });
+        } finally {
+            // A definition changes no property (a manual one creates no device): ask again.
+            if (/Mdev$/.test(req.method) && req.iface === IFACE.manager) this.refreshDefinitions();
+        }
     }
 
     /** AssignPassthrough / ReturnToHost with dry-run: the plan text (job is "/"). */

@@ -122,6 +122,15 @@ wait_for() { # what, command...
 # The page as Cockpit finds it in $XDG_DATA_HOME/cockpit (the development path: not cached).
 mkdir -p "$work/xdg/cockpit" "$work/etc/cockpit"
 cp -r "$repo/cockpit/gpuvirt" "$work/xdg/cockpit/gpuvirt"
+# The manifest shows the page only where gpuvirt's D-Bus policy is installed (path-exists; the
+# Python bridge honours it, 287's C bridge lists the page regardless). Nothing is installed on
+# this machine, so the copy's condition names a D-Bus datadir of the namespace's own, as
+# `make install DBUSDATADIR=...` would write it.
+mkdir -p "$work/dbus-1/system.d"
+cp "$repo"/dbus/*.conf "$work/dbus-1/system.d/"
+sed -i "s#/usr/share/dbus-1/#$work/dbus-1/#" "$work/xdg/cockpit/gpuvirt/manifest.json"
+grep -q "\"path-exists\": \"$work/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf\"" "$work/xdg/cockpit/gpuvirt/manifest.json" \
+    || { echo "cockpit tier: the manifest's path-exists condition is not the D-Bus policy file" >&2; exit 1; }
 : >"$work/etc/cockpit/cockpit.conf"
 chmod -R a+rX "$work/xdg" "$work/etc"
 
@@ -182,6 +191,19 @@ for entry in $GPUVIRT_COCKPIT_BRIDGES; do
     echo
     echo "=== browser test against cockpit-ws 287 + bridge $version ($bridge)"
     s=$(date +%s%N)
+    # The bridge sees the page (its condition met), and hides it where gpuvirt is not installed.
+    XDG_DATA_HOME="$work/xdg" "$bridge" --packages | grep -q '^gpuvirt ' \
+        || { echo "FAIL: bridge $version does not list the gpuvirt package" >&2; failed=1; }
+    if [ "$version" != 287 ] && [ ! -e /usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf ]; then
+        mkdir -p "$work/unmet/cockpit"
+        cp -r "$repo/cockpit/gpuvirt" "$work/unmet/cockpit/"
+        if XDG_DATA_HOME="$work/unmet" "$bridge" --packages | grep -q '^gpuvirt '; then
+            echo "FAIL: bridge $version lists the page although gpuvirt's D-Bus policy is not installed" >&2
+            failed=1
+        else
+            echo "ok: bridge $version hides the page where gpuvirt's D-Bus policy file is absent (manifest condition)"
+        fi
+    fi
     start_stack "$bridge" "$label"
     w=$work/$label
     mkdir -p "$out/$label"
