@@ -64,7 +64,7 @@ const ERROR_HINTS = {
     "org.freedesktop.DBus.Error.NoReply": ["gpuvirtd did not answer in time", "Check `systemctl status gpuvirtd`."],
 };
 
-// Cockpit's own problem codes (cockpit.dbus closes with these instead of a D-Bus name).
+// Cockpit's own problem codes (cockpit dbus clients close with these instead of a D-Bus name).
 const PROBLEM_HINTS = {
     "access-denied": ["You are not allowed to do this", ADMIN_HINT],
     "not-found": ["gpuvirtd is not running", "Start it: `systemctl start gpuvirtd`."],

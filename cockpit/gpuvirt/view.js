@@ -299,10 +299,12 @@ export function openDialog({ title, body, confirmLabel, danger, onConfirm }) {
     cancel.textContent = onConfirm ? "Cancel" : "Close";
     cancel.disabled = false;
     dialog.dataset.state = "open";
+    dialog.dataset.progressUpdates = "0";
 
     const close = () => { dialog.dataset.state = "closed"; if (dialog.open) dialog.close() };
     const ui = {
         progress(job) {
+            dialog.dataset.progressUpdates = String(Number(dialog.dataset.progressUpdates || 0) + 1);
             $("dialog-status").hidden = false;
             $("dialog-progress").value = job.percent;
             $("dialog-status-text").textContent = (job.operation || "Working") + ": " + job.percent + "%";

@@ -54,8 +54,10 @@ async function show(page, view, extra) {
     await page.waitForSelector(`#view-${view}:not([hidden])`);
 }
 
+// Views whole (fullPage); dialogs and the narrow window as the user sees them (the viewport).
 async function shot(page, name) {
-    await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
+    const viewport = name.startsWith("dialog-") || name.startsWith("narrow-");
+    await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: !viewport });
 }
 
 async function confirmDialog(page) {
@@ -214,6 +216,7 @@ test("pass the card through and back: the job is followed to its end, the driver
     const done = await confirmDialog(root);
     assert.match(done, /^Done\./);
     assert.equal(await root.$eval("#dialog-progress", p => p.value), 100);
+    assert.ok(Number(await root.getAttribute("#dialog", "data-progress-updates")) >= 1, "the Job's properties were followed");
     await shot(root, "dialog-passthrough-done");
     await closeDialog(root);
     await root.waitForFunction(() => /vfio-pci/.test(document.getElementById("gpu-facts").textContent), null, { timeout: TIMEOUT });
