@@ -162,6 +162,12 @@ test("create a vGPU from the page, see it listed, remove it", async () => {
         `.gv-parent[data-parent="${CARD}"] tr[data-type="nvidia-300"] .gv-available`);
     await shot(root, "vgpus");
 
+    // A vGPU's libvirt XML is RenderHostdev's for its UUID, as `gpuvirtctl xml UUID` prints it.
+    await root.click(`#mdevs tr[data-uuid="${mdevs[0].uuid}"] button[data-action="hostdev"]`);
+    await root.waitForSelector("#hostdev-xml");
+    assert.equal((await root.textContent("#hostdev-xml")).trim(), (await ctl("xml", mdevs[0].uuid)).trim());
+    await closeDialog(root);
+
     await root.click(`#mdevs tr[data-uuid="${mdevs[0].uuid}"] button[data-action="remove"]`);
     assert.match(await root.textContent("#dialog .gv-request"), /^Mdev\.Remove\(\{\}\)/);
     await confirmDialog(root);
@@ -193,6 +199,7 @@ test("define, start, stop and undefine a persistent vGPU", async () => {
     await root.waitForFunction(u => document.querySelector(`#mdevs tr[data-uuid="${u}"]`), uuid, { timeout: TIMEOUT });
     await root.waitForFunction(u => document.querySelector(`#definitions tr[data-uuid="${u}"]`)?.cells[5].textContent === "running", uuid);
     assert.deepEqual((await ctlJson("mdevs")).map(m => m.uuid), [uuid]);
+    await shot(root, "vgpus-definitions");
 
     await root.click(`${row}[data-uuid="${uuid}"] button[data-action="stop"]`);
     await confirmDialog(root);
