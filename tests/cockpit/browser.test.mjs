@@ -114,6 +114,31 @@ test("the GPUs table shows what `gpuvirtctl list --json` says", async () => {
     await shot(root, "overview");
 });
 
+const SHELL = process.env.GPUVIRT_SHELL || "none";
+const SHELL_SKIP = { 1: false, none: "cockpit-system (the shell) is not available", "other-bridge": "the 287 shell is checked with the 287 bridge only" }[SHELL];
+test("Cockpit's shell lists GPUs under System and shows the page in its frame", { skip: SHELL_SKIP }, async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    page.on("pageerror", e => consoleErrors.push(`shell page error: ${e.message}`));
+    await page.goto("http://127.0.0.1:9090/");
+    // The System section of the navigation holds the entry, after Logs (order 55).
+    const entry = page.locator('#host-apps a[href="/gpuvirt"], nav a[href="/gpuvirt"]').first();
+    await entry.waitFor({ timeout: TIMEOUT });
+    assert.equal((await entry.textContent()).trim(), "GPUs");
+    const section = await entry.evaluate(a => {
+        let n = a.closest("section, li")?.parentElement;
+        while (n && !n.querySelector("h2, .pf-c-nav__section-title")) n = n.parentElement;
+        return n ? n.querySelector("h2, .pf-c-nav__section-title").textContent.trim() : "";
+    });
+    assert.equal(section, "System");
+    await entry.click();
+    const frame = page.frameLocator('iframe[name="cockpit1:localhost/gpuvirt"]');
+    await frame.locator('#app[data-ready="true"]').waitFor({ timeout: TIMEOUT });
+    assert.ok(await frame.locator("#gpus tbody tr").count() >= 1);
+    await page.screenshot({ path: path.join(SHOTS, "shell.png") });
+    await context.close();
+});
+
 test("the GPU view's IOMMU group is `gpuvirtctl groups --json`'s", async () => {
     await show(root, "gpu", CARD);
     await root.waitForSelector("#group-members tbody tr");

@@ -6,7 +6,8 @@
 #
 #   tests/cockpit/run.sh          (as root; scripts/test.sh runs it after the umockdev tier)
 #
-# Steps: npm ci (playwright-core, pinned in package-lock.json); node --test unit/ (model.js);
+# Steps: npm ci (playwright-core, pinned in package-lock.json); node --test unit/ (model.js,
+# client.js); fetch-cockpit.sh: backports' bridge and, when not installed, Debian's shell;
 # then per bridge (Debian 12's 287 C bridge, and bookworm-backports' 337 Python bridge when it
 # can be fetched): gpuvirt-sim (runbook fixture) + dbus-daemon + gpuvirtd + cockpit-ws as root on
 # :9090 and as nobody on :9091, and node --test browser.test.mjs against them.
@@ -14,7 +15,7 @@
 #      GPUVIRT_TEST_OUT         screenshots and logs (default tests/cockpit/out)
 #      GPUVIRT_REQUIRE_COCKPIT=1  fail instead of skipping when something is missing
 #      GPUVIRT_COCKPIT_NEW_BRIDGE=0  do not try the backports bridge
-#      GPUVIRT_COCKPIT_CACHE    where the backports .deb is kept (default tests/cockpit/.cache)
+#      GPUVIRT_COCKPIT_CACHE    where fetched .debs are kept (default tests/cockpit/.cache)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,7 +73,7 @@ if [ -z "${GPUVIRT_COCKPIT_NS:-}" ]; then
     bridges="287:cockpit-bridge"
     if [ "${GPUVIRT_COCKPIT_NEW_BRIDGE:-1}" != 0 ]; then
         echo "--- bookworm-backports' Python bridge (apt-get download into $cache; the machine's apt state untouched)"
-        if "$here/fetch-bridge.sh" "$cache" >"$out/fetch-bridge.log" 2>&1; then
+        if "$here/fetch-cockpit.sh" "$cache" bridge >"$out/fetch-bridge.log" 2>&1; then
             newver=$(cat "$cache/bridge/version")
             bridges="$bridges $newver:$cache/bridge/cockpit-bridge"
             echo "bridge $newver ready: $cache/bridge/cockpit-bridge"
@@ -81,6 +82,18 @@ if [ -z "${GPUVIRT_COCKPIT_NS:-}" ]; then
             echo "!!! COCKPIT TIER: the newer (backports) bridge could not be fetched; only Debian 12's 287 is tested !!!"
         fi
     fi
+    # Cockpit's shell (cockpit-system: the System menu the page appears in) is not a dependency
+    # of cockpit-ws; without it the page is still tested on its own URL.
+    shell_dir=
+    if [ -f /usr/share/cockpit/shell/manifest.json ]; then
+        shell_dir=/usr/share
+    elif "$here/fetch-cockpit.sh" "$cache" shell >"$out/fetch-shell.log" 2>&1; then
+        shell_dir=$cache/shell/root/usr/share
+    else
+        tail -5 "$out/fetch-shell.log"
+        echo "!!! COCKPIT TIER: Cockpit's shell (cockpit-system) is neither installed nor fetchable: the System menu entry is not checked !!!"
+    fi
+    export GPUVIRT_COCKPIT_SHELL_DIR=$shell_dir
     export GPUVIRT_COCKPIT_NS=1 GPUVIRT_COCKPIT_BRIDGES=$bridges
     rc=0
     unshare -m -n --propagation private "$0" "$@" || rc=$?
@@ -172,6 +185,10 @@ EOF
     pids+=($!)
     wait_for "gpuvirtd" "$bin/gpuvirtctl" --bus-address "unix:path=$w/bus" version
     local env=(env DBUS_SYSTEM_BUS_ADDRESS="unix:path=$w/bus" XDG_DATA_HOME="$work/xdg" XDG_CONFIG_DIRS="$work/etc")
+    # The shell goes with Debian 12's own bridge only (the Python bridge brings its own base1).
+    if [ -n "${GPUVIRT_COCKPIT_SHELL_DIR:-}" ] && [ "$label" = bridge-287 ]; then
+        env+=(XDG_DATA_DIRS="$GPUVIRT_COCKPIT_SHELL_DIR:/usr/local/share:/usr/share")
+    fi
     "${env[@]}" "$ws" --local-session="$bridge" -a 127.0.0.1 -p 9090 >"$w/ws-root.log" 2>&1 &
     pids+=($!)
     # An unprivileged user: the bridge runs as nobody, so gpuvirtd sees uid 65534.
@@ -208,7 +225,8 @@ for entry in $GPUVIRT_COCKPIT_BRIDGES; do
     w=$work/$label
     mkdir -p "$out/$label"
     if GPUVIRT_BUS="unix:path=$w/bus" GPUVIRT_POLICY="$w/policy.toml" GPUVIRT_POLICY_EXAMPLE="$w/policy-example.toml" \
-        GPUVIRT_BRIDGE_VERSION="$version" GPUVIRT_SHOTS="$out/$label" GPUVIRT_CHROMIUM="$chromium" \
+        GPUVIRT_BRIDGE_VERSION="$version" GPUVIRT_SHELL=$([ -z "${GPUVIRT_COCKPIT_SHELL_DIR:-}" ] && echo none || { [ "$label" = bridge-287 ] && echo 1 || echo other-bridge; }) \
+        GPUVIRT_SHOTS="$out/$label" GPUVIRT_CHROMIUM="$chromium" \
         HOME="$work" node --test --test-concurrency=1 "${GPUVIRT_COCKPIT_TEST:-$here/browser.test.mjs}"; then
         summary+=("bridge $version: passed")
     else
