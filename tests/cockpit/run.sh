@@ -148,11 +148,11 @@ grep -q "\"path-exists\": \"$work/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf\"" "
 chmod -R a+rX "$work/xdg" "$work/etc"
 
 # One simulated host + bus + daemon + two cockpit-ws per bridge, fresh each time.
-start_stack() { # bridge-command label
-    local bridge=$1 label=$2 w=$work/$2
+start_stack() { # bridge-command label [fixture]
+    local bridge=$1 label=$2 fixture=${3:-runbook} w=$work/$2
     mkdir -p "$w"
     chmod 755 "$w"
-    "$bin/gpuvirt-sim" mount --fixture runbook --root "$w/root" \
+    "$bin/gpuvirt-sim" mount --fixture "$fixture" --root "$w/root" \
         --uevent-socket "$w/uevent.sock" --control "$w/control.sock" >"$w/sim.log" 2>&1 &
     pids+=($!)
     wait_for "the simulated host" grep -q '^READY' "$w/sim.log"
@@ -241,6 +241,23 @@ for entry in $GPUVIRT_COCKPIT_BRIDGES; do
     stop_all
     echo "bridge $version: $(( ($(date +%s%N) - s) / 1000000 )) ms (stack start + browser test)"
 done
+# A second host: a GPU whose IOMMU group it shares with an igb NIC behind a non-ACS switch, and
+# one alone in its group: the "why can't I pass it through" view (287 bridge only).
+echo
+echo "=== IOMMU groups on the nic-shared-group host (bridge 287)"
+start_stack cockpit-bridge groups nic-shared-group
+w=$work/groups
+mkdir -p "$out/groups"
+if GPUVIRT_BUS="unix:path=$w/bus" GPUVIRT_SHOTS="$out/groups" GPUVIRT_CHROMIUM="$chromium" HOME="$work" \
+    node --test --test-concurrency=1 "$here/groups.test.mjs"; then
+    summary+=("groups (nic-shared-group, bridge 287): passed")
+else
+    failed=1
+    summary+=("groups (nic-shared-group, bridge 287): FAILED")
+fi
+cp "$w"/*.log "$out/groups/" 2>/dev/null || true
+stop_all
+
 printf '%s\n' "${summary[@]}"
 echo "screenshots and logs: $out"
 exit $failed
