@@ -67,7 +67,7 @@ if [ -z "${GPUVIRT_COCKPIT_NS:-}" ]; then
         fi
     fi
 
-    echo "--- unit tests: node --test tests/cockpit/unit (model.js, no browser)"
+    echo "--- unit tests: node --test tests/cockpit/unit (model.js, client.js with a fake cockpit; no browser)"
     node --test "$here"/unit/*.test.mjs
 
     bridges="287:cockpit-bridge"

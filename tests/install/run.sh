@@ -124,7 +124,7 @@ assert m["requires"]["cockpit"] == "287", m["requires"]
 assert {"path-exists": want} in m["conditions"], m["conditions"]
 assert "index" in m["menu"], m["menu"]
 PY
-then ok "Cockpit manifest: requires 287, menu entry, shown only where gpuvirt's D-Bus policy file is"
+then ok "Cockpit manifest: requires 287, menu entry, shown only where gpuvirt's D-Bus policy file exists"
 else fail "Cockpit manifest $manifest is wrong (see above)"; fi
 [ -f "$root/usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf" ] || fail "the manifest's condition names a file the install does not place"
 # The path-exists condition follows DBUSDATADIR (sed at install), or the page would never show.
