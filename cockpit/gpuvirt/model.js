@@ -357,13 +357,20 @@ export function disabledReason(action, can, gpu, extra) {
 
 /** The banner that says why actions are greyed out, or null when everything is allowed. */
 export function permissionBanner(can, superuser) {
-    const answers = [can && can.passthrough, can && can.shard, can && can.policy];
+    const perms = ["passthrough", "shard", "policy"];
+    const answers = perms.map(p => can && can[p]);
     if (answers.some(a => a === undefined || a === null)) return null;
     if (answers.every(a => a === "yes")) return null;
-    const who = superuser && superuser !== "none" && superuser !== "init"
-        ? "Even with administrative access, gpuvirt does not allow some actions."
-        : "You are browsing with limited access: gpuvirt's actions are disabled.";
-    return { title: who, hint: ADMIN_HINT };
+    const words = { passthrough: "passthrough", shard: "vGPUs", policy: "the device policy" };
+    const denied = perms.filter(p => can[p] !== "yes").map(p => words[p]);
+    const admin = superuser && superuser !== "none" && superuser !== "init";
+    let title;
+    if (denied.length === perms.length)
+        title = admin ? "Even with administrative access, gpuvirt allows you none of its actions."
+            : "You are browsing with limited access: gpuvirt's actions are disabled.";
+    else
+        title = "Not allowed for you: " + denied.join(", ") + (admin ? " (even with administrative access)." : ".");
+    return { title, hint: ADMIN_HINT, denied };
 }
 
 // ---------------------------------------------------------------- jobs and requests

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetches Cockpit packages the machine does not have, for the Cockpit tier, without installing
+# Fetches Cockpit packages the machine does not have (once: later runs reuse the .deb;
+# GPUVIRT_COCKPIT_REFETCH=1 downloads again), for the Cockpit tier, without installing
 # them: apt-get download with a private sources list, lists and cache (the machine's apt state
 # and sources are not touched), then dpkg-deb -x.
 #   tests/cockpit/fetch-cockpit.sh CACHE bridge   bookworm-backports' cockpit-bridge (the Python
@@ -26,6 +27,11 @@ fetch() {
     done
     local opts=(-o Dir::State::Lists="$apt/lists" -o Dir::Etc::SourceList="$apt/sources.list"
         -o Dir::Etc::SourceParts=/dev/null -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root)
+    # A .deb fetched before is reused (the unpacked tree and wrapper are rebuilt from it).
+    if [ -n "$(ls "$apt/debs"/*.deb 2>/dev/null)" ] && [ "${GPUVIRT_COCKPIT_REFETCH:-0}" != 1 ]; then
+        ls "$apt/debs"/*.deb
+        return
+    fi
     timeout 300 apt-get "${opts[@]}" -qq update >&2
     (cd "$apt/debs" && rm -f ./*.deb && timeout 300 apt-get "${opts[@]}" -qq download "$spec" >&2)
     ls "$apt/debs"/*.deb
@@ -33,10 +39,6 @@ fetch() {
 
 case $what in
 bridge)
-    if [ -x "$cache/bridge/cockpit-bridge" ] && [ -s "$cache/bridge/version" ]; then
-        echo "fetch-cockpit: bridge already there: $(cat "$cache/bridge/version")"
-        exit 0
-    fi
     suite=${GPUVIRT_COCKPIT_SUITE:-bookworm-backports}
     deb=$(fetch bridge "cockpit-bridge/$suite" "$suite")
     version=$(dpkg-deb -f "$deb" Version)
@@ -49,7 +51,7 @@ bridge)
 # $suite's cockpit-bridge $version, unpacked (not installed) by tests/cockpit/fetch-cockpit.sh.
 export PYTHONPATH="$cache/bridge/root/usr/lib/python3/dist-packages"
 export XDG_DATA_DIRS="$cache/bridge/root/usr/share"
-exec python3 -m cockpit.bridge "\$@"
+exec /usr/bin/python3 -m cockpit.bridge "\$@"
 WRAP
     chmod 755 "$cache/bridge.new/cockpit-bridge"
     echo "${version%%-*}" >"$cache/bridge.new/version"

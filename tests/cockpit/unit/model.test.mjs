@@ -140,7 +140,10 @@ test("permissionBanner: only once all three answers are in and one is not yes", 
     assert.equal(model.permissionBanner({}, "none"), null);
     assert.equal(model.permissionBanner(yes, "none"), null);
     assert.match(model.permissionBanner({ passthrough: "no", shard: "no", policy: "no" }, "none").title, /limited access/);
-    assert.match(model.permissionBanner({ passthrough: "no", shard: "yes", policy: "yes" }, "root").title, /Even with administrative access/);
+    assert.match(model.permissionBanner({ passthrough: "no", shard: "no", policy: "challenge" }, "root").title, /Even with administrative access/);
+    const partial = model.permissionBanner({ passthrough: "no", shard: "yes", policy: "no" }, "none");
+    assert.equal(partial.title, "Not allowed for you: passthrough, the device policy.");
+    assert.deepEqual(partial.denied, ["passthrough", "the device policy"]);
 });
 
 test("describeError: every documented error name has a hint; unknown names say so", () => {
