@@ -57,7 +57,7 @@ function stateBadge(state) {
 
 // ---------------------------------------------------------------- banners
 
-export function renderBanners(state, errorShown) {
+export function renderBanners(state) {
     const daemon = $("daemon");
     if (state.closed) {
         const d = model.describeError(state.closedError || { problem: state.closed, message: "The D-Bus connection to org.gpuvirt.GpuVirt1 closed (" + state.closed + ")." });
@@ -75,7 +75,6 @@ export function renderBanners(state, errorShown) {
     const perm = model.permissionBanner(state.can, state.superuser);
     $("permission").hidden = !perm;
     if (perm) fill($("permission"), [el("strong", {}, perm.title), " ", perm.hint]);
-    void errorShown;
 }
 
 export function showError(error) {
