@@ -12,6 +12,7 @@
 #   make list-files           prints every installed path (relative to DESTDIR), one a line
 #                             (files and the one symlink, the libvirt hook entry)
 #   PROFILE=dev               use the debug build (tests: no second, release compile)
+#   COCKPITDIR=...            where the Cockpit page goes ($(DATADIR)/cockpit; it lands in gpuvirt/)
 #
 # Files that services read only from fixed system directories (systemd units, udev rules,
 # D-Bus policy/activation, polkit actions) go there whatever PREFIX is: dbus-daemon, udev and
@@ -43,6 +44,8 @@ POLKITACTIONSDIR ?= /usr/share/polkit-1/actions
 BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+# Cockpit looks in /usr/share/cockpit and /usr/local/share/cockpit, so this one follows PREFIX.
+COCKPITDIR ?= $(DATADIR)/cockpit
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -63,6 +66,8 @@ POLKIT_ACTIONS := $(wildcard dbus/*.policy polkit/*.policy)
 UDEV_RULES := $(wildcard udev/*.rules)
 EXAMPLES := config/policy.toml
 DOCS := README.md $(wildcard docs/*.md)
+# The Cockpit page: its runtime files only (tests live in tests/cockpit).
+COCKPIT_FILES := $(wildcard cockpit/gpuvirt/*.html cockpit/gpuvirt/*.js cockpit/gpuvirt/*.css cockpit/gpuvirt/manifest.json)
 
 CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,--profile $(PROFILE))
 
@@ -110,6 +115,10 @@ install-files:
 	$(INSTALL) -Dm644 -t $(DESTDIR)$(MANDIR)/man1 $(wildcard $(GENDIR)/man/*.1)
 	$(INSTALL) -Dm644 -t $(DESTDIR)$(MANDIR)/man5 $(wildcard $(GENDIR)/man/*.5)
 	$(INSTALL) -Dm644 -t $(DESTDIR)$(MANDIR)/man8 $(wildcard $(GENDIR)/man/*.8)
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(COCKPITDIR)/gpuvirt $(filter-out %/manifest.json,$(COCKPIT_FILES))
+	# The page shows only where gpuvirt's D-Bus policy is installed: name where it really goes.
+	sed 's#"/usr/share/dbus-1/#"$(DBUSDATADIR)/#' cockpit/gpuvirt/manifest.json > $(DESTDIR)$(COCKPITDIR)/gpuvirt/manifest.json
+	chmod 644 $(DESTDIR)$(COCKPITDIR)/gpuvirt/manifest.json
 
 # The same list install-files produces, for uninstall and for checks.
 list-files:
@@ -129,7 +138,8 @@ list-files:
 	  $(BASHCOMPDIR)/gpuvirtctl $(ZSHCOMPDIR)/_gpuvirtctl $(FISHCOMPDIR)/gpuvirtctl.fish \
 	  $(addprefix $(MANDIR)/man1/,$(notdir $(wildcard $(GENDIR)/man/*.1))) \
 	  $(addprefix $(MANDIR)/man5/,$(notdir $(wildcard $(GENDIR)/man/*.5))) \
-	  $(addprefix $(MANDIR)/man8/,$(notdir $(wildcard $(GENDIR)/man/*.8)))
+	  $(addprefix $(MANDIR)/man8/,$(notdir $(wildcard $(GENDIR)/man/*.8))) \
+	  $(addprefix $(COCKPITDIR)/gpuvirt/,$(notdir $(COCKPIT_FILES)))
 
 uninstall:
 	@$(MAKE) -s list-files | while read -r f; do rm -fv "$(DESTDIR)$$f"; done

@@ -65,7 +65,7 @@ section = "admin"
 priority = "optional"
 depends = "libc6 (>= 2.34), libudev1, dbus, polkitd | policykit-1"
 recommends = "pciutils, mdevctl"
-suggests = "qemu-system-x86, libvirt-daemon-system"
+suggests = "qemu-system-x86, libvirt-daemon-system, cockpit (>= 287)"
 extended-description = """\\
 gpuvirtd is a root daemon that keeps a live inventory of the host's GPUs, their IOMMU groups, \\
 SR-IOV functions, vGPU types and mediated devices, applies a declarative device policy \\

@@ -17,6 +17,9 @@ PKGS=(
     umockdev libumockdev0 gir1.2-umockdev-1.0 python3-gi  # the umockdev test tier
     python3-dbusmock        # fake polkitd on the private bus (authorization tests)
     libvirt-clients libxml2-utils  # virt-xml-validate + libvirt's schemas: golden <hostdev>s (lint tier)
+    cockpit-ws cockpit-bridge chromium  # the Cockpit tier: real web service, bridge and browser
+    nodejs                  # the Cockpit tier's node --test and playwright-core (npm ci)
+    iproute2                # the Cockpit tier: ip link set lo up in its network namespace
 )
 
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
@@ -28,6 +31,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
+fi
+# Debian's npm is its own package; NodeSource's nodejs carries npm and conflicts with it.
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends npm
 fi
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found on PATH" >&2; exit 1; }
 echo "setup.sh: all packages present"

@@ -3,7 +3,8 @@
 #   tiers: lint (fmt + clippy), unit + simulated kernel (cargo test, inside a private mount namespace
 #   so FUSE mounts never show on the host), mdevctl compatibility (the real mdevctl beside gpuvirt,
 #   crates/gpuvirtd/tests/mdevctl_compat.rs), umockdev (gpuvirtd's real udev monitor under umockdev,
-#   tests/umockdev), VM (real Debian kernel under QEMU, tests/vm).
+#   tests/umockdev), Cockpit (the web page in headless Chromium, tests/cockpit), install, VM (real
+#   Debian kernel under QEMU, tests/vm).
 # env: GPUVIRT_SKIP_VM=1 skips the VM tier (it says so loudly); CARGO_TEST_ARGS passes extra args.
 set -euo pipefail
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
@@ -67,6 +68,13 @@ s=$SECONDS
 disk
 GPUVIRT_REQUIRE_UMOCKDEV=1 cargo test --workspace --test umockdev
 took[umockdev]=$((SECONDS - s))
+
+step "Cockpit tier (the page in headless Chromium via cockpit-ws + cockpit-bridge, on a simulated host)"
+s=$SECONDS
+# Its own private mount + network namespace; the debug binaries just built. Fails (instead of
+# skipping) when cockpit-ws, chromium or node is missing: setup.sh installs them.
+GPUVIRT_REQUIRE_COCKPIT=1 GPUVIRT_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" tests/cockpit/run.sh
+took[cockpit]=$((SECONDS - s))
 
 step "install tier (make install into a DESTDIR, systemd-analyze verify, man pages, .deb)"
 s=$SECONDS

@@ -56,6 +56,9 @@ expected=(
     usr/share/man/man8/gpuvirtd.8
     usr/share/man/man5/gpuvirt-policy.5
 )
+# The Cockpit page: every runtime file of cockpit/gpuvirt (no tests, nothing else).
+cockpit_files=(manifest.json index.html gpuvirt.css app.js client.js model.js view.js)
+for f in "${cockpit_files[@]}"; do expected+=("usr/share/cockpit/gpuvirt/$f"); done
 for sub in "${subcommands[@]}"; do expected+=("usr/share/man/man1/gpuvirtctl-$sub.1"); done
 if compgen -G "dbus/*.policy" >/dev/null || compgen -G "polkit/*.policy" >/dev/null; then
     expected+=(usr/share/polkit-1/actions/org.gpuvirt.GpuVirt1.policy)
@@ -124,6 +127,25 @@ if command -v systemd-analyze >/dev/null; then
 else
     fail "systemd-analyze not found (scripts/setup.sh installs systemd)"
 fi
+
+echo "--- Cockpit page"
+manifest=$root/usr/share/cockpit/gpuvirt/manifest.json
+if python3 - "$manifest" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+want = "/usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf"
+assert m["requires"]["cockpit"] == "287", m["requires"]
+assert {"path-exists": want} in m["conditions"], m["conditions"]
+assert "index" in m["menu"], m["menu"]
+PY
+then ok "Cockpit manifest: requires 287, menu entry, shown only where gpuvirt's D-Bus policy file exists"
+else fail "Cockpit manifest $manifest is wrong (see above)"; fi
+[ -f "$root/usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf" ] || fail "the manifest's condition names a file the install does not place"
+# The path-exists condition follows DBUSDATADIR (sed at install), or the page would never show.
+make -s install-files DESTDIR="$tmp/dbusdir" PREFIX=/usr DBUSDATADIR=/opt/dbus-1 >/dev/null
+grep -q '"path-exists": "/opt/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf"' "$tmp/dbusdir/usr/share/cockpit/gpuvirt/manifest.json" \
+    && ok "Cockpit manifest's condition follows DBUSDATADIR" || fail "Cockpit manifest's path-exists ignores DBUSDATADIR"
+find "$root/usr/share/cockpit" -name '*.test.*' -o -name node_modules | grep . && fail "test files installed with the Cockpit page"
 
 echo "--- contract files parse"
 for f in "$root"/usr/share/dbus-1/system.d/*.conf "$root"/usr/share/polkit-1/actions/*.policy; do
@@ -238,7 +260,9 @@ else
             for s in postinst prerm postrm; do
                 dpkg-deb -I "$deb" "$s" >/dev/null 2>&1 || fail ".deb lacks its $s script"
             done
-            dpkg-deb -f "$deb" Package Version Depends | sed 's/^/  /'
+            dpkg-deb -c "$deb" | grep ' ./usr/share/cockpit/gpuvirt/manifest.json$' >/dev/null || fail ".deb lacks the Cockpit page"
+            dpkg-deb -f "$deb" Suggests | grep -q 'cockpit (>= 287)' || fail ".deb does not suggest cockpit (>= 287)"
+            dpkg-deb -f "$deb" Package Version Depends Suggests | sed 's/^/  /'
             ok "package: $deb ($(du -h "$deb" | cut -f1))"
         fi
     fi
