@@ -148,7 +148,7 @@ const BROKEN: &[(&str, &str, &str)] = &[
     (
         "rules",
         "version = 1\n\n[[gpu]]\nname = \"vdi\"\nmatch = { address = \"0000:41:00.0\" }\nrole = \"shard\"\nearly = true\nshard = { type = \"V100-8C\", count = 2 }\n\n[[gpu]]\nname = \"vdi\"\nmatch = { vendor = \"10de\" }\nrole = \"host\"\n",
-        "policy.toml:7:9: error: `early` only applies to role = \"passthrough\", not \"shard\"\n  |\n7 | early = true\n  |         ^^^^\n  = allowed: for role \"shard\": name, match, role, shard\n\npolicy.toml:11:8: error: duplicate rule name \"vdi\": already used by the rule on line 4\n   |\n11 | name = \"vdi\"\n   |        ^^^^^\n   = allowed: a name used by no other rule\n\n",
+        "policy.toml:7:9: error: `early` only applies to role = \"passthrough\", not \"shard\"\n  |\n7 | early = true\n  |         ^^^^\n  = allowed: for role \"shard\": name, match, role, shard, owner, resource\n\npolicy.toml:11:8: error: duplicate rule name \"vdi\": already used by the rule on line 4\n   |\n11 | name = \"vdi\"\n   |        ^^^^^\n   = allowed: a name used by no other rule\n\n",
     ),
 ];
 
