@@ -162,6 +162,8 @@ export function gpuRows(gpus) {
             state: str(g.State),
             role: str(g.Role),
             policyRule: str(g.PolicyRule),
+            owner: str(g.Owner),
+            onDemand: !!g.OnDemand,
             numa: (g.NumaNode === undefined || Number(g.NumaNode) < 0) ? "" : String(g.NumaNode),
             resetMethods: list(g.ResetMethods).join(", "),
             sriov: total > 0 ? num + " of " + total + " VFs" : "",
@@ -338,7 +340,15 @@ export function disabledReason(action, can, gpu, extra) {
     if (answer !== "yes")
         return "You may not do this. " + ADMIN_HINT;
     const x = extra || {};
-    if (gpu && gpu.policyRule && (action === "assign" || action === "return" || action === "create"))
+    const manual = action === "assign" || action === "return" || action === "create";
+    // As gpuvirtd decides (docs/policy.md): another owner's card takes nothing; a rule with
+    // role unmanaged takes everything; an on-demand passthrough card takes assign and return.
+    if (gpu && manual && gpu.owner && gpu.owner !== "gpuvirt")
+        return "Owned by " + gpu.owner + " (policy rule \u201c" + gpu.policyRule +
+            "\u201d): gpuvirt only observes this card. Make the change through " + gpu.owner + ".";
+    const allowed = gpu && (gpu.role === "unmanaged" ||
+        (gpu.onDemand && (action === "assign" || action === "return")));
+    if (gpu && gpu.policyRule && manual && !allowed)
         return "Managed by policy rule \u201c" + gpu.policyRule + "\u201d (role " + (gpu.role || "?") +
             "): gpuvirt refuses manual changes to it. Change the policy to change this card.";
     if (action === "assign") {

@@ -127,6 +127,17 @@ test("disabledReason: Can* answers first, then the policy rule, then the device'
     assert.match(model.disabledReason("return", yes, managed, {}), /vdi/);
     assert.match(model.disabledReason("create", yes, managed, { available: 2 }), /vdi/);
     assert.match(model.disabledReason("assign", yes, assigned, {}), /Already/);
+    // Another engine's card: nothing, naming the owner; a named unmanaged rule and an
+    // on-demand card's assign/return are allowed, as gpuvirtd allows them.
+    const owned = model.gpuRows({ [GPU_PATH]: gpu({ PolicyRule: "k8s", Role: "unmanaged", Owner: "kubevirt" }) })[0];
+    assert.match(model.disabledReason("create", yes, owned, { available: 2 }), /^Owned by kubevirt \(policy rule “k8s”\)/);
+    assert.match(model.disabledReason("assign", yes, owned, {}), /through kubevirt/);
+    const hands = model.gpuRows({ [GPU_PATH]: gpu({ PolicyRule: "lab", Role: "unmanaged", Owner: "gpuvirt" }) })[0];
+    assert.equal(model.disabledReason("assign", yes, hands, {}), "");
+    assert.equal(model.disabledReason("create", yes, hands, { available: 2 }), "");
+    const onDemand = model.gpuRows({ [GPU_PATH]: gpu({ PolicyRule: "vm", Role: "passthrough", OnDemand: true }) })[0];
+    assert.equal(model.disabledReason("assign", yes, onDemand, {}), "");
+    assert.match(model.disabledReason("create", yes, onDemand, { available: 2 }), /policy rule “vm”/);
     assert.equal(model.disabledReason("return", yes, assigned, {}), "");
     assert.match(model.disabledReason("return", yes, free, {}), /on the host/);
     assert.match(model.disabledReason("assign", yes, model.gpuRows({ a: gpu({ BootVga: true }) })[0], {}), /boot/);
