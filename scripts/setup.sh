@@ -17,7 +17,10 @@ PKGS=(
     umockdev libumockdev0 gir1.2-umockdev-1.0 python3-gi  # the umockdev test tier
     python3-dbusmock        # fake polkitd on the private bus (authorization tests)
     libvirt-clients libxml2-utils  # virt-xml-validate + libvirt's schemas: golden <hostdev>s (lint tier)
+    curl jq                 # the Prometheus tier queries Prometheus' HTTP API (tests/fleet)
 )
+# Prometheus and node_exporter are NOT installed here: their packages start services on :9090 and
+# :9100. tests/fleet/prometheus.sh fetches them with `apt-get download` and unpacks them into a cache.
 
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
 missing=()
