@@ -48,6 +48,10 @@ GENDIR := $(CARGO_TARGET_DIR)/gen
 # Contract files; wildcards so a file another change adds (a second rules file, the polkit
 # actions) is installed without editing this Makefile.
 UNIT := systemd/gpuvirtd.service
+EXPORTER_UNIT := systemd/gpuvirt-exporter.service
+# Prometheus alert/recording rules (docs/fleet.md); their promtool test ships beside them.
+PROM_RULES := packaging/prometheus/gpuvirt.rules.yml packaging/prometheus/gpuvirt.rules.test.yml
+PROMDIR ?= $(DATADIR)/gpuvirt/prometheus
 DBUS_CONF := $(wildcard dbus/*.conf)
 DBUS_SERVICE := $(wildcard dbus/*.service)
 DBUS_XML := $(wildcard dbus/*.xml)
@@ -63,7 +67,7 @@ CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,--profile $(PR
 all: build gen
 
 build:
-	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd -p gpuvirt-exporter
 
 # Regenerated every time from the binaries just built: the clap definitions are the source.
 gen: build
@@ -79,12 +83,17 @@ install: all
 # ExecStart is rewritten to where the daemon really lands, whatever the unit in the tree says.
 install-files:
 	@test -x $(BUILDDIR)/gpuvirtd || { echo "make: $(BUILDDIR)/gpuvirtd is not built; run make first" >&2; exit 1; }
+	@test -x $(BUILDDIR)/gpuvirt-exporter || { echo "make: $(BUILDDIR)/gpuvirt-exporter is not built; run make first" >&2; exit 1; }
 	@test -d $(GENDIR)/man || { echo "make: $(GENDIR) is missing; run make first" >&2; exit 1; }
 	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtctl $(DESTDIR)$(BINDIR)/gpuvirtctl
 	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtd $(DESTDIR)$(LIBEXECDIR)/gpuvirtd
 	$(INSTALL) -d $(DESTDIR)$(SYSTEMDUNITDIR)
 	sed -E 's#^ExecStart=[^ ]*/gpuvirtd( |$$)#ExecStart=$(LIBEXECDIR)/gpuvirtd\1#' $(UNIT) > $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
 	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
+	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirt-exporter $(DESTDIR)$(BINDIR)/gpuvirt-exporter
+	sed -E 's#^ExecStart=[^ ]*/gpuvirt-exporter( |$$)#ExecStart=$(BINDIR)/gpuvirt-exporter\1#' $(EXPORTER_UNIT) > $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirt-exporter.service
+	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirt-exporter.service
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(PROMDIR) $(PROM_RULES)
 	$(INSTALL) -d $(DESTDIR)$(DBUSDATADIR)/system.d $(DESTDIR)$(DBUSDATADIR)/system-services $(DESTDIR)$(DBUSDATADIR)/interfaces
 	$(INSTALL) -m644 $(DBUS_CONF) $(DESTDIR)$(DBUSDATADIR)/system.d/
 	$(INSTALL) -m644 $(DBUS_SERVICE) $(DESTDIR)$(DBUSDATADIR)/system-services/
@@ -106,6 +115,9 @@ list-files:
 	  $(BINDIR)/gpuvirtctl \
 	  $(LIBEXECDIR)/gpuvirtd \
 	  $(SYSTEMDUNITDIR)/gpuvirtd.service \
+	  $(BINDIR)/gpuvirt-exporter \
+	  $(SYSTEMDUNITDIR)/gpuvirt-exporter.service \
+	  $(addprefix $(PROMDIR)/,$(notdir $(PROM_RULES))) \
 	  $(addprefix $(DBUSDATADIR)/system.d/,$(notdir $(DBUS_CONF))) \
 	  $(addprefix $(DBUSDATADIR)/system-services/,$(notdir $(DBUS_SERVICE))) \
 	  $(addprefix $(DBUSDATADIR)/interfaces/,$(notdir $(DBUS_XML))) \
