@@ -131,6 +131,8 @@ exporter="$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/exporter.log" |
 curl -fsS "http://$exporter/" | grep -q 'href="/metrics"' || fail "GET / has no link to /metrics"
 code="$(curl -s -o /dev/null -w '%{http_code}' "http://$exporter/nope")"
 [ "$code" = 404 ] || fail "GET /nope answered $code, not 404"
+curl -fsSI "http://$exporter/metrics" | grep -qi '^content-type: text/plain; version=0.0.4' ||
+    fail "HEAD /metrics lacks the 0.0.4 content type"
 
 # 3. Prometheus scraping it every second, and node_exporter reading the textfile.
 pport="$(free_port)"

@@ -30,8 +30,26 @@ pub struct Published {
     pub counters: watch::Sender<ExporterCounters>,
 }
 
-/// Reads everything a snapshot holds, in three calls.
-async fn read(connection: &zbus::Connection) -> Result<DaemonState, api::Error> {
+/// Why a read gave no state.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("gpuvirtd is not on the bus")]
+    NotOnBus,
+    #[error("talking to the bus failed")]
+    Bus(#[from] zbus::Error),
+    #[error("reading gpuvirtd's state failed")]
+    Daemon(#[from] api::Error),
+}
+
+/// Reads everything a snapshot holds, in three calls. It first asks the bus whether gpuvirtd
+/// owns its name: a method call to an unowned name would make the bus start gpuvirtd by D-Bus
+/// activation, and an exporter retrying every 2 s must not restart a daemon someone stopped.
+async fn read(connection: &zbus::Connection) -> Result<DaemonState, ReadError> {
+    let bus = zbus::fdo::DBusProxy::new(connection).await?;
+    let name = zbus::names::BusName::try_from(api::BUS_NAME).map_err(zbus::Error::from)?;
+    if !bus.name_has_owner(name).await.map_err(zbus::Error::from)? {
+        return Err(ReadError::NotOnBus);
+    }
     let manager = api::ManagerProxy::builder(connection)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()

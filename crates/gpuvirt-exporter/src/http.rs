@@ -89,21 +89,40 @@ async fn answer(
         )
         .await;
     }
+    // HEAD: the same head (Content-Length included), no body.
+    let head_only = method == "HEAD";
     let body = match path.as_str() {
         "/metrics" => {
             counters.send_modify(|c| c.scrapes += 1);
             let current = snapshot.borrow().clone();
             let text = render(&current, Some(*counters.borrow()));
-            return respond(&mut stream, "200 OK", CONTENT_TYPE, &text).await;
+            return respond_to(&mut stream, head_only, "200 OK", CONTENT_TYPE, &text).await;
         }
         "/" => INDEX,
         _ => return respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
     };
-    respond(&mut stream, "200 OK", "text/html; charset=utf-8", body).await
+    respond_to(
+        &mut stream,
+        head_only,
+        "200 OK",
+        "text/html; charset=utf-8",
+        body,
+    )
+    .await
 }
 
 async fn respond(
     stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    respond_to(stream, false, status, content_type, body).await
+}
+
+async fn respond_to(
+    stream: &mut TcpStream,
+    head_only: bool,
     status: &str,
     content_type: &str,
     body: &str,
@@ -113,6 +132,8 @@ async fn respond(
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }
