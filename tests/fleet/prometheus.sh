@@ -18,6 +18,8 @@ here="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${GPUVIRT_BIN_DIR:-${CARGO_TARGET_DIR:-$here/target}/debug}"
 bin="$(cd "$bin" && pwd)"
 cache="${GPUVIRT_PROMETHEUS_CACHE:-${CARGO_TARGET_DIR:-$here/target}/prometheus-debs}"
+mkdir -p "$cache"
+cache="$(cd "$cache" && pwd)"
 
 skip() {
     if [ "${GPUVIRT_REQUIRE_PROMETHEUS:-0}" = 1 ]; then
