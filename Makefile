@@ -59,6 +59,10 @@ GENDIR := $(CARGO_TARGET_DIR)/gen
 # Contract files; wildcards so a file another change adds (a second rules file, the polkit
 # actions) is installed without editing this Makefile.
 UNIT := systemd/gpuvirtd.service
+EXPORTER_UNIT := systemd/gpuvirt-exporter.service
+# Prometheus alert/recording rules (docs/fleet.md); their promtool test ships beside them.
+PROM_RULES := packaging/prometheus/gpuvirt.rules.yml packaging/prometheus/gpuvirt.rules.test.yml
+PROMDIR ?= $(DATADIR)/gpuvirt/prometheus
 DBUS_CONF := $(wildcard dbus/*.conf)
 DBUS_SERVICE := $(wildcard dbus/*.service)
 DBUS_XML := $(wildcard dbus/*.xml)
@@ -76,7 +80,7 @@ CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,--profile $(PR
 all: build gen
 
 build:
-	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd -p gpuvirt-libvirt-hook
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --locked -p gpuvirtctl -p gpuvirtd -p gpuvirt-libvirt-hook -p gpuvirt-exporter
 
 # Regenerated every time from the binaries just built: the clap definitions are the source.
 gen: build
@@ -91,7 +95,7 @@ install: all
 
 # ExecStart is rewritten to where the daemon really lands, whatever the unit in the tree says.
 install-files:
-	@for b in gpuvirtd gpuvirtctl gpuvirt-libvirt-hook; do test -x $(BUILDDIR)/$$b || { echo "make: $(BUILDDIR)/$$b is not built; run make first" >&2; exit 1; }; done
+	@for b in gpuvirtd gpuvirtctl gpuvirt-libvirt-hook gpuvirt-exporter; do test -x $(BUILDDIR)/$$b || { echo "make: $(BUILDDIR)/$$b is not built; run make first" >&2; exit 1; }; done
 	@test -d $(GENDIR)/man || { echo "make: $(GENDIR) is missing; run make first" >&2; exit 1; }
 	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtctl $(DESTDIR)$(BINDIR)/gpuvirtctl
 	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirtd $(DESTDIR)$(LIBEXECDIR)/gpuvirtd
@@ -101,6 +105,10 @@ install-files:
 	$(INSTALL) -d $(DESTDIR)$(SYSTEMDUNITDIR)
 	sed -E 's#^ExecStart=[^ ]*/gpuvirtd( |$$)#ExecStart=$(LIBEXECDIR)/gpuvirtd\1#' $(UNIT) > $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
 	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirtd.service
+	$(INSTALL) -Dm755 $(BUILDDIR)/gpuvirt-exporter $(DESTDIR)$(BINDIR)/gpuvirt-exporter
+	sed -E 's#^ExecStart=[^ ]*/gpuvirt-exporter( |$$)#ExecStart=$(BINDIR)/gpuvirt-exporter\1#' $(EXPORTER_UNIT) > $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirt-exporter.service
+	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/gpuvirt-exporter.service
+	$(INSTALL) -Dm644 -t $(DESTDIR)$(PROMDIR) $(PROM_RULES)
 	$(INSTALL) -d $(DESTDIR)$(DBUSDATADIR)/system.d $(DESTDIR)$(DBUSDATADIR)/system-services $(DESTDIR)$(DBUSDATADIR)/interfaces
 	$(INSTALL) -m644 $(DBUS_CONF) $(DESTDIR)$(DBUSDATADIR)/system.d/
 	$(INSTALL) -m644 $(DBUS_SERVICE) $(DESTDIR)$(DBUSDATADIR)/system-services/
@@ -128,6 +136,9 @@ list-files:
 	  $(LIBEXECDIR)/gpuvirt-libvirt-hook \
 	  $(LIBVIRTHOOKDIR)/50-gpuvirt \
 	  $(SYSTEMDUNITDIR)/gpuvirtd.service \
+	  $(BINDIR)/gpuvirt-exporter \
+	  $(SYSTEMDUNITDIR)/gpuvirt-exporter.service \
+	  $(addprefix $(PROMDIR)/,$(notdir $(PROM_RULES))) \
 	  $(addprefix $(DBUSDATADIR)/system.d/,$(notdir $(DBUS_CONF))) \
 	  $(addprefix $(DBUSDATADIR)/system-services/,$(notdir $(DBUS_SERVICE))) \
 	  $(addprefix $(DBUSDATADIR)/interfaces/,$(notdir $(DBUS_XML))) \

@@ -20,7 +20,10 @@ PKGS=(
     cockpit-ws cockpit-bridge chromium  # the Cockpit tier: real web service, bridge and browser
     nodejs                  # the Cockpit tier's node --test and playwright-core (npm ci)
     iproute2                # the Cockpit tier: ip link set lo up in its network namespace
+    curl jq                 # the Prometheus tier queries Prometheus' HTTP API (tests/fleet)
 )
+# Prometheus and node_exporter are NOT installed here: their packages start services on :9090 and
+# :9100. tests/fleet/prometheus.sh fetches them with `apt-get download` and unpacks them into a cache.
 
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
 missing=()

@@ -3,8 +3,9 @@
 #   tiers: lint (fmt + clippy), unit + simulated kernel (cargo test, inside a private mount namespace
 #   so FUSE mounts never show on the host), mdevctl compatibility (the real mdevctl beside gpuvirt,
 #   crates/gpuvirtd/tests/mdevctl_compat.rs), umockdev (gpuvirtd's real udev monitor under umockdev,
-#   tests/umockdev), Cockpit (the web page in headless Chromium, tests/cockpit), install, VM (real
-#   Debian kernel under QEMU, tests/vm).
+#   tests/umockdev), Cockpit (the web page in headless Chromium, tests/cockpit), Prometheus (real
+#   Prometheus/node_exporter against gpuvirt-exporter, tests/fleet), install, VM (real Debian
+#   kernel under QEMU, tests/vm).
 # env: GPUVIRT_SKIP_VM=1 skips the VM tier (it says so loudly); CARGO_TEST_ARGS passes extra args.
 set -euo pipefail
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
@@ -80,6 +81,11 @@ step "install tier (make install into a DESTDIR, systemd-analyze verify, man pag
 s=$SECONDS
 tests/install/run.sh
 took[install]=$((SECONDS - s))
+
+step "Prometheus tier (real Prometheus + node_exporter scraping gpuvirt-exporter on a simulated host)"
+s=$SECONDS
+GPUVIRT_REQUIRE_PROMETHEUS=1 GPUVIRT_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" tests/fleet/prometheus.sh
+took[prometheus]=$((SECONDS - s))
 
 step "VM tier (real kernel under QEMU)"
 s=$SECONDS

@@ -39,6 +39,11 @@ expected=(
     usr/libexec/gpuvirtd
     usr/libexec/gpuvirt-libvirt-hook
     lib/systemd/system/gpuvirtd.service
+    usr/bin/gpuvirt-exporter
+    lib/systemd/system/gpuvirt-exporter.service
+    usr/share/gpuvirt/prometheus/gpuvirt.rules.yml
+    usr/share/gpuvirt/prometheus/gpuvirt.rules.test.yml
+    usr/share/doc/gpuvirt/fleet.md
     usr/share/dbus-1/system.d/org.gpuvirt.GpuVirt1.conf
     usr/share/dbus-1/system-services/org.gpuvirt.GpuVirt1.service
     usr/share/dbus-1/interfaces/org.gpuvirt.GpuVirt1.xml
@@ -95,7 +100,7 @@ if diff -u "$tmp/listed" "$tmp/installed" > "$tmp/list.diff"; then
 else
     fail "installed tree differs from make list-files:"; cat "$tmp/list.diff" >&2
 fi
-for f in usr/bin/gpuvirtctl usr/libexec/gpuvirtd usr/libexec/gpuvirt-libvirt-hook; do
+for f in usr/bin/gpuvirtctl usr/libexec/gpuvirtd usr/libexec/gpuvirt-libvirt-hook usr/bin/gpuvirt-exporter; do
     [ -x "$root/$f" ] || fail "/$f is not executable"
 done
 find "$root" -type f ! -path '*/usr/bin/*' ! -path '*/libexec/*' -perm /111 | grep . && fail "data files installed executable"
@@ -116,6 +121,16 @@ if command -v systemd-analyze >/dev/null; then
         ok "systemd-analyze verify: clean"
     else
         fail "systemd-analyze verify:"; echo "$out" >&2
+    fi
+    # The exporter's unit (DynamicUser, hardened), against the DESTDIR copy of its binary.
+    eunit=$root/lib/systemd/system/gpuvirt-exporter.service
+    grep -q '^ExecStart=/usr/bin/gpuvirt-exporter ' "$eunit" || fail "gpuvirt-exporter.service: ExecStart is not /usr/bin/gpuvirt-exporter"
+    grep -qx 'DynamicUser=yes' "$eunit" || fail "gpuvirt-exporter.service lacks DynamicUser=yes"
+    sed "s#^ExecStart=/usr/bin/gpuvirt-exporter#ExecStart=$root/usr/bin/gpuvirt-exporter#" "$eunit" > "$tmp/verify/gpuvirt-exporter.service"
+    if out=$(systemd-analyze verify "$tmp/verify/gpuvirt-exporter.service" 2>&1) && [ -z "$out" ]; then
+        ok "systemd-analyze verify gpuvirt-exporter.service: clean"
+    else
+        fail "systemd-analyze verify gpuvirt-exporter.service:"; echo "$out" >&2
     fi
     # Control: verify must notice a daemon that is not where ExecStart says.
     sed "s#^ExecStart=$exec_path#ExecStart=$tmp/absent/gpuvirtd#" "$unit" > "$tmp/verify-neg/gpuvirtd.service"
@@ -206,6 +221,7 @@ local_root=$tmp/local
 make -s install-files DESTDIR="$local_root" >/dev/null
 grep -q '^ExecStart=/usr/local/libexec/gpuvirtd ' "$local_root/usr/local/lib/systemd/system/gpuvirtd.service" \
     && [ -x "$local_root/usr/local/libexec/gpuvirtd" ] && [ -x "$local_root/usr/local/bin/gpuvirtctl" ] \
+    && grep -q '^ExecStart=/usr/local/bin/gpuvirt-exporter ' "$local_root/usr/local/lib/systemd/system/gpuvirt-exporter.service" \
     && ok "PREFIX=/usr/local: binaries under /usr/local, ExecStart follows" \
     || fail "PREFIX=/usr/local: ExecStart or binaries misplaced"
 # libvirtd looks only in /etc/libvirt/hooks, whatever the prefix; the link follows LIBEXECDIR.
