@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{fuse_available, Bus, SignalRecorder, SimHost};
 use gpuvirt_api as api;
 use gpuvirt_sim::fuse::lock_backend;
-use support::{call, gpu_path, no_opts, opts, passthrough, CallErr, Gpuvirtd as Daemon};
+use support::{call, gpu_path, no_opts, opts, passthrough, reconcile, CallErr, Gpuvirtd as Daemon};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 const V100: &str = "0000:41:00.0";
@@ -102,20 +102,6 @@ where
     )
     .await
     .map(|_| ())
-}
-
-/// `Manager.Reconcile`'s (success, report).
-async fn reconcile(conn: &zbus::Connection) -> (bool, String) {
-    let reply = call(
-        conn,
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-        "Reconcile",
-        &(no_opts(),),
-    )
-    .await
-    .unwrap();
-    reply.body().deserialize().unwrap()
 }
 
 /// The Gpu object's `Role` and `PolicyRule`, read now (uncached).

@@ -74,19 +74,6 @@ fn assert_owned_elsewhere<T: std::fmt::Debug>(
     );
 }
 
-async fn reconcile(conn: &zbus::Connection) -> (bool, String) {
-    let r = call(
-        conn,
-        api::MANAGER_PATH,
-        api::MANAGER_INTERFACE,
-        "Reconcile",
-        &(no_opts(),),
-    )
-    .await
-    .unwrap();
-    r.body().deserialize().unwrap()
-}
-
 /// Every manual mutator a card can be reached by, each refused naming `owner` (`kind`: a type
 /// the card offers, so the arguments pass and the policy is what refuses).
 async fn every_manual_operation_refused(

@@ -289,3 +289,17 @@ pub fn numvfs(host: &crate::common::SimHost) -> String {
     .map(|s| s.trim().to_string())
     .unwrap_or_default()
 }
+
+/// `Manager.Reconcile`'s (success, report).
+pub async fn reconcile(conn: &zbus::Connection) -> (bool, String) {
+    let reply = call(
+        conn,
+        api::MANAGER_PATH,
+        api::MANAGER_INTERFACE,
+        "Reconcile",
+        &(no_opts(),),
+    )
+    .await
+    .unwrap();
+    reply.body().deserialize().unwrap()
+}
